@@ -1,0 +1,1 @@
+"""Export of the decoder and the SD networks to ONNX (and TensorRT plans)."""

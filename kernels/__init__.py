@@ -1,0 +1,1 @@
+"""Triton kernels: fused (partial) convolution with mask-guided blending, GroupNorm+SiLU."""

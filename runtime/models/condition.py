@@ -1,0 +1,68 @@
+"""The condition branch: a light conv encoder over the masked image.
+
+Five layers (c = block_out_channels[0], 4c = block_out_channels[-1]):
+L0 3x3 s1 (3 -> c), L1 3x3 s1 (c -> 2c), L2 4x4 s2 (2c -> 4c, H/2), L3 4x4 s2 (-> 4c, H/4),
+L4 4x4 s2 (-> 4c, H/8). Each feature is kept before its ReLU; ReLU feeds the next layer.
+Features are returned as a list indexed by layer, never a dict keyed by shapes (that is what
+breaks export and batch broadcasting in the reference implementations).
+
+``partial=True`` turns every layer into NVIDIA's single-channel-mask partial convolution
+(Liu et al. 2018), the PConv2d of the paper's tables:
+``out = (conv(X*M) - b) * (kh*kw / sum(M)) * [sum(M) > 0] + b * [sum(M) > 0]``, updated mask
+``[sum(M) > 0]``, with M = 1 on valid (kept) pixels. The ratio is computed in fp32 because
+the 1e-8 guard underflows in fp16 (inf * 0 = NaN).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (kernel, stride, padding) of L0..L4
+LAYER_GEOMETRY = ((3, 1, 1), (3, 1, 1), (4, 2, 1), (4, 2, 1), (4, 2, 1))
+# L0..L4 feature resolution divisors
+LAYER_STRIDE = (1, 1, 2, 4, 8)
+
+
+def partial_conv_ratio(valid: torch.Tensor, kernel: int, stride: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ratio, updated_mask) in fp32 for a (B, 1, H, W) 0/1 valid mask."""
+    ones = torch.ones(1, 1, kernel, kernel, dtype=torch.float32, device=valid.device)
+    window_sum = F.conv2d(valid.float(), ones, stride=stride, padding=padding)
+    updated = torch.clamp(window_sum, 0.0, 1.0)
+    ratio = (kernel * kernel) / (window_sum + 1e-8) * updated
+    return ratio, updated
+
+
+def partial_conv2d(conv: nn.Conv2d, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NVIDIA PartialConv2d (multi_channel=False, return_mask=True) with ``conv``'s weights."""
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    ratio, updated = partial_conv_ratio(valid, k, s, p)
+    raw = F.conv2d(x * valid.to(x.dtype), conv.weight, None, s, p)
+    out = raw.float() * ratio
+    if conv.bias is not None:
+        out = out + conv.bias.float().view(1, -1, 1, 1) * updated
+    return out.to(x.dtype), updated
+
+
+class ConditionEncoder(nn.Module):
+    def __init__(self, channels: tuple[int, ...], in_channels: int = 3, partial: bool = False):
+        super().__init__()
+        self.partial = partial
+        layers, cin = [], in_channels
+        for cout, (k, s, p) in zip(channels, LAYER_GEOMETRY):
+            layers.append(nn.Conv2d(cin, cout, k, stride=s, padding=p))
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+
+    def reference_forward(self, masked_image: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
+        """Pre-ReLU features L0..L4. ``valid`` = 1 - hole mask, (B, 1, H, W); used by partial conv."""
+        feats, x = [], masked_image
+        for i, layer in enumerate(self.layers):
+            if i:
+                x = torch.relu(x)
+            if self.partial:
+                x, valid = partial_conv2d(layer, x, valid)
+            else:
+                x = layer(x)
+            feats.append(x)
+        return feats

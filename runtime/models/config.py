@@ -1,0 +1,95 @@
+"""Decoder configuration and the named presets.
+
+Channel lists follow diffusers' order (full resolution first): level channels are
+``block_out_channels`` and the decoder walks them in reverse, from H/8 up to H.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+CONDITIONS = (None, "conv", "partial")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    out_channels: int = 3
+    norm_num_groups: int = 32
+    # None: plain SD decoder; "conv": the released condition branch (plain Conv2d);
+    # "partial": the paper's PConv2d condition branch (NVIDIA partial-conv semantics).
+    condition: str | None = "conv"
+    scaling_factor: float = 0.18215
+
+    def __post_init__(self):
+        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
+        if len(self.block_out_channels) != 4:
+            raise ValueError(
+                "block_out_channels must list 4 levels (full resolution first), "
+                f"got {self.block_out_channels}"
+            )
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups:
+                raise ValueError(
+                    f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}, "
+                    f"got block_out_channels={self.block_out_channels}"
+                )
+        c = self.block_out_channels[0]
+        if self.has_condition and self.block_out_channels != (c, 2 * c, 4 * c, 4 * c):
+            # The condition encoder's widths are hard-wired to (c, 2c, 4c, 4c, 4c) (official
+            # code and diffusers), so the decoder levels must match them to be blended.
+            raise ValueError(
+                "block_out_channels must be (c, 2c, 4c, 4c) for a decoder with a condition branch, "
+                f"got {self.block_out_channels}"
+            )
+        if self.layers_per_block < 1:
+            raise ValueError(f"layers_per_block must be >= 1, got {self.layers_per_block}")
+
+    @property
+    def has_condition(self) -> bool:
+        return self.condition is not None
+
+    @property
+    def condition_channels(self) -> tuple[int, ...]:
+        """Output channels of the five condition-encoder layers L0..L4 (c, 2c, 4c, 4c, 4c)."""
+        c, top = self.block_out_channels[0], self.block_out_channels[-1]
+        return (c, 2 * c, top, top, top)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecoderConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown DecoderConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+PRESETS: dict[str, DecoderConfig] = {
+    "vanilla": DecoderConfig((128, 256, 512, 512), 2, condition=None),
+    "base": DecoderConfig((128, 256, 512, 512), 2),
+    "x1.5": DecoderConfig((192, 384, 768, 768), 3),
+    "x2": DecoderConfig((256, 512, 1024, 1024), 5),
+    # Small enough for CPU tests and demos; same topology as the real presets.
+    "tiny": DecoderConfig((16, 32, 64, 64), 1, norm_num_groups=8),
+}
+PRESET_ALIASES = {"larger1.5": "x1.5", "larger2": "x2", "sd": "vanilla", "x1_5": "x1.5"}
+
+
+def preset_config(name: str) -> DecoderConfig:
+    key = PRESET_ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return PRESETS[key]

@@ -1,0 +1,111 @@
+"""AsymmetricDecoder: the SD VAE decoder plus the mask-conditioned branch, export-friendly.
+
+What the latents must be: ``forward`` takes latents in the VAE's own space, i.e. what the
+diffusion loop produces *divided by* ``config.scaling_factor`` (0.18215), exactly what
+diffusers' ``vae.decode`` takes. ``decode_scaled`` takes the diffusion-space latents and
+divides for you. ``post_quant_conv`` (1x1) runs first in both.
+
+With ``image`` and ``mask`` it blends the condition features into the decoder at five
+points (inputs of the H/8, H/4, H/2 and H levels, and before ``conv_norm_out``); without
+them it is a plain decoder (the paper's text-to-image mode).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import MidBlock, UpBlock, _UsesOps
+from .condition import ConditionEncoder
+from .config import DecoderConfig, preset_config
+from .inputs import check_condition, check_latents
+from .ops import TORCH_OPS, TorchOps
+
+# Resolution divisor of the decoder's level inputs (up_blocks[0..3]) and of the final blend,
+# and the condition layer blended there.
+BLEND_POINTS = ((8, 4), (4, 3), (2, 2), (1, 1), (1, 0))
+
+
+class AsymmetricDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig | str = "base"):
+        super().__init__()
+        if isinstance(config, str):
+            config = preset_config(config)
+        self.config = config
+        ch, groups = config.block_out_channels, config.norm_num_groups
+        self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        self.conv_in = nn.Conv2d(config.latent_channels, ch[-1], 3, padding=1)
+        self.mid_block = MidBlock(ch[-1], groups)
+        rev = list(reversed(ch))
+        self.up_blocks = nn.ModuleList(
+            UpBlock(rev[max(i - 1, 0)], rev[i], config.layers_per_block + 1, groups, upsample=i < 3)
+            for i in range(4)
+        )
+        self.condition_encoder = (
+            ConditionEncoder(config.condition_channels, config.out_channels, partial=config.condition == "partial")
+            if config.has_condition
+            else None
+        )
+        self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=1e-6)
+        self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
+        self.ops: TorchOps = TORCH_OPS
+        # Input checks cost a host sync each; an engine that validated upstream may turn them off.
+        self.check_inputs = True
+
+    # -- kernels -------------------------------------------------------------------------
+    def set_ops(self, ops: TorchOps) -> "AsymmetricDecoder":
+        """Route the swappable ops (norm+SiLU, blends, condition branch) through ``ops``."""
+        self.ops = ops
+        for m in self.modules():
+            if isinstance(m, _UsesOps):
+                m.ops = ops
+        return self
+
+    @property
+    def kernels(self) -> str:
+        return self.ops.name
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, latents: torch.Tensor, image: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode VAE-space latents (already divided by the scaling factor) to images in [-1, 1].
+
+        latents: (B, 4, h, w). image: (B or 1, 3, 8h, 8w) unmasked source in [-1, 1].
+        mask: (B or 1, 1 or 3, 8h, 8w), 1 = hole, binary (see ``asymvq.models.inputs``).
+        """
+        if self.check_inputs:
+            check_latents(latents, self.config.latent_channels)
+            image, mask = check_condition(latents, image, mask)
+            if image is not None and self.condition_encoder is None:
+                raise ValueError("image/mask: this decoder has no condition branch (preset 'vanilla'); pass neither")
+            if image is not None:
+                dtype = self.conv_in.weight.dtype
+                image, mask = image.to(dtype), mask.to(dtype)
+        return self.decode_core(latents, image, mask)
+
+    def decode_scaled(self, latents: torch.Tensor, image=None, mask=None) -> torch.Tensor:
+        """Decode diffusion-space latents (what the UNet loop yields): divides by the scaling factor."""
+        return self(latents / self.config.scaling_factor, image, mask)
+
+    def decode_core(self, latents: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """The traced graph: no input checks, no control flow on values. ``mask`` is 0/1 float, 1 channel."""
+        h = self.conv_in(self.post_quant_conv(latents))
+        h = self.mid_block(h)
+        h = h.to(self.up_blocks[0].resnets[0].conv1.weight.dtype)
+        if image is None:
+            for up in self.up_blocks:
+                h = up(h)
+        else:
+            valid = 1 - mask
+            feats = self.ops.condition_features(self.condition_encoder, valid * image, valid)
+            for (stride, layer), up in zip(BLEND_POINTS[:4], self.up_blocks):
+                h = self.ops.blend(h, feats[layer], mask[:, :, ::stride, ::stride])
+                h = up(h)
+            h = self.ops.blend(h, feats[0], mask)
+        h = self.ops.group_norm_silu(h, self.conv_norm_out)
+        return self.conv_out(h)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Save as a folder: ``config.json`` + ``model.safetensors`` (see ``load_decoder``)."""
+        from .checkpoints import save_decoder
+
+        save_decoder(self, path)

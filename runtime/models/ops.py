@@ -1,0 +1,33 @@
+"""The handful of operations the decoder routes through a swappable table.
+
+``TorchOps`` is the reference path (plain PyTorch, what diffusers computes).
+The Triton path (``asymvq.models.triton_ops``) overrides the same methods with fused
+kernels; the decoder's module tree and weights stay the same, so both load one checkpoint.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TorchOps:
+    name = "torch"
+
+    def group_norm_silu(self, x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+        return F.silu(norm(x))
+
+    def blend(self, h: torch.Tensor, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Mask-guided blend ``h*m + f*(1-m)`` for a 0/1 mask ``m`` already at h's size.
+
+        Written as the reference formula (not ``where``) so that it is bit-exact with
+        the official code and exports to plain Mul/Add.
+        """
+        return h * m + f * (1 - m)
+
+    def condition_features(self, encoder, masked_image: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
+        """The five pre-ReLU condition features L0..L4 (see ``ConditionEncoder``)."""
+        return encoder.reference_forward(masked_image, valid)
+
+
+TORCH_OPS = TorchOps()
