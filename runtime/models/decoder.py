@@ -18,7 +18,7 @@ from .blocks import MidBlock, UpBlock, _UsesOps
 from .condition import ConditionEncoder
 from .config import DecoderConfig, preset_config
 from .inputs import check_condition, check_latents
-from .ops import TORCH_OPS, TorchOps
+from .ops import TORCH_OPS, TorchOps, select_ops
 
 # Resolution divisor of the decoder's level inputs (up_blocks[0..3]) and of the final blend,
 # and the condition layer blended there.
@@ -59,6 +59,10 @@ class AsymmetricDecoder(nn.Module):
             if isinstance(m, _UsesOps):
                 m.ops = ops
         return self
+
+    def set_kernels(self, kernels: str) -> "AsymmetricDecoder":
+        """``"torch"`` (reference) or ``"triton"`` (fused kernels; falls back with a warning)."""
+        return self.set_ops(select_ops(kernels))
 
     @property
     def kernels(self) -> str:

@@ -31,3 +31,21 @@ class TorchOps:
 
 
 TORCH_OPS = TorchOps()
+
+
+KERNELS = ("torch", "triton")
+
+
+def select_ops(kernels: str) -> TorchOps:
+    """The op table for ``kernels`` ("torch" reference or "triton" fused kernels).
+
+    "triton" falls back to the reference, with a warning that says why, where Triton cannot
+    run (no CUDA device and TRITON_INTERPRET unset, or triton not installed).
+    """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if kernels == "torch":
+        return TORCH_OPS
+    from .triton_ops import make_triton_ops
+
+    return make_triton_ops()
