@@ -1,0 +1,307 @@
+"""Implicit-GEMM convolution over channels-last tensors, fused with what cuDNN cannot fuse.
+
+GEMM view: M = B*Ho*Wo output pixels, N = Cout, K = KH*KW*Cin (tap-major, channel-minor, so
+every A tile is a contiguous run of channels of one input pixel). Fusions, each a flag:
+
+- mask on load: the input is multiplied by ``1 - hole`` (or ``valid``) as it is loaded, so the
+  masked image ``x * (1 - mask)`` is never written; the mask is read at input resolution;
+- partial convolution (NVIDIA semantics, Liu et al. 2018): the window sum of the valid mask is
+  accumulated next to the GEMM, ``ratio = KH*KW / (sum + 1e-8) * clamp(sum, 0, 1)`` in fp32 (the
+  1e-8 guard underflows in fp16), the updated mask is written once per output pixel;
+- bias, and a second ReLU'd output that feeds the next condition-branch layer;
+- the mask-guided blend in the epilogue, with the full-resolution hole mask sampled nearest at
+  the output resolution by index arithmetic (no resized mask): ``out = other*m + conv*(1-m)``
+  (the conv is the condition feature) or ``conv*m + other*(1-m)`` (the conv is the decoder's);
+  ``other`` is only read where its weight is non-zero;
+- nearest 2x upsample folded into the input addresses: upsampled pixel (i, j) is source
+  (i // 2, j // 2), so upsample + conv never materialises the upsampled tensor.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._common import (
+    check_activation,
+    check_device,
+    check_mask,
+    configs,
+    dot_precision,
+    mask_strides,
+)
+
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in (
+        (128, 128, 64, 8, 3),
+        (128, 128, 32, 4, 4),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (256, 128, 64, 8, 3),
+        (128, 256, 64, 8, 3),
+        (64, 64, 32, 4, 4),
+    )
+]
+# Interpreter: one config (autotuning needs a GPU), large tiles (few Python-level programs).
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)
+
+# IN_MASK / BLEND modes (constexpr)
+_NO_MASK, _HOLE, _VALID = 0, 1, 2
+_NO_BLEND, _CONV_OUTSIDE_HOLE, _CONV_INSIDE_HOLE = 0, 1, 2
+
+
+@triton.autotune(
+    configs=configs(_GPU_CONFIGS, _INTERPRETER_CONFIG),
+    key=["Cin", "Cout", "KH", "STRIDE", "UPSAMPLE", "M_BUCKET"],
+)
+@triton.jit
+def _conv2d_fused_kernel(
+    x_ptr,  # (B, Cin, H, W) channels-last input
+    w_ptr,  # (Cout, Cin, KH, KW) weight, any layout (strides sw_*)
+    bias_ptr,  # (Cout,) or dummy
+    out_ptr,  # (B, Cout, Ho, Wo) channels-last: the conv, or the blend when BLEND
+    relu_ptr,  # same layout: relu(conv) when RELU_OUT
+    in_mask_ptr,  # (1 or B, 1, H, W) mask applied on load (hole or valid) when IN_MASK
+    upd_ptr,  # (B, 1, Ho, Wo) fp32 contiguous: partial conv's updated mask when PARTIAL
+    other_ptr,  # (B, Cout, Ho, Wo) channels-last blend operand when BLEND
+    bmask_ptr,  # (1 or B, 1, Ho*step, Wo*step) full-resolution hole mask when BLEND
+    H, W, Cin, Ho, Wo, Cout, M,
+    sx_n, sx_c, sx_h, sx_w,
+    sw_o, sw_i, sw_h, sw_w,
+    so_n, so_c, so_h, so_w,  # shared by out, relu and other (all channels-last, same shape)
+    sm_n, sm_h, sm_w,  # in_mask (batch stride 0 broadcasts)
+    sb_n, sb_h, sb_w, BLEND_STEP,  # blend mask and its nearest sampling step
+    M_BUCKET,  # autotune key only: log2 bucket of M
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+    UPSAMPLE: tl.constexpr, IN_MASK: tl.constexpr, PARTIAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU_OUT: tl.constexpr, BLEND: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < Cout
+    ow = offs_m % Wo
+    oh = (offs_m // Wo) % Ho
+    b = (offs_m // (Wo * Ho)).to(tl.int64)  # int64: B*H*W*C passes 2**31 at batch >= 8, 1024px
+    if UPSAMPLE:
+        HV = 2 * H
+        WV = 2 * W
+    else:
+        HV = H
+        WV = W
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    window = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    n_chunks = tl.cdiv(Cin, BLOCK_K)
+    # One flat K loop over (tap, channel chunk) rather than nested loops: Triton software-
+    # pipelines the loads of a single loop, and Cin / BLOCK_K alone is often only 2-6.
+    for it in range(0, KH * KW * n_chunks):
+        tap = it // n_chunks
+        c0 = (it - tap * n_chunks) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih = oh * STRIDE - PAD + kh
+        iw = ow * STRIDE - PAD + kw
+        inside = m_ok & (ih >= 0) & (ih < HV) & (iw >= 0) & (iw < WV)
+        if UPSAMPLE:
+            ih = ih // 2
+            iw = iw // 2
+        cin = c0 + offs_k
+        pix = b * sx_n + ih * sx_h + iw * sx_w
+        a = tl.load(
+            x_ptr + pix[:, None] + cin[None, :] * sx_c,
+            mask=inside[:, None] & (cin < Cin)[None, :],
+            other=0.0,
+        )
+        if IN_MASK != 0:
+            mv = tl.load(in_mask_ptr + b * sm_n + ih * sm_h + iw * sm_w, mask=inside, other=0.0).to(tl.float32)
+            if IN_MASK == 1:
+                keep = tl.where(inside, 1.0 - mv, 0.0)
+            else:
+                keep = mv
+            # Same arithmetic as the reference's x * valid (in the input dtype).
+            a = a * keep[:, None].to(a.dtype)
+            if PARTIAL:
+                # Padding counts as invalid; count each tap once, not once per channel chunk.
+                window += tl.where(c0 == 0, keep, 0.0)
+        wt = tl.load(
+            w_ptr + offs_n[None, :] * sw_o + cin[:, None] * sw_i + kh * sw_h + kw * sw_w,
+            mask=(cin < Cin)[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION)
+
+    if PARTIAL:
+        updated = tl.minimum(tl.maximum(window, 0.0), 1.0)
+        ratio = (KH * KW) / (window + 1e-8) * updated
+        acc = acc * ratio[:, None]
+        if pid_n == 0:
+            tl.store(upd_ptr + offs_m, updated, mask=m_ok)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        if PARTIAL:
+            acc += bias[None, :] * updated[:, None]
+        else:
+            acc += bias[None, :]
+
+    ok = m_ok[:, None] & n_ok[None, :]
+    o_off = (b * so_n + oh * so_h + ow * so_w)[:, None] + offs_n[None, :] * so_c
+    if RELU_OUT:
+        tl.store(relu_ptr + o_off, tl.maximum(acc, 0.0).to(relu_ptr.dtype.element_ty), mask=ok)
+    if BLEND != 0:
+        hm = tl.load(
+            bmask_ptr + b * sb_n + (oh * BLEND_STEP) * sb_h + (ow * BLEND_STEP) * sb_w, mask=m_ok, other=0.0
+        ).to(tl.float32)[:, None]
+        # Round the conv to the output dtype first, as the unfused sequence does.
+        conv = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+        if BLEND == 1:
+            other = tl.load(other_ptr + o_off, mask=ok & (hm != 0.0), other=0.0).to(tl.float32)
+            acc = other * hm + conv * (1.0 - hm)
+        else:
+            other = tl.load(other_ptr + o_off, mask=ok & (hm != 1.0), other=0.0).to(tl.float32)
+            acc = conv * hm + other * (1.0 - hm)
+    tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+class ConvResult(NamedTuple):
+    out: torch.Tensor  # the conv (+ bias), or the blend when blend_with is given
+    relu: torch.Tensor | None  # relu(conv) when relu_out
+    mask: torch.Tensor | None  # partial conv's updated valid mask (B, 1, Ho, Wo) fp32 when partial
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int, upsample: bool) -> int:
+    return ((2 * size if upsample else size) + 2 * padding - kernel) // stride + 1
+
+
+def conv2d_fused(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    upsample: bool = False,
+    in_mask: torch.Tensor | None = None,
+    in_mask_is_hole: bool = False,
+    partial: bool = False,
+    relu_out: bool = False,
+    blend_with: torch.Tensor | None = None,
+    blend_mask: torch.Tensor | None = None,
+    conv_in_hole: bool = False,
+) -> ConvResult:
+    """Fused conv; see the module docstring. Activations channels-last, masks 0/1 float.
+
+    x: (B, Cin, H, W). weight: (Cout, Cin, K, K), x's dtype. bias: (Cout,).
+    in_mask: (1 or B, 1, H, W); the input is multiplied by ``1 - in_mask`` if ``in_mask_is_hole``
+    else by ``in_mask``; required by ``partial`` (whose window sums count the same kept pixels).
+    blend_with: (B, Cout, Ho, Wo); blend_mask: (1 or B, 1, s*Ho, s*Wo) hole mask, integer s >= 1.
+    ``conv_in_hole`` False: out = blend_with*m + conv*(1-m); True: out = conv*m + blend_with*(1-m).
+    """
+    check_activation("x", x)
+    B, Cin, H, W = x.shape
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[1] != Cin or weight.shape[2] != weight.shape[3]:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight: expected shape (Cout, {Cin}, K, K), got {got}")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"weight: expected dtype {x.dtype} (x's), got {weight.dtype}")
+    Cout, K = weight.shape[0], weight.shape[2]
+    if bias is not None and (bias.ndim != 1 or bias.shape[0] != Cout):
+        raise ValueError(f"bias: expected shape ({Cout},), got {tuple(bias.shape)}")
+    if stride < 1 or padding < 0:
+        raise ValueError(f"stride/padding: expected stride >= 1 and padding >= 0, got {stride}/{padding}")
+    Ho, Wo = (_output_size(s, K, stride, padding, upsample) for s in (H, W))
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"x: spatial size {H}x{W} is too small for a {K}x{K} kernel with padding {padding}")
+    if in_mask is not None:
+        check_mask("in_mask", in_mask, B, H, W)
+    if partial and in_mask is None:
+        raise ValueError("in_mask: partial convolution needs the mask (hole or valid) of x")
+    if (blend_with is None) != (blend_mask is None):
+        raise ValueError("blend_with/blend_mask: give both or neither")
+    step = 1
+    if blend_with is not None:
+        check_activation("blend_with", blend_with, (B, Cout, Ho, Wo), x.dtype)
+        hm, wm = blend_mask.shape[-2:] if isinstance(blend_mask, torch.Tensor) else (0, 0)
+        step = hm // Ho
+        if step < 1 or hm != step * Ho or wm != step * Wo:
+            raise ValueError(f"blend_mask: expected size an integer multiple s of {Ho}x{Wo}, got {hm}x{wm}")
+        check_mask("blend_mask", blend_mask, B, hm, wm)
+    check_device(x, weight, bias, in_mask, blend_with, blend_mask)
+
+    def empty_like_out():
+        return torch.empty((B, Cout, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+    out = empty_like_out()
+    relu = empty_like_out() if relu_out else None
+    updated = torch.empty((B, 1, Ho, Wo), device=x.device, dtype=torch.float32) if partial else None
+    M = B * Ho * Wo
+    in_strides = mask_strides(in_mask) if in_mask is not None else (0, 0, 0)
+    b_strides = mask_strides(blend_mask) if blend_mask is not None else (0, 0, 0)
+    dummy = out  # never dereferenced: the constexpr flags compile the access out
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(Cout, meta["BLOCK_N"]))  # noqa: E731
+    _conv2d_fused_kernel[grid](
+        x, weight, bias if bias is not None else dummy, out, relu if relu_out else dummy,
+        in_mask if in_mask is not None else dummy, updated if partial else dummy,
+        blend_with if blend_with is not None else dummy, blend_mask if blend_mask is not None else dummy,
+        H, W, Cin, Ho, Wo, Cout, M,
+        *x.stride()[:2], *x.stride()[2:],
+        *weight.stride(),
+        *out.stride(),
+        *in_strides,
+        *b_strides, step,
+        max(M, 1).bit_length(),
+        KH=K, KW=K, STRIDE=stride, PAD=padding,
+        UPSAMPLE=upsample,
+        IN_MASK=_NO_MASK if in_mask is None else (_HOLE if in_mask_is_hole else _VALID),
+        PARTIAL=partial, HAS_BIAS=bias is not None, RELU_OUT=relu_out,
+        BLEND=_NO_BLEND if blend_with is None else (_CONV_INSIDE_HOLE if conv_in_hole else _CONV_OUTSIDE_HOLE),
+        DOT_PRECISION=dot_precision(x.dtype),
+    )
+    return ConvResult(out, relu, updated)
+
+
+def conv2d_fused_reference(
+    x, weight, bias=None, *, stride=1, padding=0, upsample=False, in_mask=None, in_mask_is_hole=False,
+    partial=False, relu_out=False, blend_with=None, blend_mask=None, conv_in_hole=False,
+) -> ConvResult:
+    """The unfused PyTorch sequence ``conv2d_fused`` replaces (same arguments, same results).
+
+    Partial convolution follows NVIDIA's PartialConv2d (single-channel mask), ratio in fp32,
+    as ``asymvq.models.condition.partial_conv2d`` does.
+    """
+    valid = None
+    if in_mask is not None:
+        valid = (1 - in_mask) if in_mask_is_hole else in_mask
+        x = x * valid.to(x.dtype)
+    if upsample:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if valid is not None:
+            valid = F.interpolate(valid, scale_factor=2.0, mode="nearest")
+    updated = None
+    if partial:
+        K = weight.shape[-1]
+        ones = torch.ones(1, 1, K, K, dtype=torch.float32, device=x.device)
+        window = F.conv2d(valid.float().expand(x.shape[0], -1, -1, -1), ones, stride=stride, padding=padding)
+        updated = torch.clamp(window, 0.0, 1.0)
+        ratio = (K * K) / (window + 1e-8) * updated
+        out = F.conv2d(x, weight, None, stride, padding).float() * ratio
+        if bias is not None:
+            out = out + bias.float().view(1, -1, 1, 1) * updated
+        out = out.to(x.dtype)
+    else:
+        out = F.conv2d(x, weight, bias, stride, padding)
+    relu = torch.relu(out) if relu_out else None
+    if blend_with is not None:
+        step = blend_mask.shape[-2] // out.shape[-2]
+        m = blend_mask[:, :, ::step, ::step].to(out.dtype)
+        out = out * m + blend_with * (1 - m) if conv_in_hole else blend_with * m + out * (1 - m)
+    return ConvResult(out, relu, updated)
