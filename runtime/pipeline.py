@@ -1,0 +1,321 @@
+"""``InpaintPipeline``: SD inpainting (and text-to-image) orchestrated over pluggable engines.
+
+CLIP text encoder -> VAE encoder of the masked image -> 9-channel UNet with classifier-free
+guidance -> scheduler -> asymmetric decoder fed with the unmasked image and the mask. The
+arithmetic between the networks is diffusers' ``StableDiffusionInpaintPipeline`` step for
+step (same random draws in the same order), minus its wasted VAE encode of the unmasked
+image before decoding, so a seeded run matches diffusers with ``AsymmetricAutoencoderKL``.
+Every network call goes through ``stages.Stages`` (an ``Engine`` per component), so ONNX
+Runtime, TensorRT or AOTInductor engines replace the torch ones without touching this file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .images import check_size, postprocess, prepare_image_and_mask
+from .stages import SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder
+
+SCHEDULERS = ("ddim", "pndm", "euler", "dpm++")
+SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++", "euler-discrete": "euler"}
+
+
+def make_scheduler(name: str, config):
+    """A fresh diffusers scheduler of kind ``name`` from a scheduler config (dict or FrozenDict)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    key = SCHEDULER_ALIASES.get(str(name).lower(), str(name).lower())
+    if key == "ddim":
+        return DDIMScheduler.from_config(config)
+    if key == "pndm":
+        return PNDMScheduler.from_config(config, skip_prk_steps=True)  # what SD ships
+    if key == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    if key == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+
+
+@dataclass
+class InpaintOutput:
+    images: object  # list of PIL images, numpy (B, H, W, 3), torch (B, 3, H, W) or latents
+    latents: torch.Tensor  # diffusion-space latents the decoder was fed (times the scaling factor)
+
+
+@dataclass
+class Denoised:
+    """What the diffusion half hands to a decoder: latents plus the decoder's condition."""
+
+    latents: torch.Tensor  # diffusion space, (B, 4, h, w)
+    image: torch.Tensor | None  # unmasked source in [-1, 1], (B or 1, 3, 8h, 8w); None for text-to-image
+    mask: torch.Tensor | None  # 0/1, 1 = hole, (B or 1, 1, 8h, 8w)
+
+
+class InpaintPipeline:
+    """SD inpainting / text-to-image over ``{component: Engine}``; see ``from_preset``,
+    ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines."""
+
+    def __init__(self, engines: dict, *, scheduler, spec: PipelineSpec, tokenizer=None):
+        self.stages = Stages(engines)
+        self.spec = spec
+        self.tokenizer = tokenizer
+        if scheduler is None or not hasattr(scheduler, "config"):
+            raise ValueError(f"scheduler: expected a diffusers scheduler, got {type(scheduler).__name__}")
+        self.scheduler = scheduler
+        if spec.inpainting and not self.stages.has("vae-encoder"):
+            raise ValueError("engines: an inpainting pipeline (9-channel UNet) needs a 'vae-encoder' engine")
+        if not self.stages.decoders():
+            raise ValueError("engines: a 'decoder' and/or 'decoder-plain' engine is required")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", **kwargs) -> "InpaintPipeline":
+        """Seeded random components, no files: "tiny" (tests) or "sd15" (real SD 1.5 shapes)."""
+        from .presets import build_preset
+
+        return cls(**build_preset(preset, **kwargs))
+
+    @classmethod
+    def from_pretrained(cls, sd_dir, decoder=None, **kwargs) -> "InpaintPipeline":
+        """A local diffusers-format SD (inpainting) folder; ``decoder``: any checkpoint ``load_decoder`` reads."""
+        from .loading import load_sd_folder
+
+        return cls(**load_sd_folder(sd_dir, decoder=decoder, **kwargs))
+
+    @classmethod
+    def from_diffusers(cls, pipe, decoder=None, **kwargs) -> "InpaintPipeline":
+        """Take over a diffusers SD (inpainting) pipeline's networks; its VAE decoder becomes ours."""
+        from .loading import take_over_diffusers
+
+        return cls(**take_over_diffusers(pipe, decoder=decoder, **kwargs))
+
+    def set_scheduler(self, name: str) -> "InpaintPipeline":
+        """Switch to "ddim", "pndm", "euler" or "dpm++" with the same noise schedule."""
+        self.scheduler = make_scheduler(name, self.scheduler.config)
+        return self
+
+    @property
+    def timer(self):
+        return self.stages.timer
+
+    @timer.setter
+    def timer(self, timer) -> None:
+        self.stages.timer = timer
+
+    # -- the call -------------------------------------------------------------------------------
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image=None,
+        mask_image=None,
+        *,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        strength: float = 1.0,
+        eta: float = 0.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        decoder: dict | None = None,
+        progress: bool = False,
+    ) -> InpaintOutput:
+        """Arguments as in diffusers' ``StableDiffusionInpaintPipeline``; ``decoder`` optionally
+        overrides the pipeline's decoder with another ``{"decoder"/"decoder-plain": Engine}``."""
+        denoised = self.denoise(
+            prompt, image, mask_image, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, height=height, width=width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength, eta=eta,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, progress=progress,
+        )
+        if output_type == "latent":
+            return InpaintOutput(images=denoised.latents, latents=denoised.latents)
+        sample = self.decode(denoised, decoder=decoder)
+        return InpaintOutput(images=postprocess(sample, output_type), latents=denoised.latents)
+
+    def decode(self, denoised: Denoised, decoder: dict | None = None) -> torch.Tensor:
+        """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some."""
+        engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
+        latent = denoised.latents / self.spec.scaling_factor
+        return run_decoder(engines, self.stages.timer, latent, denoised.image, denoised.mask)
+
+    # -- the diffusion half ------------------------------------------------------------------------
+    def encode_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                      num_images_per_prompt: int, do_cfg: bool) -> torch.Tensor:
+        """Text embeddings, (negative, positive) stacked on the batch under guidance."""
+        spec = self.spec
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("prompt / prompt_embeds: pass exactly one of them")
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"prompt: expected a string or a non-empty list of strings, got {prompt!r}")
+            prompt_embeds = self._embed(prompts, "prompt")
+        else:
+            prompt_embeds = self._check_embeds(prompt_embeds, "prompt_embeds")
+        batch = prompt_embeds.shape[0]
+        if do_cfg:
+            if negative_prompt_embeds is not None:
+                if negative_prompt is not None:
+                    raise ValueError("negative_prompt / negative_prompt_embeds: pass at most one of them")
+                negative = self._check_embeds(negative_prompt_embeds, "negative_prompt_embeds")
+                if negative.shape != prompt_embeds.shape:
+                    raise ValueError(
+                        f"negative_prompt_embeds: expected the shape of prompt_embeds {tuple(prompt_embeds.shape)}, "
+                        f"got {tuple(negative.shape)}"
+                    )
+            else:
+                negatives = [""] * batch if negative_prompt is None else (
+                    [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt)
+                if not isinstance(negatives, list) or len(negatives) != batch:
+                    raise ValueError(f"negative_prompt: expected a string or a list of {batch} strings, got {negative_prompt!r}")
+                negative = self._embed(negatives, "negative_prompt", length=prompt_embeds.shape[1])
+            prompt_embeds = torch.cat([negative, prompt_embeds])
+        prompt_embeds = prompt_embeds.to(device=spec.device, dtype=spec.dtype)
+        # (uncond x B, cond x B), each prompt repeated num_images_per_prompt times in place (diffusers' order)
+        return prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+
+    def _embed(self, prompts: list[str], arg: str, length: int | None = None) -> torch.Tensor:
+        if self.tokenizer is None or not self.stages.has("text-encoder"):
+            raise ValueError(f"{arg}: this pipeline has no tokenizer/text encoder; pass prompt_embeds instead")
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=length or self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids
+        return self.stages.text_encode(ids.to(self.spec.device))
+
+    def _check_embeds(self, embeds, arg: str) -> torch.Tensor:
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or not embeds.is_floating_point():
+            got = f"shape {tuple(embeds.shape)}" if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"{arg}: expected a float tensor (B, tokens, dim), got {got}")
+        return embeds
+
+    def _vae_latents(self, pixels: torch.Tensor, generator) -> torch.Tensor:
+        """Sample the VAE posterior with the caller's generator (as diffusers), times the scaling factor."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        moments = self.stages.vae_encode(pixels.to(device=self.spec.device, dtype=self.spec.dtype))
+        return DiagonalGaussianDistribution(moments).sample(generator) * self.spec.scaling_factor
+
+    def denoise(self, prompt=None, image=None, mask_image=None, *, negative_prompt=None, prompt_embeds=None,
+                negative_prompt_embeds=None, height=None, width=None, num_inference_steps: int = 50,
+                guidance_scale: float = 7.5, strength: float = 1.0, eta: float = 0.0, num_images_per_prompt: int = 1,
+                generator=None, progress: bool = False) -> Denoised:
+        """Everything before the decoder: text, VAE encode, the UNet loop. Returns the latents and condition."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        spec, stages = self.spec, self.stages
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt: expected a positive integer, got {num_images_per_prompt!r}")
+        if not 0.0 < float(strength) <= 1.0:
+            raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
+        inpaint = image is not None or mask_image is not None
+        if inpaint and not spec.inpainting:
+            raise ValueError("image / mask_image: this pipeline's UNet has 4 input channels (text-to-image); "
+                             "inpainting needs a 9-channel SD inpainting UNet")
+        if not inpaint and spec.inpainting:
+            raise ValueError("image / mask_image: required, this is an inpainting pipeline (9-channel UNet)")
+        if not inpaint and strength != 1.0:
+            raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
+
+        if inpaint:
+            pixels, mask, height, width = prepare_image_and_mask(image, mask_image, height, width)
+        else:
+            height = height or spec.sample_size * spec.vae_scale_factor
+            width = width or spec.sample_size * spec.vae_scale_factor
+            check_size(height, width)
+            pixels = mask = None
+
+        do_cfg = guidance_scale > 1.0
+        embeds = self.encode_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                    num_images_per_prompt, do_cfg)
+        batch = embeds.shape[0] // (2 if do_cfg else 1)
+        if inpaint and pixels.shape[0] not in (1, batch) and batch % pixels.shape[0]:
+            raise ValueError(f"image: expected batch 1 or a divisor of {batch} (prompts x images per prompt), "
+                             f"got batch {pixels.shape[0]}")
+
+        # A fresh scheduler per call: its step state never leaks between calls (or threads).
+        scheduler = make_scheduler_like(self.scheduler)
+        scheduler.set_timesteps(num_inference_steps, device=spec.device)
+        timesteps = scheduler.timesteps
+        if inpaint:
+            init = min(int(num_inference_steps * strength), num_inference_steps)
+            t_start = max(num_inference_steps - init, 0)
+            timesteps = timesteps[t_start * scheduler.order:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(t_start * scheduler.order)
+            if num_inference_steps - t_start < 1:
+                raise ValueError(f"strength: {strength} leaves no denoising step out of {num_inference_steps}; raise it")
+
+        shape = (batch, spec.latent_channels, height // spec.vae_scale_factor, width // spec.vae_scale_factor)
+        full_strength = strength == 1.0
+        if inpaint and not full_strength:
+            # Partial strength starts from the noised source image: its encode is real work, kept.
+            image_latents = self._vae_latents(pixels, generator)
+            image_latents = image_latents.repeat(batch // image_latents.shape[0], 1, 1, 1)
+        noise = randn_tensor(shape, generator=generator, device=spec.device, dtype=spec.dtype)
+        if full_strength:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(batch))
+
+        extra = []
+        if inpaint:
+            mask_latent = torch.nn.functional.interpolate(mask, size=shape[-2:]).to(device=spec.device, dtype=spec.dtype)
+            masked_latents = self._vae_latents(pixels * (mask < 0.5), generator)
+            mask_latent = mask_latent.repeat(batch // mask_latent.shape[0], 1, 1, 1)
+            masked_latents = masked_latents.repeat(batch // masked_latents.shape[0], 1, 1, 1)
+            extra = [torch.cat([mask_latent] * 2) if do_cfg else mask_latent,
+                     torch.cat([masked_latents] * 2) if do_cfg else masked_latents]
+
+        step_kwargs = _step_kwargs(scheduler, generator, eta)
+        latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, progress)
+        if not inpaint:
+            return Denoised(latents, None, None)
+        # The decoder broadcasts a batch of 1; any other image batch is tiled like the latents were.
+        cond = [x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in (pixels, mask)]
+        return Denoised(latents, *(x.to(device=spec.device, dtype=spec.dtype) for x in cond))
+
+    def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, progress):
+        from tqdm.auto import tqdm
+
+        timer, stages = self.stages.timer, self.stages
+        for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
+            with timer.span(SPAN_UNET):
+                model_in = torch.cat([latents] * 2) if do_cfg else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                if extra:
+                    model_in = torch.cat([model_in, *extra], dim=1)
+                # float32 (B,) timesteps: one signature for every scheduler and every engine format
+                timestep = t.reshape(1).to(device=model_in.device, dtype=torch.float32).repeat(model_in.shape[0])
+                noise_pred = stages.unet(model_in, timestep, embeds)
+                if do_cfg:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+            with timer.span(SPAN_SCHEDULER):
+                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        return latents
+
+
+def make_scheduler_like(scheduler):
+    return type(scheduler).from_config(scheduler.config)
+
+
+def _step_kwargs(scheduler, generator, eta: float) -> dict:
+    """eta for DDIM, the generator for stochastic schedulers: what each ``step`` accepts (diffusers' rule)."""
+    import inspect
+
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs

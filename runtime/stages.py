@@ -1,0 +1,161 @@
+"""The backend seam: the pipeline runs each network as an ``Engine`` and nothing else.
+
+A pipeline is built from ``{component: Engine}`` keyed by ``asymvq.engines.COMPONENT_IO``
+names ("text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain") plus a tokenizer,
+a scheduler and a ``PipelineSpec``. Torch modules, ONNX Runtime sessions, TensorRT plans and
+AOTInductor packages all plug in here without the orchestration changing. ``Stages`` adds
+the one thing the orchestration needs around each call: a named timing span.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from .engines import COMPONENT_IO, Engine
+
+TEXT_ENCODER, VAE_ENCODER, UNET, DECODER, DECODER_PLAIN = "text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain"
+DECODER_COMPONENTS = (DECODER, DECODER_PLAIN)
+
+# Span names, shared by the pipeline, the profiler and the JSON report.
+SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (
+    "text_encode", "vae_encode", "unet_step", "scheduler_step", "decode",
+)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the orchestration must know about the networks, whichever backend runs them."""
+
+    unet_in_channels: int  # 9: SD inpainting UNet; 4: text-to-image UNet
+    latent_channels: int = 4
+    vae_scale_factor: int = 8
+    scaling_factor: float = 0.18215
+    sample_size: int = 64  # the UNet's native latent size; default image size = 8x this
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self):
+        if self.unet_in_channels not in (4, 9):
+            raise ValueError(f"unet_in_channels must be 9 (inpainting) or 4 (text-to-image), got {self.unet_in_channels}")
+        object.__setattr__(self, "device", torch.device(self.device))
+
+    @property
+    def inpainting(self) -> bool:
+        return self.unet_in_channels == 9
+
+
+class NullTimer:
+    """The timer a pipeline uses when nobody profiles it: spans cost nothing."""
+
+    def span(self, name: str):
+        return contextlib.nullcontext()
+
+
+def _check_engine(name: str, engine) -> None:
+    if not callable(engine) or getattr(engine, "component", None) != name:
+        raise ValueError(
+            f"engines[{name!r}]: expected an asymvq Engine for component {name!r}, "
+            f"got {type(engine).__name__} (component={getattr(engine, 'component', None)!r})"
+        )
+
+
+def check_decoder_engines(engines: dict) -> dict[str, Engine]:
+    """A decoder is one or both of "decoder" (image + mask condition) and "decoder-plain"."""
+    if not isinstance(engines, dict) or not any(k in engines for k in DECODER_COMPONENTS):
+        raise ValueError(f"decoder engines: expected a dict with {DECODER!r} and/or {DECODER_PLAIN!r}, got {engines!r}")
+    for k, e in engines.items():
+        if k not in DECODER_COMPONENTS:
+            raise ValueError(f"decoder engines: unexpected key {k!r}, expected {DECODER_COMPONENTS}")
+        _check_engine(k, e)
+    return dict(engines)
+
+
+class Stages:
+    """The pipeline's networks behind ``Engine``, each call wrapped in a timing span."""
+
+    def __init__(self, engines: dict[str, Engine]):
+        unknown = sorted(set(engines) - set(COMPONENT_IO))
+        if unknown:
+            raise ValueError(f"engines: unknown components {unknown}, expected keys among {sorted(COMPONENT_IO)}")
+        if UNET not in engines:
+            raise ValueError(f"engines: a {UNET!r} engine is required")
+        for name, engine in engines.items():
+            _check_engine(name, engine)
+        self.engines = dict(engines)
+        self.timer = NullTimer()
+
+    def has(self, component: str) -> bool:
+        return component in self.engines
+
+    def _run(self, component: str, span: str, **feeds: torch.Tensor) -> torch.Tensor:
+        engine = self.engines.get(component)
+        if engine is None:
+            raise ValueError(f"this pipeline has no {component!r} engine")
+        with self.timer.span(span):
+            out = engine(**feeds)
+        return out[engine.output_names[0]]
+
+    def text_encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._run(TEXT_ENCODER, SPAN_TEXT, input_ids=input_ids)
+
+    def vae_encode(self, image: torch.Tensor) -> torch.Tensor:
+        """image in [-1, 1] -> moments (mean, logvar) of the latent distribution."""
+        return self._run(VAE_ENCODER, SPAN_VAE_ENCODE, image=image)
+
+    def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        # No span here: the pipeline times the UNet together with the guidance mix.
+        engine = self.engines[UNET]
+        out = engine(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
+        return out[engine.output_names[0]]
+
+    def decoders(self) -> dict[str, Engine]:
+        return {k: self.engines[k] for k in DECODER_COMPONENTS if k in self.engines}
+
+
+def run_decoder(engines: dict[str, Engine], timer, latent: torch.Tensor, image=None, mask=None) -> torch.Tensor:
+    """VAE-space latents -> image in [-1, 1]; with image and mask when the decoder has a condition branch.
+
+    A decoder without a "decoder" engine (the plain SD one) ignores image and mask, which is
+    what diffusers does with an ``AutoencoderKL``.
+    """
+    if image is not None and DECODER in engines:
+        engine, feeds = engines[DECODER], dict(latent=latent, image=image, mask=mask)
+    elif DECODER_PLAIN in engines:
+        engine, feeds = engines[DECODER_PLAIN], dict(latent=latent)
+    else:
+        raise ValueError(
+            "decoder: this decoder has only a conditioned engine ('decoder'), which needs image and mask; "
+            "text-to-image needs a 'decoder-plain' engine"
+        )
+    with timer.span(SPAN_DECODE):
+        out = engine(**feeds)
+    return out[engine.output_names[0]]
+
+
+# -- the torch backend ---------------------------------------------------------------------
+def torch_decoder_engines(decoder, *, compile: bool = False) -> dict[str, Engine]:
+    """Both entry points of an ``AsymmetricDecoder`` (only the plain one for a vanilla decoder)."""
+    from .engines.torch_engine import TorchEngine
+    from .models.components import DecoderComponent, PlainDecoderComponent
+
+    engines = {DECODER_PLAIN: TorchEngine(DECODER_PLAIN, PlainDecoderComponent(decoder), compile=compile)}
+    if decoder.config.has_condition:
+        engines[DECODER] = TorchEngine(DECODER, DecoderComponent(decoder), compile=compile)
+    return engines
+
+
+def torch_engines(*, unet, vae_encoder_source=None, text_encoder=None, decoder=None, compile: bool = False) -> dict[str, Engine]:
+    """Wrap torch networks (diffusers UNet, a VAE with ``.encoder``, CLIPTextModel, AsymmetricDecoder)."""
+    from .engines.torch_engine import TorchEngine
+    from .models.components import TextEncoderComponent, UNetComponent, VaeEncoderComponent
+
+    engines: dict[str, Engine] = {UNET: TorchEngine(UNET, UNetComponent(unet), compile=compile)}
+    if vae_encoder_source is not None:
+        engines[VAE_ENCODER] = TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae_encoder_source), compile=compile)
+    if text_encoder is not None:
+        engines[TEXT_ENCODER] = TorchEngine(TEXT_ENCODER, TextEncoderComponent(text_encoder), compile=compile)
+    if decoder is not None:
+        engines.update(torch_decoder_engines(decoder, compile=compile))
+    return engines
