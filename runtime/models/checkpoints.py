@@ -1,0 +1,249 @@
+"""Loading decoder weights from every layout users have, and saving our own.
+
+Accepted (detected from the path's contents, never from its name):
+- our folder: ``config.json`` with ``"_class_name": "asymvq.AsymmetricDecoder"`` + ``model.safetensors``;
+- a diffusers ``AsymmetricAutoencoderKL`` or ``AutoencoderKL`` folder (config.json + safetensors or bin);
+- an official Asymmetric VQGAN Lightning checkpoint (``base.ckpt``, ``larger1.5.ckpt``,
+  ``larger2.ckpt``: LDM key layout under ``state_dict``), preset inferred from weight shapes;
+- a single-file SD VAE state dict (LDM layout, ``.ckpt``/``.pt``/``.safetensors``, optionally
+  under ``first_stage_model.``) as the ``vanilla`` decoder.
+Dead weights (the encoder, ``quant_conv``, ``decoder.up_layers.*``, ``loss.*``) are dropped;
+any other missing or unexpected key is an error that lists the keys.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, DecoderConfig, preset_config
+from .decoder import AsymmetricDecoder
+from .ops import select_ops
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+OUR_CLASS = "asymvq.AsymmetricDecoder"
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# Keys of a full VAE / training checkpoint that the decoder does not use.
+IGNORED_PREFIXES = ("encoder.", "quant_conv.", "decoder.up_layers.", "loss.")
+ATTENTION_LINEARS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as a decoder (format, keys or shapes)."""
+
+
+# -- state-dict conversion -----------------------------------------------------------------
+_LDM_RULES = [
+    # (LDM pattern, our replacement); applied to keys with the "decoder." prefix removed.
+    (r"^encoder\.layers\.", "condition_encoder.layers."),
+    (r"^mid\.block_(\d)\.", lambda m: f"mid_block.resnets.{int(m.group(1)) - 1}."),
+    (r"^mid\.attn_1\.norm\.", "mid_block.attentions.0.group_norm."),
+    (r"^mid\.attn_1\.q\.", "mid_block.attentions.0.to_q."),
+    (r"^mid\.attn_1\.k\.", "mid_block.attentions.0.to_k."),
+    (r"^mid\.attn_1\.v\.", "mid_block.attentions.0.to_v."),
+    (r"^mid\.attn_1\.proj_out\.", "mid_block.attentions.0.to_out.0."),
+    # LDM's up.0 is full resolution; ours (diffusers') up_blocks.0 is H/8.
+    (r"^up\.(\d)\.block\.", lambda m: f"up_blocks.{3 - int(m.group(1))}.resnets."),
+    (r"^up\.(\d)\.upsample\.", lambda m: f"up_blocks.{3 - int(m.group(1))}.upsamplers.0."),
+    (r"\.nin_shortcut\.", ".conv_shortcut."),
+    (r"^norm_out\.", "conv_norm_out."),
+]
+# diffusers' deprecated attention names (old AutoencoderKL checkpoints)
+_OLD_ATTENTION = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+
+def _squeeze_attention(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """1x1-conv q/k/v/proj weights [C, C, 1, 1] -> Linear weights [C, C]."""
+    for k, v in sd.items():
+        if ".attentions.0." in k and k.endswith(".weight") and v.ndim == 4 and any(f".{n}." in k for n in ATTENTION_LINEARS):
+            sd[k] = v[:, :, 0, 0]
+    return sd
+
+
+def _drop_ignored(sd: dict) -> dict:
+    return {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+
+
+def convert_ldm_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official / LDM decoder keys -> ours. Unknown keys pass through so the strict load names them."""
+    out = {}
+    for key, value in _drop_ignored(sd).items():
+        if key.startswith("decoder."):
+            new = key[len("decoder."):]
+            for pattern, repl in _LDM_RULES:
+                new = re.sub(pattern, repl, new)
+            out[new] = value
+        else:
+            out[key] = value
+    return _squeeze_attention(out)
+
+
+def convert_diffusers_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers VAE keys -> ours: drop the encoder, strip ``decoder.``, modernise old attention names."""
+    out = {}
+    for key, value in _drop_ignored(sd).items():
+        new = key[len("decoder."):] if key.startswith("decoder.") else key
+        for old, cur in _OLD_ATTENTION.items():
+            new = new.replace(old, cur)
+        out[new] = value
+    return _squeeze_attention(out)
+
+
+def infer_ldm_config(sd: dict[str, torch.Tensor]) -> DecoderConfig:
+    """Decoder size from LDM-layout weight shapes (the official configs do not record it).
+
+    GroupNorm's group count is not in the weights: a shape that matches a preset takes the
+    preset's config; any other takes 32 groups (every released decoder uses 32).
+    """
+    try:
+        channels = tuple(sd[f"decoder.up.{i}.block.0.conv1.weight"].shape[0] for i in range(4))
+        latent = sd["decoder.conv_in.weight"].shape[1]
+        out_ch = sd["decoder.conv_out.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint: not an LDM/official decoder layout, missing key {e.args[0]!r}") from None
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))}
+    condition = "conv" if any(k.startswith("decoder.encoder.layers.") for k in sd) else None
+    shape = dict(block_out_channels=channels, layers_per_block=len(blocks) - 1, latent_channels=latent,
+                 out_channels=out_ch, condition=condition)
+    for cfg in PRESETS.values():
+        if all(getattr(cfg, k) == v for k, v in shape.items()):
+            return cfg
+    return DecoderConfig(**shape)
+
+
+def _config_from_diffusers(cfg: dict) -> DecoderConfig:
+    cls = cfg.get("_class_name")
+    if cls == "AsymmetricAutoencoderKL":
+        return DecoderConfig(
+            tuple(cfg["up_block_out_channels"]), cfg["layers_per_up_block"],
+            latent_channels=cfg.get("latent_channels", 4), out_channels=cfg.get("out_channels", 3),
+            norm_num_groups=cfg.get("norm_num_groups", 32), condition="conv",
+            scaling_factor=cfg.get("scaling_factor", 0.18215),
+        )
+    if cls == "AutoencoderKL":
+        if not cfg.get("mid_block_add_attention", True) or cfg.get("shift_factor") or cfg.get("latents_mean"):
+            raise CheckpointError(
+                "decoder: this AutoencoderKL is not an SD-style VAE (no mid attention, shift_factor or "
+                "latents_mean set); only the SD 1.x/2.x VAE layout is supported"
+            )
+        return DecoderConfig(
+            tuple(cfg["block_out_channels"]), cfg["layers_per_block"],
+            latent_channels=cfg.get("latent_channels", 4), out_channels=cfg.get("out_channels", 3),
+            norm_num_groups=cfg.get("norm_num_groups", 32), condition=None,
+            scaling_factor=cfg.get("scaling_factor", 0.18215),
+        )
+    raise CheckpointError(
+        f"config.json: expected _class_name AsymmetricAutoencoderKL, AutoencoderKL or {OUR_CLASS}, got {cls!r}"
+    )
+
+
+# -- file reading ----------------------------------------------------------------------------
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # weights_only: a checkpoint is data, never code to run.
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors (optionally under 'state_dict')")
+    return obj
+
+
+def _strip_prefix(sd: dict, prefix: str) -> dict:
+    if any(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
+def read_checkpoint(path) -> tuple[DecoderConfig, dict[str, torch.Tensor], str]:
+    """(config, state dict in our layout, format name) for any supported checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"decoder path does not exist: {path}")
+    if path.is_dir():
+        cfg_path = path / CONFIG_NAME
+        if not cfg_path.is_file():
+            # a diffusers pipeline folder: the VAE lives in vae/
+            if (path / "vae" / CONFIG_NAME).is_file():
+                return read_checkpoint(path / "vae")
+            raise CheckpointError(f"{path}: a decoder folder needs {CONFIG_NAME}")
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("_class_name") == OUR_CLASS:
+            from safetensors.torch import load_file
+
+            config = DecoderConfig.from_dict({k: v for k, v in cfg.items() if not k.startswith("_")})
+            return config, load_file(str(path / WEIGHTS_NAME)), "asymvq"
+        config = _config_from_diffusers(cfg)
+        weights = next((path / n for n in DIFFUSERS_WEIGHTS if (path / n).is_file()), None)
+        if weights is None:
+            raise CheckpointError(f"{path}: no weights file, expected one of {list(DIFFUSERS_WEIGHTS)}")
+        return config, convert_diffusers_state_dict(_read_tensors(weights)), f"diffusers-{cfg['_class_name']}"
+    sd = _strip_prefix(_read_tensors(path), "first_stage_model.")
+    if "decoder.conv_in.weight" not in sd:
+        raise CheckpointError(f"{path}: no decoder weights (no 'decoder.conv_in.weight' key)")
+    if "decoder.mid.block_1.norm1.weight" in sd:
+        config = infer_ldm_config(sd)
+        kind = "official" if config.has_condition else "ldm-vae"
+        return config, convert_ldm_state_dict(sd), kind
+    raise CheckpointError(
+        f"{path}: a single-file checkpoint must use the LDM/official key layout (decoder.mid.block_1...); "
+        "for diffusers weights pass the folder that holds config.json"
+    )
+
+
+# -- public API ------------------------------------------------------------------------------
+def load_state_dict_strict(decoder: AsymmetricDecoder, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load every parameter or fail listing the missing and unexpected keys (never half a model)."""
+    own = decoder.state_dict()
+    if "post_quant_conv.weight" not in sd and "post_quant_conv.weight" in own:
+        # diffusers AutoencoderKL(use_post_quant_conv=False): post_quant_conv is the identity.
+        c = decoder.config.latent_channels
+        eye = torch.eye(c).view(c, c, 1, 1)
+        sd = dict(sd, **{"post_quant_conv.weight": eye, "post_quant_conv.bias": torch.zeros(c)})
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match the {decoder.config.block_out_channels} decoder "
+            f"(condition={decoder.config.condition}); missing keys {missing}; unexpected keys {unexpected}"
+        )
+    bad = [f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{source}: shape mismatches (checkpoint vs decoder): {bad}")
+    # assign=True: a decoder built on the meta device takes the checkpoint's tensors as they are
+    decoder.load_state_dict(sd, strict=True, assign=True)
+
+
+def load_decoder(path, *, preset: str | None = None, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", kernels: str = "torch") -> AsymmetricDecoder:
+    """Load a decoder from any supported checkpoint (see module docstring), in eval mode.
+
+    ``preset`` (vanilla, base, x1.5, x2, tiny) overrides the size read from the checkpoint;
+    the weights must then match it exactly. ``kernels``: "torch" or "triton".
+    """
+    config, sd, fmt = read_checkpoint(path)
+    if preset is not None:
+        config = preset_config(preset)
+    with torch.device("meta"):  # no random init of weights that are overwritten anyway (seconds at x2)
+        decoder = AsymmetricDecoder(config)
+    load_state_dict_strict(decoder, sd, source=f"{path} ({fmt})")
+    decoder.checkpoint_format = fmt
+    decoder.set_ops(select_ops(kernels))
+    return decoder.to(device=device, dtype=dtype).eval()
+
+
+def save_decoder(decoder: AsymmetricDecoder, path) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"_class_name": OUR_CLASS, **decoder.config.to_dict()}
+    (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    sd = {k: v.detach().contiguous().cpu() for k, v in decoder.state_dict().items()}
+    save_file(sd, str(path / WEIGHTS_NAME), metadata={"format": "pt", "asymvq": "decoder"})
