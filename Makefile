@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Where torch comes from. Empty: pip's default, which on these machines (no CUDA) takes the
+# CPU wheel of torch 2.13.0 lying on disk. Elsewhere, point it at a CPU or CUDA torch index.
+TORCH_INDEX ?=
 
 .PHONY: run test install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: on a machine without CUDA this resolves to the CPU build
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first and pinned, so nothing later can pull another (CUDA) build in
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
