@@ -47,7 +47,7 @@ _GPU_CONFIGS = [
     )
 ]
 # Interpreter: one config (autotuning needs a GPU), large tiles (few Python-level programs).
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)
 
 # IN_MASK / BLEND modes (constexpr)
 _NO_MASK, _HOLE, _VALID = 0, 1, 2
@@ -101,7 +101,7 @@ def _conv2d_fused_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     window = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    n_chunks = tl.cdiv(Cin, BLOCK_K)
+    n_chunks = (Cin + BLOCK_K - 1) // BLOCK_K
     # One flat K loop over (tap, channel chunk) rather than nested loops: Triton software-
     # pipelines the loads of a single loop, and Cin / BLOCK_K alone is often only 2-6.
     for it in range(0, KH * KW * n_chunks):

@@ -20,15 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import check_activation, check_device, interpreting, mask_strides
-from .blend import blend_step, load_blend
-
-
-@triton.jit
-def _load_tile(x_ptr, f_ptr, m_ptr, offs, ok, b, p, p_ok, W, sm_n, sm_h, sm_w, STEP, BLEND: tl.constexpr):
-    if BLEND:
-        m_offs = b * sm_n + ((p // W) * STEP) * sm_h + ((p % W) * STEP) * sm_w
-        return load_blend(x_ptr, f_ptr, m_ptr, offs, ok, m_offs, p_ok)
-    return tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+from .blend import blend_step
 
 
 @triton.jit
@@ -54,16 +46,25 @@ def _gn_stats_kernel(
         p_ok = p < end
         ok = p_ok[:, None] & c_ok[None, :]
         offs = (b * HW + p)[:, None] * C + c[None, :]
-        v = _load_tile(x_ptr, f_ptr, m_ptr, offs, ok, b, p, p_ok, W, sm_n, sm_h, sm_w, STEP, BLEND)
+        if BLEND:  # x*m + f*(1-m), each side read only where its weight is non-zero
+            hm = tl.load(m_ptr + b * sm_n + ((p // W) * STEP) * sm_h + ((p % W) * STEP) * sm_w, mask=p_ok, other=0.0)
+            hm = hm.to(tl.float32)[:, None]
+            v = tl.load(x_ptr + offs, mask=ok & (hm != 0.0), other=0.0).to(tl.float32) * hm
+            v += tl.load(f_ptr + offs, mask=ok & (hm != 1.0), other=0.0).to(tl.float32) * (1.0 - hm)
+        else:
+            v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         new_count = count + ok.to(tl.float32)
         delta = v - mean
         mean += tl.where(ok, delta / tl.maximum(new_count, 1.0), 0.0)
         m2 += tl.where(ok, delta * (v - mean), 0.0)
         count = new_count
-    n = tl.sum(tl.sum(count, axis=1), axis=0)
-    mu = tl.sum(tl.sum(count * mean, axis=1), axis=0) / tl.maximum(n, 1.0)
+    # Merge the lanes. Few reductions on purpose: each tl.sum is a nested jit call, which the
+    # interpreter makes expensive. The count is known without one.
+    size: tl.constexpr = BLOCK_P * BLOCK_CG
+    n = (tl.maximum(end - start, 0) * CG).to(tl.float32)
+    mu = tl.sum(tl.reshape(count * mean, (size,)), axis=0) / tl.maximum(n, 1.0)
     d = mean - mu
-    var_n = tl.sum(tl.sum(m2 + count * d * d, axis=1), axis=0)
+    var_n = tl.sum(tl.reshape(m2 + count * d * d, (size,)), axis=0)
     base = ws_ptr + (bg * SPLIT + s) * 3
     tl.store(base, n)
     tl.store(base + 1, mu)
@@ -103,11 +104,17 @@ def _gn_silu_kernel(
     shift = beta - mean * scale
 
     offs = (b * HW + p)[:, None] * C + c[None, :]
-    v = _load_tile(x_ptr, f_ptr, m_ptr, offs, ok, b, p, p_ok, W, sm_n, sm_h, sm_w, STEP, BLEND)
+    if BLEND:  # x*m + f*(1-m), each side read only where its weight is non-zero
+        hm = tl.load(m_ptr + b * sm_n + ((p // W) * STEP) * sm_h + ((p % W) * STEP) * sm_w, mask=p_ok, other=0.0)
+        hm = hm.to(tl.float32)[:, None]
+        v = tl.load(x_ptr + offs, mask=ok & (hm != 0.0), other=0.0).to(tl.float32) * hm
+        v += tl.load(f_ptr + offs, mask=ok & (hm != 1.0), other=0.0).to(tl.float32) * (1.0 - hm)
+    else:
+        v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if WRITE_BLEND:
         tl.store(xb_ptr + offs, v.to(xb_ptr.dtype.element_ty), mask=ok)
     y = v * scale[None, :] + shift[None, :]
-    y = y * tl.sigmoid(y)
+    y = y / (1.0 + tl.exp(-y))  # silu; tl.sigmoid is a nested jit call (slow when interpreted)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 

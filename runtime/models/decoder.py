@@ -97,14 +97,17 @@ class AsymmetricDecoder(nn.Module):
         if image is None:
             for up in self.up_blocks:
                 h = up(h)
+            h = self.ops.group_norm_silu(h, self.conv_norm_out)
         else:
-            valid = 1 - mask
-            feats = self.ops.condition_features(self.condition_encoder, valid * image, valid)
-            for (stride, layer), up in zip(BLEND_POINTS[:4], self.up_blocks):
-                h = self.ops.blend(h, feats[layer], mask[:, :, ::stride, ::stride])
+            # One op for the branch and the first blend (L4 at H/8): a fused path masks the image
+            # as it loads it and blends L4 in its last conv's epilogue. Then blend after each level.
+            h, feats = self.ops.condition_blend(self.condition_encoder, image, mask, h)
+            for (stride, layer), up in zip(BLEND_POINTS[1:4], self.up_blocks[:3]):
                 h = up(h)
-            h = self.ops.blend(h, feats[0], mask)
-        h = self.ops.group_norm_silu(h, self.conv_norm_out)
+                h = self.ops.blend(h, feats[layer], mask[:, :, ::stride, ::stride])
+            h = self.up_blocks[3](h)
+            # The last blend feeds conv_norm_out only: fused with its statistics where possible.
+            h = self.ops.blend_group_norm_silu(h, feats[0], mask, self.conv_norm_out)
         return self.conv_out(h)
 
     # -- persistence ---------------------------------------------------------------------

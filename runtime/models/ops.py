@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .condition import LAYER_STRIDE
+
 
 class TorchOps:
     name = "torch"
@@ -28,6 +30,22 @@ class TorchOps:
     def condition_features(self, encoder, masked_image: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
         """The five pre-ReLU condition features L0..L4 (see ``ConditionEncoder``)."""
         return encoder.reference_forward(masked_image, valid)
+
+    def condition_blend(self, encoder, image: torch.Tensor, mask: torch.Tensor, h: torch.Tensor):
+        """Run the condition branch on ``image`` under the hole ``mask`` and blend L4 into ``h``.
+
+        ``h`` is the decoder at H/8 (the input of the first up level). Returns ``(h, feats)``
+        with ``feats`` the pre-ReLU features L0..L3 still to blend. One op, so that a fused
+        path can blend L4 in its last conv's epilogue and mask the image as it loads it.
+        """
+        valid = 1 - mask
+        feats = self.condition_features(encoder, valid * image, valid)
+        step = LAYER_STRIDE[-1]
+        return self.blend(h, feats[-1], mask[:, :, ::step, ::step]), feats[:-1]
+
+    def blend_group_norm_silu(self, h: torch.Tensor, f: torch.Tensor, m: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+        """``group_norm_silu(blend(h, f, m), norm)`` for a blend used by nothing but the norm."""
+        return self.group_norm_silu(self.blend(h, f, m), norm)
 
 
 TORCH_OPS = TorchOps()
