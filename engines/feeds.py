@@ -1,0 +1,40 @@
+"""Checks and conversions of the feeds an exported engine gets, shared by ONNX Runtime and TensorRT.
+
+The torch modules accept what COMPONENT_IO's conventions allow (a scalar timestep, an
+image/mask of batch 1 for a batch of latents); an exported graph has one fixed rank and a
+shared ``batch`` dim, so those feeds are expanded here, and anything outside the shape
+ranges it was exported for is refused with the range, instead of failing deep in the runtime.
+"""
+from __future__ import annotations
+
+import torch
+
+from asymvq.export.components import TensorSpec
+
+
+def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, device: torch.device,
+                  dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
+    """``feeds`` as contiguous tensors on ``device`` in each input's dtype, in ``specs`` order."""
+    names = list(specs)
+    missing = [n for n in names if n not in feeds]
+    extra = [n for n in feeds if n not in specs]
+    if missing or extra:
+        raise ValueError(f"{component} engine: expected inputs {names}, missing {missing}, unexpected {extra}")
+    batch = torch.as_tensor(feeds[names[0]]).shape[0]
+    out = {}
+    for name, spec in specs.items():
+        t = torch.as_tensor(feeds[name])
+        if t.ndim == 0 and len(spec.dims) == 1:  # one timestep for the whole batch
+            t = t.reshape(1)
+        if t.ndim == len(spec.dims) and spec.dims[0] == "batch" and t.shape[0] == 1 and batch > 1:
+            t = t.expand(batch, *t.shape[1:])
+        if t.ndim != len(spec.dims) or any(not lo <= n <= hi for n, lo, hi in zip(t.shape, spec.min, spec.max)):
+            raise ValueError(
+                f"{component} engine: {name} must have shape {list(spec.dims)} within {list(spec.min)}..{list(spec.max)} "
+                f"(the ranges it was exported for; re-export with --shapes to widen them), got {tuple(t.shape)}"
+            )
+        if spec.dims[0] == "batch" and t.shape[0] != batch:
+            raise ValueError(f"{component} engine: {name} has batch {t.shape[0]}, expected {batch} (or 1)")
+        dtype = dtypes[name] if dtypes else getattr(torch, spec.dtype)
+        out[name] = t.to(device=device, dtype=dtype).contiguous()
+    return out

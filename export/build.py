@@ -1,0 +1,102 @@
+"""Write an engines directory: one ONNX file per component, the tokenizer and scheduler the
+pipeline needs, and ``manifest.json`` describing and hashing all of it.
+
+The directory is self-contained: ``asymvq.engines.load_engine_dir`` and the runtime read
+nothing else. TensorRT plans are added to it afterwards by
+``asymvq.engines.tensorrt_engine.build_plans`` (engines sit above export in the data flow).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from .components import COMPONENTS, Shapes, Source, build_module, io_specs, spatial_multiple, weights_sha256
+from .manifest import artifact_entry, new_manifest, write_manifest
+from .onnx_export import DEFAULT_OPSET, export_onnx
+
+log = logging.getLogger(__name__)
+
+ALL = ("text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain")
+SD_COMPONENTS = ("text-encoder", "vae-encoder", "unet")
+SCHEDULER_FILE = "scheduler_config.json"
+
+
+def parse_components(value: str | list[str]) -> list[str]:
+    """``"all"``, one name, or a comma-separated list; validated and de-duplicated in order."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        names = ALL if item == "all" else (item,)
+        for n in names:
+            if n not in COMPONENTS:
+                raise ValueError(f"component must be 'all' or one of {list(COMPONENTS)}, got {item!r}")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def _write_tokenizer_and_scheduler(out: Path, source: Source) -> dict:
+    """tokenizer/ and scheduler/ next to the engines; returns the manifest keys for them."""
+    import diffusers
+
+    from asymvq.models.sd_components import SCHEDULER_CONFIG, SD_PRESETS, build_tokenizer
+
+    if source.model is not None:
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(source.model, subfolder="tokenizer", local_files_only=True)
+        scheduler = json.loads((Path(source.model) / "scheduler" / SCHEDULER_FILE).read_text())
+    elif source.preset in SD_PRESETS:
+        tokenizer = build_tokenizer(source.preset)
+        # SD 1.5's own file: PNDM with these keys (the other schedulers read the same keys).
+        scheduler = {"_class_name": "PNDMScheduler", "_diffusers_version": diffusers.__version__,
+                     **SCHEDULER_CONFIG, "skip_prk_steps": True}
+    else:
+        return {}
+    for sub in ("tokenizer", "scheduler"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    (out / "scheduler").mkdir()
+    (out / "scheduler" / SCHEDULER_FILE).write_text(json.dumps(scheduler, indent=2, sort_keys=True) + "\n")
+    return {"tokenizer": "tokenizer", "scheduler": "scheduler"}
+
+
+def export_directory(
+    out: str | Path,
+    components: str | list[str],
+    source: Source,
+    *,
+    precision: str = "fp32",
+    shapes: Shapes,
+    opset: int = DEFAULT_OPSET,
+) -> dict:
+    """Export ``components`` of ``source`` to ONNX under ``out``; returns the manifest written."""
+    names = parse_components(components)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = new_manifest(
+        precision=precision,
+        source=source.to_dict(),
+        shapes={"batch": list(shapes.batch), "height": list(shapes.height), "width": list(shapes.width)},
+    )
+    if any(n in SD_COMPONENTS for n in names):
+        manifest.update(_write_tokenizer_and_scheduler(out, source))
+    for name in names:
+        log.info("exporting %s (%s)", name, precision)
+        module = build_module(name, source)
+        inputs, outputs = io_specs(name, module, shapes, precision)
+        entry = {
+            "weights_sha256": weights_sha256(module),
+            "inputs": [s.to_dict() for s in inputs],
+            "outputs": [s.to_dict() for s in outputs],
+        }
+        if name == "unet":
+            entry["in_channels"] = module.unet.config.in_channels
+        files = export_onnx(module, inputs, outputs, out / f"{name}.onnx", precision=precision,
+                            multiple=spatial_multiple(name, module), opset=opset)
+        entry["artifacts"] = {"onnx": artifact_entry(out, files, opset=opset)}
+        manifest["components"][name] = entry
+        write_manifest(out, manifest)  # after each component, so an interrupted build shows progress
+    return manifest
