@@ -84,6 +84,15 @@ class InpaintPipeline:
         return cls(**load_sd_folder(sd_dir, decoder=decoder, **kwargs))
 
     @classmethod
+    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "pndm", **engine_options) -> "InpaintPipeline":
+        """An engines directory written by ``asymvq export`` (ONNX Runtime, TensorRT or torch engines)."""
+        from .engines.directory import pipeline_parts
+
+        parts = pipeline_parts(engines_dir, device=device, backend=backend, **engine_options)
+        return cls(parts["engines"], scheduler=make_scheduler(scheduler, parts["scheduler_config"]),
+                   spec=PipelineSpec(**parts["spec"]), tokenizer=parts["tokenizer"])
+
+    @classmethod
     def from_diffusers(cls, pipe, decoder=None, **kwargs) -> "InpaintPipeline":
         """Take over a diffusers SD (inpainting) pipeline's networks; its VAE decoder becomes ours."""
         from .loading import take_over_diffusers
