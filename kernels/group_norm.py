@@ -101,7 +101,6 @@ def _gn_silu_kernel(
     gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     scale = rstd * gamma
-    shift = beta - mean * scale
 
     offs = (b * HW + p)[:, None] * C + c[None, :]
     if BLEND:  # x*m + f*(1-m), each side read only where its weight is non-zero
@@ -113,8 +112,12 @@ def _gn_silu_kernel(
         v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if WRITE_BLEND:
         tl.store(xb_ptr + offs, v.to(xb_ptr.dtype.element_ty), mask=ok)
-    y = v * scale[None, :] + shift[None, :]
-    y = y / (1.0 + tl.exp(-y))  # silu; tl.sigmoid is a nested jit call (slow when interpreted)
+    # (v - mean) * scale, not v * scale + (beta - mean * scale): the latter cancels badly when
+    # the variance is tiny and the mean is not.
+    y = (v - mean[None, :]) * scale[None, :] + beta[None, :]
+    # silu with exp(-|y|) (no overflow); not tl.sigmoid, a nested jit call the interpreter makes slow
+    e = tl.exp(-tl.abs(y))
+    y = y * tl.where(y >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
