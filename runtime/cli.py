@@ -1,0 +1,245 @@
+"""The ``asymvq`` command line: ``profile``, ``inpaint`` and ``decode``.
+
+Heavy imports (torch, diffusers, matplotlib) happen inside the commands so that
+``asymvq --help`` answers at once. Errors a user can fix (missing files, wrong formats,
+mismatched sizes) print one line and exit 1; ``--debug`` anywhere on the line shows the
+traceback instead. ``app`` is module level so other files can register commands on it.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="asymvq",
+    help="Stable Diffusion inpainting with the Asymmetric VQGAN decoder: profile, inpaint, decode.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # main() prints one line unless --debug
+)
+
+SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="On errors, show the full traceback (accepted anywhere).")):
+    """asymvq: the runtime for SD inpainting with asymmetric decoders."""
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768) (height x width); '512' -> (512, 512)."""
+    parts = size.lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except ValueError:
+        h = w = -1
+    if len(parts) > 2 or h <= 0 or w <= 0 or h % 8 or w % 8:
+        raise ValueError(f"--size: expected HxW with positive multiples of 8, e.g. 512x512, got {size!r}")
+    return h, w
+
+
+# -- profile ----------------------------------------------------------------------------------
+@app.command()
+def profile(
+    preset: Optional[str] = typer.Option(None, help="tiny or sd15 (default: tiny on a CPU, sd15 with CUDA)."),
+    decoders: Optional[str] = typer.Option(None, help="Comma-separated decoder presets, e.g. vanilla,base,x1.5,x2."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: 10 for tiny, 50 for sd15)."),
+    size: Optional[str] = typer.Option(None, help="HxW image size (default: the preset's, 64x64 or 512x512)."),
+    batch: int = typer.Option(1, help="Images per run (the UNet sees 2x this under guidance)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)."),
+    warmup: Optional[int] = typer.Option(None, help="Warm-up runs, not measured."),
+    repeats: Optional[int] = typer.Option(None, help="Measured runs (min, median and p90 are over these)."),
+    scheduler: str = typer.Option("ddim", help=SCHEDULER_HELP),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale (> 1 doubles the UNet batch)."),
+    seed: int = typer.Option(0, help="Seed of the random weights and of the noise."),
+    kernels: str = typer.Option("torch", help="Decoder kernels: torch or triton."),
+    nvtx: bool = typer.Option(False, help="Mark every stage with an NVTX range (GPU)."),
+    json_path: Path = typer.Option(Path("out/profile.json"), "--json", help="Where to write the JSON report."),
+    plot: Path = typer.Option(Path("out/profile.png"), "--plot", help="Where to write the PNG chart."),
+):
+    """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
+    import torch
+
+    from .profiler import ProfileConfig, default_config
+    from .report import format_table, plot as draw, write_json
+
+    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    base = default_config(cuda)
+    preset = preset or base.preset
+    native = {"tiny": 64, "sd15": 512}.get(preset, 64)
+    height, width = parse_size(size) if size else (native, native)
+    config = ProfileConfig(
+        preset=preset,
+        decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()) if decoders else base.decoders,
+        steps=steps if steps is not None else (50 if preset == "sd15" else 10),
+        height=height, width=width, batch=batch, device=device or base.device, dtype=dtype or base.dtype,
+        warmup=warmup if warmup is not None else base.warmup, repeats=repeats if repeats is not None else base.repeats,
+        guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels,
+    )
+    _check_profile_config(config)
+    report = _run_profile(config)
+    typer.echo(format_table(report))
+    typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
+
+
+def _check_profile_config(config) -> None:
+    """Fail on a bad name before minutes of model building, not after."""
+    from .models import PRESETS
+    from .models.config import PRESET_ALIASES
+    from .models.sd_components import SD_PRESETS
+    from .pipeline import SCHEDULER_ALIASES, SCHEDULERS
+    from .presets import DTYPES, parse_device
+
+    if config.preset not in SD_PRESETS:
+        raise ValueError(f"--preset: expected one of {list(SD_PRESETS)}, got {config.preset!r}")
+    bad = [d for d in config.decoders if d not in PRESETS and d not in PRESET_ALIASES]
+    if bad:
+        raise ValueError(f"--decoders: unknown decoder presets {bad}; expected names among {sorted(PRESETS)}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"--dtype: expected one of {list(DTYPES)}, got {config.dtype!r}")
+    if config.scheduler.lower() not in SCHEDULERS and config.scheduler.lower() not in SCHEDULER_ALIASES:
+        raise ValueError(f"--scheduler: expected one of {SCHEDULERS}, got {config.scheduler!r}")
+    parse_device(config.device)
+
+
+def _run_profile(config) -> dict:
+    from tqdm.auto import tqdm
+
+    from .profiler import profile as run
+
+    bar = tqdm(total=config.warmup + config.repeats, desc="profiling (warm-up + measured runs)", unit="run")
+
+    def advance(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        return run(config, progress=advance, log=lambda msg: tqdm.write(msg))
+    finally:
+        bar.close()
+
+
+# -- inpaint ----------------------------------------------------------------------------------
+def build_pipeline(*, model: Path, decoder: Optional[Path], device: str, dtype: str, scheduler: str):
+    """The one place a command turns its options into a pipeline (engine directories plug in here)."""
+    from .pipeline import InpaintPipeline
+
+    return InpaintPipeline.from_pretrained(model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler)
+
+
+@app.command()
+def inpaint(
+    model: Path = typer.Option(..., help="Local diffusers-format SD inpainting folder (unet/, vae/, text_encoder/, ...)."),
+    decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (default: the folder's own VAE decoder)."),
+    image: Path = typer.Option(..., help="Source image (png, jpg, ...)."),
+    mask: Path = typer.Option(..., help="Mask image, white = area to repaint; same size as the image."),
+    prompt: str = typer.Option(..., help="What to paint into the hole."),
+    out: Path = typer.Option(..., help="Output image path (.png)."),
+    negative_prompt: Optional[str] = typer.Option(None, help="What to steer away from."),
+    steps: int = typer.Option(50, help="Denoising steps."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    strength: float = typer.Option(1.0, help="How much of the source to re-noise, in (0, 1]."),
+    scheduler: str = typer.Option("ddim", help=SCHEDULER_HELP),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+):
+    """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
+    import torch
+
+    from .images import load_image
+
+    source, hole = load_image(image), load_image(mask, mode="L")
+    if source.size != hole.size:
+        raise ValueError(f"--mask: expected the image's size {source.size[0]}x{source.size[1]} (WxH), "
+                         f"got {hole.size[0]}x{hole.size[1]}")
+    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler)
+    result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
+                  guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
+                  output_type="pil", progress=True)
+    _save_images(result.images, out)
+
+
+def _save_images(images: list, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
+    for img, path in zip(images, paths):
+        img.save(path)
+        typer.echo(f"wrote {path}")
+
+
+# -- decode -----------------------------------------------------------------------------------
+@app.command()
+def decode(
+    decoder: Path = typer.Option(..., help="Decoder checkpoint (ours, diffusers VAE folder, official .ckpt, SD VAE)."),
+    latents: Path = typer.Option(..., help="Latents file: .pt, .npy or .safetensors, shape (B, 4, h, w) or (4, h, w)."),
+    out: Path = typer.Option(..., help="Output image path (.png)."),
+    image: Optional[Path] = typer.Option(None, help="Unmasked source image (8h x 8w), for the condition branch."),
+    mask: Optional[Path] = typer.Option(None, help="Mask (white = hole), same size as the image."),
+    vae_space: bool = typer.Option(False, "--vae-space", help="Latents are already divided by the scaling factor."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+):
+    """Decode saved latents (diffusion space unless --vae-space) to an image."""
+    import torch
+
+    from .images import load_image, postprocess, prepare_image_and_mask
+    from .latents_io import load_latents
+    from .models.checkpoints import load_decoder
+    from .presets import parse_device, parse_dtype
+
+    lat = load_latents(latents)
+    if (image is None) != (mask is None):
+        raise ValueError("--image / --mask: give both (inpainting condition) or neither (plain decode)")
+    dev, dt = parse_device(device), parse_dtype(dtype)
+    pixels = hole = None
+    if image is not None:
+        want = (8 * lat.shape[-2], 8 * lat.shape[-1])
+        source, hole_img = load_image(image), load_image(mask, mode="L")
+        for flag, img in (("--image", source), ("--mask", hole_img)):
+            if (img.height, img.width) != want:
+                raise ValueError(f"{flag}: expected {want[0]}x{want[1]} (HxW, 8x the latents' {lat.shape[-2]}x{lat.shape[-1]}), "
+                                 f"got {img.height}x{img.width}")
+        pixels, hole, _, _ = prepare_image_and_mask(source, hole_img, None, None)
+    dec = load_decoder(decoder, dtype=dt, device=dev)
+    if lat.shape[1] != dec.config.latent_channels:
+        raise ValueError(f"--latents: expected {dec.config.latent_channels} channels for this decoder, got shape {tuple(lat.shape)}")
+    lat = lat.to(device=dev, dtype=dt)
+    if not vae_space:
+        lat = lat / dec.config.scaling_factor
+    if pixels is not None and not dec.config.has_condition:
+        raise ValueError("--image / --mask: this decoder has no condition branch (a plain SD decoder); drop them")
+    with torch.inference_mode():
+        sample = dec(lat, None if pixels is None else pixels.to(dev, dt), None if hole is None else hole.to(dev, dt))
+    _save_images(postprocess(sample, "pil"), out)
+
+
+# -- entry point ------------------------------------------------------------------------------
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: one-line errors unless ``--debug``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="asymvq")
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("asymvq: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, (ValueError, OSError)):
+            print(f"asymvq: error: {message}", file=sys.stderr)
+        else:
+            print(f"asymvq: error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

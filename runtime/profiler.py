@@ -1,0 +1,217 @@
+"""How much the decoder costs next to diffusion: per-stage latency and memory, several decoders in one run.
+
+One measurement = one full diffusion run (text encode, VAE encode, every UNet step with CFG,
+every scheduler step) or one decode. Each repeat runs the diffusion once, then every decoder
+on the very same latents; warm-up repeats are run and thrown away. The result is a plain
+dict, the JSON report whose schema docs/profiling.md documents (``SCHEMA``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
+from .timing import PeakMemory, StageTimer, summarize
+
+SCHEMA = "asymvq.profile/1"
+SPAN_DIFFUSION = "diffusion"  # the whole denoise() call, end to end
+PER_RUN = (SPAN_TEXT, SPAN_VAE_ENCODE)  # summed per run (CFG encodes two prompts)
+PER_STEP = (SPAN_UNET, SPAN_SCHEDULER)  # one sample per denoising step
+DEFAULT_DECODERS = ("vanilla", "base", "x1.5", "x2")
+PROMPT = "a photograph of a cat sitting on a sofa, detailed, 4k"
+
+
+@dataclass
+class ProfileConfig:
+    preset: str = "tiny"
+    decoders: tuple[str, ...] = DEFAULT_DECODERS
+    steps: int = 10
+    height: int = 64
+    width: int = 64
+    batch: int = 1
+    device: str = "cpu"
+    dtype: str = "fp32"
+    warmup: int = 1
+    repeats: int = 3
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+    seed: int = 0
+    nvtx: bool = False
+    kernels: str = "torch"
+
+    def __post_init__(self):
+        self.decoders = tuple(self.decoders)
+        if not self.decoders or len(set(self.decoders)) != len(self.decoders):
+            raise ValueError(f"decoders: expected distinct preset names, got {list(self.decoders)}")
+        for name, v, lo in (("steps", self.steps, 1), ("batch", self.batch, 1), ("repeats", self.repeats, 1),
+                            ("warmup", self.warmup, 0)):
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+
+
+def default_config(cuda: bool | None = None) -> ProfileConfig:
+    """The built-in default: tiny on a CPU; SD 1.5 shapes at 512x512, fp16, 50 steps on a GPU."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        return ProfileConfig(preset="sd15", steps=50, height=512, width=512, device="cuda", dtype="fp16",
+                             warmup=2, repeats=5)
+    return ProfileConfig()
+
+
+def synthetic_inputs(height: int, width: int, seed: int):
+    """A smooth seeded RGB image in [0, 1] and a centred rectangular hole (a quarter of the area)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, max(height // 16, 1), max(width // 16, 1), generator=g)
+    image = torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
+    mask = torch.zeros(1, 1, height, width)
+    mask[..., height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 1.0
+    return image, mask
+
+
+def _params(engines: dict) -> int | None:
+    module = getattr(next(iter(engines.values())), "module", None)
+    return sum(p.numel() for p in module.parameters()) if module is not None else None
+
+
+def environment(device: torch.device) -> dict:
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    dev = {"type": device.type, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        dev.update(name=props.name, capability=f"{props.major}.{props.minor}", memory_bytes=props.total_memory,
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        try:
+            import pynvml  # optional: the driver version, when nvidia-ml-py is installed
+
+            pynvml.nvmlInit()
+            dev["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:
+            dev["driver"] = None
+    else:
+        dev["name"] = dev["cpu"]
+    versions = {"asymvq": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        versions["triton"] = None
+    return {"device": dev, "versions": versions, "platform": platform.platform()}
+
+
+def _split(spans: list[tuple[str, float]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for name, ms in spans:
+        out.setdefault(name, []).append(ms)
+    return out
+
+
+def profile(config: ProfileConfig, *, progress=None, log=print) -> dict:
+    """Run the profile described by ``config``; returns the report dict (see docs/profiling.md)."""
+    from .pipeline import InpaintPipeline
+    from .presets import parse_device, parse_dtype, random_decoder_engines
+
+    device = parse_device(config.device)
+    parse_dtype(config.dtype)
+    log(f"building {config.preset} pipeline ({config.dtype}, {device}) and decoders {', '.join(config.decoders)} ...")
+    pipe = InpaintPipeline.from_preset(config.preset, decoder=config.decoders[0], dtype=config.dtype,
+                                       device=device, seed=config.seed, scheduler=config.scheduler)
+    decoders = {config.decoders[0]: pipe.stages.decoders()}
+    decoders.update(random_decoder_engines(config.decoders[1:], seed=config.seed, dtype=config.dtype, device=device))
+    if config.kernels != "torch":
+        for engines in decoders.values():
+            next(iter(engines.values())).module.decoder.set_kernels(config.kernels)
+
+    image, mask = synthetic_inputs(config.height, config.width, config.seed)
+    timer, memory = StageTimer(device, nvtx=config.nvtx), PeakMemory(device)
+    pipe.timer = timer
+    samples: dict[str, list[float]] = {}
+    peaks: dict[str, dict] = {}
+
+    def keep_peak(bucket: str, m: dict) -> None:
+        old = peaks.get(bucket)
+        peaks[bucket] = m if old is None or m["peak_bytes"] > old["peak_bytes"] else old
+
+    def keep(bucket: str, values: list[float]) -> None:
+        samples.setdefault(bucket, []).extend(values)
+
+    total = config.warmup + config.repeats
+    for r in range(total):
+        recording = r >= config.warmup
+        memory.reset()
+        with timer.span(SPAN_DIFFUSION):
+            denoised = pipe.denoise(
+                PROMPT, image, mask, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                num_images_per_prompt=config.batch, generator=torch.Generator().manual_seed(config.seed),
+            )
+        spans = _split(timer.collect())
+        if recording:
+            keep_peak(SPAN_DIFFUSION, memory.measure())
+            keep(SPAN_DIFFUSION, spans[SPAN_DIFFUSION])
+            for name in PER_RUN:
+                keep(name, [sum(spans.get(name, [0.0]))])
+            for name in PER_STEP:
+                keep(name, spans.get(name, []))
+        for name, engines in decoders.items():
+            bucket = f"{SPAN_DECODE}/{name}"
+            timer.rename = {SPAN_DECODE: bucket}
+            memory.reset()
+            pipe.decode(denoised, decoder=engines)
+            spans = _split(timer.collect())
+            if recording:
+                keep(bucket, spans[bucket])
+                keep_peak(bucket, memory.measure())
+            timer.rename = {}
+        if progress is not None:
+            progress(r + 1, total)
+    return build_report(config, samples, peaks, memory.kind, timer.method, device,
+                        {n: _params(e) for n, e in decoders.items()})
+
+
+def build_report(config: ProfileConfig, samples: dict, peaks: dict, memory_kind: str, timer_method: str,
+                 device: torch.device, decoder_params: dict) -> dict:
+    """Stage statistics plus the decoder-versus-diffusion summary, as a JSON-able dict."""
+    stages = {}
+    for name, values in samples.items():
+        per = "step" if name in PER_STEP else "run"
+        stages[name] = {"per": per, **summarize(values), "samples_ms": [round(v, 4) for v in values]}
+        if name in peaks:
+            stages[name]["memory"] = peaks[name]
+    steps = config.steps
+    diffusion = stages[SPAN_DIFFUSION]["median_ms"]
+    unet_total = steps * stages[SPAN_UNET]["median_ms"]
+    summary = {}
+    for name in config.decoders:
+        decode = stages[f"{SPAN_DECODE}/{name}"]["median_ms"]
+        pipeline = diffusion + decode
+        summary[name] = {
+            "decode_median_ms": decode,
+            "pipeline_median_ms": pipeline,
+            "decode_share": decode / pipeline,
+            "decode_vs_unet_total": decode / unet_total,
+            "images_per_s": config.batch * 1e3 / pipeline,
+            "memory": peaks.get(f"{SPAN_DECODE}/{name}"),
+            "params": decoder_params.get(name),
+        }
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **environment(device),
+        "config": asdict(config) | {"decoders": list(config.decoders)},
+        "timer": timer_method,
+        "memory": memory_kind,
+        "stages": stages,
+        "diffusion": {"median_ms": diffusion, "unet_total_median_ms": unet_total,
+                      "steps": steps, "unet_batch": config.batch * (2 if config.guidance_scale > 1 else 1)},
+        "decoders": summary,
+    }

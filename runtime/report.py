@@ -1,0 +1,124 @@
+"""Profile report outputs: the terminal table (TensorRT demo style), the JSON file and the PNG chart."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .profiler import SPAN_DIFFUSION
+from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
+
+WIDTHS = (26, 14, 12, 12)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f} ms"
+
+
+def _bytes(v: int | None) -> str:
+    return "-" if v is None else f"{v / 2**20:,.0f} MiB"
+
+
+def _memory(m: dict | None) -> str:
+    if not m:
+        return "-"
+    return f"{_bytes(m['peak_bytes'])} (+{_bytes(m['added_bytes'])})" if m.get("added_bytes") is not None else _bytes(m["peak_bytes"])
+
+
+def _row(*cells: str) -> str:
+    first, *rest = cells
+    return "|" + f" {first:<{WIDTHS[0] - 2}} " + "".join(f"| {c:>{w - 2}} " for c, w in zip(rest, WIDTHS[1:])) + "|"
+
+
+def _rule(n: int = 4) -> str:
+    return "|" + "|".join("-" * w for w in WIDTHS[:n]) + "|"
+
+
+def _stage_rows(report: dict) -> list[tuple[str, dict, int]]:
+    """(label, stats, multiplier) in pipeline order; per-step stages are shown times the step count."""
+    stages, steps = report["stages"], report["config"]["steps"]
+    cfg = " (CFG)" if report["config"]["guidance_scale"] > 1 else ""
+    rows = [("CLIP", stages.get(SPAN_TEXT), 1), ("VAE-Enc", stages.get(SPAN_VAE_ENCODE), 1),
+            (f"UNet x {steps}{cfg}", stages.get(SPAN_UNET), steps), (f"Scheduler x {steps}", stages.get(SPAN_SCHEDULER), steps),
+            ("Diffusion (end to end)", stages.get(SPAN_DIFFUSION), 1)]
+    return [r for r in rows if r[1] is not None]
+
+
+def format_table(report: dict) -> str:
+    """The summary a terminal prints: every stage, each decoder, the pipeline per decoder, throughput."""
+    c, dev = report["config"], report["device"]
+    lines = [
+        f"asymvq profile: {c['preset']} {c['height']}x{c['width']}, batch {c['batch']}, {c['dtype']}, "
+        f"{dev['type']} ({dev.get('name')}), {c['steps']} steps {c['scheduler'].upper()}, guidance {c['guidance_scale']}",
+        f"{c['repeats']} measured runs after {c['warmup']} warm-up; timer {report['timer']}; memory {report['memory']}",
+        _rule(), _row("Module", "Latency (p50)", "min", "p90"), _rule(),
+    ]
+    for label, s, k in _stage_rows(report):
+        lines.append(_row(label, _ms(k * s["median_ms"]), _ms(k * s["min_ms"]), _ms(k * s["p90_ms"])))
+    lines.append(_rule())
+    for name in c["decoders"]:
+        s = report["stages"][f"{SPAN_DECODE}/{name}"]
+        lines.append(_row(f"Decoder {name}", _ms(s["median_ms"]), _ms(s["min_ms"]), _ms(s["p90_ms"])))
+    lines.append(_rule())
+    for name, d in report["decoders"].items():
+        lines.append(_row(f"Pipeline ({name})", _ms(d["pipeline_median_ms"]), "", ""))
+    lines.append(_rule())
+    lines += ["", "Decoder versus diffusion (medians):", _rule(4),
+              _row("Decoder", "share of total", f"vs UNet x {c['steps']}", "images/s"), _rule(4)]
+    for name, d in report["decoders"].items():
+        lines.append(_row(name, f"{100 * d['decode_share']:.1f} %", f"{100 * d['decode_vs_unet_total']:.1f} %",
+                          f"{d['images_per_s']:.3f}"))
+    lines.append(_rule(4))
+    peaks = ", ".join(f"{n} {_memory(d.get('memory'))}" for n, d in report["decoders"].items())
+    lines.append(f"Peak memory (added by the stage): diffusion {_memory(report['stages'][SPAN_DIFFUSION].get('memory'))}; "
+                 f"decode {peaks}")
+    for name, d in report["decoders"].items():
+        lines.append(f"Throughput ({name}): {d['images_per_s']:.3f} image/s")
+    if c["preset"] == "tiny":
+        lines.append("Note: preset tiny uses toy UNet/CLIP/VAE-encoder networks; decoder shares are only "
+                     "meaningful with --preset sd15.")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def plot(report: dict, path) -> Path:
+    """One stacked bar per decoder: text, VAE encode, UNet, scheduler, other host work, decode."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    stages, c = report["stages"], report["config"]
+    steps = c["steps"]
+    med = lambda name, k=1: k * stages[name]["median_ms"] if name in stages else 0.0  # noqa: E731
+    parts = [("CLIP", med(SPAN_TEXT)), ("VAE encode", med(SPAN_VAE_ENCODE)),
+             (f"UNet x {steps}", med(SPAN_UNET, steps)), (f"Scheduler x {steps}", med(SPAN_SCHEDULER, steps))]
+    other = max(med(SPAN_DIFFUSION) - sum(v for _, v in parts), 0.0)
+    parts.append(("other (host, glue)", other))
+    names = list(c["decoders"])
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 3.5, 4.8))
+    bottom = [0.0] * len(names)
+    colors = plt.get_cmap("tab10").colors
+    for i, (label, value) in enumerate(parts):
+        ax.bar(names, [value] * len(names), bottom=bottom, label=label, color=colors[i])
+        bottom = [b + value for b in bottom]
+    decode = [med(f"{SPAN_DECODE}/{n}") for n in names]
+    ax.bar(names, decode, bottom=bottom, label="decode", color=colors[len(parts)])
+    for x, (b, d, n) in enumerate(zip(bottom, decode, names)):
+        ax.text(x, b + d, f"{100 * report['decoders'][n]['decode_share']:.1f}%", ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel("median latency (ms)")
+    dev = report["device"]
+    ax.set_title(f"{c['preset']} {c['height']}x{c['width']} {c['dtype']}, {c['steps']} steps, {dev.get('name')}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
