@@ -70,3 +70,16 @@ def test_all_ones_mask_is_the_plain_decoder_and_all_zeros_keeps_condition():
     # mask = 0 everywhere: the output no longer depends on the latents at all
     with torch.no_grad():
         assert torch.allclose(ours(torch.randn_like(z), image, torch.zeros_like(ones)), zeros_out)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_half_precision_tracks_fp32(dtype, atol):
+    # fp32 inputs are cast to the weights' dtype by forward; the output comes back in that dtype
+    torch.manual_seed(0)
+    ours = AsymmetricDecoder("tiny").eval()
+    z, image, mask = random_inputs(batch=1)
+    with torch.no_grad():
+        expected = ours(z, image, mask)
+        got = ours.to(dtype)(z.to(dtype), image, mask)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    assert (got.float() - expected).abs().max().item() <= atol
