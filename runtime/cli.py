@@ -217,6 +217,12 @@ def decode(
     _save_images(postprocess(sample, "pil"), out)
 
 
+# -- export: its own file (runtime/cli_export.py), registered here --------------------------
+from .cli_export import register as _register_export  # noqa: E402
+
+_register_export(app)
+
+
 # -- entry point ------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one-line errors unless ``--debug``."""
