@@ -47,7 +47,7 @@ _GPU_CONFIGS = [
     )
 ]
 # Interpreter: one config (autotuning needs a GPU), large tiles (few Python-level programs).
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=1)
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 512, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=1)
 
 # IN_MASK / BLEND modes (constexpr)
 _NO_MASK, _HOLE, _VALID = 0, 1, 2
@@ -101,6 +101,12 @@ def _conv2d_fused_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     window = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    # Everything that does not depend on the tap or the channel chunk, hoisted.
+    ih0 = oh * STRIDE - PAD
+    iw0 = ow * STRIDE - PAD
+    x_rows = x_ptr + b * sx_n
+    m_rows = in_mask_ptr + b * sm_n
+    w_tile = w_ptr + offs_n[None, :] * sw_o + offs_k[:, None] * sw_i
     n_chunks = (Cin + BLOCK_K - 1) // BLOCK_K
     # One flat K loop over (tap, channel chunk) rather than nested loops: Triton software-
     # pipelines the loads of a single loop, and Cin / BLOCK_K alone is often only 2-6.
@@ -109,21 +115,20 @@ def _conv2d_fused_kernel(
         c0 = (it - tap * n_chunks) * BLOCK_K
         kh = tap // KW
         kw = tap - kh * KW
-        ih = oh * STRIDE - PAD + kh
-        iw = ow * STRIDE - PAD + kw
+        ih = ih0 + kh
+        iw = iw0 + kw
         inside = m_ok & (ih >= 0) & (ih < HV) & (iw >= 0) & (iw < WV)
         if UPSAMPLE:
             ih = ih // 2
             iw = iw // 2
-        cin = c0 + offs_k
-        pix = b * sx_n + ih * sx_h + iw * sx_w
+        k_ok = offs_k < Cin - c0
         a = tl.load(
-            x_ptr + pix[:, None] + cin[None, :] * sx_c,
-            mask=inside[:, None] & (cin < Cin)[None, :],
+            (x_rows + ih * sx_h + iw * sx_w + c0 * sx_c)[:, None] + offs_k[None, :] * sx_c,
+            mask=inside[:, None] & k_ok[None, :],
             other=0.0,
         )
         if IN_MASK != 0:
-            mv = tl.load(in_mask_ptr + b * sm_n + ih * sm_h + iw * sm_w, mask=inside, other=0.0).to(tl.float32)
+            mv = tl.load(m_rows + ih * sm_h + iw * sm_w, mask=inside, other=0.0).to(tl.float32)
             if IN_MASK == 1:
                 keep = tl.where(inside, 1.0 - mv, 0.0)
             else:
@@ -132,12 +137,9 @@ def _conv2d_fused_kernel(
             a = a * keep[:, None].to(a.dtype)
             if PARTIAL:
                 # Padding counts as invalid; count each tap once, not once per channel chunk.
-                window += tl.where(c0 == 0, keep, 0.0)
-        wt = tl.load(
-            w_ptr + offs_n[None, :] * sw_o + cin[:, None] * sw_i + kh * sw_h + kw * sw_w,
-            mask=(cin < Cin)[:, None] & n_ok[None, :],
-            other=0.0,
-        )
+                if c0 == 0:
+                    window += keep
+        wt = tl.load(w_tile + (c0 * sw_i + kh * sw_h + kw * sw_w), mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, wt, acc, input_precision=DOT_PRECISION)
 
     if PARTIAL:

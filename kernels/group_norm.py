@@ -1,16 +1,19 @@
 """GroupNorm + SiLU over channels-last tensors, optionally fused with the blend that precedes it.
 
-Two launches, because one program per (batch, group) cannot fill a GPU at 32 groups:
-1. statistics: grid (B*G, SPLIT), each program runs Welford per lane over a slice of the
-   group's pixels and writes (count, mean, M2) partials. Welford, not sum/sum-of-squares:
-   SD VAE activations reach the hundreds, where E[x^2] - E[x]^2 cancels in fp32;
-2. normalise: grid over (pixel tile, channel tile, batch); each program merges the SPLIT
-   partials of its channels' groups (Chan et al.), then writes ``silu(gamma*x_hat + beta)``.
+Three launches, shaped by the channels-last layout (a pixel's channels are contiguous):
+1. partial statistics: grid (B, SPLIT, channel tiles); each program walks a slice of the
+   pixels reading whole rows of channels (coalesced, unlike a per-group walk that would read
+   C/G-channel slivers) and keeps a Welford (mean, M2) per lane, then per channel. Welford,
+   not sum/sum-of-squares: SD VAE activations reach the hundreds, where E[x^2] - E[x]^2
+   cancels in fp32;
+2. finalize: merges the per-(split, channel) partials of each group (Chan et al.) into
+   (mean, rstd) per (batch, group);
+3. normalise: grid (pixel tiles, channel tiles, B) writing ``silu(gamma*x_hat + beta)``.
 
 With ``blend_with``/``blend_mask`` the normalised tensor is the blend ``x*m + f*(1-m)``
-(``m`` sampled nearest from the full-resolution hole mask), computed in both launches from its
-inputs rather than written and read back; ``return_blend`` also writes it, for a caller that
-still needs it (a residual). With a binary mask each pixel reads only one of x and f.
+(``m`` sampled nearest from the full-resolution hole mask), computed in launches 1 and 3 from
+its inputs rather than written and read back; ``return_blend`` also writes it, for a caller
+that still needs it (a residual). With a binary mask each pixel reads only one of x and f.
 """
 from __future__ import annotations
 
@@ -24,23 +27,22 @@ from .blend import blend_step
 
 
 @triton.jit
-def _gn_stats_kernel(
+def _gn_partial_stats_kernel(
     x_ptr, f_ptr, m_ptr,  # (B, C, H, W) channels-last; f, m only when BLEND
-    ws_ptr,  # (B*G, SPLIT, 3) fp32 partials: count, mean, M2
-    HW, W, C, CG, G, PIX_PER_SPLIT,
+    ws_ptr,  # (B, SPLIT, C, 2) fp32: per-channel mean and M2 over the split's pixels
+    HW, W, C, PIX_PER_SPLIT,
     sm_n, sm_h, sm_w, STEP,
-    BLEND: tl.constexpr, SPLIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CG: tl.constexpr,
+    BLEND: tl.constexpr, SPLIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    bg = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
-    b = (bg // G).to(tl.int64)
-    c = (bg % G) * CG + tl.arange(0, BLOCK_CG)
-    c_ok = tl.arange(0, BLOCK_CG) < CG
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
     start = s * PIX_PER_SPLIT
     end = tl.minimum(start + PIX_PER_SPLIT, HW)
-    count = tl.zeros((BLOCK_P, BLOCK_CG), dtype=tl.float32)
-    mean = tl.zeros((BLOCK_P, BLOCK_CG), dtype=tl.float32)
-    m2 = tl.zeros((BLOCK_P, BLOCK_CG), dtype=tl.float32)
+    count = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    mean = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         p_ok = p < end
@@ -58,28 +60,50 @@ def _gn_stats_kernel(
         mean += tl.where(ok, delta / tl.maximum(new_count, 1.0), 0.0)
         m2 += tl.where(ok, delta * (v - mean), 0.0)
         count = new_count
-    # Merge the lanes. Few reductions on purpose: each tl.sum is a nested jit call, which the
-    # interpreter makes expensive. The count is known without one.
-    size: tl.constexpr = BLOCK_P * BLOCK_CG
-    n = (tl.maximum(end - start, 0) * CG).to(tl.float32)
-    mu = tl.sum(tl.reshape(count * mean, (size,)), axis=0) / tl.maximum(n, 1.0)
-    d = mean - mu
-    var_n = tl.sum(tl.reshape(m2 + count * d * d, (size,)), axis=0)
-    base = ws_ptr + (bg * SPLIT + s) * 3
-    tl.store(base, n)
-    tl.store(base + 1, mu)
-    tl.store(base + 2, var_n)
+    # Merge the pixel lanes of each channel. The count is known without a reduction (each
+    # tl.sum is a nested jit call, which the interpreter makes expensive).
+    n = tl.maximum(end - start, 1).to(tl.float32)
+    mean_c = tl.sum(count * mean, axis=0) / n
+    d = mean - mean_c[None, :]
+    m2_c = tl.sum(m2 + count * d * d, axis=0)
+    out = ws_ptr + ((b * SPLIT + s) * C + c) * 2
+    tl.store(out, mean_c, mask=c_ok)
+    tl.store(out + 1, m2_c, mask=c_ok)
+
+
+@triton.jit
+def _gn_finalize_kernel(
+    ws_ptr,  # (B, SPLIT, C, 2) partials
+    stats_ptr,  # (B, G, 2) fp32: mean, rstd
+    HW, C, CG, G, PIX_PER_SPLIT, group_size, eps,  # group_size = HW * CG, as a float
+    SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    r = tl.arange(0, SPLIT * BLOCK_CG)  # (split, channel-in-group) pairs, flattened
+    s = r // BLOCK_CG
+    j = r % BLOCK_CG
+    ok = (g < G)[:, None] & (j < CG)[None, :]
+    n_s = tl.minimum(tl.maximum(HW - s * PIX_PER_SPLIT, 0), PIX_PER_SPLIT).to(tl.float32)[None, :]
+    part = ws_ptr + ((b * SPLIT + s[None, :]) * C + g[:, None] * CG + j[None, :]) * 2
+    mu = tl.load(part, mask=ok, other=0.0)
+    m2 = tl.load(part + 1, mask=ok, other=0.0)
+    mean = tl.sum(tl.where(ok, n_s * mu, 0.0), axis=1) / group_size
+    d = mu - mean[:, None]
+    var = tl.sum(tl.where(ok, m2 + n_s * d * d, 0.0), axis=1) / group_size
+    out = stats_ptr + (b * G + g) * 2
+    tl.store(out, mean, mask=g < G)
+    tl.store(out + 1, 1.0 / tl.sqrt(var + eps), mask=g < G)
 
 
 @triton.jit
 def _gn_silu_kernel(
-    x_ptr, f_ptr, m_ptr, ws_ptr, gamma_ptr, beta_ptr,
+    x_ptr, f_ptr, m_ptr, stats_ptr, gamma_ptr, beta_ptr,
     y_ptr,  # (B, C, H, W) channels-last output
     xb_ptr,  # the blend itself when WRITE_BLEND
-    HW, W, C, CG, G, eps,
+    HW, W, C, CG, G,
     sm_n, sm_h, sm_w, STEP,
-    BLEND: tl.constexpr, WRITE_BLEND: tl.constexpr, SPLIT: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLEND: tl.constexpr, WRITE_BLEND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -87,23 +111,13 @@ def _gn_silu_kernel(
     p_ok = p < HW
     c_ok = c < C
     ok = p_ok[:, None] & c_ok[None, :]
-
-    # Merge the SPLIT partials of each channel's group (Chan et al.'s parallel variance).
-    part = ((b * G + c // CG) * SPLIT)[:, None] + tl.arange(0, SPLIT)[None, :]
-    n_s = tl.load(ws_ptr + part * 3, mask=c_ok[:, None], other=0.0)
-    mu_s = tl.load(ws_ptr + part * 3 + 1, mask=c_ok[:, None], other=0.0)
-    m2_s = tl.load(ws_ptr + part * 3 + 2, mask=c_ok[:, None], other=0.0)
-    n = tl.maximum(tl.sum(n_s, axis=1), 1.0)
-    mean = tl.sum(n_s * mu_s, axis=1) / n
-    d = mu_s - mean[:, None]
-    var = tl.sum(m2_s + n_s * d * d, axis=1) / n
-    rstd = 1.0 / tl.sqrt(var + eps)
-    gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    st = stats_ptr + (b * G + c // CG) * 2
+    mean = tl.load(st, mask=c_ok, other=0.0)
+    scale = tl.load(st + 1, mask=c_ok, other=0.0) * tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    scale = rstd * gamma
 
     offs = (b * HW + p)[:, None] * C + c[None, :]
-    if BLEND:  # x*m + f*(1-m), each side read only where its weight is non-zero
+    if BLEND:
         hm = tl.load(m_ptr + b * sm_n + ((p // W) * STEP) * sm_h + ((p % W) * STEP) * sm_w, mask=p_ok, other=0.0)
         hm = hm.to(tl.float32)[:, None]
         v = tl.load(x_ptr + offs, mask=ok & (hm != 0.0), other=0.0).to(tl.float32) * hm
@@ -121,10 +135,10 @@ def _gn_silu_kernel(
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def _split(hw: int, cg: int) -> int:
-    # Enough (batch, group, split) programs to fill ~132 SMs at 32 groups, each with >= ~16K
-    # elements so the partials stay negligible; a power of two (tl.arange in the merge).
-    return max(1, min(64, triton.next_power_of_2(triton.cdiv(hw * cg, 16384))))
+def _split(hw: int) -> int:
+    # Enough (batch, split, channel-tile) programs to fill ~132 SMs at 512x512 and above, each
+    # walking >= ~1K pixels so the partials stay small; a power of two (tl.arange in finalize).
+    return max(1, min(64, triton.next_power_of_2(triton.cdiv(hw, 1024))))
 
 
 def group_norm_silu(
@@ -144,7 +158,7 @@ def group_norm_silu(
     x, blend_with: (B, C, H, W) channels-last, one dtype. weight, bias: (C,).
     blend_mask: (1 or B, 1, s*H, s*W) float 0/1 hole mask, integer s >= 1.
     Returns y, or (y, v) when ``return_blend``. ``split`` (a power of two) overrides how many
-    programs share one group's statistics.
+    pixel slices the statistics are computed over.
     """
     check_activation("x", x)
     B, C, H, W = x.shape
@@ -167,25 +181,34 @@ def group_norm_silu(
     check_device(x, weight, bias, blend_with, blend_mask)
 
     G, CG, HW = num_groups, C // num_groups, H * W
-    split = split or _split(HW, CG)
-    ws = torch.empty((B * G, split, 3), device=x.device, dtype=torch.float32)
+    split = split or _split(HW)
+    pix_per_split = triton.cdiv(HW, split)
+    ws = torch.empty((B, split, C, 2), device=x.device, dtype=torch.float32)
+    stats = torch.empty((B, G, 2), device=x.device, dtype=torch.float32)
     y = torch.empty_like(x, memory_format=torch.channels_last)
     xb = torch.empty_like(x, memory_format=torch.channels_last) if return_blend else y
     f = blend_with if blend_with is not None else x
     m = blend_mask if blend_mask is not None else x
     sm = mask_strides(blend_mask) if blend_mask is not None else (0, 0, 0)
-    block_cg = triton.next_power_of_2(CG)
-    stats_p = max(16, 1024 // block_cg) if interpreting() else max(16, 2048 // block_cg)
-    _gn_stats_kernel[(B * G, split)](
-        x, f, m, ws, HW, W, C, CG, G, triton.cdiv(HW, split), *sm, step,
-        BLEND=blend_with is not None, SPLIT=split, BLOCK_P=stats_p, BLOCK_CG=block_cg,
-        num_warps=4,
+    blend = blend_with is not None
+    # The interpreter is fastest with few, large programs; a GPU wants register-sized tiles.
+    c_pow2 = triton.next_power_of_2(C)
+    stats_c, stats_p = (c_pow2, 128) if interpreting() else (min(c_pow2, 64), 64)
+    _gn_partial_stats_kernel[(B, split, triton.cdiv(C, stats_c))](
+        x, f, m, ws, HW, W, C, pix_per_split, *sm, step,
+        BLEND=blend, SPLIT=split, BLOCK_P=stats_p, BLOCK_C=stats_c, num_warps=4,
     )
-    block_p, block_c = (128, triton.next_power_of_2(C)) if interpreting() else (64, min(128, triton.next_power_of_2(C)))
+    block_cg = triton.next_power_of_2(CG)
+    g_pow2 = triton.next_power_of_2(G)
+    block_g = g_pow2 if interpreting() else max(1, min(g_pow2, 4096 // (split * block_cg)))
+    _gn_finalize_kernel[(B, triton.cdiv(G, block_g))](
+        ws, stats, HW, C, CG, G, pix_per_split, float(HW * CG), float(eps),
+        SPLIT=split, BLOCK_G=block_g, BLOCK_CG=block_cg, num_warps=4,
+    )
+    block_p, block_c = (128, c_pow2) if interpreting() else (64, min(128, c_pow2))
     _gn_silu_kernel[(triton.cdiv(HW, block_p), triton.cdiv(C, block_c), B)](
-        x, f, m, ws, weight, bias, y, xb, HW, W, C, CG, G, float(eps), *sm, step,
-        BLEND=blend_with is not None, WRITE_BLEND=return_blend, SPLIT=split,
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+        x, f, m, stats, weight, bias, y, xb, HW, W, C, CG, G, *sm, step,
+        BLEND=blend, WRITE_BLEND=return_blend, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
     )
     return (y, xb) if return_blend else y
 

@@ -110,13 +110,13 @@ def test_blend_epilogue(dtype, atol, rtol, k, s, p, up, conv_in_hole, kind):
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_every_fusion_at_once_with_tiles_on_both_gemm_axes(dtype, atol, rtol):
-    """Cout and B*Ho*Wo both exceed one tile (the interpreter uses 256 x 64), no bias."""
-    x, weight, _ = _case(dtype, 3, cin=37, cout=72, batch=3, h=11, w=9, seed=6)
+    """Cout, B*Ho*Wo and Cin all exceed one tile (the interpreter's are 512 x 64 x 64), no bias."""
+    x, weight, _ = _case(dtype, 3, cin=67, cout=72, batch=3, h=15, w=13, seed=6)
     torch.manual_seed(7)
-    other = activation((3, 72, 11, 9), dtype)
+    other = activation((3, 72, 15, 13), dtype)
     _compare(x, weight, None, atol, rtol, stride=1, padding=1,
-             in_mask=hole_mask("random", 3, 11, 9), in_mask_is_hole=True, partial=True, relu_out=True,
-             blend_with=other, blend_mask=hole_mask("random", 1, 11, 9))
+             in_mask=hole_mask("random", 3, 15, 13), in_mask_is_hole=True, partial=True, relu_out=True,
+             blend_with=other, blend_mask=hole_mask("random", 1, 15, 13))
 
 
 def test_argument_errors_name_the_argument():
