@@ -241,8 +241,35 @@ def main() -> int:
     slug = "".join(ch if ch.isalnum() else "-" for ch in results["environment"]["device"].lower()).strip("-")
     path = args.out / f"kernels-{slug}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {path}")
+    _plot(results, path.with_suffix(".png"))
+    print(f"\nwrote {path} and {path.with_suffix('.png').name}")
     return 0
+
+
+def _plot(results, path):
+    """Horizontal bars of ours/peer per case (log scale; left of 1 = the fused kernel is faster)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["cases"]
+    labels = [r["case"] for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.5))
+    y = range(len(rows))
+    ax.barh([i - 0.2 for i in y], [r["ratio_eager"] for r in rows], height=0.4, label="ours / eager (cuDNN)")
+    if any(r["ratio_compiled"] for r in rows):
+        ax.barh([i + 0.2 for i in y], [r["ratio_compiled"] or 0 for r in rows], height=0.4, label="ours / torch.compile")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median time ratio (< 1: fused kernel faster)")
+    ax.set_title(f"asymvq kernels, {results['environment']['device']}, fp16")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
