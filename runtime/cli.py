@@ -7,6 +7,7 @@ traceback instead. ``app`` is module level so other files can register commands 
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -47,7 +48,7 @@ def profile(
     preset: Optional[str] = typer.Option(None, help="tiny or sd15 (default: tiny on a CPU, sd15 with CUDA)."),
     decoders: Optional[str] = typer.Option(None, help="Comma-separated decoder presets, e.g. vanilla,base,x1.5,x2."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: 10 for tiny, 50 for sd15)."),
-    size: Optional[str] = typer.Option(None, help="HxW image size (default: the preset's, 64x64 or 512x512)."),
+    size: Optional[str] = typer.Option(None, help="HxW image size (default: 32x32 for tiny, 512x512 for sd15)."),
     batch: int = typer.Option(1, help="Images per run (the UNet sees 2x this under guidance)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
     dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)."),
@@ -58,6 +59,7 @@ def profile(
     seed: int = typer.Option(0, help="Seed of the random weights and of the noise."),
     kernels: str = typer.Option("torch", help="Decoder kernels: torch or triton."),
     nvtx: bool = typer.Option(False, help="Mark every stage with an NVTX range (GPU)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice; 1 on a busy machine)."),
     json_path: Path = typer.Option(Path("out/profile.json"), "--json", help="Where to write the JSON report."),
     plot: Path = typer.Option(Path("out/profile.png"), "--plot", help="Where to write the PNG chart."),
 ):
@@ -70,7 +72,7 @@ def profile(
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     base = default_config(cuda)
     preset = preset or base.preset
-    native = {"tiny": 64, "sd15": 512}.get(preset, 64)
+    native = {"tiny": ProfileConfig.height, "sd15": 512}.get(preset, ProfileConfig.height)
     height, width = parse_size(size) if size else (native, native)
     config = ProfileConfig(
         preset=preset,
@@ -81,6 +83,10 @@ def profile(
         guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels,
     )
     _check_profile_config(config)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads: expected a positive integer, got {threads}")
+        torch.set_num_threads(threads)
     report = _run_profile(config)
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
@@ -229,6 +235,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if not debug:
+        # diffusers/transformers advice (accelerate, dtype casts) and weight-loading bars drown the output;
+        # env vars, because importing the libraries here would slow down --help
+        for var, value in (("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error"),
+                           ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+            os.environ.setdefault(var, value)
     try:
         app(args=args, prog_name="asymvq")
     except KeyboardInterrupt:

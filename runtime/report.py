@@ -8,7 +8,7 @@ from pathlib import Path
 from .profiler import SPAN_DIFFUSION
 from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 
-WIDTHS = (26, 14, 12, 12)
+WIDTHS = (26, 16, 16, 14)
 
 
 def _ms(v: float | None) -> str:
