@@ -42,7 +42,8 @@ def _both(dec, latents, image, mask):
     with torch.no_grad():
         expected = dec.set_kernels("torch")(latents, image, mask)
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a silent fallback to torch would pass trivially
+            # a fallback to the torch ops would pass trivially: make its warning an error
+            warnings.filterwarnings("error", message="kernels='triton'")
             got = dec.set_kernels("triton")(latents, image, mask)
     assert dec.kernels == "triton"
     return got, expected
