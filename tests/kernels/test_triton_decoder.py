@@ -68,6 +68,19 @@ def test_triton_decoder_matches_torch(config, dtype, batch, image_batch, mask_ba
     assert (got.float() - expected.float()).abs().max().item() <= tol * max(1.0, scale)
 
 
+def test_load_decoder_with_triton_kernels(tmp_path):
+    from asymvq import load_decoder
+
+    _decoder("tiny", torch.float32, device="cpu").save(tmp_path / "tiny")
+    fused = load_decoder(tmp_path / "tiny", device=DEVICE, kernels="triton")
+    reference = load_decoder(tmp_path / "tiny", device=DEVICE, kernels="torch")
+    assert (fused.kernels, reference.kernels) == ("triton", "torch")
+    latents, image, mask = _inputs(1, 2, 3, torch.float32)
+    with torch.no_grad():
+        got, expected = fused(latents, image, mask), reference(latents, image, mask)
+    assert (got - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())
+
+
 def test_torch_path_is_the_reference_sequence_bit_for_bit():
     """decode_core with TorchOps computes exactly the reference order of operations."""
     dec = _decoder("tiny", torch.float32, device="cpu").to(memory_format=torch.contiguous_format)
