@@ -258,7 +258,7 @@ def conv2d_fused(
         in_mask if in_mask is not None else dummy, updated if partial else dummy,
         blend_with if blend_with is not None else dummy, blend_mask if blend_mask is not None else dummy,
         H, W, Cin, Ho, Wo, Cout, M,
-        *x.stride()[:2], *x.stride()[2:],
+        *x.stride(),
         *weight.stride(),
         *out.stride(),
         *in_strides,
