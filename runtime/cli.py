@@ -156,7 +156,8 @@ def inpaint(
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
     import torch
 
-    from .images import load_image
+    from .images import load_image, postprocess, prepare_image_and_mask
+    from .metrics import preservation_error
 
     source, hole = load_image(image), load_image(mask, mode="L")
     if source.size != hole.size:
@@ -165,8 +166,12 @@ def inpaint(
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler)
     result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
                   guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
-                  output_type="pil", progress=True)
-    _save_images(result.images, out)
+                  output_type="pt", progress=True)
+    _save_images(postprocess(result.images * 2 - 1, "pil"), out)
+    # The paper's Pre_error: how well the kept region survived decoding (lower is better).
+    pixels, hole_t, _, _ = prepare_image_and_mask(source, hole, None, None)
+    pre_error = preservation_error(result.images.float().cpu() * 2 - 1, pixels, hole_t)
+    typer.echo(f"Pre_error (MSE on kept pixels, 0-255 units): {float(pre_error.mean()):.2f}")
 
 
 def _save_images(images: list, out: Path) -> None:

@@ -8,7 +8,9 @@ import PIL.Image
 import pytest
 import torch
 
+from asymvq import preservation_error
 from asymvq.cli import main, parse_size
+from asymvq.images import postprocess, prepare_image_and_mask
 
 from runtime_helpers import diffusers_pipeline, image_and_mask
 
@@ -128,17 +130,23 @@ def test_decode_errors_are_one_line(files, extra, needle, capsys, tmp_path):
 def test_inpaint_from_a_folder_matches_the_library(files, tmp_path, capsys):
     root = files["root"]
     out = tmp_path / "inpainted.png"
-    code, _, err = run(["inpaint", "--model", root / "sd", "--image", root / "image.png", "--mask", root / "mask.png",
-                        "--prompt", "a red cat", "--out", out, "--steps", "2", "--seed", "3", "--scheduler", "pndm"], capsys)
+    code, stdout, err = run(["inpaint", "--model", root / "sd", "--image", root / "image.png", "--mask", root / "mask.png",
+                             "--prompt", "a red cat", "--out", out, "--steps", "2", "--seed", "3", "--scheduler", "pndm"],
+                            capsys)
     assert code == 0, err
     from asymvq.pipeline import InpaintPipeline
 
     # (pndm: its defaults agree with the saved DDIM config; diffusers' from_config lets a new scheduler
     # class keep its own defaults only for keys an in-memory config never set, e.g. Euler's spacing)
     pipe = InpaintPipeline.from_diffusers(files["ref"], scheduler="pndm")
-    want = pipe("a red cat", PIL.Image.open(root / "image.png"), PIL.Image.open(root / "mask.png"), num_inference_steps=2,
-                generator=torch.Generator().manual_seed(3)).images[0]
-    np.testing.assert_array_equal(np.asarray(PIL.Image.open(out)), np.asarray(want))
+    source, hole = PIL.Image.open(root / "image.png"), PIL.Image.open(root / "mask.png")
+    want = pipe("a red cat", source, hole, num_inference_steps=2, generator=torch.Generator().manual_seed(3),
+                output_type="pt").images
+    want_png = postprocess(want * 2 - 1, "pil")[0]
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(out)), np.asarray(want_png))
+    pixels, mask, _, _ = prepare_image_and_mask(source, hole, None, None)
+    pre_error = float(preservation_error(want * 2 - 1, pixels, mask).mean())
+    assert f"Pre_error (MSE on kept pixels, 0-255 units): {pre_error:.2f}" in stdout
 
 
 @pytest.mark.parametrize(

@@ -84,3 +84,18 @@ def test_text_to_image_matches_diffusers():
     a = ref(**kw, generator=torch.Generator().manual_seed(5)).images
     b = ours(**kw, generator=torch.Generator().manual_seed(5)).images
     np.testing.assert_allclose(b, a, atol=ATOL, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp32_matches_cpu(monkeypatch):
+    # true fp32 on the GPU (no TF32), so only summation order differs from the CPU
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    image, mask = image_and_mask(seed=6)
+    kw = dict(prompt="a red cat", image=image, mask_image=mask, num_inference_steps=3, output_type="np")
+    cpu = InpaintPipeline.from_diffusers(diffusers_pipeline("inpaint"))
+    gpu = InpaintPipeline.from_diffusers(diffusers_pipeline("inpaint").to("cuda"))
+    a = cpu(**kw, generator=torch.Generator().manual_seed(1)).images
+    b = gpu(**kw, generator=torch.Generator().manual_seed(1)).images
+    np.testing.assert_allclose(b, a, atol=1e-3, rtol=0)

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from asymvq.profiler import SCHEMA, ProfileConfig, default_config, profile
 from asymvq.report import format_table, plot, write_json
@@ -112,3 +113,16 @@ def test_config_checks_and_defaults():
         ProfileConfig(steps=0)
     with pytest.raises(ValueError, match="^decoders: expected distinct"):
         ProfileConfig(decoders=("base", "base"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_profile_on_cuda_uses_events_and_max_allocated():
+    config = ProfileConfig(decoders=("tiny", "vanilla"), steps=2, height=64, width=64, device="cuda", dtype="fp16",
+                           warmup=1, repeats=2, nvtx=True)
+    report = profile(config, log=lambda msg: None)
+    assert (report["timer"], report["memory"], report["device"]["type"]) == ("cuda-events", "cuda_max_allocated", "cuda")
+    assert report["device"]["name"] and report["versions"]["torch"]
+    # the vanilla decoder's fp16 weights alone are ~99 MB, all resident while it decodes
+    assert report["decoders"]["vanilla"]["memory"]["peak_bytes"] > 90e6
+    assert all(v > 0 for s in report["stages"].values() for v in s["samples_ms"])
