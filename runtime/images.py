@@ -20,6 +20,7 @@ import torch
 
 VAE_SCALE_FACTOR = 8
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+ACCEPTED = "a PIL image, a list of PIL images, a numpy array or a torch tensor"
 
 
 def _fail(arg: str, expected: str, got: str):
@@ -38,7 +39,7 @@ def _canonical(x, arg: str, channels: int):
         return [x]
     if isinstance(x, (list, tuple)):
         if not x or not all(isinstance(i, PIL.Image.Image) for i in x):
-            _fail(arg, "a PIL image, a list of PIL images, a numpy array or a torch tensor", f"a list of {[type(i).__name__ for i in x][:3]}")
+            _fail(arg, ACCEPTED, f"a list of {[type(i).__name__ for i in x][:3]}")
         return list(x)
     if isinstance(x, np.ndarray):
         a = x
@@ -49,8 +50,9 @@ def _canonical(x, arg: str, channels: int):
         elif a.ndim == 3:
             a = a[..., None]  # a batch of single-channel masks (B, H, W)
         if a.ndim != 4 or a.shape[-1] != channels:
-            _fail(arg, f"numpy shape (H, W{', 3' if channels == 3 else ''}) or (B, H, W, {channels}) (channels last)", _describe(x))
-        return _as_unit_range(torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2), arg, _describe(x)).permute(0, 2, 3, 1).numpy()
+            shape = "(H, W, 3)" if channels == 3 else "(H, W)"
+            _fail(arg, f"numpy shape {shape} or (B, H, W, {channels}) (channels last)", _describe(x))
+        return _as_unit_range(torch.from_numpy(np.ascontiguousarray(a)), arg, _describe(x)).numpy()
     if isinstance(x, torch.Tensor):
         t = x
         if t.ndim == 2 and channels == 1:
@@ -60,7 +62,7 @@ def _canonical(x, arg: str, channels: int):
         if t.ndim != 4 or t.shape[1] != channels:
             _fail(arg, f"torch shape ({channels}, H, W) or (B, {channels}, H, W) (channels first)", _describe(x))
         return _as_unit_range(t.detach().cpu(), arg, _describe(x), allow_signed=channels == 3)
-    _fail(arg, "a PIL image, a list of PIL images, a numpy array or a torch tensor", type(x).__name__)
+    _fail(arg, ACCEPTED, type(x).__name__)
 
 
 def _as_unit_range(t: torch.Tensor, arg: str, desc: str, allow_signed: bool = False) -> torch.Tensor:
