@@ -169,3 +169,19 @@ def test_parse_size():
     for bad in ("512x", "axb", "0x8", "8x8x8"):
         with pytest.raises(ValueError, match="^--size"):
             parse_size(bad)
+
+
+def test_inpaint_with_a_separate_decoder_checkpoint(files, tmp_path, capsys):
+    """--decoder replaces the folder's VAE decoder; the same weights give the same image, others another."""
+    root = files["root"]
+    common = ["inpaint", "--model", root / "sd", "--image", root / "image.png", "--mask", root / "mask.png",
+              "--prompt", "a cat", "--steps", "1"]
+    assert run(common + ["--out", tmp_path / "own.png"], capsys)[0] == 0
+    assert run(common + ["--out", tmp_path / "same.png", "--decoder", root / "decoder"], capsys)[0] == 0
+    from asymvq.presets import random_decoder
+
+    random_decoder("tiny", seed=11).save(tmp_path / "other")
+    assert run(common + ["--out", tmp_path / "other.png", "--decoder", tmp_path / "other"], capsys)[0] == 0
+    own, same, other = (np.asarray(PIL.Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("own", "same", "other"))
+    np.testing.assert_array_equal(own, same)
+    assert np.abs(own - other).max() > 10
