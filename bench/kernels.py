@@ -204,6 +204,9 @@ def main() -> int:
             row["ours"] = _time(lambda: fn(*a, **kw), args.warmup, args.repeats)
             row["eager"] = _time(lambda: peer(*a, **kw), args.warmup, args.repeats)
             if not args.no_compile:
+                # Fresh dynamo caches per case: every case recompiles the same reference function,
+                # and past the recompile limit dynamo would silently fall back to eager.
+                torch._dynamo.reset()
                 compiled = torch.compile(peer)
                 row["compiled"] = _time(lambda: compiled(*a, **kw), args.warmup, args.repeats)
             t = row["ours"]["median"]
