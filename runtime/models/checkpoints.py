@@ -235,7 +235,13 @@ def load_decoder(path, *, preset: str | None = None, dtype: torch.dtype = torch.
     load_state_dict_strict(decoder, sd, source=f"{path} ({fmt})")
     decoder.checkpoint_format = fmt
     decoder.set_ops(select_ops(kernels))
-    return decoder.to(device=device, dtype=dtype).eval()
+    decoder = decoder.to(device=device, dtype=dtype).eval()
+    if decoder.conv_in.weight.is_cuda:
+        # cuDNN's fastest convs and the fused kernels both work channels-last; left NCHW,
+        # every fused op would start with a layout copy. (Kept NCHW on the CPU, where the
+        # reference layout is what makes the diffusers parity bitwise.)
+        decoder = decoder.to(memory_format=torch.channels_last)
+    return decoder
 
 
 def save_decoder(decoder: AsymmetricDecoder, path) -> None:
