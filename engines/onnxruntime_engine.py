@@ -86,7 +86,7 @@ class OnnxRuntimeEngine:
             for name in self.output_names:
                 binding.bind_output(name, self.device.type, self.device.index or 0)
             self.session.run_with_iobinding(binding)
-            values = [torch.from_numpy(v.numpy()).to(self.device) for v in binding.get_outputs()]
+            values = [torch.tensor(v.numpy(), device=self.device) for v in binding.get_outputs()]  # a copy
             self._out_shapes[key] = [tuple(v.shape) for v in values]
             return dict(zip(self.output_names, values))
         buffers = self._out_buffers.get(key) if self.reuse_outputs else None

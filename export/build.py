@@ -92,8 +92,6 @@ def export_directory(
             "inputs": [s.to_dict() for s in inputs],
             "outputs": [s.to_dict() for s in outputs],
         }
-        if name == "unet":
-            entry["in_channels"] = module.unet.config.in_channels
         files = export_onnx(module, inputs, outputs, out / f"{name}.onnx", precision=precision,
                             multiple=spatial_multiple(name, module), opset=opset)
         entry["artifacts"] = {"onnx": artifact_entry(out, files, opset=opset)}

@@ -110,6 +110,8 @@ class Source:
 
 def _decoder(source: Source) -> AsymmetricDecoder:
     name = source.decoder
+    if name is None and source.model is not None:
+        name = str(Path(source.model) / "vae")  # the SD folder's own (plain) decoder
     if name is not None and name not in DECODER_PRESETS:
         from asymvq.models.checkpoints import load_decoder
 
@@ -139,7 +141,11 @@ def _sd_part(source: Source, part: str):
 def build_module(component: str, source: Source) -> nn.Module:
     """The fp32 wrapper module of ``component`` (eval mode) with the I/O of COMPONENT_IO."""
     if component == "decoder":
-        return wrappers.DecoderComponent(_decoder(source)).eval()
+        decoder = _decoder(source)
+        if decoder.condition_encoder is None:
+            raise ValueError("decoder: this decoder has no condition branch (a plain SD VAE decoder); export "
+                             "'decoder-plain', or give an asymmetric decoder with --decoder PATH|PRESET")
+        return wrappers.DecoderComponent(decoder).eval()
     if component == "decoder-plain":
         return wrappers.PlainDecoderComponent(_decoder(source)).eval()
     if component == "unet":

@@ -20,21 +20,37 @@ import torch
 from torch import nn
 
 from .cleanup import PROTOBUF_LIMIT, cleanup
-from .components import TensorSpec
+from .components import TensorSpec, example_inputs
 from .precision import to_fp16
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18  # >= 17 as asked; 18 has GroupNormalization-free LayerNorm/Reduce forms TensorRT 10 parses
+DEFAULT_OPSET = 18  # >= 17 as asked; ONNX Runtime 1.31 and TensorRT 10 both run opset 18
 _DERIVED = re.compile(r"^(\d+)\*(\w+)$")
 
 
-def _example_level(spec: TensorSpec) -> tuple[int, ...]:
-    """Example shape for tracing: opt, but no dynamic dim at 0/1 (torch.export would specialise it)."""
-    return tuple(
-        max(o, 2) if isinstance(d, str) and hi > lo and hi >= 2 else o
-        for d, lo, o, hi in zip(spec.dims, spec.min, spec.opt, spec.max)
-    )
+def _split(dim: str) -> tuple[int, str]:
+    """``"8*h"`` -> (8, "h"); ``"h"`` -> (1, "h")."""
+    m = _DERIVED.match(dim)
+    return (int(m.group(1)), m.group(2)) if m else (1, dim)
+
+
+def example_specs(inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """``inputs`` with ``opt`` set to the shapes to trace: opt, except that no dynamic dim is
+    traced at 1 (torch.export would specialise it); derived dims (``8*h``) follow their base."""
+    example: dict[str, int] = {}
+    for s in inputs:
+        for d, lo, opt, hi in zip(s.dims, s.min, s.opt, s.max):
+            if isinstance(d, str):
+                k, base = _split(d)
+                value = opt // k
+                if hi > lo and value < 2 <= hi // k:
+                    value = 2
+                example.setdefault(base, value)
+    return [TensorSpec(s.name, s.dtype, s.dims, s.min,
+                       tuple(_split(d)[0] * example[_split(d)[1]] if isinstance(d, str) else o
+                             for d, o in zip(s.dims, s.opt)), s.max)
+            for s in inputs]
 
 
 def dynamic_shapes(inputs: list[TensorSpec], multiple: int = 1) -> dict[str, dict]:
@@ -47,10 +63,7 @@ def dynamic_shapes(inputs: list[TensorSpec], multiple: int = 1) -> dict[str, dic
     for s in inputs:
         for d, lo, hi in zip(s.dims, s.min, s.max):
             if isinstance(d, str):
-                k = 1
-                m = _DERIVED.match(d)
-                if m:
-                    k, d = int(m.group(1)), m.group(2)
+                k, d = _split(d)
                 lo_, hi_ = bounds.get(d, (lo // k, hi // k))
                 bounds[d] = (min(lo_, lo // k), max(hi_, hi // k))
     dims = {}
@@ -67,10 +80,9 @@ def dynamic_shapes(inputs: list[TensorSpec], multiple: int = 1) -> dict[str, dic
         for i, d in enumerate(s.dims):
             if not isinstance(d, str):
                 continue
-            m = _DERIVED.match(d)
-            dim = dims[m.group(2)] if m else dims[d]
-            if dim is not None:
-                axes[i] = int(m.group(1)) * dim if m else dim
+            k, base = _split(d)
+            if dims[base] is not None:
+                axes[i] = dims[base] if k == 1 else k * dims[base]
         out[s.name] = axes
     return out
 
@@ -95,11 +107,8 @@ def export_onnx(
         raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     path = Path(path)
     module = to_fp16(module) if precision == "fp16" else module.float()
-    from .components import example_inputs
 
-    example = example_inputs(
-        [TensorSpec(s.name, s.dtype, s.dims, s.min, _example_level(s), s.max) for s in inputs], "opt"
-    )
+    example = example_inputs(example_specs(inputs), "opt")
     program = torch.onnx.export(
         module.eval(),
         tuple(example[s.name] for s in inputs),

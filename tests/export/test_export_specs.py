@@ -13,7 +13,7 @@ from asymvq.export import (
     parse_components, parse_shapes, read_manifest, verify_artifact,
 )
 from asymvq.export.manifest import artifact_entry, new_manifest, write_manifest
-from asymvq.export.onnx_export import dynamic_shapes
+from asymvq.export.onnx_export import dynamic_shapes, example_specs
 from asymvq.export.precision import Fp32GroupNorm, to_fp16
 
 
@@ -61,6 +61,8 @@ def test_bad_sources_are_refused(tmp_path):
         Source(model=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="needs an SD preset"):
         build_module("unet", Source(preset="x1.5"))
+    with pytest.raises(ValueError, match="no condition branch"):
+        build_module("decoder", Source(preset="tiny", decoder="vanilla"))
 
 
 def test_dynamic_shapes_tie_the_image_to_the_latent():
@@ -69,6 +71,9 @@ def test_dynamic_shapes_tie_the_image_to_the_latent():
                          spec("image", ("batch", 3, "8*h", "8*w"), (1, 3, 32, 32), (4, 3, 128, 128))])
     assert set(ds["latent"]) == {0, 2, 3} and set(ds["image"]) == {0, 2, 3}
     assert str(ds["image"][2]) == f"8*{ds['latent'][2]}" or "8" in str(ds["image"][2])
+    traced = example_specs([spec("latent", ("batch", 4, "h", "w"), (1, 4, 1, 4), (4, 4, 16, 16)),
+                            spec("image", ("batch", 3, "8*h", "8*w"), (1, 3, 8, 32), (4, 3, 128, 128))])
+    assert traced[0].opt == (2, 4, 2, 4) and traced[1].opt == (2, 3, 16, 32), "no dim traced at 1; image = 8x latent"
     static = dynamic_shapes([spec("latent", ("batch", 4, "h", "w"), (1, 4, 8, 8), (1, 4, 8, 8))])
     assert static["latent"] == {}
 
