@@ -20,12 +20,12 @@ VAE_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL")
 def decoder_from_vae(vae) -> AsymmetricDecoder:
     """Our decoder with the weights of a diffusers ``AutoencoderKL`` / ``AsymmetricAutoencoderKL``."""
     # The lead's checkpoint reader already maps diffusers configs and keys; reuse it.
-    from .models.checkpoints import _config_from_diffusers, convert_diffusers_state_dict, load_state_dict_strict
+    from .models.checkpoints import decoder_config_from_diffusers, convert_diffusers_state_dict, load_state_dict_strict
 
     cls = type(vae).__name__
     if cls not in VAE_CLASSES:
         raise ValueError(f"vae: expected one of {VAE_CLASSES}, got {cls}")
-    config = _config_from_diffusers({**dict(vae.config), "_class_name": cls})
+    config = decoder_config_from_diffusers({**dict(vae.config), "_class_name": cls})
     decoder = AsymmetricDecoder(config)
     load_state_dict_strict(decoder, convert_diffusers_state_dict(vae.state_dict()), source=f"{cls} decoder")
     p = next(vae.parameters())

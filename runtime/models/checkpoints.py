@@ -114,7 +114,7 @@ def infer_ldm_config(sd: dict[str, torch.Tensor]) -> DecoderConfig:
     return DecoderConfig(**shape)
 
 
-def _config_from_diffusers(cfg: dict) -> DecoderConfig:
+def decoder_config_from_diffusers(cfg: dict) -> DecoderConfig:
     cls = cfg.get("_class_name")
     if cls == "AsymmetricAutoencoderKL":
         return DecoderConfig(
@@ -179,7 +179,7 @@ def read_checkpoint(path) -> tuple[DecoderConfig, dict[str, torch.Tensor], str]:
 
             config = DecoderConfig.from_dict({k: v for k, v in cfg.items() if not k.startswith("_")})
             return config, load_file(str(path / WEIGHTS_NAME)), "asymvq"
-        config = _config_from_diffusers(cfg)
+        config = decoder_config_from_diffusers(cfg)
         weights = next((path / n for n in DIFFUSERS_WEIGHTS if (path / n).is_file()), None)
         if weights is None:
             raise CheckpointError(f"{path}: no weights file, expected one of {list(DIFFUSERS_WEIGHTS)}")
