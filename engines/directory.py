@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from asymvq.export.build import SCHEDULER_FILE
 from asymvq.export.components import Source, TensorSpec, build_module, weights_sha256
 from asymvq.export.manifest import ManifestError, read_manifest, verify_artifact
 
@@ -108,7 +109,7 @@ def load_scheduler_config(path: str | Path) -> dict:
     manifest = read_manifest(path)
     if "scheduler" not in manifest:
         raise ManifestError(f"engines: {path} has no scheduler (exported without the SD components)")
-    return json.loads((Path(path) / manifest["scheduler"] / "scheduler_config.json").read_text())
+    return json.loads((Path(path) / manifest["scheduler"] / SCHEDULER_FILE).read_text())
 
 
 def pipeline_parts(path: str | Path, *, device: str | torch.device = "cpu", backend: str | None = None,
@@ -123,10 +124,10 @@ def pipeline_parts(path: str | Path, *, device: str | torch.device = "cpu", back
     unet = manifest["components"].get("unet")
     if unet is None:
         raise ManifestError(f"engines: {path} has no 'unet' engine; export with --component all")
-    sample = [s for s in unet["inputs"] if s["name"] == "sample"][0]
+    sample, noise_pred = unet["inputs"][0], unet["outputs"][0]  # COMPONENT_IO order, checked on load
     spec = {
         "unet_in_channels": sample["opt"][1],
-        "latent_channels": 4,
+        "latent_channels": noise_pred["opt"][1],
         "sample_size": sample["opt"][2],
         "dtype": torch.float16 if manifest["precision"] == "fp16" else torch.float32,
         "device": torch.device(device),
