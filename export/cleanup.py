@@ -24,11 +24,13 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     from polygraphy.backend.onnx import fold_constants as polygraphy_fold
+    from polygraphy.logger import G_LOGGER
 
     if model.ByteSize() >= PROTOBUF_LIMIT:
         log.warning("model over 2 GB: constant folding skipped (graph cleaned only)")
         return model
-    return polygraphy_fold(model, allow_onnxruntime_shape_inference=True, error_ok=False)
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-pass node counts are noise in a CLI
+        return polygraphy_fold(model, allow_onnxruntime_shape_inference=True, error_ok=False)
 
 
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:

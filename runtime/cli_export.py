@@ -41,6 +41,7 @@ def export(
 
     from asymvq.export import Source, export_directory, parse_shapes
 
+    _quiet_exporters()
     formats = parse_formats(format)
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"--precision: expected fp32 or fp16, got {precision!r}")
@@ -60,6 +61,22 @@ def export(
             for rel, digest in art["files"].items():
                 table.add_row(name, fmt, rel, f"{(out / rel).stat().st_size / 2**20:.1f}", digest[:12])
     Console().print(table)
+
+
+def _quiet_exporters() -> None:
+    """Progress lines of ours; torch.onnx's notes (missing torchvision ops, deprecations) are not the user's."""
+    import logging
+    import warnings
+
+    ours = logging.getLogger("asymvq")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
 
 
 def register(app: typer.Typer) -> None:
