@@ -83,3 +83,21 @@ def test_fp16_export_is_close_to_fp32_and_finite(fp16_dir, b, hh, ww):
     err = (got.float() - ref).abs().max().item()
     assert err <= FP16_ATOL, f"fp16 max abs error {err:.4f} > {FP16_ATOL}"
     assert err > 0, "an fp16 engine identical to fp32 would mean the export stayed fp32"
+
+
+def test_fp16_against_fp32_onnx_with_polygraphy(cli_dir, fp16_dir):
+    """polygraphy's comparator on the two exported files (it casts the fp32 feeds for the fp16 graph)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    feeds = [{k: v.numpy() for k, v in _feeds(b, hh, ww).items()} for b, hh, ww in [(1, 64, 64), (4, 128, 128)]]
+    runners = [OnnxrtRunner(SessionFromOnnx(str(cli_dir / "decoder.onnx")), name="fp32"),
+               OnnxrtRunner(SessionFromOnnx(str(fp16_dir / "decoder.onnx")), name="fp16")]
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        results = Comparator.run(runners, data_loader=feeds)
+        ok = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=FP16_ATOL, rtol=0,
+                                                                                  check_error_stat="max"))
+    assert bool(ok)
+    for _, iterations in results:
+        assert all(torch.isfinite(torch.from_numpy(out["sample"].astype("float32"))).all() for out in iterations)
