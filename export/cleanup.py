@@ -2,18 +2,13 @@
 then polygraphy constant folding (ONNX Runtime evaluates the constant sub-graphs).
 
 Folding needs the whole model serialised once, which protobuf caps at 2 GB; a larger
-model (the fp32 SD UNet, 3.4 GB) is cleaned but not folded, and that is logged.
+model (the fp32 SD UNet, 3.4 GB) is cleaned with its weights left in external data and is
+not folded (``onnx_export`` decides; the exporter's own optimizer has folded most constants).
 """
 from __future__ import annotations
 
-import logging
-
 import onnx
 import onnx_graphsurgeon as gs
-
-log = logging.getLogger(__name__)
-
-PROTOBUF_LIMIT = 2**31 - 1
 
 
 def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -26,9 +21,6 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     from polygraphy.backend.onnx import fold_constants as polygraphy_fold
     from polygraphy.logger import G_LOGGER
 
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        log.warning("model over 2 GB: constant folding skipped (graph cleaned only)")
-        return model
     with G_LOGGER.verbosity(G_LOGGER.WARNING):  # its per-pass node counts are noise in a CLI
         return polygraphy_fold(model, allow_onnxruntime_shape_inference=True, error_ok=False)
 

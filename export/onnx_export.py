@@ -19,13 +19,15 @@ import onnx
 import torch
 from torch import nn
 
-from .cleanup import PROTOBUF_LIMIT, cleanup
+from .cleanup import clean_graph, cleanup
 from .components import TensorSpec, example_inputs
 from .precision import to_fp16
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18  # >= 17 as asked; ONNX Runtime 1.31 and TensorRT 10 both run opset 18
+# Weights at or above this go to external data: the graph itself needs room under protobuf's 2 GB.
+EXTERNAL_DATA_BYTES = 1_900_000_000
 _DERIVED = re.compile(r"^(\d+)\*(\w+)$")
 
 
@@ -99,7 +101,8 @@ def export_onnx(
 ) -> list[Path]:
     """Export ``module`` to ``path`` (cleaned, constants folded); returns the files written.
 
-    Models over 2 GB are written with their weights in ``<name>.data`` next to the graph.
+    Models over 2 GB (the fp32 SD UNet) are written with their weights in external data next
+    to the graph, cleaned but not constant-folded.
     """
     if opset < 17:
         raise ValueError(f"opset must be 17 or newer, got {opset}")
@@ -109,25 +112,45 @@ def export_onnx(
     module = to_fp16(module) if precision == "fp16" else module.float()
 
     example = example_inputs(example_specs(inputs), "opt")
+    axes = dynamic_shapes(inputs, multiple)
     program = torch.onnx.export(
         module.eval(),
         tuple(example[s.name] for s in inputs),
         input_names=[s.name for s in inputs],
         output_names=[s.name for s in outputs],
-        dynamic_shapes=dynamic_shapes(inputs, multiple),
+        dynamic_shapes=tuple(axes[s.name] for s in inputs),  # positional: any forward arg names
         opset_version=opset,
         dynamo=True,
         verbose=False,
     )
-    model = cleanup(program.model_proto)
-    _name_dims(model, inputs + outputs)
-    big = model.ByteSize() >= PROTOBUF_LIMIT
     data = path.with_name(path.name + ".data")
     for stale in (path, data):
         stale.unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True, location=data.name)
-    log.info("exported %s (%s, external data: %s)", path, precision, big)
-    return [path, data] if big else [path]
+    if _weights_bytes(module) < EXTERNAL_DATA_BYTES:
+        model = cleanup(program.model_proto)
+        _name_dims(model, inputs + outputs)
+        onnx.save_model(model, str(path))
+        files = [path]
+    else:
+        # Over protobuf's 2 GB: the exporter writes the weights to <name>.data; the graph is
+        # then cleaned with the weights left on disk (folding would need them in one proto).
+        program.save(str(path), external_data=True)
+        model = clean_graph(onnx.load(str(path), load_external_data=False))
+        _name_dims(model, inputs + outputs)
+        onnx.save_model(model, str(path))
+        files = [path] + sorted({path.with_name(loc) for loc in _external_locations(model)})
+        log.warning("%s: over 2 GB, weights in %s, constant folding skipped", path.name, [f.name for f in files[1:]])
+    log.info("exported %s (%s)", path, precision)
+    return files
+
+
+def _weights_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _external_locations(model: onnx.ModelProto) -> set[str]:
+    return {entry.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for entry in t.external_data if entry.key == "location"}
 
 
 def _name_dims(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:

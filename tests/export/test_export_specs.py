@@ -157,3 +157,22 @@ def test_cli_format_and_precision_are_checked():
     for bad in ("trt", "onnx,plan", ""):
         with pytest.raises(ValueError, match="--format"):
             parse_formats(bad)
+
+
+def test_weights_over_the_threshold_go_to_external_data(tmp_path, monkeypatch):
+    """The >2 GB path (fp32 SD UNet), exercised on a small conv by lowering the threshold."""
+    import onnxruntime as ort
+
+    from asymvq.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1).eval()
+    spec = TensorSpec("latent", "float32", ("batch", 4, "h", "w"), (1, 4, 4, 4), (1, 4, 8, 8), (4, 4, 16, 16))
+    out = TensorSpec("sample", "float32", ("batch", 4, "h", "w"), (1, 4, 4, 4), (1, 4, 8, 8), (4, 4, 16, 16))
+    files = onnx_export.export_onnx(conv, [spec], [out], tmp_path / "conv.onnx")
+    assert [f.name for f in files] == ["conv.onnx", "conv.onnx.data"]
+    assert files[1].stat().st_size >= 4 * 4 * 9 * 4  # the weights live in the data file
+    x = torch.randn(3, 4, 12, 6)
+    got = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"]).run(None, {"latent": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), conv(x).detach(), atol=1e-5, rtol=0)
