@@ -62,6 +62,8 @@ def profile(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice; 1 on a busy machine)."),
     json_path: Path = typer.Option(Path("out/profile.json"), "--json", help="Where to write the JSON report."),
     plot: Path = typer.Option(Path("out/profile.png"), "--plot", help="Where to write the PNG chart."),
+    engines: Optional[Path] = typer.Option(None, help="Engines directory from `asymvq export`: profile its engines "
+                                           "(ONNX Runtime, TensorRT) and its decoder instead of the presets."),
 ):
     """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
     import torch
@@ -71,6 +73,14 @@ def profile(
 
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     base = default_config(cuda)
+    if engines is not None:  # the directory decides the shapes, precision and the one decoder
+        from .export import read_manifest
+
+        manifest = read_manifest(engines)
+        preset = preset or ("tiny" if manifest["source"]["preset"] == "tiny" else "sd15")
+        if dtype not in (None, manifest["precision"]):
+            raise ValueError(f"--dtype: {engines} holds {manifest['precision']} engines, got --dtype {dtype}")
+        dtype, decoders = manifest["precision"], decoders or engines.name
     preset = preset or base.preset
     native = {"tiny": ProfileConfig.height, "sd15": 512}.get(preset, ProfileConfig.height)
     height, width = parse_size(size) if size else (native, native)
@@ -82,17 +92,22 @@ def profile(
         warmup=warmup if warmup is not None else base.warmup, repeats=repeats if repeats is not None else base.repeats,
         guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels,
     )
-    _check_profile_config(config)
+    _check_profile_config(config, check_decoders=engines is None)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads: expected a positive integer, got {threads}")
         torch.set_num_threads(threads)
-    report = _run_profile(config)
+    pipeline = None
+    if engines is not None:
+        from .pipeline import InpaintPipeline
+
+        pipeline = InpaintPipeline.from_engines(engines, device=config.device, scheduler=config.scheduler)
+    report = _run_profile(config, pipeline)
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
 
 
-def _check_profile_config(config) -> None:
+def _check_profile_config(config, check_decoders: bool = True) -> None:
     """Fail on a bad name before minutes of model building, not after."""
     from .models import PRESETS
     from .models.config import PRESET_ALIASES
@@ -102,7 +117,7 @@ def _check_profile_config(config) -> None:
 
     if config.preset not in SD_PRESETS:
         raise ValueError(f"--preset: expected one of {list(SD_PRESETS)}, got {config.preset!r}")
-    bad = [d for d in config.decoders if d not in PRESETS and d not in PRESET_ALIASES]
+    bad = [d for d in config.decoders if d not in PRESETS and d not in PRESET_ALIASES] if check_decoders else []
     if bad:
         raise ValueError(f"--decoders: unknown decoder presets {bad}; expected names among {sorted(PRESETS)}")
     if config.dtype not in DTYPES:
@@ -112,7 +127,7 @@ def _check_profile_config(config) -> None:
     parse_device(config.device)
 
 
-def _run_profile(config) -> dict:
+def _run_profile(config, pipeline=None) -> dict:
     from tqdm.auto import tqdm
 
     from .profiler import profile as run
@@ -123,22 +138,31 @@ def _run_profile(config) -> dict:
         bar.update(done - bar.n)
 
     try:
-        return run(config, progress=advance, log=lambda msg: tqdm.write(msg))
+        return run(config, pipeline=pipeline, progress=advance, log=lambda msg: tqdm.write(msg))
     finally:
         bar.close()
 
 
 # -- inpaint ----------------------------------------------------------------------------------
-def build_pipeline(*, model: Path, decoder: Optional[Path], device: str, dtype: str, scheduler: str):
+def build_pipeline(*, model: Optional[Path], decoder: Optional[Path], device: str, dtype: str, scheduler: str,
+                   engines: Optional[Path] = None):
     """The one place a command turns its options into a pipeline (engine directories plug in here)."""
     from .pipeline import InpaintPipeline
+
+    if (model is None) == (engines is None):
+        raise ValueError("--model / --engines: give exactly one (a diffusers SD folder, or an `asymvq export` directory)")
+    if engines is not None:
+        if decoder is not None:
+            raise ValueError("--decoder: an engines directory brings its own decoder; re-export with --decoder instead")
+        return InpaintPipeline.from_engines(engines, device=device, scheduler=scheduler)
 
     return InpaintPipeline.from_pretrained(model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler)
 
 
 @app.command()
 def inpaint(
-    model: Path = typer.Option(..., help="Local diffusers-format SD inpainting folder (unet/, vae/, text_encoder/, ...)."),
+    model: Optional[Path] = typer.Option(None, help="Local diffusers-format SD inpainting folder (unet/, vae/, text_encoder/, ...)."),
+    engines: Optional[Path] = typer.Option(None, help="Or an engines directory from `asymvq export` (ONNX Runtime / TensorRT)."),
     decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (default: the folder's own VAE decoder)."),
     image: Path = typer.Option(..., help="Source image (png, jpg, ...)."),
     mask: Path = typer.Option(..., help="Mask image, white = area to repaint; same size as the image."),
@@ -163,7 +187,7 @@ def inpaint(
     if source.size != hole.size:
         raise ValueError(f"--mask: expected the image's size {source.size[0]}x{source.size[1]} (WxH), "
                          f"got {hole.size[0]}x{hole.size[1]}")
-    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler)
+    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines)
     result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
                   guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
                   output_type="pt", progress=True)

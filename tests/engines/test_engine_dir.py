@@ -156,3 +156,30 @@ def test_mismatched_manifest_is_refused(engine_dir, tmp_path):
         load_engine_dir(d, components=["decoder"])
     with pytest.raises(ManifestError, match="no longer match the manifest's weights_sha256"):
         load_engine_dir(d, components=["decoder-plain"], backend="torch")
+
+
+def test_cli_profile_and_inpaint_run_from_the_directory(engine_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from asymvq.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["profile", "--engines", str(engine_dir), "--steps", "1", "--warmup", "0",
+                                 "--repeats", "1", "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert list(report["decoders"]) == [engine_dir.name] and report["config"]["preset"] == "tiny"
+    Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8")).save(tmp_path / "img.png")
+    hole = np.zeros((64, 64), "uint8")
+    hole[16:48, 16:48] = 255
+    Image.fromarray(hole).save(tmp_path / "mask.png")
+    args = ["inpaint", "--engines", str(engine_dir), "--image", str(tmp_path / "img.png"), "--mask",
+            str(tmp_path / "mask.png"), "--prompt", "a cat", "--out", str(tmp_path / "out.png"), "--steps", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.size == (64, 64)
+    result = runner.invoke(app, args[:1] + args[3:])  # neither --model nor --engines
+    assert isinstance(result.exception, ValueError) and "give exactly one" in str(result.exception)
