@@ -84,7 +84,7 @@ class InpaintPipeline:
         return cls(**load_sd_folder(sd_dir, decoder=decoder, **kwargs))
 
     @classmethod
-    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "pndm", **engine_options) -> "InpaintPipeline":
+    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "ddim", **engine_options) -> "InpaintPipeline":
         """An engines directory written by ``asymvq export`` (ONNX Runtime, TensorRT or torch engines)."""
         from .engines.directory import pipeline_parts
 
