@@ -3,8 +3,9 @@
 The manifest is checked first (I/O names, hashes of every artifact file); a corrupted,
 swapped or incomplete directory is refused with a ``ManifestError`` before any engine is
 built. The backend is chosen per directory: TensorRT plans on CUDA when present and
-TensorRT imports, ONNX Runtime otherwise; ``backend="torch"``/``"torch-compile"``
-rebuild the modules from the recorded source and check their weights' hash.
+TensorRT imports, AOTInductor packages when there is no ONNX, ONNX Runtime otherwise;
+``backend="torch"``/``"torch-compile"`` rebuild the modules from the recorded source and
+check their weights' hash.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from asymvq.export.manifest import ManifestError, read_manifest, verify_artifact
 
 from .base import COMPONENT_IO, Engine
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch", "torch-compile")
+BACKENDS = ("onnxruntime", "tensorrt", "aoti", "torch", "torch-compile")
 
 
 def _tensorrt_importable() -> bool:
@@ -30,8 +31,11 @@ def _tensorrt_importable() -> bool:
 
 
 def _pick_backend(manifest: dict, device: torch.device) -> str:
-    has_plans = all("trt" in e["artifacts"] for e in manifest["components"].values())
-    return "tensorrt" if device.type == "cuda" and has_plans and _tensorrt_importable() else "onnxruntime"
+    entries = manifest["components"].values()
+    if device.type == "cuda" and all("trt" in e["artifacts"] for e in entries) and _tensorrt_importable():
+        return "tensorrt"
+    # A directory exported with --format aoti alone has nothing ONNX Runtime could load.
+    return "aoti" if all(set(e["artifacts"]) == {"aoti"} for e in entries) else "onnxruntime"
 
 
 def _specs(name: str, entry: dict, root: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -59,8 +63,9 @@ def load_engine_dir(path: str | Path, *, device: str | torch.device = "cpu", bac
                     components: list[str] | None = None, **engine_options) -> dict[str, Engine]:
     """``{component: Engine}`` for every component of the directory (or of ``components``).
 
-    ``backend``: one of BACKENDS, or None for TensorRT on CUDA when its plans are there and
-    ONNX Runtime otherwise. ``engine_options`` go to the engine class (e.g. ``reuse_outputs``).
+    ``backend``: one of BACKENDS, or None for TensorRT on CUDA when its plans are there,
+    AOTInductor when the directory holds nothing else, and ONNX Runtime otherwise.
+    ``engine_options`` go to the engine class (e.g. ``reuse_outputs``).
     """
     root = Path(path)
     manifest = read_manifest(root)
@@ -87,6 +92,15 @@ def load_engine_dir(path: str | Path, *, device: str | torch.device = "cpu", bac
 
             plan = verify_artifact(root, name, entry, "trt")
             engines[name] = TensorRTEngine(name, plan, inputs, outputs, device=device, **engine_options)
+        elif backend == "aoti":
+            from .aoti_engine import AOTIEngine
+
+            package = verify_artifact(root, name, entry, "aoti")
+            built_for = entry["artifacts"]["aoti"]["device"]
+            if device.type != built_for:  # the package holds kernels for one device type only
+                raise ManifestError(f"engines: the {name} AOTInductor package in {root} was compiled for "
+                                    f"{built_for}, not {device.type}; load it with device={built_for!r}")
+            engines[name] = AOTIEngine(name, package, inputs, outputs, device=device, **engine_options)
         else:
             engines[name] = _torch_engine(name, entry, manifest, device, compile=backend == "torch-compile")
     return engines

@@ -1,5 +1,5 @@
-"""Write an engines directory: one ONNX file per component, the tokenizer and scheduler the
-pipeline needs, and ``manifest.json`` describing and hashing all of it.
+"""Write an engines directory: one ONNX file and/or AOTInductor package per component, the
+tokenizer and scheduler the pipeline needs, and ``manifest.json`` describing and hashing all of it.
 
 The directory is self-contained: ``asymvq.engines.load_engine_dir`` and the runtime read
 nothing else. TensorRT plans are added to it afterwards by
@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from .aoti_export import export_aoti
 from .components import COMPONENTS, Shapes, Source, build_module, io_specs, spatial_multiple, weights_sha256
 from .manifest import artifact_entry, new_manifest, write_manifest
 from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 ALL = ("text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain")
 SD_COMPONENTS = ("text-encoder", "vae-encoder", "unet")
 SCHEDULER_FILE = "scheduler_config.json"
+EXPORT_FORMATS = ("onnx", "aoti")  # written here; TensorRT plans are built from the ONNX by the engines
 
 
 def parse_components(value: str | list[str]) -> list[str]:
@@ -71,9 +73,12 @@ def export_directory(
     precision: str = "fp32",
     shapes: Shapes,
     opset: int = DEFAULT_OPSET,
+    formats: tuple[str, ...] | list[str] = ("onnx",),
 ) -> dict:
-    """Export ``components`` of ``source`` to ONNX under ``out``; returns the manifest written."""
+    """Export ``components`` of ``source`` under ``out`` in ``formats`` (onnx, aoti); returns the manifest."""
     names = parse_components(components)
+    if not formats or any(f not in EXPORT_FORMATS for f in formats):
+        raise ValueError(f"formats: expected some of {list(EXPORT_FORMATS)}, got {list(formats)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = new_manifest(
@@ -92,9 +97,17 @@ def export_directory(
             "inputs": [s.to_dict() for s in inputs],
             "outputs": [s.to_dict() for s in outputs],
         }
-        files = export_onnx(module, inputs, outputs, out / f"{name}.onnx", precision=precision,
-                            multiple=spatial_multiple(name, module), opset=opset)
-        entry["artifacts"] = {"onnx": artifact_entry(out, files, opset=opset)}
+        entry["artifacts"] = {}
+        if "onnx" in formats:
+            files = export_onnx(module, inputs, outputs, out / f"{name}.onnx", precision=precision,
+                                multiple=spatial_multiple(name, module), opset=opset)
+            entry["artifacts"]["onnx"] = artifact_entry(out, files, opset=opset)
+        if "aoti" in formats:
+            if "onnx" in formats:  # export_onnx converted the module in place (fp16); start from the source again
+                module = build_module(name, source)
+            files = export_aoti(module, inputs, out / f"{name}.pt2", precision=precision,
+                                multiple=spatial_multiple(name, module))
+            entry["artifacts"]["aoti"] = artifact_entry(out, files, device="cpu")  # compiled where built: the CPU
         manifest["components"][name] = entry
         write_manifest(out, manifest)  # after each component, so an interrupted build shows progress
     return manifest

@@ -9,6 +9,7 @@ manifest, the ONNX dynamic axes and TensorRT's optimization profiles alike.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,15 @@ def weights_sha256(module: nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes, any dtype, no copy
     return h.hexdigest()
+
+
+_DERIVED = re.compile(r"^(\d+)\*(\w+)$")
+
+
+def split_dim(dim: str) -> tuple[int, str]:
+    """A symbolic dim as (factor, base): ``"8*h"`` -> (8, "h"); ``"h"`` -> (1, "h")."""
+    m = _DERIVED.match(dim)
+    return (int(m.group(1)), m.group(2)) if m else (1, dim)
 
 
 @dataclass(frozen=True)

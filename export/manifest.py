@@ -9,7 +9,7 @@ Layout (``format_version`` 1)::
      "tokenizer": "tokenizer", "scheduler": "scheduler",       # sub-folders, when present
      "components": {name: {"weights_sha256", "inputs": [TensorSpec], "outputs": [TensorSpec],
                            "artifacts": {"onnx": {"path", "sha256", "files": {path: sha256}},
-                                         "trt": {...}}}}}
+                                         "trt": {...}, "aoti": {..., "device"}}}}}
 
 Every file an artifact needs is hashed; ``verify_artifact`` recomputes the hashes and
 refuses a missing, truncated or swapped file with a ``ManifestError`` (a ValueError).
@@ -26,7 +26,7 @@ from .components import COMPONENTS
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-FORMATS = ("onnx", "trt")
+FORMATS = ("onnx", "trt", "aoti")
 TOOLCHAIN = ("asymvq", "torch", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "polygraphy",
              "diffusers", "transformers", "tensorrt")
 

@@ -12,7 +12,6 @@ slower (about 20 s for the tiny decoder, 40 s for the tiny UNet on 2 CPU cores).
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import onnx
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from .cleanup import clean_graph, cleanup
-from .components import TensorSpec, example_inputs
+from .components import TensorSpec, example_inputs, split_dim
 from .precision import to_fp16
 
 log = logging.getLogger(__name__)
@@ -28,13 +27,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18  # >= 17 as asked; ONNX Runtime 1.31 and TensorRT 10 both run opset 18
 # Weights at or above this go to external data: the graph itself needs room under protobuf's 2 GB.
 EXTERNAL_DATA_BYTES = 1_900_000_000
-_DERIVED = re.compile(r"^(\d+)\*(\w+)$")
-
-
-def _split(dim: str) -> tuple[int, str]:
-    """``"8*h"`` -> (8, "h"); ``"h"`` -> (1, "h")."""
-    m = _DERIVED.match(dim)
-    return (int(m.group(1)), m.group(2)) if m else (1, dim)
 
 
 def example_specs(inputs: list[TensorSpec]) -> list[TensorSpec]:
@@ -44,13 +36,13 @@ def example_specs(inputs: list[TensorSpec]) -> list[TensorSpec]:
     for s in inputs:
         for d, lo, opt, hi in zip(s.dims, s.min, s.opt, s.max):
             if isinstance(d, str):
-                k, base = _split(d)
+                k, base = split_dim(d)
                 value = opt // k
                 if hi > lo and value < 2 <= hi // k:
                     value = 2
                 example.setdefault(base, value)
     return [TensorSpec(s.name, s.dtype, s.dims, s.min,
-                       tuple(_split(d)[0] * example[_split(d)[1]] if isinstance(d, str) else o
+                       tuple(split_dim(d)[0] * example[split_dim(d)[1]] if isinstance(d, str) else o
                              for d, o in zip(s.dims, s.opt)), s.max)
             for s in inputs]
 
@@ -65,7 +57,7 @@ def dynamic_shapes(inputs: list[TensorSpec], multiple: int = 1) -> dict[str, dic
     for s in inputs:
         for d, lo, hi in zip(s.dims, s.min, s.max):
             if isinstance(d, str):
-                k, d = _split(d)
+                k, d = split_dim(d)
                 lo_, hi_ = bounds.get(d, (lo // k, hi // k))
                 bounds[d] = (min(lo_, lo // k), max(hi_, hi // k))
     dims = {}
@@ -82,7 +74,7 @@ def dynamic_shapes(inputs: list[TensorSpec], multiple: int = 1) -> dict[str, dic
         for i, d in enumerate(s.dims):
             if not isinstance(d, str):
                 continue
-            k, base = _split(d)
+            k, base = split_dim(d)
             if dims[base] is not None:
                 axes[i] = dims[base] if k == 1 else k * dims[base]
         out[s.name] = axes

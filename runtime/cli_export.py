@@ -1,4 +1,4 @@
-"""``asymvq export``: build an engines directory (ONNX, optionally TensorRT plans) for the runtime.
+"""``asymvq export``: build an engines directory (ONNX and/or AOTInductor, optionally TensorRT plans) for the runtime.
 
 Registered on the main ``app`` by ``runtime/cli.py``; ``--engines DIR`` of ``profile`` and
 ``inpaint`` then runs from what it writes.
@@ -10,14 +10,15 @@ from typing import Optional
 
 import typer
 
-FORMATS = ("onnx", "trt")
+FORMATS = ("onnx", "trt", "aoti")
 
 
 def parse_formats(value: str) -> list[str]:
     formats = [f.strip() for f in value.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
-    if bad or "onnx" not in formats:
-        raise ValueError(f"--format: expected onnx or onnx,trt (plans are built from the ONNX), got {value!r}")
+    if bad or not formats or ("trt" in formats and "onnx" not in formats):
+        raise ValueError(f"--format: expected onnx, aoti or a comma list of onnx, trt, aoti (trt plans are built "
+                         f"from the ONNX, so trt needs onnx), got {value!r}")
     return formats
 
 
@@ -27,7 +28,7 @@ def export(
     preset: Optional[str] = typer.Option(None, help="Seeded random weights: tiny or sd15 (or a decoder preset: vanilla, base, x1.5, x2)."),
     model: Optional[Path] = typer.Option(None, help="Local diffusers SD folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."),
     decoder: Optional[str] = typer.Option(None, help="Decoder checkpoint path, or a decoder preset name."),
-    format: str = typer.Option("onnx", "--format", help="onnx, or onnx,trt to also build TensorRT plans (needs tensorrt + CUDA)."),
+    format: str = typer.Option("onnx", "--format", help="onnx, aoti (AOTInductor .pt2), or a comma list; onnx,trt also builds TensorRT plans (needs tensorrt + CUDA)."),
     precision: str = typer.Option("fp32", help="fp32 or fp16 (fp16 keeps GroupNorm in fp32)."),
     shapes: Optional[str] = typer.Option(None, help="Shape ranges in pixels, e.g. batch=1:1:4,height=256:512:1024,width=256:512:1024."),
     unet_channels: int = typer.Option(9, help="9: inpainting UNet; 4: text-to-image UNet."),
@@ -48,7 +49,8 @@ def export(
     source = Source(preset=preset, model=None if model is None else str(model), decoder=decoder,
                     unet_in_channels=unet_channels, seed=seed)
     manifest = export_directory(out, component, source, precision=precision,
-                                shapes=parse_shapes(shapes, source.sd_preset), opset=opset)
+                                shapes=parse_shapes(shapes, source.sd_preset), opset=opset,
+                                formats=[f for f in formats if f != "trt"])
     if "trt" in formats:
         from asymvq.engines.tensorrt_engine import build_plans
 

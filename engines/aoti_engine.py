@@ -1,0 +1,62 @@
+"""The AOTInductor engine: a ``.pt2`` package compiled ahead of time by ``asymvq export --format aoti``.
+
+Loading maps the package's shared library (no tracing, no compilation); a call runs the
+compiled kernels on the conformed feeds and returns freshly allocated torch tensors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from asymvq.export.components import TensorSpec, split_dim
+
+from .base import COMPONENT_IO
+from .feeds import conform_feeds
+
+
+class AOTIEngine:
+    """``engine(**feeds) -> {name: tensor}`` over an AOTInductor package (see ``asymvq.engines.Engine``)."""
+
+    backend = "aoti"
+
+    def __init__(self, component: str, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
+                 device: str | torch.device = "cpu"):
+        if component not in COMPONENT_IO:
+            raise ValueError(f"component must be one of {sorted(COMPONENT_IO)}, got {component!r}")
+        self.component = component
+        self.input_names, self.output_names = COMPONENT_IO[component]
+        if tuple(s.name for s in inputs) != self.input_names or tuple(s.name for s in outputs) != self.output_names:
+            raise ValueError(f"{component}: specs name {[s.name for s in inputs]} -> {[s.name for s in outputs]}, "
+                             f"expected {list(self.input_names)} -> {list(self.output_names)}")
+        self.inputs, self.outputs = {s.name: s for s in inputs}, outputs
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, inputs[0].dtype)
+        self.runner = torch._inductor.aoti_load_package(str(path))
+
+    def _check_tied_dims(self, feeds: dict[str, torch.Tensor]) -> None:
+        """Refuse feeds whose derived dims disagree (image not 8x the latent).
+
+        An ONNX graph refuses them by its shapes; compiled AOTInductor code checks its inputs
+        only when AOTI_RUNTIME_CHECK_INPUTS is set in the environment and otherwise indexes
+        every input with the latent's sizes (a 56x56 or 72x72 image with an 8x8 latent ran
+        without error here): a wrong picture, or a read past the end of a smaller image.
+        """
+        seen: dict[str, tuple[str, str, int]] = {}  # base dim -> (input, dim, size) where first met
+        for name, t in feeds.items():
+            for d, n in zip(self.inputs[name].dims, t.shape):
+                if not isinstance(d, str):
+                    continue
+                k, base = split_dim(d)
+                ref_name, ref_d, ref_n = seen.setdefault(base, (name, d, n))
+                if n % k or n * split_dim(ref_d)[0] != ref_n * k:
+                    raise ValueError(f"{self.component} engine: {name} has {d} = {n}, which does not fit "
+                                     f"{ref_name}'s {ref_d} = {ref_n}")
+
+    def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        feeds = conform_feeds(self.component, self.inputs, feeds, self.device)
+        self._check_tied_dims(feeds)
+        with torch.inference_mode():
+            out = self.runner(*feeds.values())  # conform_feeds returns them in input order
+        outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+        return dict(zip(self.output_names, outs))

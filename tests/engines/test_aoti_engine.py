@@ -1,0 +1,99 @@
+"""The tiny decoder as an AOTInductor package, compiled once on the CPU (about 70 s of the
+file's time, nearly all of it inductor's C++ compile): parity with torch at two resolutions
+and two batch sizes of one package, the feeds it refuses, and the manifest's hash check."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from asymvq.engines import load_engine_dir
+from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
+from asymvq.export.manifest import sha256_file
+
+ATOL = 1e-4  # fp32 AOTInductor (CPU) against torch eager
+# (batch, height, width) in pixels: two resolutions x two batch sizes, all from one package
+GRID = [(1, 64, 64), (3, 64, 64), (1, 96, 128), (3, 96, 128)]
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aoti")
+    export_directory(out, "decoder", Source(preset="tiny"), precision="fp32", shapes=DEFAULT_SHAPES["tiny"],
+                     formats=["aoti"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(engine_dir):
+    return load_engine_dir(engine_dir)["decoder"]  # no ONNX in the directory: AOTInductor is picked
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return build_module("decoder", Source(preset="tiny"))
+
+
+def _feeds(b, hh, ww, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(latent=torch.randn(b, 4, hh // 8, ww // 8, generator=g),
+                image=torch.rand(b, 3, hh, ww, generator=g) * 2 - 1,
+                mask=(torch.rand(b, 1, hh, ww, generator=g) > 0.5).float())
+
+
+def _compare(engine, module, feeds):
+    with torch.inference_mode():
+        ref = module(**feeds)
+    got = engine(**feeds)["sample"]
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+def test_manifest_records_the_package(engine_dir, engine):
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
+    art = manifest["components"]["decoder"]["artifacts"]
+    assert set(art) == {"aoti"}, "formats=['aoti'] must not export ONNX"
+    assert art["aoti"]["path"] == "decoder.pt2" and art["aoti"]["device"] == "cpu"
+    assert art["aoti"]["files"] == {"decoder.pt2": sha256_file(engine_dir / "decoder.pt2")}
+    assert engine.backend == "aoti" and engine.input_names == ("latent", "image", "mask")
+    assert engine.output_names == ("sample",)
+
+
+@pytest.mark.parametrize("b,hh,ww", GRID)
+def test_decoder_matches_torch(engine, decoder, b, hh, ww):
+    _compare(engine, decoder, _feeds(b, hh, ww))
+
+
+def test_batch_1_condition_is_broadcast(engine, decoder):
+    feeds = _feeds(3, 64, 64)
+    feeds["image"], feeds["mask"] = feeds["image"][:1], feeds["mask"][:1]
+    _compare(engine, decoder, feeds)
+
+
+def test_feeds_the_package_would_misread_are_refused(engine):
+    feeds = _feeds(1, 64, 64)
+    with pytest.raises(ValueError, match=r"image has 8\*h = 72, which does not fit latent's h = 8"):
+        engine(latent=feeds["latent"], image=torch.zeros(1, 3, 72, 64), mask=torch.zeros(1, 1, 72, 64))
+    with pytest.raises(ValueError, match=r"latent must have shape .*re-export with --shapes"):
+        engine(**_feeds(1, 256, 256))
+
+
+def test_corrupted_package_is_refused(engine_dir, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(engine_dir, d)
+    data = bytearray((d / "decoder.pt2").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "decoder.pt2").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="decoder aoti artifact .* corrupted or was replaced"):
+        load_engine_dir(d)
+    with pytest.raises(ManifestError, match="has no 'onnx' artifact"):
+        load_engine_dir(engine_dir, backend="onnxruntime")
+
+
+def test_cli_accepts_aoti_formats():
+    from asymvq.cli_export import parse_formats
+
+    assert parse_formats("aoti") == ["aoti"]
+    assert parse_formats("onnx,trt,aoti") == ["onnx", "trt", "aoti"]
+    with pytest.raises(ValueError, match="trt needs onnx"):
+        parse_formats("aoti,trt")
