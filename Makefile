@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # CPU wheel of torch 2.13.0 lying on disk. Elsewhere, point it at a CPU or CUDA torch index.
 TORCH_INDEX ?=
 
-.PHONY: run test install bench clean
+.PHONY: run test install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
