@@ -1,4 +1,4 @@
-"""The ``asymvq`` command line: ``profile``, ``inpaint`` and ``decode``.
+"""The ``asymvq`` command line: ``profile``, ``inpaint``, ``decode`` and ``serve``.
 
 Heavy imports (torch, diffusers, matplotlib) happen inside the commands so that
 ``asymvq --help`` answers at once. Errors a user can fix (missing files, wrong formats,
@@ -145,10 +145,17 @@ def _run_profile(config, pipeline=None) -> dict:
 
 # -- inpaint ----------------------------------------------------------------------------------
 def build_pipeline(*, model: Optional[Path], decoder: Optional[Path], device: str, dtype: str, scheduler: str,
-                   engines: Optional[Path] = None):
-    """The one place a command turns its options into a pipeline (engine directories plug in here)."""
+                   engines: Optional[Path] = None, preset: Optional[str] = None):
+    """The one place a command turns its options into a pipeline (engine directories plug in here).
+
+    ``preset`` (tiny or sd15: seeded random networks, no files) is for demos and the server's tests.
+    """
     from .pipeline import InpaintPipeline
 
+    if preset is not None:
+        if model is not None or engines is not None or decoder is not None:
+            raise ValueError("--preset: give either --preset or --model/--engines (with --decoder), not both")
+        return InpaintPipeline.from_preset(preset, device=device, dtype=dtype, scheduler=scheduler)
     if (model is None) == (engines is None):
         raise ValueError("--model / --engines: give exactly one (a diffusers SD folder, or an `asymvq export` directory)")
     if engines is not None:
@@ -178,24 +185,17 @@ def inpaint(
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
-    import torch
-
-    from .images import load_image, postprocess, prepare_image_and_mask
-    from .metrics import preservation_error
+    from .images import load_image
+    from .inpaint_run import check_same_size, run_inpaint
 
     source, hole = load_image(image), load_image(mask, mode="L")
-    if source.size != hole.size:
-        raise ValueError(f"--mask: expected the image's size {source.size[0]}x{source.size[1]} (WxH), "
-                         f"got {hole.size[0]}x{hole.size[1]}")
+    check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines)
-    result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
-                  guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
-                  output_type="pt", progress=True)
-    _save_images(postprocess(result.images * 2 - 1, "pil"), out)
+    run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+                      strength=strength, seed=seed, progress=True, mask_arg="--mask")
+    _save_images(run.images, out)
     # The paper's Pre_error: how well the kept region survived decoding (lower is better).
-    pixels, hole_t, _, _ = prepare_image_and_mask(source, hole, None, None)
-    pre_error = preservation_error(result.images.float().cpu() * 2 - 1, pixels, hole_t)
-    typer.echo(f"Pre_error (MSE on kept pixels, 0-255 units): {float(pre_error.mean()):.2f}")
+    typer.echo(f"Pre_error (MSE on kept pixels, 0-255 units): {run.pre_error:.2f}")
 
 
 def _save_images(images: list, out: Path) -> None:
@@ -250,6 +250,36 @@ def decode(
     with torch.inference_mode():
         sample = dec(lat, None if pixels is None else pixels.to(dev, dt), None if hole is None else hole.to(dev, dt))
     _save_images(postprocess(sample, "pil"), out)
+
+
+# -- serve ------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Option(None, help="Local diffusers-format SD inpainting folder."),
+    engines: Optional[Path] = typer.Option(None, help="Or an engines directory from `asymvq export`."),
+    decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (with --model)."),
+    preset: Optional[str] = typer.Option(None, help="Or seeded random networks: tiny or sd15 (default: tiny "
+                                         "when neither --model nor --engines is given; a demo, not real images)."),
+    scheduler: str = typer.Option("ddim", help=f"Default scheduler of requests that name none: {SCHEDULER_HELP}."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
+    max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+):
+    """Serve POST /v1/inpaint and GET /healthz over HTTP (docs/server.md); one request at a time."""
+    import uvicorn
+
+    from .server import create_app
+
+    if preset is None and model is None and engines is None and decoder is None:
+        preset = "tiny"
+    source = f"preset:{preset}" if preset else str(model or engines)
+    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler,
+                          engines=engines, preset=preset)
+    uvicorn.run(create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source),
+                host=host, port=port, workers=1)
 
 
 # -- export: its own file (runtime/cli_export.py), registered here --------------------------

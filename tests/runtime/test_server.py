@@ -1,0 +1,205 @@
+"""The HTTP server on the tiny preset: same pixels as the library, clear 4xx errors, and it keeps serving."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from asymvq.inpaint_run import run_inpaint  # noqa: E402
+from asymvq.pipeline import InpaintPipeline  # noqa: E402
+from asymvq.server import create_app  # noqa: E402
+
+SIZE = 32
+
+
+def png(img: PIL.Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def source_and_mask(w: int = SIZE, h: int = SIZE) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    rng = np.random.default_rng(0)
+    source = PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    hole = np.zeros((h, w), np.uint8)
+    hole[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+    return source, PIL.Image.fromarray(hole)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return InpaintPipeline.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def client(pipe):
+    # small limits so that the "too big" cases stay cheap
+    with TestClient(create_app(pipe, max_pixels=64 * 64, max_steps=20, max_body_bytes=1 << 20,
+                               source="preset:tiny")) as c:
+        yield c
+
+
+def post(client, *, image=None, mask=None, omit=(), files=None, **data):
+    source, hole = source_and_mask()
+    parts = {"image": ("image.png", png(source) if image is None else image, "image/png"),
+             "mask": ("mask.png", png(hole) if mask is None else mask, "image/png")}
+    fields = {"prompt": "a red sofa", "steps": "2", "seed": "3", **data}
+    for name in omit:
+        parts.pop(name, None)
+        fields.pop(name, None)
+    return client.post("/v1/inpaint", files={**parts, **(files or {})}, data=fields)
+
+
+def test_good_request_matches_the_library_call(client, pipe):
+    resp = post(client, guidance="5.0", negative_prompt="blurry")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "image/png"
+    out = PIL.Image.open(io.BytesIO(resp.content))
+    assert out.format == "PNG" and out.size == (SIZE, SIZE) and out.mode == "RGB"
+
+    source, hole = source_and_mask()
+    want = pipe("a red sofa", source, hole, negative_prompt="blurry", num_inference_steps=2, guidance_scale=5.0,
+                generator=torch.Generator().manual_seed(3)).images[0]
+    diff = np.abs(np.asarray(out, np.int16) - np.asarray(want, np.int16))
+    assert diff.max() <= 1, diff.max()
+    # a different seed is a different image: the seed really reaches the pipeline
+    other = PIL.Image.open(io.BytesIO(post(client, guidance="5.0", negative_prompt="blurry", seed="4").content))
+    assert np.abs(np.asarray(other, np.int16) - np.asarray(want, np.int16)).max() > 1
+
+    assert float(resp.headers["X-Asymvq-Latency-ms"]) > 0
+    expected_pre = run_inpaint(pipe, source, hole, "a red sofa", negative_prompt="blurry", steps=2, guidance=5.0,
+                               seed=3).pre_error
+    assert float(resp.headers["X-Asymvq-Pre-Error"]) == pytest.approx(expected_pre, rel=1e-3, abs=1e-3)
+    timing = dict(item.split(";dur=") for item in resp.headers["Server-Timing"].split(", "))
+    assert {"text_encode", "vae_encode", "unet_step", "scheduler_step", "decode"} <= set(timing)
+
+
+def test_scheduler_per_request_leaves_the_pipeline_default(client, pipe):
+    default = type(pipe.scheduler)
+    resp = post(client, scheduler="euler", seed="1")
+    assert resp.status_code == 200, resp.text
+    assert type(pipe.scheduler) is default  # the request's scheduler did not stick
+    source, hole = source_and_mask()
+    saved = pipe.scheduler
+    try:
+        pipe.set_scheduler("euler")  # the library way, undone below
+        ref = pipe("a red sofa", source, hole, num_inference_steps=2, generator=torch.Generator().manual_seed(1)).images[0]
+    finally:
+        pipe.scheduler = saved
+    got = PIL.Image.open(io.BytesIO(resp.content))
+    assert np.abs(np.asarray(got, np.int16) - np.asarray(ref, np.int16)).max() <= 1
+
+
+def _bad_cases():
+    source, hole = source_and_mask()
+    small_hole = source_and_mask(SIZE, 24)[1]
+    odd_source, odd_hole = source_and_mask(30, 32)
+    big_source, big_hole = source_and_mask(72, 64)
+    return [
+        ("undecodable", dict(image=b"not an image at all"), 400, "image: expected a PNG or JPEG file"),
+        ("truncated", dict(image=png(source)[:60]), 400, "image: expected a complete PNG or JPEG file"),
+        ("not png/jpeg", dict(image=png(source, "BMP")), 400, "image: expected a PNG or JPEG file"),
+        ("empty mask", dict(mask=b""), 400, "mask: expected a PNG or JPEG file, got an empty file"),
+        ("size mismatch", dict(mask=png(small_hole)), 400, "mask: expected the image's size 32x32 (WxH), got 32x24"),
+        ("not multiple of 8", dict(image=png(odd_source), mask=png(odd_hole)), 400,
+         "image: expected width and height multiples of 8, got 30x32"),
+        ("too many pixels", dict(image=png(big_source), mask=png(big_hole)), 413, "image: expected at most 4096 pixels"),
+        ("steps zero", dict(steps="0"), 400, "steps: expected a value in [1, 20], got '0'"),
+        ("steps too many", dict(steps="21"), 400, "steps: expected a value in [1, 20]"),
+        ("steps not int", dict(steps="two"), 400, "steps: expected an integer, got 'two'"),
+        ("guidance nan", dict(guidance="nan"), 400, "guidance: expected a value in"),
+        ("strength", dict(strength="1.5"), 400, "strength: expected a value in (0, 1], got 1.5"),
+        ("strength leaves no step", dict(strength="0.1"), 400, "strength: 0.1 leaves no denoising step"),
+        ("scheduler", dict(scheduler="lms"), 400, "scheduler: expected one of ['ddim', 'pndm', 'euler', 'dpm++'], got 'lms'"),
+        ("seed", dict(seed="-1"), 400, "seed: expected a value in [0, "),
+        ("missing image", dict(omit=("image",)), 400, "image: expected a form field, got none"),
+        ("missing mask", dict(omit=("mask",)), 400, "mask: expected a form field, got none"),
+        ("missing prompt", dict(omit=("prompt",)), 400, "prompt: expected a form field, got none"),
+        ("unknown field", dict(stpes="3"), 400, "stpes: expected a field among"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
+def test_bad_input_is_a_4xx_naming_the_argument(client, case):
+    _, kwargs, status, message = case
+    resp = post(client, **kwargs)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    assert message in resp.json()["error"], resp.json()
+    assert "Traceback" not in resp.text
+
+
+def test_transport_errors(client):
+    resp = client.post("/v1/inpaint", content=b"{}", headers={"content-type": "application/json"})
+    assert resp.status_code == 415 and resp.json()["error"].startswith("Content-Type: expected multipart/form-data")
+    big = client.post("/v1/inpaint", files={"image": ("x.png", b"\0" * (1 << 20), "image/png")})
+    assert big.status_code == 413 and big.json()["error"].startswith("body: expected at most 1048576 bytes")
+    torn = client.post("/v1/inpaint", content=b"--xyz\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhi",
+                       headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert torn.status_code == 400 and torn.json()["error"].startswith("body: expected complete multipart")
+    assert client.get("/v1/nothing").status_code == 404 and "error" in client.get("/v1/nothing").json()
+
+
+def test_internal_error_is_a_500_without_traceback_and_the_server_keeps_serving(client, pipe, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory: secret internals /home/x")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipe, "denoise", broken)
+        resp = post(client)
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal error while inpainting (details in the server log)"}
+    assert "secret" not in resp.text and "Traceback" not in resp.text
+    assert "secret internals" in caplog.text  # ... but the operator sees it
+    # after bad and broken requests, a good one still succeeds, and the lock was released
+    ok = post(client)
+    assert ok.status_code == 200 and PIL.Image.open(io.BytesIO(ok.content)).size == (SIZE, SIZE)
+    assert not client.app.state.runner.lock.locked()
+
+
+def test_jpeg_input_and_healthz(client):
+    source, hole = source_and_mask()
+    resp = post(client, image=png(source, "JPEG"), mask=png(hole, "JPEG"))
+    assert resp.status_code == 200, resp.text
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "source": "preset:tiny", "device": "cpu", "dtype": "fp32",
+                             "decoders": ["decoder", "decoder-plain"], "scheduler": "DDIMScheduler", "max_pixels": 4096,
+                             "max_steps": 20}
+
+
+def test_create_app_rejects_what_it_cannot_serve(pipe):
+    with pytest.raises(ValueError, match="pipeline: expected an InpaintPipeline"):
+        create_app(lambda: "not a pipeline")
+    with pytest.raises(ValueError, match="max_pixels: expected a positive integer"):
+        create_app(lambda: pipe, max_pixels=0)
+
+
+def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
+    import uvicorn
+
+    from asymvq.cli import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--port", "8123", "--max-steps", "7"])  # no pipeline option: the tiny preset
+    assert (exc.value.code or 0) == 0 and len(calls) == 1
+    app, kwargs = calls[0]
+    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1}
+    health = TestClient(app).get("/healthz").json()
+    assert health["source"] == "preset:tiny" and health["max_steps"] == 7
+
+    for argv, needle in ((["serve", "--preset", "tiny", "--model", "sd"], "--preset: give either --preset or --model"),
+                         (["serve", "--preset", "big"], "preset must be one of ['tiny', 'sd15'], got 'big'")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 1 and needle in err and "Traceback" not in err, err
+    assert len(calls) == 1
