@@ -10,9 +10,11 @@ answers 503 at once rather than holding connections for minutes. Run one process
 Bad input never reaches the GPU: the form is parsed and checked first, and every error a
 client can fix is a 4xx ``{"error": "<argument>: expected ..., got ..."}``, the same words
 the pipeline's own ValueErrors use. Anything else is a 500 ``{"error": ...}`` with the
-traceback in the server log only. The multipart body is parsed here with the standard
-library (bounded by ``max_body_bytes``), so the server needs nothing beyond the ``server``
-extra: FastAPI's own form parsing would pull in python-multipart.
+traceback in the server log only. The multipart body is read under ``max_body_bytes`` and
+split here, with the standard library's header parser, rather than through Starlette's
+``request.form()`` (python-multipart): tried with starlette 1.10 / python-multipart 0.0.34,
+that path returns an empty form for a truncated body instead of an error, and its
+``max_part_size`` does not bound file parts, so the size cap would be needed here anyway.
 """
 from __future__ import annotations
 
