@@ -11,8 +11,7 @@ import torch
 
 from asymvq.export.components import TensorSpec, split_dim
 
-from .base import COMPONENT_IO
-from .feeds import conform_feeds
+from .feeds import conform_feeds, init_engine_io
 
 
 class AOTIEngine:
@@ -22,16 +21,7 @@ class AOTIEngine:
 
     def __init__(self, component: str, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  device: str | torch.device = "cpu"):
-        if component not in COMPONENT_IO:
-            raise ValueError(f"component must be one of {sorted(COMPONENT_IO)}, got {component!r}")
-        self.component = component
-        self.input_names, self.output_names = COMPONENT_IO[component]
-        if tuple(s.name for s in inputs) != self.input_names or tuple(s.name for s in outputs) != self.output_names:
-            raise ValueError(f"{component}: specs name {[s.name for s in inputs]} -> {[s.name for s in outputs]}, "
-                             f"expected {list(self.input_names)} -> {list(self.output_names)}")
-        self.inputs, self.outputs = {s.name: s for s in inputs}, outputs
-        self.device = torch.device(device)
-        self.dtype = getattr(torch, inputs[0].dtype)
+        init_engine_io(self, component, inputs, outputs, device)
         self.runner = torch._inductor.aoti_load_package(str(path))
 
     def _check_tied_dims(self, feeds: dict[str, torch.Tensor]) -> None:

@@ -11,6 +11,26 @@ import torch
 
 from asymvq.export.components import TensorSpec
 
+from .base import COMPONENT_IO
+
+
+def init_engine_io(engine, component: str, inputs: list[TensorSpec], outputs: list[TensorSpec], device) -> None:
+    """Set the fields every exported engine has, from its manifest specs.
+
+    Refuses specs that do not name ``component``'s inputs and outputs (COMPONENT_IO), so a
+    manifest entry can never bind one network's file under another's name.
+    """
+    if component not in COMPONENT_IO:
+        raise ValueError(f"component must be one of {sorted(COMPONENT_IO)}, got {component!r}")
+    engine.component = component
+    engine.input_names, engine.output_names = COMPONENT_IO[component]
+    if tuple(s.name for s in inputs) != engine.input_names or tuple(s.name for s in outputs) != engine.output_names:
+        raise ValueError(f"{component}: specs name {[s.name for s in inputs]} -> {[s.name for s in outputs]}, "
+                         f"expected {list(engine.input_names)} -> {list(engine.output_names)}")
+    engine.inputs, engine.outputs = {s.name: s for s in inputs}, outputs
+    engine.device = torch.device(device)
+    engine.dtype = getattr(torch, inputs[0].dtype)
+
 
 def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, device: torch.device,
                   dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:

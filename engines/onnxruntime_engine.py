@@ -15,8 +15,7 @@ import torch
 
 from asymvq.export.components import TensorSpec
 
-from .base import COMPONENT_IO
-from .feeds import conform_feeds
+from .feeds import conform_feeds, init_engine_io
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
 
@@ -46,16 +45,7 @@ class OnnxRuntimeEngine:
                  device: str | torch.device = "cpu", reuse_outputs: bool = False, threads: int | None = None):
         import onnxruntime as ort
 
-        if component not in COMPONENT_IO:
-            raise ValueError(f"component must be one of {sorted(COMPONENT_IO)}, got {component!r}")
-        self.component = component
-        self.input_names, self.output_names = COMPONENT_IO[component]
-        if tuple(s.name for s in inputs) != self.input_names or tuple(s.name for s in outputs) != self.output_names:
-            raise ValueError(f"{component}: specs name {[s.name for s in inputs]} -> {[s.name for s in outputs]}, "
-                             f"expected {list(self.input_names)} -> {list(self.output_names)}")
-        self.inputs, self.outputs = {s.name: s for s in inputs}, outputs
-        self.device = torch.device(device)
-        self.dtype = getattr(torch, inputs[0].dtype)
+        init_engine_io(self, component, inputs, outputs, device)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

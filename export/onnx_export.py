@@ -81,6 +81,19 @@ def dynamic_shapes(inputs: list[TensorSpec], multiple: int = 1) -> dict[str, dic
     return out
 
 
+def prepare_trace(module: nn.Module, inputs: list[TensorSpec], precision: str, multiple: int = 1):
+    """(module in ``precision``, example args at the opt shapes, dynamic shapes), both exporters' input.
+
+    fp16 keeps the overflow-prone GroupNorms in fp32 (``precision.to_fp16``).
+    """
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    module = to_fp16(module) if precision == "fp16" else module.float()
+    example = example_inputs(example_specs(inputs), "opt")
+    axes = dynamic_shapes(inputs, multiple)
+    return module.eval(), tuple(example[s.name] for s in inputs), tuple(axes[s.name] for s in inputs)
+
+
 def export_onnx(
     module: nn.Module,
     inputs: list[TensorSpec],
@@ -98,19 +111,14 @@ def export_onnx(
     """
     if opset < 17:
         raise ValueError(f"opset must be 17 or newer, got {opset}")
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
     path = Path(path)
-    module = to_fp16(module) if precision == "fp16" else module.float()
-
-    example = example_inputs(example_specs(inputs), "opt")
-    axes = dynamic_shapes(inputs, multiple)
+    module, args, axes = prepare_trace(module, inputs, precision, multiple)
     program = torch.onnx.export(
-        module.eval(),
-        tuple(example[s.name] for s in inputs),
+        module,
+        args,
         input_names=[s.name for s in inputs],
         output_names=[s.name for s in outputs],
-        dynamic_shapes=tuple(axes[s.name] for s in inputs),  # positional: any forward arg names
+        dynamic_shapes=axes,  # positional: any forward arg names
         opset_version=opset,
         dynamo=True,
         verbose=False,
