@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from .models import AsymmetricDecoder
 from .presets import parse_device, parse_dtype
 from .stages import PipelineSpec, torch_engines

@@ -218,7 +218,7 @@ class InpaintPipeline:
         """Everything before the decoder: text, VAE encode, the UNet loop. Returns the latents and condition."""
         from diffusers.utils.torch_utils import randn_tensor
 
-        spec, stages = self.spec, self.stages
+        spec = self.spec
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
