@@ -51,7 +51,7 @@ def our_decoder(preset: str, reference) -> torch.nn.Module:
 def onnx_engine(decoder, out_dir: Path):
     from asymvq.engines.onnxruntime_engine import OnnxRuntimeEngine
     from asymvq.export import DEFAULT_SHAPES, export_onnx, io_specs
-    from asymvq.models.components import DecoderComponent
+    from asymvq.models.component_modules import DecoderComponent
 
     module = DecoderComponent(decoder)
     shapes = DEFAULT_SHAPES["sd15"]  # the default dynamic ranges a user's export gets (256..1024)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from asymvq.export.components import TensorSpec, split_dim
-
+from .contract import TensorSpec, split_dim
 from .feeds import conform_feeds, init_engine_io
 
 

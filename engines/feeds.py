@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from asymvq.export.components import TensorSpec
 
-from .base import COMPONENT_IO
+from .contract import COMPONENT_IO, TensorSpec, check_io
 
 
 def init_engine_io(engine, component: str, inputs: list[TensorSpec], outputs: list[TensorSpec], device) -> None:
@@ -20,13 +19,9 @@ def init_engine_io(engine, component: str, inputs: list[TensorSpec], outputs: li
     Refuses specs that do not name ``component``'s inputs and outputs (COMPONENT_IO), so a
     manifest entry can never bind one network's file under another's name.
     """
-    if component not in COMPONENT_IO:
-        raise ValueError(f"component must be one of {sorted(COMPONENT_IO)}, got {component!r}")
+    check_io(component, inputs, outputs, f"{component} engine")
     engine.component = component
     engine.input_names, engine.output_names = COMPONENT_IO[component]
-    if tuple(s.name for s in inputs) != engine.input_names or tuple(s.name for s in outputs) != engine.output_names:
-        raise ValueError(f"{component}: specs name {[s.name for s in inputs]} -> {[s.name for s in outputs]}, "
-                         f"expected {list(engine.input_names)} -> {list(engine.output_names)}")
     engine.inputs, engine.outputs = {s.name: s for s in inputs}, outputs
     engine.device = torch.device(device)
     engine.dtype = getattr(torch, inputs[0].dtype)

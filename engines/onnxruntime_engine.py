@@ -11,18 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-from asymvq.export.components import TensorSpec
 
+from .contract import TensorSpec
 from .feeds import conform_feeds, init_engine_io
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
 
 
 def providers_for(device: torch.device) -> list:
-    import onnxruntime as ort
-
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -43,8 +42,6 @@ class OnnxRuntimeEngine:
 
     def __init__(self, component: str, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  device: str | torch.device = "cpu", reuse_outputs: bool = False, threads: int | None = None):
-        import onnxruntime as ort
-
         init_engine_io(self, component, inputs, outputs, device)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from asymvq.export.components import TensorSpec
-from asymvq.export.manifest import artifact_entry, read_manifest, toolchain_versions, verify_artifact, write_manifest
+from asymvq.models.extras import missing_extra
 
-from .base import COMPONENT_IO
-from .feeds import conform_feeds
+from .contract import TensorSpec
+from .feeds import conform_feeds, init_engine_io
+from .manifest import artifact_entry, read_manifest, toolchain_versions, verify_artifact, write_manifest
 
 log = logging.getLogger(__name__)
 TIMING_CACHE = "timing.cache"
@@ -32,12 +32,9 @@ TIMING_CACHE = "timing.cache"
 
 def _trt():
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # defers the tensorrt extra: imported only when a plan is built or run
     except ImportError as e:
-        raise RuntimeError(
-            "TensorRT is not installed (pip install tensorrt, on a machine with an NVIDIA GPU); "
-            "use the ONNX Runtime engines instead"
-        ) from e
+        raise missing_extra("tensorrt", "TensorRT engines (on a machine with an NVIDIA GPU)", e) from None
     return trt
 
 
@@ -115,13 +112,9 @@ class TensorRTEngine:
     def __init__(self, component: str, plan_path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  device: str | torch.device = "cuda", cuda_graph: bool = False, reuse_outputs: bool = False):
         trt = _trt()
-        self.component = component
-        self.input_names, self.output_names = COMPONENT_IO[component]
-        self.device = torch.device(device)
+        init_engine_io(self, component, inputs, outputs, device)
         if self.device.type != "cuda":
             raise ValueError(f"device: TensorRT engines run on 'cuda', got {str(device)!r}")
-        self.inputs, self.outputs = {s.name: s for s in inputs}, outputs
-        self.dtype = getattr(torch, inputs[0].dtype)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
         if self.engine is None:

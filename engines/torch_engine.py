@@ -1,14 +1,19 @@
-"""The torch engine: a component module run eagerly or through torch.compile."""
+"""The torch engine: a component module run eagerly or through torch.compile, and the
+factories that wrap live torch networks (a decoder, a diffusers UNet, ...) as engines."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import COMPONENT_IO
+from asymvq.models.component_modules import (
+    DecoderComponent, PlainDecoderComponent, TextEncoderComponent, UNetComponent, VaeEncoderComponent,
+)
+
+from .contract import COMPONENT_IO, DECODER, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine, check_component
 
 
 class TorchEngine:
-    """Runs a component wrapper (``asymvq.models.components``) behind the ``Engine`` interface.
+    """Runs a component wrapper (``asymvq.models.component_modules``) behind the ``Engine`` interface.
 
     ``compile=True`` wraps the module in ``torch.compile`` (the diffusers recipe); the
     first call then pays the compilation, which a profiler counts as warm-up.
@@ -17,9 +22,7 @@ class TorchEngine:
     backend = "torch"
 
     def __init__(self, component: str, module: nn.Module, *, compile: bool = False, compile_mode: str | None = None):
-        if component not in COMPONENT_IO:
-            raise ValueError(f"component must be one of {sorted(COMPONENT_IO)}, got {component!r}")
-        self.component = component
+        self.component = check_component(component)
         self.input_names, self.output_names = COMPONENT_IO[component]
         self.module = module.eval()
         self._run = torch.compile(self.module, mode=compile_mode, fullgraph=True) if compile else self.module
@@ -47,3 +50,23 @@ class TorchEngine:
         with torch.inference_mode():
             out = self._run(*(feeds[n] for n in self.input_names))
         return {self.output_names[0]: out}
+
+
+def torch_decoder_engines(decoder, *, compile: bool = False) -> dict[str, Engine]:
+    """Both entry points of an ``AsymmetricDecoder`` (only the plain one for a vanilla decoder)."""
+    engines = {DECODER_PLAIN: TorchEngine(DECODER_PLAIN, PlainDecoderComponent(decoder), compile=compile)}
+    if decoder.config.has_condition:
+        engines[DECODER] = TorchEngine(DECODER, DecoderComponent(decoder), compile=compile)
+    return engines
+
+
+def torch_engines(*, unet, vae_encoder_source=None, text_encoder=None, decoder=None, compile: bool = False) -> dict[str, Engine]:
+    """Wrap torch networks (diffusers UNet, a VAE with ``.encoder``, CLIPTextModel, AsymmetricDecoder)."""
+    engines: dict[str, Engine] = {UNET: TorchEngine(UNET, UNetComponent(unet), compile=compile)}
+    if vae_encoder_source is not None:
+        engines[VAE_ENCODER] = TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae_encoder_source), compile=compile)
+    if text_encoder is not None:
+        engines[TEXT_ENCODER] = TorchEngine(TEXT_ENCODER, TextEncoderComponent(text_encoder), compile=compile)
+    if decoder is not None:
+        engines.update(torch_decoder_engines(decoder, compile=compile))
+    return engines

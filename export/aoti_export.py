@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .components import TensorSpec
-from .onnx_export import prepare_trace
+from asymvq.engines.contract import TensorSpec
+
+from .trace import prepare_trace
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,17 @@ import logging
 import shutil
 from pathlib import Path
 
-from .aoti_export import export_aoti
-from .components import COMPONENTS, Shapes, Source, build_module, io_specs, spatial_multiple, weights_sha256
-from .manifest import artifact_entry, new_manifest, write_manifest
-from .onnx_export import DEFAULT_OPSET, export_onnx
+from asymvq.engines.contract import COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER
+from asymvq.engines.manifest import artifact_entry, new_manifest, weights_sha256, write_manifest
+from asymvq.models.extras import missing_extra
+from asymvq.models.sd_networks import SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_tokenizer
+from asymvq.models.sources import Source, build_module
+
+from .specs import DEFAULT_OPSET, Shapes, io_specs, spatial_multiple
 
 log = logging.getLogger(__name__)
 
-ALL = ("text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain")
-SD_COMPONENTS = ("text-encoder", "vae-encoder", "unet")
-SCHEDULER_FILE = "scheduler_config.json"
+SD_COMPONENTS = (TEXT_ENCODER, VAE_ENCODER, UNET)
 EXPORT_FORMATS = ("onnx", "aoti")  # written here; TensorRT plans are built from the ONNX by the engines
 
 
@@ -30,7 +31,7 @@ def parse_components(value: str | list[str]) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
     out: list[str] = []
     for item in (i.strip() for i in items):
-        names = ALL if item == "all" else (item,)
+        names = COMPONENTS if item == "all" else (item,)
         for n in names:
             if n not in COMPONENTS:
                 raise ValueError(f"component must be 'all' or one of {list(COMPONENTS)}, got {item!r}")
@@ -42,8 +43,6 @@ def parse_components(value: str | list[str]) -> list[str]:
 def _write_tokenizer_and_scheduler(out: Path, source: Source) -> dict:
     """tokenizer/ and scheduler/ next to the engines; returns the manifest keys for them."""
     import diffusers
-
-    from asymvq.models.sd_components import SCHEDULER_CONFIG, SD_PRESETS, build_tokenizer
 
     if source.model is not None:
         from transformers import CLIPTokenizer
@@ -99,12 +98,18 @@ def export_directory(
         }
         entry["artifacts"] = {}
         if "onnx" in formats:
+            try:
+                from .onnx_export import export_onnx  # defers the onnx extra
+            except ImportError as e:
+                raise missing_extra("onnx", "--format onnx", e) from None
             files = export_onnx(module, inputs, outputs, out / f"{name}.onnx", precision=precision,
                                 multiple=spatial_multiple(name, module), opset=opset)
             entry["artifacts"]["onnx"] = artifact_entry(out, files, opset=opset)
         if "aoti" in formats:
             if "onnx" in formats:  # export_onnx converted the module in place (fp16); start from the source again
                 module = build_module(name, source)
+            from .aoti_export import export_aoti  # torch only; imported with its format, like onnx
+
             files = export_aoti(module, inputs, out / f"{name}.pt2", precision=precision,
                                 multiple=spatial_multiple(name, module))
             entry["artifacts"]["aoti"] = artifact_entry(out, files, device="cpu")  # compiled where built: the CPU

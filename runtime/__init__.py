@@ -17,6 +17,8 @@ _EXPORTS = {
     "prepare_mask": ".models",
     "CheckpointError": ".models.checkpoints",
     "load_decoder": ".models.checkpoints",
+    "save_decoder": ".models.checkpoints",
+    "MissingExtraError": ".models.extras",
     "preservation_error": ".metrics",
     "InpaintPipeline": ".pipeline",
 }

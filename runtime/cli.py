@@ -74,7 +74,7 @@ def profile(
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     base = default_config(cuda)
     if engines is not None:  # the directory decides the shapes, precision and the one decoder
-        from .export import read_manifest
+        from .engines.manifest import read_manifest
 
         manifest = read_manifest(engines)
         preset = preset or ("tiny" if manifest["source"]["preset"] == "tiny" else "sd15")
@@ -111,9 +111,9 @@ def _check_profile_config(config, check_decoders: bool = True) -> None:
     """Fail on a bad name before minutes of model building, not after."""
     from .models import PRESETS
     from .models.config import PRESET_ALIASES
-    from .models.sd_components import SD_PRESETS
-    from .pipeline import SCHEDULER_ALIASES, SCHEDULERS
-    from .presets import DTYPES, parse_device
+    from .models.devices import DTYPES, parse_device
+    from .models.sd_networks import SD_PRESETS
+    from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
     if config.preset not in SD_PRESETS:
         raise ValueError(f"--preset: expected one of {list(SD_PRESETS)}, got {config.preset!r}")
@@ -168,6 +168,7 @@ def build_pipeline(*, model: Optional[Path], decoder: Optional[Path], device: st
 
 @app.command()
 def inpaint(
+    preset: Optional[str] = typer.Option(None, help="Or seeded random networks, no files: tiny or sd15 (a demo, not real images)."),
     model: Optional[Path] = typer.Option(None, help="Local diffusers-format SD inpainting folder (unet/, vae/, text_encoder/, ...)."),
     engines: Optional[Path] = typer.Option(None, help="Or an engines directory from `asymvq export` (ONNX Runtime / TensorRT)."),
     decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (default: the folder's own VAE decoder)."),
@@ -190,7 +191,8 @@ def inpaint(
 
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
-    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines)
+    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines,
+                          preset=preset)
     run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                       strength=strength, seed=seed, progress=True, mask_arg="--mask")
     _save_images(run.images, out)
@@ -209,7 +211,8 @@ def _save_images(images: list, out: Path) -> None:
 # -- decode -----------------------------------------------------------------------------------
 @app.command()
 def decode(
-    decoder: Path = typer.Option(..., help="Decoder checkpoint (ours, diffusers VAE folder, official .ckpt, SD VAE)."),
+    decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (ours, diffusers VAE folder, official .ckpt, SD VAE)."),
+    preset: Optional[str] = typer.Option(None, help="Or a seeded random decoder preset: vanilla, base, x1.5, x2 or tiny."),
     latents: Path = typer.Option(..., help="Latents file: .pt, .npy or .safetensors, shape (B, 4, h, w) or (4, h, w)."),
     out: Path = typer.Option(..., help="Output image path (.png)."),
     image: Optional[Path] = typer.Option(None, help="Unmasked source image (8h x 8w), for the condition branch."),
@@ -224,8 +227,11 @@ def decode(
     from .images import load_image, postprocess, prepare_image_and_mask
     from .latents_io import load_latents
     from .models.checkpoints import load_decoder
-    from .presets import parse_device, parse_dtype
+    from .models.devices import parse_device, parse_dtype
+    from .models.sources import random_decoder
 
+    if (decoder is None) == (preset is None):
+        raise ValueError("--decoder / --preset: give exactly one (a checkpoint path, or a decoder preset name)")
     lat = load_latents(latents)
     if (image is None) != (mask is None):
         raise ValueError("--image / --mask: give both (inpainting condition) or neither (plain decode)")
@@ -239,7 +245,7 @@ def decode(
                 raise ValueError(f"{flag}: expected {want[0]}x{want[1]} (HxW, 8x the latents' {lat.shape[-2]}x{lat.shape[-1]}), "
                                  f"got {img.height}x{img.width}")
         pixels, hole, _, _ = prepare_image_and_mask(source, hole_img, None, None)
-    dec = load_decoder(decoder, dtype=dt, device=dev)
+    dec = load_decoder(decoder, dtype=dt, device=dev) if decoder is not None else random_decoder(preset, dtype=dt, device=dev)
     if lat.shape[1] != dec.config.latent_channels:
         raise ValueError(f"--latents: expected {dec.config.latent_channels} channels for this decoder, got shape {tuple(lat.shape)}")
     lat = lat.to(device=dev, dtype=dt)
@@ -269,9 +275,14 @@ def serve(
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
 ):
     """Serve POST /v1/inpaint and GET /healthz over HTTP (docs/server.md); one request at a time."""
-    import uvicorn
+    from .models.extras import missing_extra
 
-    from .server import create_app
+    try:
+        import uvicorn  # defers the server extra
+
+        from .server import create_app  # defers the server extra (fastapi)
+    except ImportError as e:
+        raise missing_extra("server", "asymvq serve", e) from None
 
     if preset is None and model is None and engines is None and decoder is None:
         preset = "tiny"
@@ -311,7 +322,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, (ValueError, OSError)):
+        if isinstance(exc, (ValueError, OSError, ImportError)):
             print(f"asymvq: error: {message}", file=sys.stderr)
         else:
             print(f"asymvq: error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)", file=sys.stderr)

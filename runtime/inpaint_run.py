@@ -29,7 +29,8 @@ def check_same_size(source, hole, mask_arg: str = "mask") -> None:
 
 
 def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps: int = 50, guidance: float = 7.5,
-                strength: float = 1.0, seed: int = 0, progress: bool = False, mask_arg: str = "mask") -> InpaintRun:
+                strength: float = 1.0, seed: int = 0, scheduler: str | None = None, timer=None, progress: bool = False,
+                mask_arg: str = "mask") -> InpaintRun:
     """Inpaint PIL ``source`` where PIL ``hole`` is white; noise from ``torch.Generator().manual_seed(seed)``.
 
     The generator is a CPU one whatever the device, so a seed gives the same noise on every machine
@@ -38,7 +39,7 @@ def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps:
     check_same_size(source, hole, mask_arg)
     result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
                   guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
-                  output_type="pt", progress=progress)
+                  output_type="pt", scheduler=scheduler, timer=timer, progress=progress)
     images = postprocess(result.images * 2 - 1, "pil")
     # Pre_error on the exact tensor the images come from: how well the kept region survived decoding.
     pixels, hole_t, _, _ = prepare_image_and_mask(source, hole, None, None)

@@ -12,29 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import inspect
+
 import torch
+from tqdm.auto import tqdm
 
+from . import pipeline_parts
+from .engines.contract import TEXT_ENCODER, VAE_ENCODER
 from .images import check_size, postprocess, prepare_image_and_mask
-from .stages import SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder
-
-SCHEDULERS = ("ddim", "pndm", "euler", "dpm++")
-SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++", "euler-discrete": "euler"}
-
-
-def make_scheduler(name: str, config):
-    """A fresh diffusers scheduler of kind ``name`` from a scheduler config (dict or FrozenDict)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
-
-    key = SCHEDULER_ALIASES.get(str(name).lower(), str(name).lower())
-    if key == "ddim":
-        return DDIMScheduler.from_config(config)
-    if key == "pndm":
-        return PNDMScheduler.from_config(config, skip_prk_steps=True)  # what SD ships
-    if key == "euler":
-        return EulerDiscreteScheduler.from_config(config)
-    if key == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
-    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler  # noqa: F401 (re-exported)
+from .stages import NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder
 
 
 @dataclass
@@ -57,13 +44,15 @@ class InpaintPipeline:
     ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines."""
 
     def __init__(self, engines: dict, *, scheduler, spec: PipelineSpec, tokenizer=None):
+        """``engines``: ``{component: Engine}``; ``scheduler``: the default diffusers scheduler (a
+        fresh copy runs each call); ``spec``: what the orchestration must know about the networks."""
         self.stages = Stages(engines)
         self.spec = spec
         self.tokenizer = tokenizer
         if scheduler is None or not hasattr(scheduler, "config"):
             raise ValueError(f"scheduler: expected a diffusers scheduler, got {type(scheduler).__name__}")
         self.scheduler = scheduler
-        if spec.inpainting and not self.stages.has("vae-encoder"):
+        if spec.inpainting and not self.stages.has(VAE_ENCODER):
             raise ValueError("engines: an inpainting pipeline (9-channel UNet) needs a 'vae-encoder' engine")
         if not self.stages.decoders():
             raise ValueError("engines: a 'decoder' and/or 'decoder-plain' engine is required")
@@ -72,45 +61,33 @@ class InpaintPipeline:
     @classmethod
     def from_preset(cls, preset: str = "tiny", **kwargs) -> "InpaintPipeline":
         """Seeded random components, no files: "tiny" (tests) or "sd15" (real SD 1.5 shapes)."""
-        from .presets import build_preset
-
-        return cls(**build_preset(preset, **kwargs))
+        return cls(**pipeline_parts.preset_parts(preset, **kwargs))
 
     @classmethod
     def from_pretrained(cls, sd_dir, decoder=None, **kwargs) -> "InpaintPipeline":
         """A local diffusers-format SD (inpainting) folder; ``decoder``: any checkpoint ``load_decoder`` reads."""
-        from .loading import load_sd_folder
-
-        return cls(**load_sd_folder(sd_dir, decoder=decoder, **kwargs))
+        return cls(**pipeline_parts.folder_parts(sd_dir, decoder=decoder, **kwargs))
 
     @classmethod
     def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "ddim", **engine_options) -> "InpaintPipeline":
-        """An engines directory written by ``asymvq export`` (ONNX Runtime, TensorRT or torch engines)."""
-        from .engines.directory import pipeline_parts
-
-        parts = pipeline_parts(engines_dir, device=device, backend=backend, **engine_options)
-        return cls(parts["engines"], scheduler=make_scheduler(scheduler, parts["scheduler_config"]),
-                   spec=PipelineSpec(**parts["spec"]), tokenizer=parts["tokenizer"])
+        """An engines directory written by ``asymvq export`` (ONNX Runtime, TensorRT, AOTInductor or torch engines)."""
+        return cls(**pipeline_parts.engines_dir_parts(engines_dir, device=device, backend=backend, scheduler=scheduler,
+                                                      **engine_options))
 
     @classmethod
     def from_diffusers(cls, pipe, decoder=None, **kwargs) -> "InpaintPipeline":
         """Take over a diffusers SD (inpainting) pipeline's networks; its VAE decoder becomes ours."""
-        from .loading import take_over_diffusers
-
-        return cls(**take_over_diffusers(pipe, decoder=decoder, **kwargs))
+        return cls(**pipeline_parts.diffusers_parts(pipe, decoder=decoder, **kwargs))
 
     def set_scheduler(self, name: str) -> "InpaintPipeline":
-        """Switch to "ddim", "pndm", "euler" or "dpm++" with the same noise schedule."""
+        """Make "ddim", "pndm", "euler" or "dpm++" the default, with the same noise schedule.
+        (To use one for a single call, pass ``scheduler=`` to the call instead.)"""
         self.scheduler = make_scheduler(name, self.scheduler.config)
         return self
 
-    @property
-    def timer(self):
-        return self.stages.timer
-
-    @timer.setter
-    def timer(self, timer) -> None:
-        self.stages.timer = timer
+    def fresh_scheduler(self, name: str | None = None):
+        """A new scheduler for one call: the default's kind, or ``name``'s, with the default's config."""
+        return copy_scheduler(self.scheduler) if name is None else make_scheduler(name, self.scheduler.config)
 
     # -- the call -------------------------------------------------------------------------------
     def __call__(
@@ -132,30 +109,35 @@ class InpaintPipeline:
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         decoder: dict | None = None,
+        scheduler: str | None = None,
+        timer=None,
         progress: bool = False,
     ) -> InpaintOutput:
-        """Arguments as in diffusers' ``StableDiffusionInpaintPipeline``; ``decoder`` optionally
-        overrides the pipeline's decoder with another ``{"decoder"/"decoder-plain": Engine}``."""
+        """Arguments as in diffusers' ``StableDiffusionInpaintPipeline``, plus, for this call only:
+        ``decoder`` (another ``{"decoder"/"decoder-plain": Engine}``), ``scheduler`` (a name from
+        ``SCHEDULERS``; default: the pipeline's) and ``timer`` (a ``StageTimer`` that records every
+        stage). The call changes no attribute of the pipeline."""
         denoised = self.denoise(
             prompt, image, mask_image, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds, height=height, width=width,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength, eta=eta,
-            num_images_per_prompt=num_images_per_prompt, generator=generator, progress=progress,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, scheduler=scheduler, timer=timer,
+            progress=progress,
         )
         if output_type == "latent":
             return InpaintOutput(images=denoised.latents, latents=denoised.latents)
-        sample = self.decode(denoised, decoder=decoder)
+        sample = self.decode(denoised, decoder=decoder, timer=timer)
         return InpaintOutput(images=postprocess(sample, output_type), latents=denoised.latents)
 
-    def decode(self, denoised: Denoised, decoder: dict | None = None) -> torch.Tensor:
+    def decode(self, denoised: Denoised, decoder: dict | None = None, timer=None) -> torch.Tensor:
         """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some."""
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
         latent = denoised.latents / self.spec.scaling_factor
-        return run_decoder(engines, self.stages.timer, latent, denoised.image, denoised.mask)
+        return run_decoder(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask)
 
     # -- the diffusion half ------------------------------------------------------------------------
     def encode_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                      num_images_per_prompt: int, do_cfg: bool) -> torch.Tensor:
+                      num_images_per_prompt: int, do_cfg: bool, timer=NULL_TIMER) -> torch.Tensor:
         """Text embeddings, (negative, positive) stacked on the batch under guidance."""
         spec = self.spec
         if (prompt is None) == (prompt_embeds is None):
@@ -164,7 +146,7 @@ class InpaintPipeline:
             prompts = [prompt] if isinstance(prompt, str) else prompt
             if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
                 raise ValueError(f"prompt: expected a string or a non-empty list of strings, got {prompt!r}")
-            prompt_embeds = self._embed(prompts, "prompt")
+            prompt_embeds = self._embed(prompts, "prompt", timer)
         else:
             prompt_embeds = self._check_embeds(prompt_embeds, "prompt_embeds")
         batch = prompt_embeds.shape[0]
@@ -183,20 +165,20 @@ class InpaintPipeline:
                     [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt)
                 if not isinstance(negatives, list) or len(negatives) != batch:
                     raise ValueError(f"negative_prompt: expected a string or a list of {batch} strings, got {negative_prompt!r}")
-                negative = self._embed(negatives, "negative_prompt", length=prompt_embeds.shape[1])
+                negative = self._embed(negatives, "negative_prompt", timer, length=prompt_embeds.shape[1])
             prompt_embeds = torch.cat([negative, prompt_embeds])
         prompt_embeds = prompt_embeds.to(device=spec.device, dtype=spec.dtype)
         # (uncond x B, cond x B), each prompt repeated num_images_per_prompt times in place (diffusers' order)
         return prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
 
-    def _embed(self, prompts: list[str], arg: str, length: int | None = None) -> torch.Tensor:
-        if self.tokenizer is None or not self.stages.has("text-encoder"):
+    def _embed(self, prompts: list[str], arg: str, timer, length: int | None = None) -> torch.Tensor:
+        if self.tokenizer is None or not self.stages.has(TEXT_ENCODER):
             raise ValueError(f"{arg}: this pipeline has no tokenizer/text encoder; pass prompt_embeds instead")
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=length or self.tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
         ).input_ids
-        return self.stages.text_encode(ids.to(self.spec.device))
+        return self.stages.text_encode(ids.to(self.spec.device), timer)
 
     def _check_embeds(self, embeds, arg: str) -> torch.Tensor:
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or not embeds.is_floating_point():
@@ -204,21 +186,28 @@ class InpaintPipeline:
             raise ValueError(f"{arg}: expected a float tensor (B, tokens, dim), got {got}")
         return embeds
 
-    def _vae_latents(self, pixels: torch.Tensor, generator) -> torch.Tensor:
+    def _vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
         """Sample the VAE posterior with the caller's generator (as diffusers), times the scaling factor."""
+        # diffusers on first use, not at import (see asymvq.schedulers): the same draws as diffusers'
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        moments = self.stages.vae_encode(pixels.to(device=self.spec.device, dtype=self.spec.dtype))
+        moments = self.stages.vae_encode(pixels.to(device=self.spec.device, dtype=self.spec.dtype), timer)
         return DiagonalGaussianDistribution(moments).sample(generator) * self.spec.scaling_factor
 
     def denoise(self, prompt=None, image=None, mask_image=None, *, negative_prompt=None, prompt_embeds=None,
                 negative_prompt_embeds=None, height=None, width=None, num_inference_steps: int = 50,
                 guidance_scale: float = 7.5, strength: float = 1.0, eta: float = 0.0, num_images_per_prompt: int = 1,
-                generator=None, progress: bool = False) -> Denoised:
-        """Everything before the decoder: text, VAE encode, the UNet loop. Returns the latents and condition."""
-        from diffusers.utils.torch_utils import randn_tensor
+                generator=None, scheduler: str | None = None, timer=None, progress: bool = False) -> Denoised:
+        """Everything before the decoder: text, VAE encode, the UNet loop. Returns the latents and condition.
 
-        spec = self.spec
+        Steps: 1. check the arguments; 2. prepare image and mask; 3. encode the prompts; 4. set up a
+        fresh scheduler and the timesteps; 5. draw the initial latents; 6. encode the masked image;
+        7. run the UNet loop.
+        """
+        from diffusers.utils.torch_utils import randn_tensor  # on first use, see asymvq.schedulers
+
+        spec, timer = self.spec, timer or NULL_TIMER
+        # 1. arguments
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -234,6 +223,7 @@ class InpaintPipeline:
         if not inpaint and strength != 1.0:
             raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
 
+        # 2. image and mask
         if inpaint:
             pixels, mask, height, width = prepare_image_and_mask(image, mask_image, height, width)
         else:
@@ -242,16 +232,17 @@ class InpaintPipeline:
             check_size(height, width)
             pixels = mask = None
 
+        # 3. prompts
         do_cfg = guidance_scale > 1.0
         embeds = self.encode_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                    num_images_per_prompt, do_cfg)
+                                    num_images_per_prompt, do_cfg, timer)
         batch = embeds.shape[0] // (2 if do_cfg else 1)
         if inpaint and pixels.shape[0] not in (1, batch) and batch % pixels.shape[0]:
             raise ValueError(f"image: expected batch 1 or a divisor of {batch} (prompts x images per prompt), "
                              f"got batch {pixels.shape[0]}")
 
-        # A fresh scheduler per call: its step state never leaks between calls (or threads).
-        scheduler = make_scheduler_like(self.scheduler)
+        # 4. a fresh scheduler per call: its step state never leaks between calls (or threads)
+        scheduler = self.fresh_scheduler(scheduler)
         scheduler.set_timesteps(num_inference_steps, device=spec.device)
         timesteps = scheduler.timesteps
         if inpaint:
@@ -263,11 +254,12 @@ class InpaintPipeline:
             if num_inference_steps - t_start < 1:
                 raise ValueError(f"strength: {strength} leaves no denoising step out of {num_inference_steps}; raise it")
 
+        # 5. initial latents
         shape = (batch, spec.latent_channels, height // spec.vae_scale_factor, width // spec.vae_scale_factor)
         full_strength = strength == 1.0
         if inpaint and not full_strength:
             # Partial strength starts from the noised source image: its encode is real work, kept.
-            image_latents = self._vae_latents(pixels, generator)
+            image_latents = self._vae_latents(pixels, generator, timer)
             image_latents = image_latents.repeat(batch // image_latents.shape[0], 1, 1, 1)
         noise = randn_tensor(shape, generator=generator, device=spec.device, dtype=spec.dtype)
         if full_strength:
@@ -275,27 +267,28 @@ class InpaintPipeline:
         else:
             latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(batch))
 
+        # 6. the masked image and the mask, at latent size, as extra UNet channels
         extra = []
         if inpaint:
             mask_latent = torch.nn.functional.interpolate(mask, size=shape[-2:]).to(device=spec.device, dtype=spec.dtype)
-            masked_latents = self._vae_latents(pixels * (mask < 0.5), generator)
+            masked_latents = self._vae_latents(pixels * (mask < 0.5), generator, timer)
             mask_latent = mask_latent.repeat(batch // mask_latent.shape[0], 1, 1, 1)
             masked_latents = masked_latents.repeat(batch // masked_latents.shape[0], 1, 1, 1)
             extra = [torch.cat([mask_latent] * 2) if do_cfg else mask_latent,
                      torch.cat([masked_latents] * 2) if do_cfg else masked_latents]
 
+        # 7. the UNet loop
         step_kwargs = _step_kwargs(scheduler, generator, eta)
-        latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, progress)
+        latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs,
+                             timer, progress)
         if not inpaint:
             return Denoised(latents, None, None)
         # The decoder broadcasts a batch of 1; any other image batch is tiled like the latents were.
         cond = [x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in (pixels, mask)]
         return Denoised(latents, *(x.to(device=spec.device, dtype=spec.dtype) for x in cond))
 
-    def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, progress):
-        from tqdm.auto import tqdm
-
-        timer, stages = self.stages.timer, self.stages
+    def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, timer, progress):
+        stages = self.stages
         for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
             with timer.span(SPAN_UNET):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents
@@ -313,14 +306,8 @@ class InpaintPipeline:
         return latents
 
 
-def make_scheduler_like(scheduler):
-    return type(scheduler).from_config(scheduler.config)
-
-
 def _step_kwargs(scheduler, generator, eta: float) -> dict:
     """eta for DDIM, the generator for stochastic schedulers: what each ``step`` accepts (diffusers' rule)."""
-    import inspect
-
     params = set(inspect.signature(scheduler.step).parameters)
     kwargs = {}
     if "eta" in params:

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .models.devices import parse_device, parse_dtype
+from .pipeline import InpaintPipeline
+from .pipeline_parts import random_decoder_engines
 from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 from .timing import PeakMemory, StageTimer, summarize
 
@@ -134,31 +137,30 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
     weights. Pass ``pipeline`` (any ``InpaintPipeline``, e.g. over ONNX or TensorRT engines) and
     optionally ``decoders`` (``{name: {"decoder"/"decoder-plain": Engine}}``, named as in
     ``config.decoders``) to profile those instead; without ``decoders`` the pipeline's own decoder
-    is measured under ``config.decoders[0]``.
-    """
-    from .pipeline import InpaintPipeline
-    from .presets import parse_device, parse_dtype, random_decoder_engines
+    is measured under ``config.decoders[0]``. The pipeline is not modified: the timer and the
+    scheduler are arguments of each call.
 
+    Steps: 1. build or check the pipeline and decoders; 2. per repeat, run the diffusion once and
+    every decoder on its latents, each under the profile's timer; 3. keep the recorded repeats;
+    4. summarise them into the report.
+    """
+    # 1. pipeline and decoders
     device = parse_device(config.device)
     parse_dtype(config.dtype)
     if pipeline is None:
         log(f"building {config.preset} pipeline ({config.dtype}, {device}) and decoders {', '.join(config.decoders)} ...")
         pipeline = InpaintPipeline.from_preset(config.preset, decoder=config.decoders[0], dtype=config.dtype,
-                                               device=device, seed=config.seed, scheduler=config.scheduler)
+                                               device=device, seed=config.seed, scheduler=config.scheduler,
+                                               kernels=config.kernels)
         decoders = {config.decoders[0]: pipeline.stages.decoders()}
-        decoders.update(random_decoder_engines(config.decoders[1:], seed=config.seed, dtype=config.dtype, device=device))
-        if config.kernels != "torch":
-            for engines in decoders.values():
-                next(iter(engines.values())).module.decoder.set_kernels(config.kernels)
+        decoders.update(random_decoder_engines(config.decoders[1:], seed=config.seed, dtype=config.dtype, device=device,
+                                               kernels=config.kernels))
     else:
         decoders = decoders if decoders is not None else {config.decoders[0]: pipeline.stages.decoders()}
     if list(decoders) != list(config.decoders):
         raise ValueError(f"decoders: expected engines named {list(config.decoders)} (config.decoders), got {list(decoders)}")
     image, mask = synthetic_inputs(config.height, config.width, config.seed)
     timer, memory = StageTimer(device, nvtx=config.nvtx), PeakMemory(device)
-    previous_timer, pipeline.timer = pipeline.timer, timer
-    previous_scheduler = pipeline.scheduler
-    pipeline.set_scheduler(config.scheduler)
     samples: dict[str, list[float]] = {}
     peaks: dict[str, dict] = {}
 
@@ -169,38 +171,37 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
     def keep(bucket: str, values: list[float]) -> None:
         samples.setdefault(bucket, []).extend(values)
 
-    try:
-        total = config.warmup + config.repeats
-        for r in range(total):
-            recording = r >= config.warmup
+    # 2. and 3. the runs, the first ``warmup`` thrown away
+    total = config.warmup + config.repeats
+    for r in range(total):
+        recording = r >= config.warmup
+        memory.reset()
+        with timer.span(SPAN_DIFFUSION):
+            denoised = pipeline.denoise(
+                PROMPT, image, mask, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                num_images_per_prompt=config.batch, generator=torch.Generator().manual_seed(config.seed),
+                scheduler=config.scheduler, timer=timer,
+            )
+        spans = _split(timer.collect())
+        if recording:
+            keep_peak(SPAN_DIFFUSION, memory.measure())
+            keep(SPAN_DIFFUSION, spans[SPAN_DIFFUSION])
+            for name in PER_RUN:
+                keep(name, [sum(spans.get(name, [0.0]))])
+            for name in PER_STEP:
+                keep(name, spans.get(name, []))
+        for name, engines in decoders.items():
+            bucket = f"{SPAN_DECODE}/{name}"
+            decode_timer = StageTimer(device, nvtx=config.nvtx, rename={SPAN_DECODE: bucket})
             memory.reset()
-            with timer.span(SPAN_DIFFUSION):
-                denoised = pipeline.denoise(
-                    PROMPT, image, mask, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                    num_images_per_prompt=config.batch, generator=torch.Generator().manual_seed(config.seed),
-                )
-            spans = _split(timer.collect())
+            pipeline.decode(denoised, decoder=engines, timer=decode_timer)
+            spans = _split(decode_timer.collect())
             if recording:
-                keep_peak(SPAN_DIFFUSION, memory.measure())
-                keep(SPAN_DIFFUSION, spans[SPAN_DIFFUSION])
-                for name in PER_RUN:
-                    keep(name, [sum(spans.get(name, [0.0]))])
-                for name in PER_STEP:
-                    keep(name, spans.get(name, []))
-            for name, engines in decoders.items():
-                bucket = f"{SPAN_DECODE}/{name}"
-                timer.rename = {SPAN_DECODE: bucket}
-                memory.reset()
-                pipeline.decode(denoised, decoder=engines)
-                spans = _split(timer.collect())
-                if recording:
-                    keep(bucket, spans[bucket])
-                    keep_peak(bucket, memory.measure())
-                timer.rename = {}
-            if progress is not None:
-                progress(r + 1, total)
-    finally:
-        pipeline.timer, pipeline.scheduler = previous_timer, previous_scheduler
+                keep(bucket, spans[bucket])
+                keep_peak(bucket, memory.measure())
+        if progress is not None:
+            progress(r + 1, total)
+    # 4. the report
     return build_report(config, samples, peaks, memory.kind, timer.method, device,
                         {n: _params(e) for n, e in decoders.items()})
 

@@ -1,10 +1,11 @@
 """The backend seam: the pipeline runs each network as an ``Engine`` and nothing else.
 
 A pipeline is built from ``{component: Engine}`` keyed by ``asymvq.engines.COMPONENT_IO``
-names ("text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain") plus a tokenizer,
-a scheduler and a ``PipelineSpec``. Torch modules, ONNX Runtime sessions, TensorRT plans and
-AOTInductor packages all plug in here without the orchestration changing. ``Stages`` adds
-the one thing the orchestration needs around each call: a named timing span.
+names plus a tokenizer, a scheduler and a ``PipelineSpec``. Torch modules, ONNX Runtime
+sessions, OpenVINO models, TensorRT plans and AOTInductor packages all plug in here without
+the orchestration changing. ``Stages`` adds the one thing the orchestration needs around
+each call: a named timing span on the timer the caller passes (state of the call, not of
+the pipeline, so concurrent calls never share one).
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engines import COMPONENT_IO, Engine
-
-TEXT_ENCODER, VAE_ENCODER, UNET, DECODER, DECODER_PLAIN = "text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain"
-DECODER_COMPONENTS = (DECODER, DECODER_PLAIN)
+from .engines.contract import (
+    COMPONENT_IO, DECODER, DECODER_COMPONENTS, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine,
+)
 
 # Span names, shared by the pipeline, the profiler and the JSON report.
 SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (
@@ -47,10 +47,13 @@ class PipelineSpec:
 
 
 class NullTimer:
-    """The timer a pipeline uses when nobody profiles it: spans cost nothing."""
+    """The timer of a call nobody profiles: spans cost nothing."""
 
     def span(self, name: str):
         return contextlib.nullcontext()
+
+
+NULL_TIMER = NullTimer()
 
 
 def _check_engine(name: str, engine) -> None:
@@ -84,25 +87,24 @@ class Stages:
         for name, engine in engines.items():
             _check_engine(name, engine)
         self.engines = dict(engines)
-        self.timer = NullTimer()
 
     def has(self, component: str) -> bool:
         return component in self.engines
 
-    def _run(self, component: str, span: str, **feeds: torch.Tensor) -> torch.Tensor:
+    def _run(self, component: str, span: str, timer, **feeds: torch.Tensor) -> torch.Tensor:
         engine = self.engines.get(component)
         if engine is None:
             raise ValueError(f"this pipeline has no {component!r} engine")
-        with self.timer.span(span):
+        with timer.span(span):
             out = engine(**feeds)
         return out[engine.output_names[0]]
 
-    def text_encode(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._run(TEXT_ENCODER, SPAN_TEXT, input_ids=input_ids)
+    def text_encode(self, input_ids: torch.Tensor, timer=NULL_TIMER) -> torch.Tensor:
+        return self._run(TEXT_ENCODER, SPAN_TEXT, timer, input_ids=input_ids)
 
-    def vae_encode(self, image: torch.Tensor) -> torch.Tensor:
+    def vae_encode(self, image: torch.Tensor, timer=NULL_TIMER) -> torch.Tensor:
         """image in [-1, 1] -> moments (mean, logvar) of the latent distribution."""
-        return self._run(VAE_ENCODER, SPAN_VAE_ENCODE, image=image)
+        return self._run(VAE_ENCODER, SPAN_VAE_ENCODE, timer, image=image)
 
     def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         # No span here: the pipeline times the UNet together with the guidance mix.
@@ -132,30 +134,3 @@ def run_decoder(engines: dict[str, Engine], timer, latent: torch.Tensor, image=N
     with timer.span(SPAN_DECODE):
         out = engine(**feeds)
     return out[engine.output_names[0]]
-
-
-# -- the torch backend ---------------------------------------------------------------------
-def torch_decoder_engines(decoder, *, compile: bool = False) -> dict[str, Engine]:
-    """Both entry points of an ``AsymmetricDecoder`` (only the plain one for a vanilla decoder)."""
-    from .engines.torch_engine import TorchEngine
-    from .models.components import DecoderComponent, PlainDecoderComponent
-
-    engines = {DECODER_PLAIN: TorchEngine(DECODER_PLAIN, PlainDecoderComponent(decoder), compile=compile)}
-    if decoder.config.has_condition:
-        engines[DECODER] = TorchEngine(DECODER, DecoderComponent(decoder), compile=compile)
-    return engines
-
-
-def torch_engines(*, unet, vae_encoder_source=None, text_encoder=None, decoder=None, compile: bool = False) -> dict[str, Engine]:
-    """Wrap torch networks (diffusers UNet, a VAE with ``.encoder``, CLIPTextModel, AsymmetricDecoder)."""
-    from .engines.torch_engine import TorchEngine
-    from .models.components import TextEncoderComponent, UNetComponent, VaeEncoderComponent
-
-    engines: dict[str, Engine] = {UNET: TorchEngine(UNET, UNetComponent(unet), compile=compile)}
-    if vae_encoder_source is not None:
-        engines[VAE_ENCODER] = TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae_encoder_source), compile=compile)
-    if text_encoder is not None:
-        engines[TEXT_ENCODER] = TorchEngine(TEXT_ENCODER, TextEncoderComponent(text_encoder), compile=compile)
-    if decoder is not None:
-        engines.update(torch_decoder_engines(decoder, compile=compile))
-    return engines

@@ -19,10 +19,10 @@ import torch
 class StageTimer:
     """Named spans -> milliseconds. ``rename`` maps a span name to the bucket it lands in."""
 
-    def __init__(self, device: torch.device, *, nvtx: bool = False):
+    def __init__(self, device: torch.device, *, nvtx: bool = False, rename: dict[str, str] | None = None):
         self.cuda = torch.device(device).type == "cuda"
         self.nvtx = nvtx and self.cuda
-        self.rename: dict[str, str] = {}
+        self.rename: dict[str, str] = dict(rename or {})
         self._pending: list[tuple[str, object, object]] = []
 
     @property

@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from asymvq import AsymmetricDecoder, CheckpointError, load_decoder, preset_config
+from asymvq import AsymmetricDecoder, CheckpointError, load_decoder, preset_config, save_decoder
+from asymvq.models.checkpoints import read_checkpoint
 
 from reference_models import diffusers_reference, random_inputs
 
@@ -73,7 +74,7 @@ def test_official_lightning_checkpoint(tmp_path, tiny_reference):
     torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "base.ckpt")
     dec = load_decoder(tmp_path / "base.ckpt")  # preset inferred from shapes
     assert dec.config.block_out_channels == (16, 32, 64, 64) and dec.config.condition == "conv"
-    assert dec.checkpoint_format == "official"
+    assert read_checkpoint(tmp_path / "base.ckpt")[2] == "official"
     _check(dec, inputs, expected)
 
 
@@ -101,7 +102,7 @@ def test_single_file_sd_vae_is_vanilla(tmp_path):
 def test_own_format_round_trip(tmp_path):
     torch.manual_seed(3)
     dec = AsymmetricDecoder("tiny").eval()
-    dec.save(tmp_path / "dec")
+    save_decoder(dec, tmp_path / "dec")
     back = load_decoder(tmp_path / "dec")
     inputs = random_inputs(batch=1)
     with torch.no_grad():
@@ -112,7 +113,7 @@ def test_partial_config_round_trip(tmp_path):
     from asymvq import DecoderConfig
 
     dec = AsymmetricDecoder(DecoderConfig((16, 32, 64, 64), 1, norm_num_groups=8, condition="partial"))
-    dec.save(tmp_path / "p")
+    save_decoder(dec, tmp_path / "p")
     assert load_decoder(tmp_path / "p").config.condition == "partial"
 
 
@@ -145,6 +146,6 @@ def test_bad_paths_and_formats(tmp_path):
 
 
 def test_dtype_and_device_arguments(tmp_path):
-    AsymmetricDecoder("tiny").save(tmp_path / "d")
+    save_decoder(AsymmetricDecoder("tiny"), tmp_path / "d")
     dec = load_decoder(tmp_path / "d", dtype=torch.float16)
     assert dec.conv_in.weight.dtype == torch.float16 and not dec.training

@@ -9,7 +9,7 @@ import torch
 
 from asymvq.engines import load_engine_dir
 from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
-from asymvq.export.manifest import sha256_file
+from asymvq.engines.manifest import sha256_file
 
 ATOL = 1e-4  # fp32 AOTInductor (CPU) against torch eager
 # (batch, height, width) in pixels: two resolutions x two batch sizes, all from one package

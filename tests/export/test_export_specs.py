@@ -12,8 +12,8 @@ from asymvq.export import (
     COMPONENTS, DEFAULT_SHAPES, ManifestError, Shapes, Source, TensorSpec, build_module, io_specs,
     parse_components, parse_shapes, read_manifest, verify_artifact,
 )
-from asymvq.export.manifest import artifact_entry, new_manifest, write_manifest
-from asymvq.export.onnx_export import dynamic_shapes, example_specs
+from asymvq.engines.manifest import artifact_entry, new_manifest, write_manifest
+from asymvq.export.trace import dynamic_shapes, example_specs
 from asymvq.export.precision import Fp32GroupNorm, to_fp16
 
 

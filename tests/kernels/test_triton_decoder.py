@@ -125,7 +125,7 @@ def test_ops_fall_back_with_a_warning_for_tensors_the_kernels_cannot_take():
 def test_select_triton_without_gpu_or_interpreter_falls_back_to_torch():
     code = (
         "import warnings, torch\n"
-        "from asymvq.models.ops import select_ops, TORCH_OPS\n"
+        "from asymvq.models.op_select import select_ops\nfrom asymvq.models.ops import TORCH_OPS\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    ops = select_ops('triton')\n"

@@ -22,7 +22,7 @@ def diffusers_pipeline(kind: str = "inpaint", seed: int = 0):
     """diffusers' own SD (inpainting) pipeline over tiny random networks and an asymmetric VAE: the oracle."""
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-    from asymvq.models import sd_components as sd
+    from asymvq.models import sd_networks as sd
 
     cls = StableDiffusionInpaintPipeline if kind == "inpaint" else StableDiffusionPipeline
     pipe = cls(

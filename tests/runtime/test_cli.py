@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from asymvq import preservation_error
+from asymvq import preservation_error, save_decoder
 from asymvq.cli import main, parse_size
 from asymvq.images import postprocess, prepare_image_and_mask
 
@@ -35,10 +35,10 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     ref = diffusers_pipeline("inpaint")
     ref.save_pretrained(root / "sd")
-    from asymvq.loading import decoder_from_vae
+    from asymvq.models.checkpoints import decoder_from_vae
 
     decoder = decoder_from_vae(ref.vae)
-    decoder.save(root / "decoder")
+    save_decoder(decoder, root / "decoder")
     image, mask = image_and_mask(seed=5)
     PIL.Image.fromarray((image * 255).round().astype(np.uint8)).save(root / "image.png")
     PIL.Image.fromarray((mask * 255).astype(np.uint8)).save(root / "mask.png")
@@ -178,9 +178,9 @@ def test_inpaint_with_a_separate_decoder_checkpoint(files, tmp_path, capsys):
               "--prompt", "a cat", "--steps", "1"]
     assert run(common + ["--out", tmp_path / "own.png"], capsys)[0] == 0
     assert run(common + ["--out", tmp_path / "same.png", "--decoder", root / "decoder"], capsys)[0] == 0
-    from asymvq.presets import random_decoder
+    from asymvq.models.sources import random_decoder
 
-    random_decoder("tiny", seed=11).save(tmp_path / "other")
+    save_decoder(random_decoder("tiny", seed=11), tmp_path / "other")
     assert run(common + ["--out", tmp_path / "other.png", "--decoder", tmp_path / "other"], capsys)[0] == 0
     own, same, other = (np.asarray(PIL.Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("own", "same", "other"))
     np.testing.assert_array_equal(own, same)

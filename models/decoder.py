@@ -18,7 +18,8 @@ from .blocks import MidBlock, UpBlock, _UsesOps
 from .condition import ConditionEncoder
 from .config import DecoderConfig, preset_config
 from .inputs import check_condition, check_latents
-from .ops import TORCH_OPS, TorchOps, select_ops
+from .op_select import select_ops
+from .ops import TORCH_OPS, TorchOps
 
 # Resolution divisor of the decoder's level inputs (up_blocks[0..3]) and of the final blend,
 # and the condition layer blended there.
@@ -48,8 +49,6 @@ class AsymmetricDecoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
         self.ops: TorchOps = TORCH_OPS
-        # Input checks cost a host sync each; an engine that validated upstream may turn them off.
-        self.check_inputs = True
 
     # -- kernels -------------------------------------------------------------------------
     def set_ops(self, ops: TorchOps) -> "AsymmetricDecoder":
@@ -75,14 +74,13 @@ class AsymmetricDecoder(nn.Module):
         latents: (B, 4, h, w). image: (B or 1, 3, 8h, 8w) unmasked source in [-1, 1].
         mask: (B or 1, 1 or 3, 8h, 8w), 1 = hole, binary (see ``asymvq.models.inputs``).
         """
-        if self.check_inputs:
-            check_latents(latents, self.config.latent_channels)
-            image, mask = check_condition(latents, image, mask)
-            if image is not None and self.condition_encoder is None:
-                raise ValueError("image/mask: this decoder has no condition branch (preset 'vanilla'); pass neither")
-            if image is not None:
-                dtype = self.conv_in.weight.dtype
-                image, mask = image.to(dtype), mask.to(dtype)
+        check_latents(latents, self.config.latent_channels)
+        image, mask = check_condition(latents, image, mask)
+        if image is not None and self.condition_encoder is None:
+            raise ValueError("image/mask: this decoder has no condition branch (preset 'vanilla'); pass neither")
+        if image is not None:
+            dtype = self.conv_in.weight.dtype
+            image, mask = image.to(dtype), mask.to(dtype)
         return self.decode_core(latents, image, mask)
 
     def decode_scaled(self, latents: torch.Tensor, image=None, mask=None) -> torch.Tensor:
@@ -109,10 +107,3 @@ class AsymmetricDecoder(nn.Module):
             # The last blend feeds conv_norm_out only: fused with its statistics where possible.
             h = self.ops.blend_group_norm_silu(h, feats[0], mask, self.conv_norm_out)
         return self.conv_out(h)
-
-    # -- persistence ---------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Save as a folder: ``config.json`` + ``model.safetensors`` (see ``load_decoder``)."""
-        from .checkpoints import save_decoder
-
-        save_decoder(self, path)

@@ -3,6 +3,7 @@
 ``TorchOps`` is the reference path (plain PyTorch, what diffusers computes).
 The Triton path (``asymvq.models.triton_ops``) overrides the same methods with fused
 kernels; the decoder's module tree and weights stay the same, so both load one checkpoint.
+``asymvq.models.op_select`` picks the table by name.
 """
 from __future__ import annotations
 
@@ -49,21 +50,3 @@ class TorchOps:
 
 
 TORCH_OPS = TorchOps()
-
-
-KERNELS = ("torch", "triton")
-
-
-def select_ops(kernels: str) -> TorchOps:
-    """The op table for ``kernels`` ("torch" reference or "triton" fused kernels).
-
-    "triton" falls back to the reference, with a warning that says why, where Triton cannot
-    run (no CUDA device and TRITON_INTERPRET unset, or triton not installed).
-    """
-    if kernels not in KERNELS:
-        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    if kernels == "torch":
-        return TORCH_OPS
-    from .triton_ops import make_triton_ops
-
-    return make_triton_ops()

@@ -22,11 +22,13 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .components import COMPONENTS
+import torch
+from torch import nn
+
+from .contract import COMPONENTS, TensorSpec, check_io
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-FORMATS = ("onnx", "trt", "aoti")
 TOOLCHAIN = ("asymvq", "torch", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "polygraphy",
              "diffusers", "transformers", "tensorrt")
 
@@ -40,6 +42,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """Hash of the state dict (names, dtypes, shapes, bytes): identifies the source weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes, any dtype, no copy
     return h.hexdigest()
 
 
@@ -102,6 +114,17 @@ def read_manifest(root: str | Path) -> dict:
         if not entry.get("inputs") or not entry.get("outputs") or not entry.get("artifacts"):
             raise ManifestError(f"engines: {name} in {path} lacks inputs, outputs or artifacts")
     return manifest
+
+
+def component_specs(root: str | Path, name: str, entry: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The input and output specs of component ``name``, checked against COMPONENT_IO."""
+    inputs = [TensorSpec.from_dict(s) for s in entry["inputs"]]
+    outputs = [TensorSpec.from_dict(s) for s in entry["outputs"]]
+    try:
+        check_io(name, inputs, outputs, f"engines: {root}")
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    return inputs, outputs
 
 
 def verify_artifact(root: str | Path, component: str, entry: dict, fmt: str) -> Path:

@@ -20,7 +20,7 @@ import torch
 
 from .config import PRESETS, DecoderConfig, preset_config
 from .decoder import AsymmetricDecoder
-from .ops import select_ops
+from .op_select import select_ops
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -233,7 +233,6 @@ def load_decoder(path, *, preset: str | None = None, dtype: torch.dtype = torch.
     with torch.device("meta"):  # no random init of weights that are overwritten anyway (seconds at x2)
         decoder = AsymmetricDecoder(config)
     load_state_dict_strict(decoder, sd, source=f"{path} ({fmt})")
-    decoder.checkpoint_format = fmt
     decoder.set_ops(select_ops(kernels))
     decoder = decoder.to(device=device, dtype=dtype).eval()
     if decoder.conv_in.weight.is_cuda:
@@ -244,7 +243,21 @@ def load_decoder(path, *, preset: str | None = None, dtype: torch.dtype = torch.
     return decoder
 
 
+def decoder_from_vae(vae) -> AsymmetricDecoder:
+    """Our decoder with the weights of a live diffusers ``AutoencoderKL`` / ``AsymmetricAutoencoderKL``."""
+    cls = type(vae).__name__
+    if cls not in ("AutoencoderKL", "AsymmetricAutoencoderKL"):
+        raise ValueError(f"vae: expected a diffusers AutoencoderKL or AsymmetricAutoencoderKL, got {cls}")
+    config = decoder_config_from_diffusers({**dict(vae.config), "_class_name": cls})
+    with torch.device("meta"):
+        decoder = AsymmetricDecoder(config)
+    load_state_dict_strict(decoder, convert_diffusers_state_dict(vae.state_dict()), source=f"{cls} decoder")
+    p = next(vae.parameters())
+    return decoder.to(device=p.device, dtype=p.dtype).eval()
+
+
 def save_decoder(decoder: AsymmetricDecoder, path) -> None:
+    """Save as a folder: ``config.json`` + ``model.safetensors``, which ``load_decoder`` reads."""
     from safetensors.torch import save_file
 
     path = Path(path)

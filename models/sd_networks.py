@@ -5,8 +5,7 @@ configs written out below, and the weights are drawn from a seeded generator. ``
 small enough for CPU tests; ``sd15`` has the real SD 1.5 (inpainting) shapes, for export,
 profiling and benchmarks. Load real weights on top with ``load_state_dict`` when you have them.
 
-Export sits below the runtime in the data flow, so these builders live with the models and
-both export and runtime use them.
+These builders live with the models, below engines, export and the runtime, which all use them.
 """
 from __future__ import annotations
 
@@ -56,6 +55,7 @@ _VAE_CONFIGS = {
     "sd15": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
 }
 
+SCHEDULER_FILE = "scheduler_config.json"  # diffusers' name for a scheduler's config, in a scheduler/ folder
 # SD 1.5's scheduler_config.json (PNDM there; every diffusers scheduler accepts these keys).
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

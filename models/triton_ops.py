@@ -20,6 +20,7 @@ import warnings
 import torch
 from torch import nn
 
+from .extras import missing_extra
 from .ops import TORCH_OPS, TorchOps
 
 
@@ -31,7 +32,7 @@ class TritonOps(TorchOps):
     name = "triton"
 
     def __init__(self):
-        from asymvq.kernels import blend, conv2d_fused, group_norm_silu, interpreting
+        from asymvq.kernels import blend, conv2d_fused, group_norm_silu, interpreting  # defers the triton extra
 
         self._interpreting = interpreting()
         self._blend, self._conv, self._gn = blend, conv2d_fused, group_norm_silu
@@ -116,17 +117,11 @@ class TritonOps(TorchOps):
 
 
 def make_triton_ops() -> TorchOps:
-    """The Triton op table, or the torch reference with a warning saying why it cannot run."""
+    """The Triton op table, or the torch reference with a warning saying why it cannot run here."""
     try:
-        from asymvq.kernels import can_run
-    except ImportError as e:  # triton is the optional extra asymvq[triton]
-        warnings.warn(
-            f"kernels='triton': Triton is not importable ({e}); install asymvq[triton]. "
-            "Using the torch reference ops.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return TORCH_OPS
+        from asymvq.kernels import can_run  # defers the triton extra
+    except ImportError as e:
+        raise missing_extra("triton", "kernels='triton'", e) from None
     ok, why = can_run()
     if not ok:
         warnings.warn(f"kernels='triton' cannot run here: {why}. Using the torch reference ops.", RuntimeWarning, stacklevel=3)

@@ -6,7 +6,6 @@ Channel lists follow diffusers' order (full resolution first): level channels ar
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 CONDITIONS = (None, "conv", "partial")
@@ -72,9 +71,6 @@ class DecoderConfig:
         if unknown:
             raise ValueError(f"unknown DecoderConfig fields: {sorted(unknown)}")
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 PRESETS: dict[str, DecoderConfig] = {

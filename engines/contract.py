@@ -1,0 +1,102 @@
+"""The contract every engine format meets: component names and I/O, tensor specs, precisions.
+
+This is the bottom of the engines layer and needs only torch. Export writes artifacts that
+meet it, the engines check artifacts against it, and the runtime calls engines through it;
+no other file lists the component names or their I/O.
+
+An engine maps named input tensors to named output tensors: the pipeline only ever calls
+``engine(**feeds)``, so torch modules, ONNX Runtime sessions, OpenVINO compiled models,
+TensorRT plans and AOTInductor packages all look the same from there.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+TEXT_ENCODER, VAE_ENCODER, UNET, DECODER, DECODER_PLAIN = "text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain"
+DECODER_COMPONENTS = (DECODER, DECODER_PLAIN)
+
+# component -> (input names, output names), in pipeline order. Shapes, by convention:
+#   text-encoder:   input_ids (B,77) int64                           -> last_hidden_state (B,77,D)
+#   vae-encoder:    image (B,3,H,W) in [-1,1]                       -> moments (B,8,h,w) (mean, logvar)
+#   unet:           sample (B,9|4,h,w), timestep (B,) or (), encoder_hidden_states (B,77,D) -> noise_pred (B,4,h,w)
+#   decoder:        latent (B,4,h,w) VAE-space (already / scaling_factor), image (B,3,8h,8w) in [-1,1],
+#                   mask (B,1,8h,8w) float 0/1 (1 = hole)           -> sample (B,3,8h,8w) in [-1,1]
+#   decoder-plain:  latent                                          -> sample
+COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TEXT_ENCODER: (("input_ids",), ("last_hidden_state",)),
+    VAE_ENCODER: (("image",), ("moments",)),
+    UNET: (("sample", "timestep", "encoder_hidden_states"), ("noise_pred",)),
+    DECODER: (("latent", "image", "mask"), ("sample",)),
+    DECODER_PLAIN: (("latent",), ("sample",)),
+}
+COMPONENTS = tuple(COMPONENT_IO)
+
+# Engine precisions as written in manifests and on the command line, and their torch dtypes.
+PRECISION_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision must be one of {list(PRECISION_DTYPES)}, got {precision!r}")
+    return PRECISION_DTYPES[precision]
+
+
+def check_component(component: str) -> str:
+    if component not in COMPONENT_IO:
+        raise ValueError(f"component must be one of {list(COMPONENTS)}, got {component!r}")
+    return component
+
+
+_DERIVED = re.compile(r"^(\d+)\*(\w+)$")
+
+
+def split_dim(dim: str) -> tuple[int, str]:
+    """A symbolic dim as (factor, base): ``"8*h"`` -> (8, "h"); ``"h"`` -> (1, "h")."""
+    m = _DERIVED.match(dim)
+    return (int(m.group(1)), m.group(2)) if m else (1, dim)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: name, dtype, symbolic dims and the min/opt/max shapes an engine accepts."""
+
+    name: str
+    dtype: str  # torch dtype name without the prefix: float32, float16, int64
+    dims: tuple  # ints and symbolic names ("batch", "h", "8*h")
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "dims": list(self.dims),
+                "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], d["dtype"], tuple(d["dims"]), tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
+
+
+def check_io(component: str, inputs: list[TensorSpec], outputs: list[TensorSpec], where: str) -> None:
+    """Refuse specs that do not name ``component``'s inputs and outputs in COMPONENT_IO order, so
+    an artifact can never be bound under another network's name."""
+    check_component(component)
+    got = (tuple(s.name for s in inputs), tuple(s.name for s in outputs))
+    if got != COMPONENT_IO[component]:
+        expected = COMPONENT_IO[component]
+        raise ValueError(f"{where}: {component} has I/O {list(got[0])} -> {list(got[1])}, "
+                         f"expected {list(expected[0])} -> {list(expected[1])}")
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A compiled or wrapped network: ``engine(**feeds) -> {output_name: tensor}``."""
+
+    component: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]: ...

@@ -1,0 +1,166 @@
+"""Where a component's weights come from: a seeded random preset or local files, never a download.
+
+One place builds every network the project runs or exports, so the runtime and export
+cannot drift apart: ``random_decoder`` (decoder presets), ``load_sd_networks`` (a local
+diffusers SD folder: UNet, VAE of either class, CLIP, tokenizer, scheduler config), and
+``Source`` + ``build_module`` (one component wrapped with its COMPONENT_IO signature, what
+export traces and the engines directory's torch backend rebuilds).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import component_modules as wrappers
+from .checkpoints import load_decoder
+from .config import PRESETS as DECODER_PRESETS
+from .config import preset_config
+from .decoder import AsymmetricDecoder
+from .devices import parse_device, parse_dtype
+from .op_select import select_ops
+from .sd_networks import (
+    PRESET_SHAPES, SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_text_encoder, build_unet, build_vae,
+)
+
+VAE_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL")
+
+
+def random_decoder(name: str, *, seed: int = 0, dtype="fp32", device="cpu", kernels: str = "torch") -> AsymmetricDecoder:
+    """A seeded random ``AsymmetricDecoder`` of preset ``name`` (vanilla, base, x1.5, x2, tiny), in eval mode."""
+    config = preset_config(name)
+    torch.manual_seed(seed)
+    decoder = AsymmetricDecoder(config).set_ops(select_ops(kernels))
+    return decoder.to(device=parse_device(device), dtype=parse_dtype(dtype)).eval()
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def vae_class(vae_dir: Path):
+    """The diffusers VAE class named by ``vae_dir/config.json`` (plain or asymmetric)."""
+    from diffusers import AsymmetricAutoencoderKL, AutoencoderKL
+
+    config = _need(Path(vae_dir) / "config.json", "vae config")
+    name = json.loads(config.read_text()).get("_class_name", "AutoencoderKL")
+    if name not in VAE_CLASSES:
+        raise ValueError(f"{config}: expected _class_name among {VAE_CLASSES}, got {name!r}")
+    return AsymmetricAutoencoderKL if name == "AsymmetricAutoencoderKL" else AutoencoderKL
+
+
+def load_sd_part(sd_dir, part: str, dtype=torch.float32):
+    """One network of a local diffusers SD folder: "unet", "vae" (either class) or "text_encoder"."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    root = Path(sd_dir)
+    local = dict(local_files_only=True)
+    if part == "unet":
+        return UNet2DConditionModel.from_pretrained(_need(root / "unet", "unet folder"), torch_dtype=dtype, **local).eval()
+    if part == "vae":
+        return vae_class(root / "vae").from_pretrained(root / "vae", torch_dtype=dtype, **local).eval()
+    if part == "text_encoder":
+        return CLIPTextModel.from_pretrained(_need(root / "text_encoder", "text_encoder folder"), dtype=dtype, **local).eval()
+    raise ValueError(f"part must be 'unet', 'vae' or 'text_encoder', got {part!r}")
+
+
+def load_sd_networks(sd_dir, *, dtype=torch.float32) -> dict:
+    """Everything a local diffusers SD (inpainting) folder holds, as plain values.
+
+    unet/ and vae/ are required; text_encoder/ and tokenizer/ are optional (a pipeline
+    without them takes prompt embeddings); without scheduler/ SD 1.5's schedule is used.
+    """
+    from transformers import CLIPTokenizer
+
+    root = Path(sd_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"SD model folder not found: {root}")
+    sched_cfg = root / "scheduler" / SCHEDULER_FILE
+    return {
+        "unet": load_sd_part(root, "unet", dtype),
+        "vae": load_sd_part(root, "vae", dtype),
+        "text_encoder": load_sd_part(root, "text_encoder", dtype) if (root / "text_encoder").is_dir() else None,
+        "tokenizer": CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        if (root / "tokenizer").is_dir() else None,
+        "scheduler_config": json.loads(sched_cfg.read_text()) if sched_cfg.is_file() else dict(SCHEDULER_CONFIG),
+    }
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the weights come from: seeded random ``preset`` and/or local paths.
+
+    ``preset``: an SD preset (tiny, sd15) or, for the decoders alone, a decoder preset
+    (vanilla, base, x1.5, x2, tiny). ``model``: a local diffusers SD folder (unet/,
+    text_encoder/, vae/). ``decoder``: a decoder checkpoint path or a decoder preset name.
+    """
+
+    preset: str | None = None
+    model: str | None = None
+    decoder: str | None = None
+    unet_in_channels: int = 9
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.preset is None and self.model is None and self.decoder is None:
+            raise ValueError("source: give a preset, a --model PATH or a --decoder PATH")
+        known = set(SD_PRESETS) | set(DECODER_PRESETS)
+        if self.preset is not None and self.preset not in known:
+            raise ValueError(f"preset must be one of {sorted(known)}, got {self.preset!r}")
+        if self.model is not None and not Path(self.model).is_dir():
+            raise ValueError(f"model: expected a local diffusers SD folder (unet/, vae/, text_encoder/), got {self.model!r}")
+
+    @property
+    def sd_preset(self) -> str:
+        """The SD preset whose shapes apply (tiny for the tiny decoder, sd15 otherwise)."""
+        return "tiny" if self.preset == "tiny" else "sd15"
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset, "model": self.model, "decoder": self.decoder,
+                "unet_in_channels": self.unet_in_channels, "seed": self.seed}
+
+    def decoder_module(self) -> AsymmetricDecoder:
+        name = self.decoder
+        if name is None and self.model is not None:
+            name = str(Path(self.model) / "vae")  # the SD folder's own decoder
+        if name is not None and name not in DECODER_PRESETS:
+            return load_decoder(name)
+        if name is None:
+            name = PRESET_SHAPES[self.preset]["decoder_preset"] if self.preset in SD_PRESETS else self.preset
+        if name is None:
+            raise ValueError("decoder: give --decoder PATH|PRESET or a --preset")
+        return random_decoder(name, seed=self.seed)
+
+    def sd_part(self, part: str):
+        if self.model is not None:
+            return load_sd_part(self.model, part)
+        if self.preset not in SD_PRESETS:
+            raise ValueError(f"preset: the {part} needs an SD preset {list(SD_PRESETS)} or --model PATH, got {self.preset!r}")
+        if part == "unet":
+            return build_unet(self.preset, in_channels=self.unet_in_channels, seed=self.seed)
+        return {"vae": build_vae, "text_encoder": build_text_encoder}[part](self.preset, seed=self.seed)
+
+
+def build_module(component: str, source: Source) -> nn.Module:
+    """The fp32 wrapper module of ``component`` (eval mode) with the I/O of COMPONENT_IO."""
+    if component == "decoder":
+        decoder = source.decoder_module()
+        if decoder.condition_encoder is None:
+            raise ValueError("decoder: this decoder has no condition branch (a plain SD VAE decoder); export "
+                             "'decoder-plain', or give an asymmetric decoder with --decoder PATH|PRESET")
+        return wrappers.DecoderComponent(decoder).eval()
+    if component == "decoder-plain":
+        return wrappers.PlainDecoderComponent(source.decoder_module()).eval()
+    if component == "unet":
+        return wrappers.UNetComponent(source.sd_part("unet")).eval()
+    if component == "vae-encoder":
+        return wrappers.VaeEncoderComponent(source.sd_part("vae")).eval()
+    if component == "text-encoder":
+        return wrappers.TextEncoderComponent(source.sd_part("text_encoder")).eval()
+    raise ValueError(f"component: no network is built under the name {component!r}")

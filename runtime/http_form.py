@@ -1,0 +1,140 @@
+"""The inpainting request form: multipart/form-data split and every field checked.
+
+Shared by every HTTP front end (``asymvq serve`` and the Ray Serve ingress), so that all of
+them accept the same fields and refuse bad input with the same status and words, before any
+model work. Needs only the standard library and PIL: the fuzzers drive it directly.
+
+The multipart body is split here, with the standard library's header parser, rather than
+through Starlette's ``request.form()`` (python-multipart): tried with starlette 1.10 /
+python-multipart 0.0.34, that path returns an empty form for a truncated body instead of an
+error, and its ``max_part_size`` does not bound file parts, so a size cap would be needed here
+anyway.
+"""
+from __future__ import annotations
+
+import io
+import math
+from email.parser import BytesHeaderParser
+from email.utils import collapse_rfc2231_value
+
+import PIL.Image
+
+from .inpaint_run import check_same_size
+from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
+
+IMAGE_FORMATS = ("PNG", "JPEG")  # only these decoders face the network: less attack surface than all of PIL's
+FIELDS = ("image", "mask", "prompt", "negative_prompt", "steps", "guidance", "seed", "strength", "scheduler")
+
+
+class RequestError(Exception):
+    """A client error: HTTP status and the one-line message the client sees."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def parse_form(body: bytes, content_type: str) -> dict[str, bytes]:
+    """multipart/form-data -> {field name: raw bytes}; unknown or repeated fields are errors, not ignored."""
+    header = BytesHeaderParser().parsebytes(b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n")
+    if header.get_content_type() != "multipart/form-data" or not header.get_param("boundary"):
+        raise RequestError(415, "Content-Type: expected multipart/form-data with a boundary "
+                                f"(curl -F), got {content_type or 'none'!r}")
+    delim = b"--" + collapse_rfc2231_value(header.get_param("boundary")).encode("latin-1")
+    start = body.find(delim)
+    if start < 0:
+        raise RequestError(400, "body: expected multipart/form-data parts, got no boundary line")
+    fields: dict[str, bytes] = {}
+    pos = start + len(delim)
+    while not body.startswith(b"--", pos):  # "--" after a delimiter closes the body
+        end = body.find(b"\r\n" + delim, pos)
+        head, sep, data = body[pos:end].partition(b"\r\n\r\n")
+        if end < 0 or not body.startswith(b"\r\n", pos) or not sep:
+            raise RequestError(400, "body: expected complete multipart/form-data parts, got a truncated or malformed one")
+        part = BytesHeaderParser().parsebytes(head[2:] + b"\r\n\r\n")
+        name = part.get_param("name", header="content-disposition")
+        name = collapse_rfc2231_value(name) if name else None
+        if not name:
+            raise RequestError(400, "body: expected every part to have Content-Disposition: form-data; name=...")
+        if name not in FIELDS:
+            raise RequestError(400, f"{name}: expected a field among {list(FIELDS)}, got an unknown field")
+        if name in fields:
+            raise RequestError(400, f"{name}: expected once, got it twice")
+        fields[name] = data
+        pos = end + 2 + len(delim)
+    return fields
+
+
+# -- the fields -----------------------------------------------------------------------------
+def _text(fields: dict, name: str, default=None) -> str | None:
+    if name not in fields:
+        if default is ...:
+            raise RequestError(400, f"{name}: expected a form field, got none (it is required)")
+        return default
+    try:
+        return fields[name].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, f"{name}: expected UTF-8 text, got undecodable bytes") from None
+
+
+def _number(fields: dict, name: str, kind, default, lo, hi):
+    text = _text(fields, name)
+    if text is None:
+        return default
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        raise RequestError(400, f"{name}: expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise RequestError(400, f"{name}: expected a value in [{lo}, {hi}], got {text[:40]!r}")
+    return value
+
+
+def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int) -> PIL.Image.Image:
+    """PNG/JPEG bytes -> PIL in ``mode``; the size is checked from the header, before any pixel is decoded."""
+    if not data:
+        raise RequestError(400, f"{name}: expected a PNG or JPEG file, got {'none (it is required)' if data is None else 'an empty file'}")
+    try:
+        with PIL.Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise RequestError(413, f"{name}: expected at most {max_pixels} pixels, got {w}x{h} (WxH) = {w * h}")
+            if w % 8 or h % 8:
+                # the pipeline would round down and resize: a silently different image, so refuse
+                raise RequestError(400, f"{name}: expected width and height multiples of 8, got {w}x{h} (WxH)")
+            return im.convert(mode)
+    except PIL.UnidentifiedImageError:
+        raise RequestError(400, f"{name}: expected a PNG or JPEG file, got {len(data)} bytes PIL cannot read as either") from None
+    except PIL.Image.DecompressionBombError:
+        raise RequestError(413, f"{name}: expected at most {max_pixels} pixels, got a decompression bomb") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data: PIL's decoders raise these
+        raise RequestError(400, f"{name}: expected a complete PNG or JPEG file, got a damaged one ({exc})") from None
+
+
+def parse_job(fields: dict, *, max_pixels: int, max_steps: int) -> dict:
+    """Every argument checked, in the order a client reads the form; the first bad one is the error."""
+    for name in ("image", "mask", "prompt"):
+        if name not in fields:
+            raise RequestError(400, f"{name}: expected a form field, got none (it is required)")
+    source = decode_image(fields["image"], "image", "RGB", max_pixels)
+    hole = decode_image(fields["mask"], "mask", "L", max_pixels)
+    try:
+        check_same_size(source, hole, "mask")
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
+    scheduler = _text(fields, "scheduler")
+    if scheduler is not None:
+        key = SCHEDULER_ALIASES.get(scheduler.lower(), scheduler.lower())
+        if key not in SCHEDULERS:
+            raise RequestError(400, f"scheduler: expected one of {list(SCHEDULERS)}, got {scheduler[:40]!r}")
+        scheduler = key
+    return dict(
+        source=source, hole=hole, prompt=_text(fields, "prompt", ...),
+        negative_prompt=_text(fields, "negative_prompt"),
+        steps=_number(fields, "steps", int, 50, 1, max_steps),
+        guidance=_number(fields, "guidance", float, 7.5, 0.0, 50.0),
+        seed=_number(fields, "seed", int, 0, 0, 2**63 - 1),
+        # (0, 1] is the pipeline's own check (one wording for every caller); here only finiteness
+        strength=_number(fields, "strength", float, 1.0, -math.inf, math.inf),
+        scheduler=scheduler,
+    )

@@ -1,0 +1,64 @@
+"""The schedulers asymvq runs (diffusers' classes), built by name from a scheduler config.
+
+Copying a scheduler must keep every value it was given. diffusers' ``from_config`` drops
+the keys listed in a config's ``_use_default_values`` (those the constructor defaulted), but
+diffusers' own pipelines patch configs after construction (``steps_offset`` to 1, for one)
+and the patched key stays listed there: rebuilt naively, a DDIM scheduler built with
+``DDIMScheduler(beta_start=..., beta_end=..., beta_schedule=...)`` and patched by the pipeline
+gives timesteps 750/500/250/0 instead of 751/501/251/1. ``scheduler_config`` therefore drops
+a listed key only while it still holds the source class's default.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+SCHEDULERS = ("ddim", "pndm", "euler", "dpm++")
+SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpm-solver++": "dpm++", "dpmpp": "dpm++", "euler-discrete": "euler"}
+_CLASSES = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
+            "dpm++": "DPMSolverMultistepScheduler"}
+# What each kind adds to any config: SD ships PNDM without its PRK warm-up steps.
+_OVERRIDES = {"pndm": {"skip_prk_steps": True}, "dpm++": {"algorithm_type": "dpmsolver++"}}
+
+
+def scheduler_name(name: str) -> str:
+    """The canonical name of ``name`` (aliases and case accepted); ValueError naming the choices otherwise."""
+    key = SCHEDULER_ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {list(SCHEDULERS)}, got {name!r}")
+    return key
+
+
+def _diffusers_class(name: str):
+    # diffusers is imported on first use, not with asymvq: importing it imports torch._dynamo,
+    # which imports triton when installed, and `import asymvq` must load no optional toolchain.
+    diffusers = importlib.import_module("diffusers")
+    return getattr(diffusers, name, None) if name else None
+
+
+def scheduler_config(config) -> dict:
+    """``config`` (dict or FrozenDict) as ``from_config`` should see it: every value it holds, except
+    listed defaults that still equal the source class's default (diffusers' rule for those)."""
+    cfg = dict(config)
+    defaulted = cfg.pop("_use_default_values", None) or []
+    source = _diffusers_class(str(cfg.get("_class_name", "")))
+    if source is None:
+        return cfg
+    params = inspect.signature(source.__init__).parameters
+    for key in defaulted:
+        if key in cfg and key in params and cfg[key] == params[key].default:
+            del cfg[key]
+    return cfg
+
+
+def make_scheduler(name: str, config):
+    """A fresh diffusers scheduler of kind ``name`` from a scheduler config (dict or FrozenDict)."""
+    key = scheduler_name(name)
+    cls = _diffusers_class(_CLASSES[key])
+    return cls.from_config(scheduler_config(config), **_OVERRIDES.get(key, {}))
+
+
+def copy_scheduler(scheduler):
+    """A fresh scheduler of the same class and config (its step state is not copied)."""
+    return type(scheduler).from_config(scheduler_config(scheduler.config))
+
