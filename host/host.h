@@ -1,0 +1,110 @@
+// Internal C++ side of the asymvq host (not installed): the engines directory, its AOTInductor
+// engines, the schedulers and the inpainting loop. The C API (c_api.cpp) wraps it and turns
+// every exception into a status and a message.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "asymvq/asymvq.h"
+
+namespace torch::inductor {
+class AOTIModelPackageLoader;
+}
+
+namespace asymvq {
+
+// Thrown inside the library; c_api.cpp turns it into (status, message).
+struct HostError : std::runtime_error {
+  asymvq_status status;
+  HostError(asymvq_status s, const std::string& msg) : std::runtime_error(msg), status(s) {}
+};
+
+[[noreturn]] inline void fail(asymvq_status s, const std::string& msg) { throw HostError(s, msg); }
+// "arg: expected X, got Y" (the Python side's wording).
+[[noreturn]] inline void fail_arg(const std::string& arg, const std::string& expected, const std::string& got) {
+  fail(ASYMVQ_ERR_INVALID_ARGUMENT, arg + ": expected " + expected + ", got " + got);
+}
+std::string shape_str(at::IntArrayRef shape);
+
+struct Dim {
+  bool symbolic = false;
+  int64_t value = 0;     // fixed size
+  int64_t factor = 1;    // "8*h": factor 8, base "h"
+  std::string base;      // symbolic base name ("batch", "h", "w")
+  std::string text;      // as written in the manifest
+};
+
+struct TensorSpec {
+  std::string name, dtype;
+  std::vector<Dim> dims;
+  std::vector<int64_t> min, opt, max;
+  std::string dims_str() const;
+};
+
+// One component's AOTInductor package with the manifest's I/O specs.
+class Engine {
+ public:
+  Engine(std::string component, std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs, const std::string& path,
+         const at::Device& device);
+  ~Engine();
+  // Feeds in input order; conformed (batch 1 expanded, dtype and device), checked against the
+  // exported ranges and tied dims, run; outputs as float32 on the host's device.
+  std::vector<at::Tensor> run(std::vector<at::Tensor> feeds);
+  const std::string component;
+  const std::vector<TensorSpec> inputs, outputs;
+
+ private:
+  at::Device device_;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
+};
+
+struct SchedulerConfig {
+  int64_t num_train_timesteps = 1000;
+  double beta_start = 0.0001, beta_end = 0.02;
+  std::string beta_schedule = "linear";
+  std::string prediction_type = "epsilon";
+  std::string timestep_spacing;  // empty: the scheduler's own default (DDIM leading, Euler linspace)
+  int64_t steps_offset = 0;
+  bool set_alpha_to_one = true;
+  bool clip_sample = true;
+  double clip_sample_range = 1.0;
+  std::string interpolation_type = "linear";
+  std::string final_sigmas_type = "zero";
+  std::vector<std::string> unsupported;  // options set that this host does not implement (refused on use)
+};
+
+struct Host {
+  std::string root;
+  at::Device device{at::kCPU};
+  std::string precision = "fp32";
+  std::vector<std::unique_ptr<Engine>> engines;
+  bool has_scheduler = false;
+  SchedulerConfig scheduler;
+  std::vector<int64_t> empty_prompt_ids;  // "" through the exported CLIP tokenizer (padding to 77), when it is there
+  std::mutex lock;                         // one call at a time per handle
+
+  Engine* find(const std::string& component) const;
+  Engine& need(const std::string& component, const std::string& why) const;
+};
+
+std::unique_ptr<Host> open_host(const std::string& dir, const std::string& device);
+
+at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask);
+at::Tensor encode_text(Host& h, const at::Tensor& ids);
+
+struct InpaintArgs {
+  at::Tensor prompt_embeds, negative_embeds, prompt_ids, negative_ids, image, mask;  // undefined when absent
+  int64_t height = 0, width = 0;
+  int64_t steps = 50;
+  double guidance_scale = 7.5;
+  uint64_t seed = 0;
+  asymvq_scheduler scheduler = ASYMVQ_SCHEDULER_DDIM;
+};
+at::Tensor inpaint(Host& h, const InpaintArgs& args, asymvq_inpaint_stats* stats);
+
+}  // namespace asymvq
