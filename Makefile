@@ -1,4 +1,5 @@
-# `make run`: the main job on the built-in default. `make test`: the whole suite.
+# `make run`: the main job on the built-in default. `make test`: the whole suite (and, where cmake
+# is installed, the C++ host built once into build/host and reused). `make host`: that build alone.
 # Both create .venv when it is missing and install the project into it.
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # CPU wheel of torch 2.13.0 lying on disk. Elsewhere, point it at a CPU or CUDA torch index.
 TORCH_INDEX ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean host
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +23,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/asymvq profile
 
-test: $(STAMP)
+# The C++ host (CMakeLists.txt) against the .venv's torch; configured once, rebuilt incrementally.
+HOST_BUILD := build/host
+HAVE_CMAKE := $(shell command -v cmake 2>/dev/null)
+
+host: $(STAMP)
+	@test -n "$(HAVE_CMAKE)" || { echo "make host: cmake is not installed (apt-get install cmake g++)"; exit 1; }
+	@# sha256 comes from OpenSSL's libcrypto: install its headers when missing (root, as in CI)
+	@test -f /usr/include/openssl/evp.h || { test "$$(id -u)" = 0 && apt-get update -q && apt-get install -y -q libssl-dev; } \
+	  || { echo "make host: OpenSSL headers missing: apt-get install libssl-dev"; exit 1; }
+	test -f $(HOST_BUILD)/CMakeCache.txt || cmake -S . -B $(HOST_BUILD) -DCMAKE_BUILD_TYPE=Release -DASYMVQ_PYTHON=$(abspath $(PY))
+	cmake --build $(HOST_BUILD) -j 2
+
+test: $(STAMP) $(if $(HAVE_CMAKE),host)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
