@@ -40,9 +40,15 @@ def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps:
     result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
                   guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
                   output_type="pt", scheduler=scheduler, timer=timer, progress=progress)
-    images = postprocess(result.images * 2 - 1, "pil")
+    return finish_run(result.images, source, hole)
+
+
+def finish_run(images, source, hole) -> InpaintRun:
+    """The pipeline's ``pt`` output (B, 3, H, W) in [0, 1] -> PIL images and Pre_error against PIL ``source``/``hole``
+    (also what the Ray Serve decode stage does with each job of a batch)."""
+    pil = postprocess(images * 2 - 1, "pil")
     # Pre_error on the exact tensor the images come from: how well the kept region survived decoding.
     pixels, hole_t, _, _ = prepare_image_and_mask(source, hole, None, None)
-    errors = preservation_error(result.images.float().cpu() * 2 - 1, pixels, hole_t)
+    errors = preservation_error(images.float().cpu() * 2 - 1, pixels, hole_t)
     pre_error = float(errors.mean()) if errors.numel() else math.nan
-    return InpaintRun(images=images, pre_error=pre_error)
+    return InpaintRun(images=pil, pre_error=pre_error)

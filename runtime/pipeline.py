@@ -102,11 +102,11 @@ class InpaintPipeline:
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | list[float] = 7.5,
         strength: float = 1.0,
         eta: float = 0.0,
         num_images_per_prompt: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         decoder: dict | None = None,
         scheduler: str | None = None,
@@ -116,7 +116,12 @@ class InpaintPipeline:
         """Arguments as in diffusers' ``StableDiffusionInpaintPipeline``, plus, for this call only:
         ``decoder`` (another ``{"decoder"/"decoder-plain": Engine}``), ``scheduler`` (a name from
         ``SCHEDULERS``; default: the pipeline's) and ``timer`` (a ``StageTimer`` that records every
-        stage). The call changes no attribute of the pipeline."""
+        stage). The call changes no attribute of the pipeline.
+
+        A batch of independent jobs (what a server batches): ``prompt``, ``image``, ``mask_image``
+        and ``negative_prompt`` as lists, ``generator`` a list with one generator per image (as in
+        diffusers) and ``guidance_scale`` a list with one value per prompt (all > 1 or all <= 1).
+        Each image then gets the noise its own generator draws, so it equals its run alone."""
         denoised = self.denoise(
             prompt, image, mask_image, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds, height=height, width=width,
@@ -233,13 +238,20 @@ class InpaintPipeline:
             pixels = mask = None
 
         # 3. prompts
-        do_cfg = guidance_scale > 1.0
+        guidance, do_cfg = _guidance(guidance_scale)
         embeds = self.encode_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                     num_images_per_prompt, do_cfg, timer)
         batch = embeds.shape[0] // (2 if do_cfg else 1)
         if inpaint and pixels.shape[0] not in (1, batch) and batch % pixels.shape[0]:
             raise ValueError(f"image: expected batch 1 or a divisor of {batch} (prompts x images per prompt), "
                              f"got batch {pixels.shape[0]}")
+        generator = _check_generators(generator, batch)
+        if isinstance(guidance, list):
+            if len(guidance) * num_images_per_prompt != batch:
+                raise ValueError(f"guidance_scale: expected a number or one per prompt ({batch // num_images_per_prompt}), "
+                                 f"got {len(guidance)}")
+            guidance = torch.tensor(guidance, dtype=spec.dtype, device=spec.device)
+            guidance = guidance.repeat_interleave(num_images_per_prompt).view(-1, 1, 1, 1)
 
         # 4. a fresh scheduler per call: its step state never leaks between calls (or threads)
         scheduler = self.fresh_scheduler(scheduler)
@@ -279,7 +291,7 @@ class InpaintPipeline:
 
         # 7. the UNet loop
         step_kwargs = _step_kwargs(scheduler, generator, eta)
-        latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs,
+        latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance, step_kwargs,
                              timer, progress)
         if not inpaint:
             return Denoised(latents, None, None)
@@ -304,6 +316,29 @@ class InpaintPipeline:
             with timer.span(SPAN_SCHEDULER):
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
         return latents
+
+
+def _guidance(guidance_scale):
+    """(scale or list of scales, guidance on?); a batch shares on/off: the UNet batch doubles for all or none."""
+    if not isinstance(guidance_scale, (list, tuple)):
+        return guidance_scale, guidance_scale > 1.0
+    values = list(guidance_scale)
+    if not values or not all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in values):
+        raise ValueError(f"guidance_scale: expected a number or a non-empty list of numbers, got {guidance_scale!r}")
+    if len({g > 1.0 for g in values}) > 1:
+        raise ValueError(f"guidance_scale: expected all values > 1 (guidance on) or all <= 1 (off) in one batch, "
+                         f"got {values}")
+    return [float(g) for g in values], values[0] > 1.0
+
+
+def _check_generators(generator, batch: int):
+    """None, one generator, or a list with one per image (diffusers' convention)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(f"generator: expected a torch.Generator or a list of {batch} (one per image), "
+                             f"got {len(generator)} items")
+        return list(generator)
+    return generator
 
 
 def _step_kwargs(scheduler, generator, eta: float) -> dict:

@@ -1,0 +1,73 @@
+"""Independent inpainting jobs run as one batch, each with its own seed: what a batching server needs.
+
+A *job* is the dict ``asymvq.http_form.parse_job`` returns (PIL ``source`` and ``hole``, ``prompt``,
+``negative_prompt``, ``steps``, ``guidance``, ``seed``, ``strength``, ``scheduler``). Jobs share a batch
+when ``batch_key`` says so: same size, steps, scheduler, guidance on/off, strength and decoder (what
+fixes the tensor shapes and the timesteps). Prompt, negative prompt, guidance value, seed, image and
+mask may differ. Each job gets ``torch.Generator().manual_seed(seed)`` (the pipeline takes a list,
+one per image), so its image equals the one it gets alone and from ``asymvq inpaint``.
+
+The two halves are separate so that a server can run them in separate stages (Ray Serve's denoise
+and decode deployments): ``denoise_jobs`` -> one ``Denoised`` per job -> ``decode_jobs`` (any
+grouping of equally sized items) -> ``finish_job`` (PIL image and Pre_error).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .images import postprocess
+from .inpaint_run import InpaintRun, finish_run
+from .pipeline import Denoised
+
+BATCH_FIELDS = ("size", "steps", "scheduler", "guidance on", "strength", "decoder")
+
+
+def batch_key(job: dict) -> tuple:
+    """What must match for jobs to share a batch (``BATCH_FIELDS``, in that order)."""
+    return (tuple(job["source"].size), job["steps"], job["scheduler"], job["guidance"] > 1.0, float(job["strength"]),
+            job.get("decoder"))
+
+
+def group(items: list, key) -> list[list[int]]:
+    """Indices of ``items`` grouped by ``key(item)``, groups in order of first appearance."""
+    groups: dict = defaultdict(list)
+    for i, item in enumerate(items):
+        groups[key(item)].append(i)
+    return list(groups.values())
+
+
+def _one(x: torch.Tensor, i: int) -> torch.Tensor:
+    # clone: a pickled view would carry the whole batch's storage to the next stage
+    return (x if x.shape[0] == 1 else x[i:i + 1]).clone()
+
+
+def denoise_jobs(pipe, jobs: list[dict], timer=None) -> list[Denoised]:
+    """Text, VAE encode and the UNet loop for jobs that share a ``batch_key``, in one batch; one ``Denoised`` each."""
+    if len({batch_key(j) for j in jobs}) != 1:
+        raise ValueError(f"jobs: expected one batch key ({', '.join(BATCH_FIELDS)}), got {len({batch_key(j) for j in jobs})}")
+    first = jobs[0]
+    out = pipe.denoise(
+        [j["prompt"] for j in jobs], [j["source"] for j in jobs], [j["hole"] for j in jobs],
+        negative_prompt=[j["negative_prompt"] or "" for j in jobs], num_inference_steps=first["steps"],
+        guidance_scale=[j["guidance"] for j in jobs], strength=first["strength"],
+        generator=[torch.Generator().manual_seed(j["seed"]) for j in jobs], scheduler=first["scheduler"], timer=timer,
+    )
+    return [Denoised(_one(out.latents, i), _one(out.image, i), _one(out.mask, i)) for i in range(len(jobs))]
+
+
+def decode_jobs(pipe, items: list[Denoised], timer=None, decoder: dict | None = None) -> list[torch.Tensor]:
+    """Equally sized ``Denoised`` items decoded in one batch -> one (1, 3, H, W) image in [0, 1] each
+    (the pipeline's ``output_type="pt"``)."""
+    if len({tuple(d.latents.shape[1:]) for d in items}) != 1:
+        raise ValueError("items: expected latents of one shape in a decode batch")
+    batch = Denoised(*(torch.cat([getattr(d, f).expand(d.latents.shape[0], *getattr(d, f).shape[1:]) for d in items])
+                       for f in ("latents", "image", "mask")))
+    images = postprocess(pipe.decode(batch, decoder=decoder, timer=timer), "pt")
+    return [images[i:i + 1].clone() for i in range(len(items))]
+
+
+def finish_job(images: torch.Tensor, job: dict) -> InpaintRun:
+    """One job's ``pt`` image -> PIL and Pre_error, exactly as ``asymvq inpaint`` and ``asymvq serve`` finish it."""
+    return finish_run(images, job["source"], job["hole"])
