@@ -11,6 +11,9 @@ Bad input never reaches the GPU: the form is parsed and checked first (``asymvq.
 and every error a client can fix is a 4xx ``{"error": "<argument>: expected ..., got ..."}``,
 the same words the pipeline's own ValueErrors use. Anything else is a 500 ``{"error": ...}``
 with the traceback in the server log only. The body is read under ``max_body_bytes``.
+
+``build_app(run_job, ...)`` is that HTTP surface (routes, limits, errors, headers, ``GET /metrics``)
+around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``asymvq.ray_serve``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import io
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -28,6 +32,7 @@ from .http_form import RequestError, parse_form, parse_job
 from .inpaint_run import run_inpaint
 from .models.devices import dtype_name
 from .pipeline import InpaintPipeline
+from .serving_metrics import ServerMetrics
 from .timing import StageTimer
 
 log = logging.getLogger("asymvq.server")
@@ -54,15 +59,26 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 # -- the app --------------------------------------------------------------------------------
+@dataclass
+class JobResult:
+    """What a back end returns for one parsed job (``asymvq.http_form.parse_job``)."""
+
+    png: bytes
+    pre_error: float
+    total_ms: float  # X-Asymvq-Latency-ms
+    stages: dict[str, float]  # Server-Timing, ms
+    batches: dict[str, int] = field(default_factory=dict)  # stage -> size of the batch the job ran in
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+
+
 class _Runner:
     """The pipeline behind its lock; each run gets its own timer and, if asked, its own scheduler."""
 
     def __init__(self, pipe):
         self.pipe = pipe
         self.lock = threading.Lock()
-        self.waiting = 0  # touched only on the event loop's thread
 
-    def run(self, job: dict):
+    def run(self, job: dict) -> JobResult:
         with self.lock:
             timer = StageTimer(self.pipe.spec.device)
             t0 = time.perf_counter()
@@ -75,7 +91,7 @@ class _Runner:
                 stages[name] = stages.get(name, 0.0) + ms
         buf = io.BytesIO()
         result.images[0].save(buf, format="PNG")
-        return buf.getvalue(), result.pre_error, total_ms, stages
+        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1})
 
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = 32 << 20,
@@ -87,17 +103,33 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
         raise ValueError(f"pipeline: expected an InpaintPipeline or a callable returning one, got {type(pipe).__name__}")
     if not pipe.spec.inpainting:
         raise ValueError("pipeline: expected an inpainting pipeline (9-channel UNet), got a text-to-image one")
-    for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     runner = _Runner(pipe)
     health = {"status": "ok", "source": source or "pipeline", "device": str(pipe.spec.device),
               "dtype": dtype_name(pipe.spec.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
               "max_pixels": max_pixels, "max_steps": max_steps}
+    app = build_app(lambda job: run_in_threadpool(runner.run, job), health=health, max_pixels=max_pixels,
+                    max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline")
+    app.state.runner = runner
+    return app
+
+
+def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = 32 << 20, max_queue: int = 8,
+              queue_stage: str = "pipeline") -> FastAPI:
+    """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
+
+    ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
+    runner here, the Ray Serve ingress in ``asymvq.ray_serve``); ``health`` is the ``/healthz`` dict
+    or an async callable returning it."""
+    for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    metrics = ServerMetrics()
+    waiting = metrics.queue_depth.labels(queue_stage)
+    state = {"waiting": 0}  # touched only on the event loop's thread
 
     app = FastAPI(title="asymvq", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.runner = runner
+    app.state.metrics = metrics
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -106,22 +138,36 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
 
     @app.get("/healthz")
     async def healthz():
-        return health
+        return health if isinstance(health, dict) else await health()
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.post("/v1/inpaint")
     async def inpaint(request: Request):
+        t0 = time.perf_counter()
+        response = await _inpaint(request)
+        metrics.requests.labels(str(response.status_code)).inc()
+        if response.status_code == 200:
+            metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)
+        return response
+
+    async def _inpaint(request: Request):
         try:
-            if runner.waiting > max_queue:
+            if state["waiting"] > max_queue:
                 return _error(503, f"server: expected at most {max_queue} queued requests, got more; retry later",
                               headers={"Retry-After": "1"})
             body = await _read_body(request, max_body_bytes)
             job = parse_job(parse_form(body, request.headers.get("content-type", "")),
                             max_pixels=max_pixels, max_steps=max_steps)
-            runner.waiting += 1
+            state["waiting"] += 1
+            waiting.inc()
             try:
-                png, pre_error, total_ms, stages = await run_in_threadpool(runner.run, job)
+                result = await run_job(job)
             finally:
-                runner.waiting -= 1
+                state["waiting"] -= 1
+                waiting.dec()
         except RequestError as exc:
             return _error(exc.status, exc.message)
         except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
@@ -129,11 +175,16 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
         except Exception:  # noqa: BLE001 - the server keeps serving; the traceback goes to the log only
             log.exception("inpaint request failed")
             return _error(500, "internal error while inpainting (details in the server log)")
+        for name, ms in result.stages.items():
+            metrics.stage_seconds.labels(name).observe(ms / 1e3)
+        for name, size in result.batches.items():
+            metrics.batch_size.labels(name).observe(size)
         headers = {
-            "X-Asymvq-Latency-ms": f"{total_ms:.1f}",
-            "X-Asymvq-Pre-Error": f"{pre_error:.4f}",
-            "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in stages.items()),
+            "X-Asymvq-Latency-ms": f"{result.total_ms:.1f}",
+            "X-Asymvq-Pre-Error": f"{result.pre_error:.4f}",
+            "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in result.stages.items()),
+            **result.headers,
         }
-        return Response(png, media_type="image/png", headers=headers)
+        return Response(result.png, media_type="image/png", headers=headers)
 
     return app

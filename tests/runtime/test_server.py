@@ -199,3 +199,24 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
         err = capsys.readouterr().err
         assert exc.value.code == 1 and needle in err and "Traceback" not in err, err
     assert len(calls) == 1
+
+
+def test_metrics_count_requests_by_status_and_stage_latencies(client):
+    from asymvq.serving_metrics import parse_metrics
+
+    before = parse_metrics(client.get("/metrics").text)
+    assert post(client).status_code == 200
+    assert post(client, steps="0").status_code == 400
+    resp = client.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    after = parse_metrics(resp.text)
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("asymvq_requests_total", status="200") == 1 and delta("asymvq_requests_total", status="400") == 1
+    for stage in ("request", "text_encode", "unet_step", "decode"):
+        assert delta("asymvq_stage_seconds_count", stage=stage) == 1, stage
+    assert delta("asymvq_batch_size_sum", stage="pipeline") == 1
+    assert after[("asymvq_queue_depth", (("stage", "pipeline"),))] == 0
