@@ -115,16 +115,16 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
 
 
 def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = 32 << 20, max_queue: int = 8,
-              queue_stage: str = "pipeline") -> FastAPI:
+              queue_stage: str = "pipeline", metrics: ServerMetrics | None = None) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
     ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
     runner here, the Ray Serve ingress in ``asymvq.ray_serve``); ``health`` is the ``/healthz`` dict
-    or an async callable returning it."""
+    or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    metrics = ServerMetrics()
+    metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
 
