@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-from .contract import COMPONENT_IO, TensorSpec, check_io
+from .contract import COMPONENT_IO, TensorSpec, check_io, split_dim
 
 
 def init_engine_io(engine, component: str, inputs: list[TensorSpec], outputs: list[TensorSpec], device) -> None:
@@ -53,3 +53,23 @@ def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, dev
         dtype = dtypes[name] if dtypes else getattr(torch, spec.dtype)
         out[name] = t.to(device=device, dtype=dtype).contiguous()
     return out
+
+
+def check_tied_dims(component: str, specs: dict[str, TensorSpec], feeds: dict[str, torch.Tensor]) -> None:
+    """Refuse feeds whose derived dims disagree (an image that is not 8x the latent).
+
+    An ONNX Runtime graph refuses them by its shapes; compiled code (AOTInductor without
+    AOTI_RUNTIME_CHECK_INPUTS, an OpenVINO model reshaped to the feeds) may not, and indexes
+    every input with the latent's sizes (a 56x56 or 72x72 image with an 8x8 latent ran
+    without error under AOTInductor): a wrong picture, or a read past a smaller buffer.
+    """
+    seen: dict[str, tuple[str, str, int]] = {}  # base dim -> (input, dim, size) where first met
+    for name, t in feeds.items():
+        for d, n in zip(specs[name].dims, t.shape):
+            if not isinstance(d, str):
+                continue
+            k, base = split_dim(d)
+            ref_name, ref_d, ref_n = seen.setdefault(base, (name, d, n))
+            if n % k or n * split_dim(ref_d)[0] != ref_n * k:
+                raise ValueError(f"{component} engine: {name} has {d} = {n}, which does not fit "
+                                 f"{ref_name}'s {ref_d} = {ref_n}")

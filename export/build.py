@@ -1,4 +1,4 @@
-"""Write an engines directory: one ONNX file and/or AOTInductor package per component, the
+"""Write an engines directory: one ONNX file, OpenVINO IR and/or AOTInductor package per component, the
 tokenizer and scheduler the pipeline needs, and ``manifest.json`` describing and hashing all of it.
 
 The directory is self-contained: ``asymvq.engines.load_engine_dir`` and the runtime read
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 from asymvq.engines.contract import COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER
@@ -23,7 +24,7 @@ from .specs import DEFAULT_OPSET, Shapes, io_specs, spatial_multiple
 log = logging.getLogger(__name__)
 
 SD_COMPONENTS = (TEXT_ENCODER, VAE_ENCODER, UNET)
-EXPORT_FORMATS = ("onnx", "aoti")  # written here; TensorRT plans are built from the ONNX by the engines
+EXPORT_FORMATS = ("onnx", "aoti", "openvino")  # written here; TensorRT plans are built from the ONNX by the engines
 
 
 def parse_components(value: str | list[str]) -> list[str]:
@@ -74,7 +75,7 @@ def export_directory(
     opset: int = DEFAULT_OPSET,
     formats: tuple[str, ...] | list[str] = ("onnx",),
 ) -> dict:
-    """Export ``components`` of ``source`` under ``out`` in ``formats`` (onnx, aoti); returns the manifest."""
+    """Export ``components`` of ``source`` under ``out`` in ``formats`` (onnx, aoti, openvino); returns the manifest."""
     names = parse_components(components)
     if not formats or any(f not in EXPORT_FORMATS for f in formats):
         raise ValueError(f"formats: expected some of {list(EXPORT_FORMATS)}, got {list(formats)}")
@@ -97,14 +98,29 @@ def export_directory(
             "outputs": [s.to_dict() for s in outputs],
         }
         entry["artifacts"] = {}
-        if "onnx" in formats:
+        if "onnx" in formats or "openvino" in formats:
             try:
                 from .onnx_export import export_onnx  # defers the onnx extra
             except ImportError as e:
-                raise missing_extra("onnx", "--format onnx", e) from None
-            files = export_onnx(module, inputs, outputs, out / f"{name}.onnx", precision=precision,
-                                multiple=spatial_multiple(name, module), opset=opset)
-            entry["artifacts"]["onnx"] = artifact_entry(out, files, opset=opset)
+                raise missing_extra("onnx", f"--format {','.join(formats)}", e) from None
+            # OpenVINO alone: its IR is converted from an ONNX file that is not kept
+            onnx_dir = out if "onnx" in formats else Path(tempfile.mkdtemp(prefix=f".{name}-onnx-", dir=out))
+            try:
+                files = export_onnx(module, inputs, outputs, onnx_dir / f"{name}.onnx", precision=precision,
+                                    multiple=spatial_multiple(name, module), opset=opset)
+                if "onnx" in formats:
+                    entry["artifacts"]["onnx"] = artifact_entry(out, files, opset=opset)
+                if "openvino" in formats:
+                    try:
+                        from .openvino_export import OPENVINO_VERSION, export_openvino  # defers the openvino extra
+                    except ImportError as e:
+                        raise missing_extra("openvino", "--format openvino", e) from None
+                    ir = export_openvino(files[0], out / f"{name}.xml", precision=precision)
+                    entry["artifacts"]["openvino"] = artifact_entry(out, ir, converted_from="onnx",
+                                                                    openvino=OPENVINO_VERSION)
+            finally:
+                if onnx_dir != out:
+                    shutil.rmtree(onnx_dir, ignore_errors=True)
         if "aoti" in formats:
             if "onnx" in formats:  # export_onnx converted the module in place (fp16); start from the source again
                 module = build_module(name, source)
