@@ -3,13 +3,15 @@
 The manifest is checked first (I/O names, hashes of every artifact file); a corrupted,
 swapped or incomplete directory is refused with a ``ManifestError`` before any engine is
 built. The backend is chosen per directory: TensorRT plans on CUDA when present and
-TensorRT imports, AOTInductor packages when there is no ONNX, ONNX Runtime otherwise;
+TensorRT imports, OpenVINO IRs on the CPU when openvino imports, AOTInductor packages when there
+is no ONNX, ONNX Runtime otherwise;
 ``backend="torch"``/``"torch-compile"`` rebuild the modules from the recorded source and
 check their weights' hash. Each format's engine module is imported only when it is used,
 so a base install (no extras) loads torch directories and names the extra for the others.
 """
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -24,14 +26,17 @@ from .contract import Engine, precision_dtype
 from .manifest import ManifestError, component_specs, read_manifest, verify_artifact, weights_sha256
 from .torch_engine import TorchEngine
 
-BACKENDS = ("onnxruntime", "tensorrt", "aoti", "torch", "torch-compile")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "aoti", "torch", "torch-compile")
 # The extra each exported format needs at load time.
-BACKEND_EXTRAS = {"onnxruntime": "onnx", "tensorrt": "tensorrt"}
+BACKEND_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
+# The manifest's artifact key each exported format's backend loads.
+BACKEND_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "trt", "aoti": "aoti"}
 
 
-def _tensorrt_importable() -> bool:
+def _importable(module: str) -> bool:
+    """Whether an optional toolchain imports (probed only where it would be picked)."""
     try:
-        import tensorrt  # noqa: F401  (defers the tensorrt extra: only probed on CUDA)
+        importlib.import_module(module)
     except ImportError:
         return False
     return True
@@ -39,10 +44,15 @@ def _tensorrt_importable() -> bool:
 
 def _pick_backend(manifest: dict, device: torch.device) -> str:
     entries = manifest["components"].values()
-    if device.type == "cuda" and all("trt" in e["artifacts"] for e in entries) and _tensorrt_importable():
+    if device.type == "cuda" and all("trt" in e["artifacts"] for e in entries) and _importable("tensorrt"):
         return "tensorrt"
-    # A directory exported with --format aoti alone has nothing ONNX Runtime could load.
-    return "aoti" if all(set(e["artifacts"]) == {"aoti"} for e in entries) else "onnxruntime"
+    # A directory exported with --format aoti (or openvino) alone has nothing ONNX Runtime could load.
+    if all(set(e["artifacts"]) == {"aoti"} for e in entries):
+        return "aoti"
+    has_ir = all("openvino" in e["artifacts"] for e in entries)
+    if has_ir and (device.type == "cpu" and _importable("openvino") or all("onnx" not in e["artifacts"] for e in entries)):
+        return "openvino"  # the faster CPU path where its IR is there (docs/engines.md)
+    return "onnxruntime"
 
 
 def _engine_class(backend: str):
@@ -52,6 +62,10 @@ def _engine_class(backend: str):
             from .onnxruntime_engine import OnnxRuntimeEngine  # defers the onnx extra
 
             return OnnxRuntimeEngine
+        if backend == "openvino":
+            from .openvino_engine import OpenVINOEngine  # defers the openvino extra
+
+            return OpenVINOEngine
         if backend == "tensorrt":
             from .tensorrt_engine import TensorRTEngine  # defers the tensorrt extra
 
@@ -77,7 +91,8 @@ def load_engine_dir(path: str | Path, *, device: str | torch.device = "cpu", bac
     """``{component: Engine}`` for every component of the directory (or of ``components``).
 
     ``backend``: one of BACKENDS, or None for TensorRT on CUDA when its plans are there,
-    AOTInductor when the directory holds nothing else, and ONNX Runtime otherwise.
+    OpenVINO on the CPU when every component has an IR, AOTInductor when the directory holds nothing
+    else, and ONNX Runtime otherwise.
     ``engine_options`` go to the engine class (e.g. ``reuse_outputs``).
     """
     root = Path(path)
@@ -96,7 +111,7 @@ def load_engine_dir(path: str | Path, *, device: str | torch.device = "cpu", bac
         if backend in ("torch", "torch-compile"):
             engines[name] = _torch_engine(name, entry, manifest, device, compile=backend == "torch-compile")
             continue
-        fmt = {"onnxruntime": "onnx", "tensorrt": "trt", "aoti": "aoti"}[backend]
+        fmt = BACKEND_FORMATS[backend]
         artifact = verify_artifact(root, name, entry, fmt)
         if fmt == "aoti":
             built_for = entry["artifacts"]["aoti"]["device"]
