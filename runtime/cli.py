@@ -23,6 +23,28 @@ app = typer.Typer(
 )
 
 SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
+BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "
+                "CUDA when built, OpenVINO on the CPU when the directory has its IR, else ONNX Runtime).")
+PRECISION_HELP = ("With --engines --backend openvino: the precision OpenVINO computes in, fp32 or bf16 (default: bf16 "
+                  "where the CPU has native bf16, avx512_bf16 or AMX; fp32 otherwise). Not the export's precision.")
+
+
+def engine_choice(backend: Optional[str], precision: Optional[str], threads: Optional[int] = None) -> dict:
+    """``from_engines`` keyword arguments for --backend / --precision (and --threads for exported engines)."""
+    from .engines.loader import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"--backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    options: dict = {"backend": backend}
+    if precision is not None:
+        if backend != "openvino":
+            raise ValueError("--precision: chooses OpenVINO's inference precision; use it with --backend openvino")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"--precision: expected fp32 or bf16, got {precision!r}")
+        options["precision"] = precision
+    if threads is not None and backend in ("onnxruntime", "openvino"):
+        options["threads"] = threads
+    return options
 
 
 @app.callback()
@@ -64,6 +86,8 @@ def profile(
     plot: Path = typer.Option(Path("out/profile.png"), "--plot", help="Where to write the PNG chart."),
     engines: Optional[Path] = typer.Option(None, help="Engines directory from `asymvq export`: profile its engines "
                                            "(ONNX Runtime, TensorRT) and its decoder instead of the presets."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
     """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
     import torch
@@ -101,7 +125,10 @@ def profile(
     if engines is not None:
         from .pipeline import InpaintPipeline
 
-        pipeline = InpaintPipeline.from_engines(engines, device=config.device, scheduler=config.scheduler)
+        pipeline = InpaintPipeline.from_engines(engines, device=config.device, scheduler=config.scheduler,
+                                                **engine_choice(backend, precision, threads))
+    elif backend is not None or precision is not None:
+        raise ValueError("--backend / --precision: they choose how an engines directory runs; give --engines DIR")
     report = _run_profile(config, pipeline)
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
@@ -145,7 +172,8 @@ def _run_profile(config, pipeline=None) -> dict:
 
 # -- inpaint ----------------------------------------------------------------------------------
 def build_pipeline(*, model: Optional[Path], decoder: Optional[Path], device: str, dtype: str, scheduler: str,
-                   engines: Optional[Path] = None, preset: Optional[str] = None):
+                   engines: Optional[Path] = None, preset: Optional[str] = None, backend: Optional[str] = None,
+                   precision: Optional[str] = None):
     """The one place a command turns its options into a pipeline (engine directories plug in here).
 
     ``preset`` (tiny or sd15: seeded random networks, no files) is for demos and the server's tests.
@@ -161,7 +189,10 @@ def build_pipeline(*, model: Optional[Path], decoder: Optional[Path], device: st
     if engines is not None:
         if decoder is not None:
             raise ValueError("--decoder: an engines directory brings its own decoder; re-export with --decoder instead")
-        return InpaintPipeline.from_engines(engines, device=device, scheduler=scheduler)
+        return InpaintPipeline.from_engines(engines, device=device, scheduler=scheduler,
+                                            **engine_choice(backend, precision))
+    if backend is not None or precision is not None:
+        raise ValueError("--backend / --precision: they choose how an engines directory runs; give --engines DIR")
 
     return InpaintPipeline.from_pretrained(model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler)
 
@@ -184,6 +215,8 @@ def inpaint(
     scheduler: str = typer.Option("ddim", help=SCHEDULER_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
     from .images import load_image
@@ -192,7 +225,7 @@ def inpaint(
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines,
-                          preset=preset)
+                          preset=preset, backend=backend, precision=precision)
     run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                       strength=strength, seed=seed, progress=True, mask_arg="--mask")
     _save_images(run.images, out)
@@ -273,6 +306,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
     """Serve POST /v1/inpaint and GET /healthz over HTTP (docs/server.md); one request at a time."""
     from .models.extras import missing_extra
@@ -288,7 +323,7 @@ def serve(
         preset = "tiny"
     source = f"preset:{preset}" if preset else str(model or engines)
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler,
-                          engines=engines, preset=preset)
+                          engines=engines, preset=preset, backend=backend, precision=precision)
     uvicorn.run(create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source),
                 host=host, port=port, workers=1)
 
