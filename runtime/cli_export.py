@@ -1,4 +1,4 @@
-"""``asymvq export``: build an engines directory (ONNX and/or AOTInductor, optionally TensorRT plans) for the runtime.
+"""``asymvq export``: build an engines directory (ONNX, OpenVINO IR and/or AOTInductor, optionally TensorRT plans) for the runtime.
 
 Registered on the main ``app`` by ``runtime/cli.py``; ``--engines DIR`` of ``profile`` and
 ``inpaint`` then runs from what it writes.
@@ -10,14 +10,14 @@ from typing import Optional
 
 import typer
 
-FORMATS = ("onnx", "trt", "aoti")
+FORMATS = ("onnx", "trt", "aoti", "openvino")
 
 
 def parse_formats(value: str) -> list[str]:
     formats = [f.strip() for f in value.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats or ("trt" in formats and "onnx" not in formats):
-        raise ValueError(f"--format: expected onnx, aoti or a comma list of onnx, trt, aoti (trt plans are built "
+        raise ValueError(f"--format: expected onnx, aoti, openvino or a comma list of onnx, trt, aoti, openvino (trt plans are built "
                          f"from the ONNX, so trt needs onnx), got {value!r}")
     return formats
 
@@ -28,7 +28,7 @@ def export(
     preset: Optional[str] = typer.Option(None, help="Seeded random weights: tiny or sd15 (or a decoder preset: vanilla, base, x1.5, x2)."),
     model: Optional[Path] = typer.Option(None, help="Local diffusers SD folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."),
     decoder: Optional[str] = typer.Option(None, help="Decoder checkpoint path, or a decoder preset name."),
-    format: str = typer.Option("onnx", "--format", help="onnx, aoti (AOTInductor .pt2), or a comma list; onnx,trt also builds TensorRT plans (needs tensorrt + CUDA)."),
+    format: str = typer.Option("onnx", "--format", help="onnx, aoti (AOTInductor .pt2), openvino (IR from the ONNX), or a comma list; onnx,trt also builds TensorRT plans (needs tensorrt + CUDA)."),
     precision: str = typer.Option("fp32", help="fp32 or fp16 (fp16 keeps GroupNorm in fp32)."),
     shapes: Optional[str] = typer.Option(None, help="Shape ranges in pixels, e.g. batch=1:1:4,height=256:512:1024,width=256:512:1024."),
     unet_channels: int = typer.Option(9, help="9: inpainting UNet; 4: text-to-image UNet."),
