@@ -2,21 +2,28 @@
 
 One op per file: the Triton kernel(s), a host wrapper that validates its arguments, and the
 plain-torch reference it is tested against. Kernels are defined at import for Triton's
-compiler, or for its CPU interpreter when TRITON_INTERPRET=1 is set *before* this import.
-"""
-from ._common import can_run, interpreting
-from .blend import blend, blend_reference
-from .conv import ConvResult, conv2d_fused, conv2d_fused_reference
-from .group_norm import group_norm_silu, group_norm_silu_reference
+compiler, or for its CPU interpreter when TRITON_INTERPRET=1 is set *before* that import.
 
-__all__ = [
-    "ConvResult",
-    "blend",
-    "blend_reference",
-    "can_run",
-    "conv2d_fused",
-    "conv2d_fused_reference",
-    "group_norm_silu",
-    "group_norm_silu_reference",
-    "interpreting",
-]
+The names below are imported on first use: ``asymvq.kernels.partial_ratio`` (plain torch,
+used by the models) must import without Triton, which is an optional extra.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "can_run": "._common", "interpreting": "._common",
+    "blend": ".blend", "blend_reference": ".blend",
+    "ConvResult": ".conv", "conv2d_fused": ".conv", "conv2d_fused_reference": ".conv",
+    "group_norm_silu": ".group_norm", "group_norm_silu_reference": ".group_norm",
+    "partial_conv_ratio": ".partial_ratio",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'asymvq.kernels' has no attribute {name!r}")

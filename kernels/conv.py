@@ -25,14 +25,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import (
-    check_activation,
-    check_device,
-    check_mask,
-    configs,
-    dot_precision,
-    mask_strides,
-)
+from ._common import check_activation, check_device, check_mask, configs, dot_precision, mask_strides
+from .blend import blend_step
+from .partial_ratio import partial_conv_ratio
 
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -235,11 +230,7 @@ def conv2d_fused(
     step = 1
     if blend_with is not None:
         check_activation("blend_with", blend_with, (B, Cout, Ho, Wo), x.dtype)
-        hm, wm = blend_mask.shape[-2:] if isinstance(blend_mask, torch.Tensor) else (0, 0)
-        step = hm // Ho
-        if step < 1 or hm != step * Ho or wm != step * Wo:
-            raise ValueError(f"blend_mask: expected size an integer multiple s of {Ho}x{Wo}, got {hm}x{wm}")
-        check_mask("blend_mask", blend_mask, B, hm, wm)
+        step = blend_step("blend_mask", blend_mask, B, Ho, Wo)
     check_device(x, weight, bias, in_mask, blend_with, blend_mask)
 
     def empty_like_out():
@@ -293,11 +284,7 @@ def conv2d_fused_reference(
             valid = F.interpolate(valid, scale_factor=2.0, mode="nearest")
     updated = None
     if partial:
-        K = weight.shape[-1]
-        ones = torch.ones(1, 1, K, K, dtype=torch.float32, device=x.device)
-        window = F.conv2d(valid.float().expand(x.shape[0], -1, -1, -1), ones, stride=stride, padding=padding)
-        updated = torch.clamp(window, 0.0, 1.0)
-        ratio = (K * K) / (window + 1e-8) * updated
+        ratio, updated = partial_conv_ratio(valid.expand(x.shape[0], -1, -1, -1), weight.shape[-1], stride, padding)
         out = F.conv2d(x, weight, None, stride, padding).float() * ratio
         if bias is not None:
             out = out + bias.float().view(1, -1, 1, 1) * updated

@@ -18,19 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asymvq.kernels.partial_ratio import partial_conv_ratio
+
 # (kernel, stride, padding) of L0..L4
 LAYER_GEOMETRY = ((3, 1, 1), (3, 1, 1), (4, 2, 1), (4, 2, 1), (4, 2, 1))
 # L0..L4 feature resolution divisors
 LAYER_STRIDE = (1, 1, 2, 4, 8)
-
-
-def partial_conv_ratio(valid: torch.Tensor, kernel: int, stride: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ratio, updated_mask) in fp32 for a (B, 1, H, W) 0/1 valid mask."""
-    ones = torch.ones(1, 1, kernel, kernel, dtype=torch.float32, device=valid.device)
-    window_sum = F.conv2d(valid.float(), ones, stride=stride, padding=padding)
-    updated = torch.clamp(window_sum, 0.0, 1.0)
-    ratio = (kernel * kernel) / (window_sum + 1e-8) * updated
-    return ratio, updated
 
 
 def partial_conv2d(conv: nn.Conv2d, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -132,7 +132,7 @@ def test_argument_errors_name_the_argument():
         ({"in_mask": torch.zeros(1, 1, 5, 6)}, r"in_mask: expected shape \(1 or 1, 1, 6, 6\)"),
         ({"blend_with": x}, "blend_with/blend_mask: give both"),
         ({"blend_with": activation((1, 16, 6, 6), torch.float32), "blend_mask": torch.zeros(1, 1, 9, 9)},
-         "blend_mask: expected size an integer multiple"),
+         r"blend_mask: expected a \(1 or 1, 1, s\*6, s\*6\) mask, integer s >= 1"),
         ({"blend_with": activation((1, 8, 6, 6), torch.float32), "blend_mask": torch.zeros(1, 1, 6, 6)},
          r"blend_with: expected shape \(1, 16, 6, 6\)"),
     ]
