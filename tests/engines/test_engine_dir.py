@@ -152,7 +152,7 @@ def test_mismatched_manifest_is_refused(engine_dir, tmp_path):
     manifest["components"]["decoder"]["inputs"][2]["name"] = "hole"
     manifest["source"]["seed"] = 1  # the torch backend would rebuild other weights
     (d / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match="decoder .* has I/O"):
+    with pytest.raises(ManifestError, match="decoder has I/O"):
         load_engine_dir(d, components=["decoder"])
     with pytest.raises(ManifestError, match="no longer match the manifest's weights_sha256"):
         load_engine_dir(d, components=["decoder-plain"], backend="torch")
