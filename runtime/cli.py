@@ -306,11 +306,29 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+    ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
+                             "dynamic batching (the `ray` extra; docs/server.md)."),
+    address: Optional[str] = typer.Option(None, help="--ray: join this Ray cluster (auto, ray://host:10001); "
+                                          "default: start a local Ray."),
+    denoise_replicas: int = typer.Option(1, help="--ray: replicas of the denoise stage (CLIP, VAE encoder, UNet)."),
+    decode_replicas: int = typer.Option(1, help="--ray: replicas of the decode stage (asymmetric decoder)."),
+    gpus_per_denoise: float = typer.Option(0.0, help="--ray: GPUs per denoise replica (fractions share a GPU)."),
+    gpus_per_decode: float = typer.Option(0.0, help="--ray: GPUs per decode replica."),
+    cpus_per_denoise: float = typer.Option(1.0, help="--ray: CPUs per denoise replica (also its torch threads)."),
+    cpus_per_decode: float = typer.Option(1.0, help="--ray: CPUs per decode replica (also its torch threads)."),
+    max_batch: int = typer.Option(8, help="--ray: most requests in one batch, per stage."),
+    batch_wait_ms: float = typer.Option(20.0, help="--ray: how long a stage waits to fill a batch."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
-    """Serve POST /v1/inpaint and GET /healthz over HTTP (docs/server.md); one request at a time."""
+    """Serve POST /v1/inpaint, GET /healthz and GET /metrics over HTTP (docs/server.md): one request at a
+    time in this process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
     from .models.extras import missing_extra
+
+    if ray:
+        return _serve_ray(locals())
+    if address is not None:
+        raise ValueError("--address: joins a Ray cluster; add --ray")
 
     try:
         import uvicorn  # defers the server extra
@@ -326,6 +344,24 @@ def serve(
                           engines=engines, preset=preset, backend=backend, precision=precision)
     uvicorn.run(create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source),
                 host=host, port=port, workers=1)
+
+
+def _serve_ray(opts: dict) -> None:
+    """``asymvq serve --ray``: the same HTTP API on Ray Serve (asymvq.ray_serve)."""
+    from .models.extras import missing_extra
+
+    try:
+        from .ray_serve import RayServeConfig, serve_forever  # defers the ray extra
+    except ImportError as e:
+        raise missing_extra("ray", "asymvq serve --ray", e) from None
+    names = ("preset", "model", "decoder", "engines", "backend", "precision", "scheduler", "device", "dtype", "denoise_replicas",
+             "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode",
+             "max_batch", "batch_wait_ms", "max_pixels", "max_steps")
+    cfg = RayServeConfig(**{k: (str(opts[k]) if isinstance(opts[k], Path) else opts[k]) for k in names})
+    if cfg.preset is not None and (cfg.model or cfg.engines or cfg.decoder):
+        raise ValueError("--preset: give either --preset or --model/--engines (with --decoder), not both")
+    serve_forever(cfg, host=opts["host"], port=opts["port"], address=opts["address"],
+                  ready=lambda url: typer.echo(f"asymvq serve --ray: serving on {url} (Ctrl-C stops)"))
 
 
 # -- export: its own file (runtime/cli_export.py), registered here --------------------------
