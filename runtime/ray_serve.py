@@ -1,0 +1,346 @@
+"""``asymvq serve --ray``: the inpainting HTTP API on Ray Serve, one deployment per stage (docs/server.md).
+
+The graph::
+
+    HTTP -> ingress (parse + check the form: asymvq.http_form; the FastAPI surface of asymvq.server)
+              -> denoise (CLIP, VAE encoder, UNet loop, scheduler; @serve.batch)
+              -> decode  (asymmetric decoder with latents, image and mask, PNG, Pre_error; @serve.batch)
+
+Each stage replica builds its pipeline in its constructor from the same sources as ``asymvq serve``
+(``asymvq.cli.build_pipeline``: a preset, a diffusers folder + decoder, or an engines directory) and
+keeps only the engines its stage runs. Both stages batch with ``@serve.batch``: a batch is split into
+groups that can share one model call (``asymvq.batching.batch_key``: size, steps, scheduler, guidance
+on/off, strength, decoder); each job keeps its own seed, so its image equals the single-process one.
+
+``ray_app(...)`` returns the Serve application (for ``serve.run``, ``serve run`` or KubeRay);
+``build(args)`` is the same as an application builder (``serve run asymvq.ray_serve:build preset=tiny``);
+``serve_forever(...)`` is what the CLI runs. Ray is imported here only (the ``ray`` extra).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
+from .engines.contract import DECODER_COMPONENTS
+from .serving_metrics import ServerMetrics
+from .timing import StageTimer
+
+log = logging.getLogger("asymvq.ray_serve")
+APP_NAME = "asymvq"
+
+
+@dataclass(frozen=True)
+class RayServeConfig:
+    """Everything the graph is built from; plain values, so it travels to every replica."""
+
+    preset: str | None = None  # tiny or sd15; the default when no model/engines is given: tiny
+    model: str | None = None
+    decoder: str | None = None
+    engines: str | None = None
+    backend: str | None = None  # with engines: as `asymvq serve --backend`
+    precision: str | None = None  # with engines and backend openvino
+    scheduler: str = "ddim"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    denoise_replicas: int = 1
+    decode_replicas: int = 1
+    gpus_per_denoise: float = 0.0
+    gpus_per_decode: float = 0.0
+    cpus_per_denoise: float = 1.0  # also the replica's torch threads (at least 1)
+    cpus_per_decode: float = 1.0
+    denoise_resources: dict | None = None  # Ray custom resources, e.g. {"decode_node": 1} to pin a stage to nodes
+    decode_resources: dict | None = None
+    max_batch: int = 8
+    batch_wait_ms: float = 20.0
+    max_pixels: int = 1024 * 1024
+    max_steps: int = 150
+    max_body_bytes: int = 32 << 20
+    max_queue: int = 64  # requests one ingress replica holds before answering 503
+
+    def __post_init__(self):
+        if self.preset is None and self.model is None and self.engines is None and self.decoder is None:
+            object.__setattr__(self, "preset", "tiny")
+        for name in ("denoise_replicas", "decode_replicas", "max_batch", "max_pixels", "max_steps", "max_body_bytes",
+                     "max_queue"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
+        for name in ("gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode", "batch_wait_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value!r}")
+
+    @property
+    def source(self) -> str:
+        return f"preset:{self.preset}" if self.preset else str(self.model or self.engines)
+
+
+# -- the stages ---------------------------------------------------------------------------------
+def _stage_pipeline(cfg: RayServeConfig, keep_decoders: bool, threads: float):
+    """The pipeline ``asymvq serve`` would build, holding only this stage's engines."""
+    import torch
+
+    from .cli import build_pipeline
+
+    torch.set_num_threads(max(1, int(threads)))
+    path = (lambda p: None if p is None else Path(p))
+    pipe = build_pipeline(model=path(cfg.model), decoder=path(cfg.decoder), device=cfg.device, dtype=cfg.dtype,
+                          scheduler=cfg.scheduler, engines=path(cfg.engines), preset=cfg.preset, backend=cfg.backend,
+                          precision=cfg.precision)
+    engines = pipe.stages.engines  # this replica's own pipeline: drop what the other stage runs
+    for name in [n for n in engines if (n in DECODER_COMPONENTS) != keep_decoders]:
+        del engines[name]
+    return pipe
+
+
+def _node() -> str:
+    return ray.util.get_node_ip_address()
+
+
+def _stages_ms(timer: StageTimer) -> dict[str, float]:
+    stages: dict[str, float] = {}
+    for name, ms in timer.collect():
+        stages[name] = stages.get(name, 0.0) + ms
+    return stages
+
+
+def _failure(exc: Exception) -> dict:
+    """An error travels back as data: a ValueError is the client's (400), anything else a 500."""
+    if isinstance(exc, ValueError):
+        return {"error": "value", "message": " ".join(str(exc).split())}
+    log.exception("stage failed")
+    return {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _run_groups(items: list, key, run_group) -> list:
+    """Run each group of ``items`` sharing ``key`` in one call; a group that fails with a ValueError is
+    rerun job by job, so one bad job cannot fail the others."""
+    out: list = [None] * len(items)
+    for idx in group(items, key):
+        try:
+            results = run_group([items[i] for i in idx])
+        except Exception as exc:  # noqa: BLE001 - reported per job below
+            if len(idx) > 1 and isinstance(exc, ValueError):
+                results = []
+                for i in idx:
+                    try:
+                        results += run_group([items[i]])
+                    except Exception as one:  # noqa: BLE001
+                        results.append(_failure(one))
+            else:
+                results = [_failure(exc)] * len(idx)
+        for i, r in zip(idx, results):
+            out[i] = r
+    return out
+
+
+def _configure_batching(method, cfg: RayServeConfig) -> None:
+    method.set_max_batch_size(cfg.max_batch)
+    method.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1e3)
+
+
+@serve.deployment(name="denoise")
+class DenoiseStage:
+    """CLIP, VAE encoder, UNet loop and scheduler for batches of jobs."""
+
+    def __init__(self, cfg: RayServeConfig):
+        self.cfg = cfg
+        self.pipe = _stage_pipeline(cfg, keep_decoders=False, threads=cfg.cpus_per_denoise)
+        self.node = _node()
+        _configure_batching(self.run_batch, cfg)
+
+    def describe(self) -> dict:
+        from .models.devices import dtype_name
+
+        return {"device": str(self.pipe.spec.device), "dtype": dtype_name(self.pipe.spec.dtype),
+                "scheduler": type(self.pipe.scheduler).__name__, "node": self.node}
+
+    async def __call__(self, job: dict) -> dict:
+        return await self.run_batch(job)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def run_batch(self, jobs: list[dict]) -> list[dict]:
+        # a thread, so the next batch gathers while this one computes
+        return await asyncio.to_thread(_run_groups, jobs, batch_key, self._denoise)
+
+    def _denoise(self, jobs: list[dict]) -> list[dict]:
+        timer = StageTimer(self.pipe.spec.device)
+        denoised = denoise_jobs(self.pipe, jobs, timer)
+        stages = _stages_ms(timer)
+        return [dict(denoised=d, source=j["source"], hole=j["hole"], stages=stages, batch=len(jobs), node=self.node)
+                for d, j in zip(denoised, jobs)]
+
+
+@serve.deployment(name="decode")
+class DecodeStage:
+    """The asymmetric decoder for batches of denoised jobs, then PNG and Pre_error per job."""
+
+    def __init__(self, cfg: RayServeConfig):
+        self.cfg = cfg
+        self.pipe = _stage_pipeline(cfg, keep_decoders=True, threads=cfg.cpus_per_decode)
+        self.node = _node()
+        _configure_batching(self.run_batch, cfg)
+
+    def describe(self) -> dict:
+        return {"decoders": sorted(self.pipe.stages.decoders()), "node": self.node}
+
+    async def __call__(self, item: dict) -> dict:
+        return await self.run_batch(item)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def run_batch(self, items: list[dict]) -> list[dict]:
+        key = (lambda it: (tuple(it["denoised"].latents.shape), it.get("decoder")))
+        return await asyncio.to_thread(_run_groups, items, key, self._decode)
+
+    def _decode(self, items: list[dict]) -> list[dict]:
+        timer = StageTimer(self.pipe.spec.device)
+        images = decode_jobs(self.pipe, [it["denoised"] for it in items], timer)
+        stages = _stages_ms(timer)
+        out = []
+        for it, image in zip(items, images):
+            run = finish_job(image, it)
+            buf = io.BytesIO()
+            run.images[0].save(buf, format="PNG")
+            out.append(dict(png=buf.getvalue(), pre_error=run.pre_error, stages=stages, batch=len(items), node=self.node))
+        return out
+
+
+def _check(result: dict) -> dict:
+    if "error" in result:
+        if result["error"] == "value":
+            raise ValueError(result["message"])
+        raise RuntimeError(result["message"])
+    return result
+
+
+@serve.deployment(name="ingress")
+@serve.ingress()
+class Ingress:
+    """The HTTP surface of ``asymvq serve`` (``asymvq.server.build_app``) over the two stage deployments."""
+
+    def __init__(self, denoise, decode, cfg: RayServeConfig):
+        self.denoise, self.decode, self.cfg = denoise, decode, cfg
+        self.metrics = ServerMetrics()
+        self.node = _node()
+        self._health: dict | None = None
+
+    def __serve_build_asgi_app__(self):
+        from .server import build_app
+
+        cfg = self.cfg
+        return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
+                         max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
+                         metrics=self.metrics)
+
+    async def health(self) -> dict:
+        if self._health is None:  # asked of the stages once: the ingress builds no model
+            den, dec = await asyncio.gather(self.denoise.describe.remote(), self.decode.describe.remote())
+            cfg = self.cfg
+            self._health = {"status": "ok", "source": cfg.source, "device": den["device"], "dtype": den["dtype"],
+                            "decoders": dec["decoders"], "scheduler": den["scheduler"],
+                            "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps,
+                            "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
+                                    "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms}}
+        return self._health
+
+    async def run_job(self, job: dict):
+        from .server import JobResult
+
+        queue = self.metrics.queue_depth
+        t0 = time.perf_counter()
+        queue.labels("denoise").inc()
+        try:
+            den = _check(await self.denoise.remote(job))
+        finally:
+            queue.labels("denoise").dec()
+        t1 = time.perf_counter()
+        queue.labels("decode").inc()
+        try:
+            dec = _check(await self.decode.remote(den))
+        finally:
+            queue.labels("decode").dec()
+        t2 = time.perf_counter()
+        stages = {**den["stages"], **dec["stages"], "denoise_stage": (t1 - t0) * 1e3, "decode_stage": (t2 - t1) * 1e3}
+        return JobResult(dec["png"], dec["pre_error"], (t2 - t0) * 1e3, stages,
+                         batches={"denoise": den["batch"], "decode": dec["batch"]},
+                         headers={"X-Asymvq-Batch": f"denoise={den['batch']}, decode={dec['batch']}",
+                                  "X-Asymvq-Nodes": f"ingress={self.node}, denoise={den['node']}, decode={dec['node']}"})
+
+
+# -- the application ----------------------------------------------------------------------------
+def _actor_options(cpus: float, gpus: float, resources: dict | None) -> dict:
+    options = {"num_cpus": cpus, "num_gpus": gpus}
+    if resources:
+        options["resources"] = dict(resources)
+    return options
+
+
+def ray_app(config: RayServeConfig | None = None, **kwargs):
+    """The Serve application (ingress -> denoise -> decode), for ``serve.run`` or a RayService.
+
+    ``ray_app(preset="tiny", max_batch=8)`` or ``ray_app(RayServeConfig(...))``."""
+    if config is not None and kwargs:
+        raise ValueError("ray_app: pass a RayServeConfig or keyword arguments, not both")
+    cfg = config or RayServeConfig(**kwargs)
+    ongoing = 2 * cfg.max_batch  # a full batch computing and the next one gathering
+    denoise = DenoiseStage.options(
+        num_replicas=cfg.denoise_replicas, max_ongoing_requests=ongoing,
+        ray_actor_options=_actor_options(cfg.cpus_per_denoise, cfg.gpus_per_denoise, cfg.denoise_resources),
+    ).bind(cfg)
+    decode = DecodeStage.options(
+        num_replicas=cfg.decode_replicas, max_ongoing_requests=ongoing,
+        ray_actor_options=_actor_options(cfg.cpus_per_decode, cfg.gpus_per_decode, cfg.decode_resources),
+    ).bind(cfg)
+    return Ingress.options(max_ongoing_requests=max(100, cfg.max_queue + 8),
+                           ray_actor_options={"num_cpus": 0}).bind(denoise, decode, cfg)
+
+
+def build(args: dict):
+    """Application builder for ``serve run asymvq.ray_serve:build key=value ...`` and RayService ``args``."""
+    fields = {f.name: f for f in dataclasses.fields(RayServeConfig)}
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        raise ValueError(f"args: unknown {unknown}, expected names among {sorted(fields)}")
+    typed = {}
+    for name, value in args.items():
+        kind = fields[name].type
+        if isinstance(value, str) and "int" in kind and "None" not in kind:
+            value = int(value)
+        elif isinstance(value, str) and "float" in kind:
+            value = float(value)
+        typed[name] = value
+    return ray_app(RayServeConfig(**typed))
+
+
+def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+                  ready=None) -> None:
+    """Start (or join, with ``address``) Ray, deploy the graph with HTTP on ``host:port``, serve until
+    interrupted, then shut Serve (and a Ray started here) down. ``ready(url)`` is called once serving."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(ray_app(cfg), name=APP_NAME, route_prefix="/")
+        url = f"http://{host}:{port}"
+        if ready is not None:
+            ready(url)
+        while True:
+            time.sleep(3600)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
