@@ -397,6 +397,12 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
         outs->arr.empty() || arts->obj.empty())
       bad(name + " in " + mpath.string() + " lacks inputs, outputs or artifacts");
   }
+  struct Verified {
+    std::string name;
+    std::vector<TensorSpec> inputs, outputs;
+    std::string path;
+  };
+  std::vector<Verified> verified;
   for (auto& [name, entry] : comps->obj) {
     std::vector<TensorSpec> inputs, outputs;
     for (size_t i = 0; i < entry.find("inputs")->arr.size(); ++i)
@@ -445,10 +451,12 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
     if (built_for != want_type)
       bad("the " + name + " AOTInductor package in " + dir + " was compiled for " + built_for + ", not " + want_type +
           "; open it with device '" + built_for + "'");
-    h->engines.push_back(std::make_unique<Engine>(name, inputs, outputs, inside(root, path->str, name).string(), h->device));
+    verified.push_back({name, std::move(inputs), std::move(outputs), inside(root, path->str, name).string()});
   }
   read_scheduler(*h, m);
   read_empty_prompt(*h, m);
+  // Everything is verified before the first package is loaded (a refusal costs no load).
+  for (auto& v : verified) h->engines.push_back(std::make_unique<Engine>(v.name, v.inputs, v.outputs, v.path, h->device));
   return h;
 }
 
