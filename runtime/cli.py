@@ -88,6 +88,12 @@ def profile(
                                            "(ONNX Runtime, TensorRT) and its decoder instead of the presets."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    flops: bool = typer.Option(False, "--flops", help="Also count every stage's FLOPs (meta device, seconds), probe "
+                               "the matmul peak at start-up, and show FLOP, FLOP/s and % of that peak per stage."),
+    flops_only: bool = typer.Option(False, "--flops-only", help="Only count FLOPs per stage (meta device, no weights, "
+                                    "seconds): nothing runs; writes --json, no chart."),
+    flop_table: bool = typer.Option(True, "--flop-table/--no-flop-table", help="Append the counted decoder-versus-"
+                                    "diffusion table and its GPU floor (SD 1.5; 512x512, 50 steps for preset tiny)."),
 ):
     """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
     import torch
@@ -114,9 +120,19 @@ def profile(
         steps=steps if steps is not None else (50 if preset == "sd15" else 10),
         height=height, width=width, batch=batch, device=device or base.device, dtype=dtype or base.dtype,
         warmup=warmup if warmup is not None else base.warmup, repeats=repeats if repeats is not None else base.repeats,
-        guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels,
+        guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels, flops=flops,
     )
     _check_profile_config(config, check_decoders=engines is None)
+    if flops_only:  # counting only: no networks built with weights, nothing timed
+        from .profiler import flops_only_report
+        from .report import format_flops_only
+
+        if engines is not None:
+            raise ValueError("--flops-only: counts the preset networks; drop --engines")
+        report = flops_only_report(config)
+        typer.echo(format_flops_only(report))
+        typer.echo(f"wrote {write_json(report, json_path)}")
+        return
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads: expected a positive integer, got {threads}")
@@ -130,6 +146,11 @@ def profile(
     elif backend is not None or precision is not None:
         raise ValueError("--backend / --precision: they choose how an engines directory runs; give --engines DIR")
     report = _run_profile(config, pipeline)
+    if flop_table:  # counted on the meta device: seconds, next to the measured run
+        from .profiler import flop_table_job
+
+        counted = report["flop_accounting"] and {**report["flop_accounting"], "flops": report["flops"]}
+        report["flop_table"] = flop_table_job(config, counted)
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
 

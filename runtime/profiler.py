@@ -20,7 +20,7 @@ from .pipeline_parts import random_decoder_engines
 from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 from .timing import PeakMemory, StageTimer, summarize
 
-SCHEMA = "asymvq.profile/1"
+SCHEMA = "asymvq.profile/2"  # 2: FLOP accounting (flops, flop_accounting, peak, flop_table)
 SPAN_DIFFUSION = "diffusion"  # the whole denoise() call, end to end
 PER_RUN = (SPAN_TEXT, SPAN_VAE_ENCODE)  # summed per run (CFG encodes two prompts)
 PER_STEP = (SPAN_UNET, SPAN_SCHEDULER)  # one sample per denoising step
@@ -46,6 +46,9 @@ class ProfileConfig:
     seed: int = 0
     nvtx: bool = False
     kernels: str = "torch"
+    # Count every stage's FLOPs (meta device, seconds), probe the matmul peak at start-up and
+    # report achieved FLOP/s and the share of that peak per measured stage (asymvq.flops).
+    flops: bool = False
 
     def __post_init__(self):
         self.decoders = tuple(self.decoders)
@@ -159,6 +162,9 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
         decoders = decoders if decoders is not None else {config.decoders[0]: pipeline.stages.decoders()}
     if list(decoders) != list(config.decoders):
         raise ValueError(f"decoders: expected engines named {list(config.decoders)} (config.decoders), got {list(decoders)}")
+    accounting = peak = None
+    if config.flops:
+        accounting, peak = count_for_profile(config, log=log)
     image, mask = synthetic_inputs(config.height, config.width, config.seed)
     timer, memory = StageTimer(device, nvtx=config.nvtx), PeakMemory(device)
     samples: dict[str, list[float]] = {}
@@ -202,8 +208,94 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
         if progress is not None:
             progress(r + 1, total)
     # 4. the report
-    return build_report(config, samples, peaks, memory.kind, timer.method, device,
-                        {n: _params(e) for n, e in decoders.items()})
+    report = build_report(config, samples, peaks, memory.kind, timer.method, device,
+                          {n: _params(e) for n, e in decoders.items()})
+    if accounting is not None:
+        add_flops(report, accounting, peak)
+    return report
+
+
+def count_for_profile(config: ProfileConfig, log=print) -> tuple[dict, dict]:
+    """The FLOPs of the profiled job (decoders that are presets only) and the matmul peak probe."""
+    from .flops import count_job, probe_peak, project
+    from .models.config import PRESET_ALIASES, PRESETS
+
+    known = tuple(d for d in config.decoders if d in PRESETS or d in PRESET_ALIASES)
+    log(f"counting FLOPs ({config.preset}, {config.height}x{config.width}, meta device) and probing the "
+        f"{config.dtype} matmul peak ...")
+    job = count_job(config.preset, config.height, config.width, batch=config.batch, steps=config.steps,
+                    decoders=known, guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    job["projection"] = project(job)
+    return job, probe_peak(config.device, parse_dtype(config.dtype))
+
+
+def flop_table_job(config: ProfileConfig, accounting: dict | None = None) -> dict:
+    """The counted decoder-versus-diffusion table the CLI prints next to every profile (``make run``):
+    SD 1.5 shapes at the profile's size and steps, or at 512x512 and 50 steps when the profiled
+    preset is tiny (its toy networks say nothing about real costs). Counting only, seconds."""
+    from .flops import count_job, project
+    from .models.config import PRESET_ALIASES, PRESETS
+
+    if accounting is not None and config.preset == "sd15":
+        job = dict(accounting)
+    else:
+        real = config.preset == "sd15"
+        names = tuple(d for d in config.decoders if (d in PRESETS or d in PRESET_ALIASES) and d != "tiny")
+        job = count_job("sd15", config.height if real else 512, config.width if real else 512, batch=config.batch,
+                        steps=config.steps if real else 50, decoders=names or DEFAULT_DECODERS,
+                        guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    job["projection"] = project(job)
+    return job
+
+
+def flops_only_report(config: ProfileConfig) -> dict:
+    """``asymvq profile --flops-only``: the job's FLOPs per stage, nothing run (schema as ``profile``,
+    ``kind`` "flops-only", no stages, no device measurements)."""
+    from .flops import count_job, project
+
+    job = count_job(config.preset, config.height, config.width, batch=config.batch, steps=config.steps,
+                    decoders=config.decoders, guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    job["projection"] = project(job)
+    env = environment(torch.device("cpu"))
+    return {
+        "schema": SCHEMA, "kind": "flops-only",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": env["versions"], "platform": env["platform"],
+        "config": asdict(config) | {"decoders": list(config.decoders)},
+        "stages": {}, "flops": dict(job["flops"]),
+        "flop_accounting": {k: v for k, v in job.items() if k != "flops"},
+        "peak": None, "flop_table": job,
+    }
+
+
+def _stage_flops(report: dict, accounting: dict) -> dict[str, int]:
+    """Span name -> FLOPs of one sample of it (what one entry of samples_ms measured)."""
+    from .flops import scheduler_label, unet_label
+
+    f, steps = accounting["flops"], accounting["steps"]
+    cfg = accounting["unet_batch"] > accounting["batch"]
+    out = {SPAN_TEXT: f.get("CLIP"), SPAN_VAE_ENCODE: f.get("VAE-Enc"), SPAN_UNET: f.get(unet_label(steps, cfg)[0]),
+           SPAN_SCHEDULER: f.get(scheduler_label(steps)[0]), SPAN_DIFFUSION: accounting["diffusion_flops"]}
+    for name in report["config"]["decoders"]:
+        out[f"{SPAN_DECODE}/{name}"] = f.get(f"Decoder {name}")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def add_flops(report: dict, accounting: dict, peak: dict | None) -> dict:
+    """Attach the FLOP accounting to a report: ``flops``, ``flop_accounting``, ``peak`` and, per
+    measured stage, ``flops`` (of one sample), ``achieved_flops_per_s`` and ``peak_share``."""
+    report["flops"] = dict(accounting["flops"])
+    report["flop_accounting"] = {k: v for k, v in accounting.items() if k != "flops"}
+    report["peak"] = peak
+    for span, n in _stage_flops(report, accounting).items():
+        stage = report["stages"].get(span)
+        if stage is None:
+            continue
+        rate = n / (stage["median_ms"] / 1e3) if stage["median_ms"] > 0 else None
+        stage["flops"] = n
+        stage["achieved_flops_per_s"] = rate
+        stage["peak_share"] = rate / peak["flops_per_s"] if rate is not None and peak else None
+    return report
 
 
 def build_report(config: ProfileConfig, samples: dict, peaks: dict, memory_kind: str, timer_method: str,
@@ -232,7 +324,7 @@ def build_report(config: ProfileConfig, samples: dict, peaks: dict, memory_kind:
             "params": decoder_params.get(name),
         }
     return {
-        "schema": SCHEMA,
+        "schema": SCHEMA, "kind": "measured",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **environment(device),
         "config": asdict(config) | {"decoders": list(config.decoders)},
@@ -242,4 +334,6 @@ def build_report(config: ProfileConfig, samples: dict, peaks: dict, memory_kind:
         "diffusion": {"median_ms": diffusion, "unet_total_median_ms": unet_total,
                       "steps": steps, "unet_batch": config.batch * (2 if config.guidance_scale > 1 else 1)},
         "decoders": summary,
+        # schema 2: filled by add_flops (--flops) and the CLI's FLOP table; null when not counted
+        "flops": None, "flop_accounting": None, "peak": None, "flop_table": None,
     }

@@ -8,7 +8,8 @@ from pathlib import Path
 from .profiler import SPAN_DIFFUSION
 from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 
-WIDTHS = (26, 16, 16, 14)
+WIDTHS = (26, 16, 16, 14, 12, 14, 9)  # the last three: FLOP columns (--flops)
+SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
 def _ms(v: float | None) -> str:
@@ -25,13 +26,34 @@ def _memory(m: dict | None) -> str:
     return f"{_bytes(m['peak_bytes'])} (+{_bytes(m['added_bytes'])})" if m.get("added_bytes") is not None else _bytes(m["peak_bytes"])
 
 
-def _row(*cells: str) -> str:
+def _si(v: float | None, unit: str) -> str:
+    """1.607e12, "FLOP" -> "1.61 TFLOP"."""
+    if v is None:
+        return "-"
+    for scale, prefix in SI:
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {prefix}{unit}"
+    return f"{v:.3g} {unit}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def _row(*cells: str, widths=WIDTHS) -> str:
     first, *rest = cells
-    return "|" + f" {first:<{WIDTHS[0] - 2}} " + "".join(f"| {c:>{w - 2}} " for c, w in zip(rest, WIDTHS[1:])) + "|"
+    return "|" + f" {first:<{widths[0] - 2}} " + "".join(f"| {c:>{w - 2}} " for c, w in zip(rest, widths[1:])) + "|"
 
 
-def _rule(n: int = 4) -> str:
-    return "|" + "|".join("-" * w for w in WIDTHS[:n]) + "|"
+def _rule(n: int = 4, widths=WIDTHS) -> str:
+    return "|" + "|".join("-" * w for w in widths[:n]) + "|"
+
+
+def _flop_cells(stage: dict | None, k: int = 1) -> tuple[str, str, str]:
+    """FLOP (times the step count for per-step rows), achieved FLOP/s and share of the probed peak."""
+    if not stage or stage.get("flops") is None:
+        return "-", "-", "-"
+    return _si(k * stage["flops"], "FLOP"), _si(stage.get("achieved_flops_per_s"), "FLOP/s"), _pct(stage.get("peak_share"))
 
 
 def _stage_rows(report: dict) -> list[tuple[str, dict, int]]:
@@ -47,19 +69,24 @@ def _stage_rows(report: dict) -> list[tuple[str, dict, int]]:
 def format_table(report: dict) -> str:
     """The summary a terminal prints: every stage, each decoder, the pipeline per decoder, throughput."""
     c, dev = report["config"], report["device"]
+    counted = report.get("flops") is not None  # --flops: three more columns
+    n = 7 if counted else 4
+    extra = ("FLOP", "FLOP/s", "% peak") if counted else ()
     lines = [
         f"asymvq profile: {c['preset']} {c['height']}x{c['width']}, batch {c['batch']}, {c['dtype']}, "
         f"{dev['type']} ({dev.get('name')}), {c['steps']} steps {c['scheduler'].upper()}, guidance {c['guidance_scale']}",
         f"{c['repeats']} measured runs after {c['warmup']} warm-up; timer {report['timer']}; memory {report['memory']}",
-        _rule(), _row("Module", "Latency (p50)", "min", "p90"), _rule(),
+        _rule(n), _row("Module", "Latency (p50)", "min", "p90", *extra), _rule(n),
     ]
     for label, s, k in _stage_rows(report):
-        lines.append(_row(label, _ms(k * s["median_ms"]), _ms(k * s["min_ms"]), _ms(k * s["p90_ms"])))
-    lines.append(_rule())
+        flop = _flop_cells(s, k) if counted else ()
+        lines.append(_row(label, _ms(k * s["median_ms"]), _ms(k * s["min_ms"]), _ms(k * s["p90_ms"]), *flop))
+    lines.append(_rule(n))
     for name in c["decoders"]:
         s = report["stages"][f"{SPAN_DECODE}/{name}"]
-        lines.append(_row(f"Decoder {name}", _ms(s["median_ms"]), _ms(s["min_ms"]), _ms(s["p90_ms"])))
-    lines.append(_rule())
+        flop = _flop_cells(s) if counted else ()
+        lines.append(_row(f"Decoder {name}", _ms(s["median_ms"]), _ms(s["min_ms"]), _ms(s["p90_ms"]), *flop))
+    lines.append(_rule(n))
     for name, d in report["decoders"].items():
         lines.append(_row(f"Pipeline ({name})", _ms(d["pipeline_median_ms"]), "", ""))
     lines.append(_rule())
@@ -74,9 +101,66 @@ def format_table(report: dict) -> str:
                  f"decode {peaks}")
     for name, d in report["decoders"].items():
         lines.append(f"Throughput ({name}): {d['images_per_s']:.3f} image/s")
+    if report.get("peak"):
+        p = report["peak"]
+        lines.append(f"Peak for % peak: {_si(p['flops_per_s'], 'FLOP/s')}, {p['dtype']} {p['op']} on {p['device']} "
+                     f"({p['threads']} threads), best of {p['runs']}: a probe at start-up, not a spec. FLOP/s = "
+                     f"counted FLOPs of one sample / its median.")
     if c["preset"] == "tiny":
         lines.append("Note: preset tiny uses toy UNet/CLIP/VAE-encoder networks; decoder shares are only "
                      "meaningful with --preset sd15.")
+    if report.get("flop_table"):
+        lines += ["", format_flop_table(report["flop_table"])]
+    return "\n".join(lines)
+
+
+FLOP_WIDTHS = (26, 18, 18, 18, 18)
+
+
+def format_flop_table(job: dict) -> str:
+    """The counted decoder-versus-diffusion table, and its floor on named GPUs (``asymvq.flops.project``)."""
+    f, steps = job["flops"], job["steps"]
+    cfg = ", CFG" if job["unet_batch"] > job["batch"] else ""
+    unet_all = next(k for k in f if k.startswith(f"UNet x {steps}"))
+    w = FLOP_WIDTHS
+    lines = [f"Decoder versus diffusion, counted FLOPs (not measured): {job['preset']} {job['height']}x{job['width']}, "
+             f"batch {job['batch']}, {steps} steps {job['scheduler'].upper()}{cfg}; counted on the meta device in "
+             f"{job['count_s']:.1f} s",
+             f"job = CLIP + VAE-Enc + {steps} x (UNet + scheduler) + decode; diffusion part "
+             f"{_si(job['diffusion_flops'], 'FLOP')} ({unet_all} {_si(f[unet_all], 'FLOP')})",
+             _rule(4, w), _row("Decoder", "decode", "share of job", f"vs UNet x {steps}", widths=w), _rule(4, w)]
+    for name, d in job["decoders"].items():
+        lines.append(_row(name, _si(d["flops"], "FLOP"), _pct(d["share_of_job"]), _pct(d["vs_unet_total"]), widths=w))
+    lines.append(_rule(4, w))
+    proj = job.get("projection")
+    if proj:
+        gpus = list(proj["gpus"])
+        n = 1 + len(gpus)
+        lines += ["", "Projected floor on named GPUs, decode / whole job (FLOPs / datasheet dense fp16/bf16 peak; "
+                      "a floor, not a measurement):",
+                  _rule(n, w), _row("Decoder", *(f"{g} {proj['gpus'][g]['peak_flops_per_s'] / 1e12:.0f}T" for g in gpus),
+                                    widths=w), _rule(n, w)]
+        for name in job["decoders"]:
+            cells = []
+            for g in gpus:
+                d = proj["gpus"][g]["decoders"][name]
+                cells.append(f"{d['decode_ms']:.1f} / {d['job_ms']:.0f} ms")
+            lines.append(_row(name, *cells, widths=w))
+        lines.append(_rule(n, w))
+    return "\n".join(lines)
+
+
+def format_flops_only(report: dict) -> str:
+    """``asymvq profile --flops-only``: every stage's FLOPs, the decoder table and the GPU floor."""
+    acc, f = report["flop_accounting"], report["flops"]
+    w = (26, 18, 22)
+    cfg = ", CFG" if acc["unet_batch"] > acc["batch"] else ""
+    lines = [f"asymvq profile --flops-only: {acc['preset']} {acc['height']}x{acc['width']}, batch {acc['batch']}, "
+             f"{acc['steps']} steps {acc['scheduler'].upper()}{cfg} (UNet batch {acc['unet_batch']}); nothing run",
+             _rule(3, w), _row("Stage", "FLOP", "of which attention", widths=w), _rule(3, w)]
+    for label, v in f.items():
+        lines.append(_row(label, _si(v, "FLOP"), _si(acc["attention_flops"].get(label), "FLOP"), widths=w))
+    lines += [_rule(3, w), f"Method: {acc['method']}.", "", format_flop_table({**acc, "flops": f})]
     return "\n".join(lines)
 
 
