@@ -19,6 +19,7 @@ from asymvq.models.extras import missing_extra
 from asymvq.models.sd_networks import SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_tokenizer
 from asymvq.models.sources import Source, build_module
 
+from .aoti_export import export_aoti
 from .specs import DEFAULT_OPSET, Shapes, io_specs, spatial_multiple
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,24 @@ def _write_tokenizer_and_scheduler(out: Path, source: Source) -> dict:
     return {"tokenizer": "tokenizer", "scheduler": "scheduler"}
 
 
+def _exporters(formats) -> dict:
+    """The exporter of each requested format that needs an extra, imported now (MissingExtraError if absent)."""
+    found = {}
+    if "onnx" in formats or "openvino" in formats:  # the OpenVINO IR is converted from an ONNX export
+        try:
+            from .onnx_export import export_onnx  # defers the onnx extra
+        except ImportError as e:
+            raise missing_extra("onnx", f"--format {','.join(formats)}", e) from None
+        found["onnx"] = export_onnx
+    if "openvino" in formats:
+        try:
+            from .openvino_export import OPENVINO_VERSION, export_openvino  # defers the openvino extra
+        except ImportError as e:
+            raise missing_extra("openvino", "--format openvino", e) from None
+        found["openvino"] = (export_openvino, OPENVINO_VERSION)
+    return found
+
+
 def export_directory(
     out: str | Path,
     components: str | list[str],
@@ -79,6 +98,7 @@ def export_directory(
     names = parse_components(components)
     if not formats or any(f not in EXPORT_FORMATS for f in formats):
         raise ValueError(f"formats: expected some of {list(EXPORT_FORMATS)}, got {list(formats)}")
+    exporters = _exporters(formats)  # before any work: a missing extra is named at once
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = new_manifest(
@@ -99,33 +119,24 @@ def export_directory(
         }
         entry["artifacts"] = {}
         if "onnx" in formats or "openvino" in formats:
-            try:
-                from .onnx_export import export_onnx  # defers the onnx extra
-            except ImportError as e:
-                raise missing_extra("onnx", f"--format {','.join(formats)}", e) from None
             # OpenVINO alone: its IR is converted from an ONNX file that is not kept
             onnx_dir = out if "onnx" in formats else Path(tempfile.mkdtemp(prefix=f".{name}-onnx-", dir=out))
             try:
-                files = export_onnx(module, inputs, outputs, onnx_dir / f"{name}.onnx", precision=precision,
+                files = exporters["onnx"](module, inputs, outputs, onnx_dir / f"{name}.onnx", precision=precision,
                                     multiple=spatial_multiple(name, module), opset=opset)
                 if "onnx" in formats:
                     entry["artifacts"]["onnx"] = artifact_entry(out, files, opset=opset)
                 if "openvino" in formats:
-                    try:
-                        from .openvino_export import OPENVINO_VERSION, export_openvino  # defers the openvino extra
-                    except ImportError as e:
-                        raise missing_extra("openvino", "--format openvino", e) from None
+                    export_openvino, openvino_version = exporters["openvino"]
                     ir = export_openvino(files[0], out / f"{name}.xml", precision=precision)
                     entry["artifacts"]["openvino"] = artifact_entry(out, ir, converted_from="onnx",
-                                                                    openvino=OPENVINO_VERSION)
+                                                                    openvino=openvino_version)
             finally:
                 if onnx_dir != out:
                     shutil.rmtree(onnx_dir, ignore_errors=True)
         if "aoti" in formats:
             if "onnx" in formats:  # export_onnx converted the module in place (fp16); start from the source again
                 module = build_module(name, source)
-            from .aoti_export import export_aoti  # torch only; imported with its format, like onnx
-
             files = export_aoti(module, inputs, out / f"{name}.pt2", precision=precision,
                                 multiple=spatial_multiple(name, module))
             entry["artifacts"]["aoti"] = artifact_entry(out, files, device="cpu")  # compiled where built: the CPU
