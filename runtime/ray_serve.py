@@ -149,7 +149,6 @@ def _configure_batching(method, cfg: RayServeConfig) -> None:
     method.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1e3)
 
 
-@serve.deployment(name="denoise")
 class DenoiseStage:
     """CLIP, VAE encoder, UNet loop and scheduler for batches of jobs."""
 
@@ -181,7 +180,6 @@ class DenoiseStage:
                 for d, j in zip(denoised, jobs)]
 
 
-@serve.deployment(name="decode")
 class DecodeStage:
     """The asymmetric decoder for batches of denoised jobs, then PNG and Pre_error per job."""
 
@@ -223,8 +221,6 @@ def _check(result: dict) -> dict:
     return result
 
 
-@serve.deployment(name="ingress")
-@serve.ingress()
 class Ingress:
     """The HTTP surface of ``asymvq serve`` (``asymvq.server.build_app``) over the two stage deployments."""
 
@@ -278,8 +274,17 @@ class Ingress:
 
 
 # -- the application ----------------------------------------------------------------------------
+# The classes stay importable under their own names (Ray pickles them by reference, not by value
+# with whatever batch-queue state this process holds); the deployments wrap them.
+DENOISE = serve.deployment(DenoiseStage, name="denoise")
+DECODE = serve.deployment(DecodeStage, name="decode")
+INGRESS = serve.deployment(serve.ingress()(Ingress), name="ingress")
+
+
 def _actor_options(cpus: float, gpus: float, resources: dict | None) -> dict:
-    options = {"num_cpus": cpus, "num_gpus": gpus}
+    options = {"num_cpus": cpus}
+    if gpus:
+        options["num_gpus"] = gpus
     if resources:
         options["resources"] = dict(resources)
     return options
@@ -293,15 +298,15 @@ def ray_app(config: RayServeConfig | None = None, **kwargs):
         raise ValueError("ray_app: pass a RayServeConfig or keyword arguments, not both")
     cfg = config or RayServeConfig(**kwargs)
     ongoing = 2 * cfg.max_batch  # a full batch computing and the next one gathering
-    denoise = DenoiseStage.options(
+    denoise = DENOISE.options(
         num_replicas=cfg.denoise_replicas, max_ongoing_requests=ongoing,
         ray_actor_options=_actor_options(cfg.cpus_per_denoise, cfg.gpus_per_denoise, cfg.denoise_resources),
     ).bind(cfg)
-    decode = DecodeStage.options(
+    decode = DECODE.options(
         num_replicas=cfg.decode_replicas, max_ongoing_requests=ongoing,
         ray_actor_options=_actor_options(cfg.cpus_per_decode, cfg.gpus_per_decode, cfg.decode_resources),
     ).bind(cfg)
-    return Ingress.options(max_ongoing_requests=max(100, cfg.max_queue + 8),
+    return INGRESS.options(max_ongoing_requests=max(100, cfg.max_queue + 8),
                            ray_actor_options={"num_cpus": 0}).bind(denoise, decode, cfg)
 
 

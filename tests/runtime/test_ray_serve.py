@@ -1,0 +1,229 @@
+"""asymvq serve --ray: the deployment graph (Serve's local testing mode) and one end-to-end run on a real local Ray.
+
+Skipped only when the `ray` extra is missing (`make test` installs it through `dev`).
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import PIL.Image
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+serve = pytest.importorskip("ray.serve", reason="the ray extra is not installed")
+pytest.importorskip("fastapi")
+import httpx  # noqa: E402
+import ray  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from asymvq.inpaint_run import run_inpaint  # noqa: E402
+from asymvq.ray_serve import RayServeConfig, build, ray_app  # noqa: E402
+from asymvq.server import create_app  # noqa: E402
+from asymvq.serving_metrics import parse_metrics  # noqa: E402
+
+LIMITS = dict(max_pixels=64 * 64, max_steps=20)
+SIZES = ((32, 32), (48, 32))  # (W, H): two sizes, never in one batch
+
+
+def png(img, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def picture(w: int, h: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    source = PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    hole = np.zeros((h, w), np.uint8)
+    hole[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+    return source, PIL.Image.fromarray(hole)
+
+
+def job(seed: int, size=SIZES[0], **kw) -> dict:
+    source, hole = picture(*size)
+    return {**dict(source=source, hole=hole, prompt=f"a red sofa {seed % 3}", negative_prompt=None, steps=2,
+                   guidance=7.5, seed=seed, strength=1.0, scheduler=None), **kw}
+
+
+def reference_png(pipe, j: dict) -> np.ndarray:
+    run = run_inpaint(pipe, j["source"], j["hole"], j["prompt"], negative_prompt=j["negative_prompt"], steps=j["steps"],
+                      guidance=j["guidance"], strength=j["strength"], seed=j["seed"], scheduler=j["scheduler"])
+    return np.asarray(run.images[0], np.int16)
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(PIL.Image.open(io.BytesIO(data)).convert("RGB"), np.int16)
+
+
+# -- the graph in Serve's local testing mode (one process, no Ray cluster) -----------------------
+@pytest.fixture(scope="module")
+def local_graph():
+    # @serve.batch asks for the replica context only to warn that max_batch_size exceeds
+    # max_ongoing_requests, and local testing mode has none (RayServeException): skip that warning only.
+    from ray.serve.batching import _BatchQueue
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
+    handle = serve.run(ray_app(preset="tiny", batch_wait_ms=200, **LIMITS), name="asymvq-local", route_prefix=None,
+                       _local_testing_mode=True)
+    yield handle
+    mp.undo()
+
+
+def test_graph_batches_jobs_and_each_keeps_its_single_process_image(local_graph, tiny_pipe):
+    jobs = [job(s, SIZES[s % 2], guidance=7.5 if s % 3 else 4.0) for s in range(6)]
+    results = [r.result(timeout_s=120) for r in [local_graph.run_job.remote(j) for j in jobs]]
+    for j, res in zip(jobs, results):
+        diff = np.abs(pixels(res.png) - reference_png(tiny_pipe, j))
+        assert diff.max() <= 1, (j["seed"], diff.max())
+        assert {"text_encode", "vae_encode", "unet_step", "scheduler_step", "decode", "denoise_stage",
+                "decode_stage"} <= set(res.stages)
+    sizes = [res.batches["denoise"] for res in results]
+    assert max(sizes) > 1 and all(res.batches["denoise"] <= 3 for res in results), sizes  # two sizes: split
+    expected = run_inpaint(tiny_pipe, jobs[0]["source"], jobs[0]["hole"], jobs[0]["prompt"], steps=2, seed=0,
+                           guidance=4.0).pre_error
+    assert results[0].pre_error == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_graph):
+    with pytest.raises(ValueError, match="strength: 0.1 leaves no denoising step out of 2"):
+        local_graph.run_job.remote(job(1, strength=0.1)).result(timeout_s=120)
+    health = local_graph.health.remote().result(timeout_s=60)
+    assert health["source"] == "preset:tiny" and health["decoders"] == ["decoder", "decoder-plain"]
+    assert health["scheduler"] == "DDIMScheduler" and health["max_steps"] == 20
+    assert health["ray"]["max_batch"] == 8
+
+
+def test_config_and_builder_check_their_arguments():
+    assert RayServeConfig().preset == "tiny" and RayServeConfig(model="sd").preset is None
+    with pytest.raises(ValueError, match="--max-batch: expected a positive integer, got 0"):
+        RayServeConfig(max_batch=0)
+    with pytest.raises(ValueError, match="--gpus-per-decode: expected a number >= 0"):
+        RayServeConfig(gpus_per_decode=-1)
+    with pytest.raises(ValueError, match=r"args: unknown \['replicas'\]"):
+        build({"replicas": "2"})
+    app = build({"preset": "tiny", "max_batch": "4", "batch_wait_ms": "5", "decode_replicas": "2"})
+    assert type(app).__name__ == "Application"
+
+
+def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
+    import asymvq.ray_serve as rs
+    from asymvq.cli import main
+
+    calls = []
+    monkeypatch.setattr(rs, "serve_forever", lambda cfg, **kw: calls.append((cfg, kw)))
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--ray", "--port", "8124", "--decode-replicas", "2", "--max-batch", "4", "--gpus-per-decode",
+              "0.5", "--address", "auto"])
+    assert (exc.value.code or 0) == 0, capsys.readouterr().err
+    cfg, kw = calls[0]
+    assert (cfg.preset, cfg.decode_replicas, cfg.max_batch, cfg.gpus_per_decode) == ("tiny", 2, 4, 0.5)
+    assert kw["host"] == "127.0.0.1" and kw["port"] == 8124 and kw["address"] == "auto"
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--address", "auto"])
+    assert exc.value.code == 1 and "--address: joins a Ray cluster; add --ray" in capsys.readouterr().err
+
+
+def test_cli_without_the_ray_extra_says_which_extra(monkeypatch, capsys):
+    import builtins
+
+    from asymvq.cli import main
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray_serve" or name.startswith("ray"):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--ray"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "pip install 'asymvq[ray]'" in err and err.count("\n") == 1, err
+
+
+# -- end to end on a real local Ray ----------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bad_requests():
+    source, hole = picture(32, 32)
+    small_hole = picture(32, 24)[1]
+    fields = {"prompt": "x", "steps": "2"}
+    ok = {"image": ("i.png", png(source), "image/png"), "mask": ("m.png", png(hole), "image/png")}
+    return [
+        ("bad png", dict(files={**ok, "image": ("i.png", png(source)[:50], "image/png")}, data=fields)),
+        ("mask size", dict(files={**ok, "mask": ("m.png", png(small_hole), "image/png")}, data=fields)),
+        ("steps over", dict(files=ok, data={**fields, "steps": "21"})),
+        ("no prompt", dict(files=ok, data={"steps": "2"})),
+    ]
+
+
+def test_end_to_end_on_a_local_ray(tiny_pipe):
+    """8 clients, 24 valid requests of two sizes plus malformed ones: images = single-process, 4xx = FastAPI's."""
+    t0 = time.monotonic()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(ray_app(preset="tiny", batch_wait_ms=50, **LIMITS), name="asymvq", route_prefix="/")
+        started = time.monotonic() - t0
+
+        valid = [job(s, SIZES[s % 2], negative_prompt="blurry" if s % 5 == 0 else None) for s in range(24)]
+        bad = _bad_requests()
+
+        def send(item):
+            with httpx.Client(timeout=150) as client:
+                if isinstance(item, dict):
+                    data = {"prompt": item["prompt"], "steps": "2", "seed": str(item["seed"])}
+                    if item["negative_prompt"]:
+                        data["negative_prompt"] = item["negative_prompt"]
+                    files = {"image": ("i.png", png(item["source"]), "image/png"),
+                             "mask": ("m.png", png(item["hole"]), "image/png")}
+                    return client.post(f"{url}/v1/inpaint", files=files, data=data)
+                return client.post(f"{url}/v1/inpaint", **item[1])
+
+        work = valid[:12] + bad[:2] + valid[12:] + bad[2:]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, work))
+
+        fastapi = TestClient(create_app(tiny_pipe, **LIMITS))
+        for item, resp in zip(work, answers):
+            if isinstance(item, dict):
+                assert resp.status_code == 200, resp.text
+                diff = np.abs(pixels(resp.content) - reference_png(tiny_pipe, item))
+                assert diff.max() <= 1, (item["seed"], diff.max())
+                assert "unet_step;dur=" in resp.headers["Server-Timing"]
+                assert float(resp.headers["X-Asymvq-Pre-Error"]) >= 0
+            else:
+                want = fastapi.post("/v1/inpaint", **item[1])
+                assert (resp.status_code, resp.json()) == (want.status_code, want.json()), item[0]
+                assert 400 <= resp.status_code < 500
+
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["source"] == "preset:tiny" and health["max_pixels"] == LIMITS["max_pixels"]
+        metrics = parse_metrics(httpx.get(f"{url}/metrics").text)
+        assert metrics[("asymvq_requests_total", (("status", "200"),))] == 24
+        assert metrics[("asymvq_requests_total", (("status", "400"),))] == 4
+        count = metrics[("asymvq_batch_size_count", (("stage", "denoise"),))]
+        total = metrics[("asymvq_batch_size_sum", (("stage", "denoise"),))]
+        assert count == 24 and total > count, (count, total)  # batches larger than 1 happened
+        assert metrics[("asymvq_queue_depth", (("stage", "denoise"),))] == 0
+        print(f"ray e2e: started in {started:.1f} s, mean denoise batch {total / count:.2f}, "
+              f"total {time.monotonic() - t0:.1f} s")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    assert not ray.is_initialized()
+    with pytest.raises(httpx.ConnectError):  # the HTTP proxy is gone
+        httpx.get(f"{url}/healthz", timeout=5)
