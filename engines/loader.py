@@ -23,7 +23,7 @@ from asymvq.models.sd_networks import SCHEDULER_FILE
 from asymvq.models.sources import Source, build_module
 
 from .contract import Engine, precision_dtype
-from .manifest import ManifestError, component_specs, read_manifest, verify_artifact, weights_sha256
+from .manifest import ManifestError, component_specs, read_manifest, safe_path, verify_artifact, weights_sha256
 from .torch_engine import TorchEngine
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt", "aoti", "torch", "torch-compile")
@@ -129,7 +129,7 @@ def load_tokenizer(path: str | Path):
     manifest = read_manifest(path)
     if "tokenizer" not in manifest:
         raise ManifestError(f"engines: {path} has no tokenizer (exported without the SD components)")
-    return CLIPTokenizer.from_pretrained(Path(path) / manifest["tokenizer"], local_files_only=True)
+    return CLIPTokenizer.from_pretrained(safe_path(path, manifest["tokenizer"], "tokenizer"), local_files_only=True)
 
 
 def load_scheduler_config(path: str | Path) -> dict:
@@ -137,4 +137,8 @@ def load_scheduler_config(path: str | Path) -> dict:
     manifest = read_manifest(path)
     if "scheduler" not in manifest:
         raise ManifestError(f"engines: {path} has no scheduler (exported without the SD components)")
-    return json.loads((Path(path) / manifest["scheduler"] / SCHEDULER_FILE).read_text())
+    config = safe_path(path, f"{manifest['scheduler']}/{SCHEDULER_FILE}", "scheduler config")
+    try:
+        return json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"engines: scheduler config {config} cannot be read as JSON ({e})") from None

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from torch import nn
 
-from .contract import COMPONENTS, TensorSpec, check_io
+from .contract import COMPONENTS, PRECISION_DTYPES, TensorSpec, check_io
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -90,7 +91,8 @@ def write_manifest(root: str | Path, manifest: dict) -> Path:
 
 
 def read_manifest(root: str | Path) -> dict:
-    """Parse and structurally check ``root/manifest.json``."""
+    """Parse and structurally check ``root/manifest.json``: every key a loader reads has the right
+    type, and every path it names stays inside ``root`` (checked again on disk by ``safe_path``)."""
     root = Path(root)
     path = root / MANIFEST
     if not root.is_dir():
@@ -98,22 +100,117 @@ def read_manifest(root: str | Path) -> dict:
     if not path.is_file():
         raise ManifestError(f"engines: {path} is missing; build the directory with `asymvq export --out {root}`")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"engines: {path} is not valid JSON ({e})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ManifestError(
-            f"engines: {path} has format_version {manifest.get('format_version')!r}; this asymvq reads {FORMAT_VERSION}"
-        )
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"engines: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an over-long integer, nesting too deep
+        raise ManifestError(f"engines: {path} is not valid JSON ({str(e)[:200] or type(e).__name__})") from None
+    except OSError as e:
+        raise ManifestError(f"engines: {path} cannot be read ({e.strerror or e})") from None
+    _check_manifest(manifest, str(path))
+    return manifest
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RANKS = {"input_ids": (2,), "last_hidden_state": (3,), "encoder_hidden_states": (3,), "timestep": (0, 1)}  # else 4 (NCHW)
+
+
+def _bad(where: str, key: str, expected: str, got) -> ManifestError:
+    shown = repr(got)
+    return ManifestError(f"engines: {where}: {key} must be {expected}, got {shown[:80] + '...' if len(shown) > 80 else shown}")
+
+
+def _check_rel_path(where: str, key: str, rel) -> None:
+    """A path inside the directory: relative, no '..', no NUL, no backslash (same meaning on every OS)."""
+    if not isinstance(rel, str) or not rel:
+        raise _bad(where, key, "a non-empty relative path", rel)
+    parts = PurePosixPath(rel).parts
+    if "\\" in rel or "\0" in rel or PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).drive or ".." in parts:
+        raise _bad(where, key, "a relative path inside the engines directory (no '..', not absolute)", rel)
+
+
+def _check_spec(where: str, key: str, spec) -> None:
+    if not isinstance(spec, dict):
+        raise _bad(where, key, "a tensor spec object", spec)
+    for k in ("name", "dtype"):
+        if not isinstance(spec.get(k), str):
+            raise _bad(where, f"{key}.{k}", "a string", spec.get(k))
+    dims = spec.get("dims")
+    if not isinstance(dims, list) or not all(isinstance(d, str) or type(d) is int and d >= 0 for d in dims):
+        raise _bad(where, f"{key}.dims", "a list of symbolic names and non-negative integers", dims)
+    for k in ("min", "opt", "max"):
+        v = spec.get(k)
+        if not isinstance(v, list) or len(v) != len(dims) or not all(type(x) is int and x >= 0 for x in v):
+            raise _bad(where, f"{key}.{k}", f"a list of {len(dims)} non-negative integers (one per dim)", v)
+
+
+def _check_manifest(manifest, where: str) -> None:
+    if not isinstance(manifest, dict):
+        raise _bad(where, "the manifest", "a JSON object", type(manifest).__name__)
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ManifestError(f"engines: {where} has format_version {version!r}; this asymvq reads {FORMAT_VERSION}")
+    if manifest.get("precision") not in PRECISION_DTYPES:
+        raise _bad(where, "precision", f"one of {list(PRECISION_DTYPES)}", manifest.get("precision"))
+    source = manifest.get("source")
+    if not isinstance(source, dict):
+        raise _bad(where, "source", "an object", source)
+    kinds = {"preset": str, "model": str, "decoder": str, "unet_in_channels": int, "seed": int}
+    if set(source) != set(kinds):
+        raise _bad(where, "source", f"an object with the keys {list(kinds)}", sorted(source))
+    for k, v in source.items():
+        ok = kinds[k]
+        if not (v is None and ok is str or type(v) is ok):
+            raise _bad(where, f"source.{k}", f"{'a string or null' if ok is str else 'an integer'}", v)
+    for k in ("tokenizer", "scheduler"):
+        if k in manifest:
+            _check_rel_path(where, k, manifest[k])
     comps = manifest.get("components")
     if not isinstance(comps, dict) or not comps:
-        raise ManifestError(f"engines: {path} lists no components")
+        raise ManifestError(f"engines: {where} lists no components")
     for name, entry in comps.items():
         if name not in COMPONENTS:
-            raise ManifestError(f"engines: {path} has unknown component {name!r} (known: {list(COMPONENTS)})")
-        if not entry.get("inputs") or not entry.get("outputs") or not entry.get("artifacts"):
-            raise ManifestError(f"engines: {name} in {path} lacks inputs, outputs or artifacts")
-    return manifest
+            raise ManifestError(f"engines: {where} has unknown component {name!r} (known: {list(COMPONENTS)})")
+        if not isinstance(entry, dict) or not entry.get("inputs") or not entry.get("outputs") or not entry.get("artifacts"):
+            raise ManifestError(f"engines: {name} in {where} lacks inputs, outputs or artifacts")
+        if not isinstance(entry.get("weights_sha256"), str):
+            raise _bad(where, f"{name}.weights_sha256", "a sha256 hex string", entry.get("weights_sha256"))
+        for io in ("inputs", "outputs"):
+            if not isinstance(entry[io], list):
+                raise _bad(where, f"{name}.{io}", "a list of tensor specs", entry[io])
+            for i, spec in enumerate(entry[io]):
+                _check_spec(where, f"{name}.{io}[{i}]", spec)
+                ranks = _RANKS.get(spec["name"], (4,))
+                if len(spec["dims"]) not in ranks:
+                    raise _bad(where, f"{name}.{io}[{i}].dims", f"{' or '.join(map(str, ranks))} dims for {spec['name']!r}",
+                               spec["dims"])
+        if not isinstance(entry["artifacts"], dict):
+            raise _bad(where, f"{name}.artifacts", "an object {format: artifact}", entry["artifacts"])
+        for fmt, art in entry["artifacts"].items():
+            key = f"{name}.artifacts.{fmt}"
+            if not isinstance(art, dict) or not isinstance(art.get("files"), dict) or not art["files"]:
+                raise _bad(where, key, "an object with path and files {path: sha256}", art)
+            _check_rel_path(where, f"{key}.path", art.get("path"))
+            for rel, digest in art["files"].items():
+                _check_rel_path(where, f"{key}.files", rel)
+                if not isinstance(digest, str) or not _HEX64.match(digest):
+                    raise _bad(where, f"{key}.files[{rel!r}]", "a sha256 hex digest (64 lowercase hex digits)", digest)
+            if art["path"] not in art["files"]:
+                raise _bad(where, f"{key}.path", "one of the artifact's files", art["path"])
+            if "device" in art and not isinstance(art["device"], str) or fmt == "aoti" and "device" not in art:
+                raise _bad(where, f"{key}.device", "a device type string", art.get("device"))
+
+
+def safe_path(root: str | Path, rel: str, what: str) -> Path:
+    """``root / rel`` after following symlinks, refused when it leaves ``root`` (a link out of the directory)."""
+    root = Path(root)
+    try:
+        real, top = (root / rel).resolve(), root.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise ManifestError(f"engines: {what} {root / rel} cannot be resolved ({e})") from None
+    if not real.is_relative_to(top):
+        raise ManifestError(f"engines: {what} {root / rel} leads out of {root} (to {real}); refusing to read it")
+    return root / rel
 
 
 def component_specs(root: str | Path, name: str, entry: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -138,10 +235,13 @@ def verify_artifact(root: str | Path, component: str, entry: dict, fmt: str) -> 
         )
     art = artifacts[fmt]
     for rel, digest in art["files"].items():
-        f = root / rel
+        f = safe_path(root, rel, f"{component} {fmt} artifact")
         if not f.is_file():
             raise ManifestError(f"engines: {component} {fmt} artifact {f} is missing")
-        actual = sha256_file(f)
+        try:
+            actual = sha256_file(f)
+        except OSError as e:
+            raise ManifestError(f"engines: {component} {fmt} artifact {f} cannot be read ({e.strerror or e})") from None
         if actual != digest:
             raise ManifestError(
                 f"engines: {component} {fmt} artifact {f} is corrupted or was replaced "
