@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 from . import pipeline_parts
 from .engines.contract import TEXT_ENCODER, VAE_ENCODER
 from .images import check_size, postprocess, prepare_image_and_mask
-from .schedulers import SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler  # noqa: F401 (re-exported)
+from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
+    SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler, switch_scheduler,
+)
 from .stages import NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder
 
 
@@ -82,12 +84,12 @@ class InpaintPipeline:
     def set_scheduler(self, name: str) -> "InpaintPipeline":
         """Make "ddim", "pndm", "euler" or "dpm++" the default, with the same noise schedule.
         (To use one for a single call, pass ``scheduler=`` to the call instead.)"""
-        self.scheduler = make_scheduler(name, self.scheduler.config)
+        self.scheduler = switch_scheduler(name, self.scheduler)
         return self
 
     def fresh_scheduler(self, name: str | None = None):
         """A new scheduler for one call: the default's kind, or ``name``'s, with the default's config."""
-        return copy_scheduler(self.scheduler) if name is None else make_scheduler(name, self.scheduler.config)
+        return copy_scheduler(self.scheduler) if name is None else switch_scheduler(name, self.scheduler)
 
     # -- the call -------------------------------------------------------------------------------
     def __call__(

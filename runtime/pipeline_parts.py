@@ -19,7 +19,7 @@ from .models import sd_networks as sd
 from .models.checkpoints import decoder_from_vae, load_decoder
 from .models.devices import parse_device, parse_dtype
 from .models.sources import load_sd_networks, random_decoder
-from .schedulers import copy_scheduler, make_scheduler
+from .schedulers import copy_scheduler, make_scheduler, switch_scheduler
 from .stages import PipelineSpec
 
 
@@ -101,7 +101,7 @@ def diffusers_parts(pipe, *, decoder=None, scheduler: str | None = None, compile
     dec = _resolve_decoder(decoder, dtype=dtype, device=device) or decoder_from_vae(vae)
     text_encoder = getattr(pipe, "text_encoder", None)
     engines = torch_engines(unet=unet, vae_encoder_source=vae, text_encoder=text_encoder, decoder=dec, compile=compile)
-    sched = make_scheduler(scheduler, pipe.scheduler.config) if scheduler else copy_scheduler(pipe.scheduler)
+    sched = switch_scheduler(scheduler, pipe.scheduler) if scheduler else copy_scheduler(pipe.scheduler)
     return dict(engines=engines, scheduler=sched, spec=_spec(unet, dict(vae.config), dtype, device),
                 tokenizer=getattr(pipe, "tokenizer", None))
 

@@ -36,12 +36,13 @@ def _diffusers_class(name: str):
     return getattr(diffusers, name, None) if name else None
 
 
-def scheduler_config(config) -> dict:
+def scheduler_config(config, source: type | None = None) -> dict:
     """``config`` (dict or FrozenDict) as ``from_config`` should see it: every value it holds, except
-    listed defaults that still equal the source class's default (diffusers' rule for those)."""
+    listed defaults that still equal the default of ``source`` (the class the config comes from;
+    read from ``_class_name`` when not given). With no known source every value is kept."""
     cfg = dict(config)
     defaulted = cfg.pop("_use_default_values", None) or []
-    source = _diffusers_class(str(cfg.get("_class_name", "")))
+    source = source or _diffusers_class(str(cfg.get("_class_name", "")))
     if source is None:
         return cfg
     params = inspect.signature(source.__init__).parameters
@@ -51,14 +52,20 @@ def scheduler_config(config) -> dict:
     return cfg
 
 
-def make_scheduler(name: str, config):
-    """A fresh diffusers scheduler of kind ``name`` from a scheduler config (dict or FrozenDict)."""
+def make_scheduler(name: str, config, source: type | None = None):
+    """A fresh diffusers scheduler of kind ``name`` from a scheduler config (dict or FrozenDict) of a
+    scheduler of class ``source`` (pass it for a live scheduler's ``.config``: see ``scheduler_config``)."""
     key = scheduler_name(name)
     cls = _diffusers_class(_CLASSES[key])
-    return cls.from_config(scheduler_config(config), **_OVERRIDES.get(key, {}))
+    return cls.from_config(scheduler_config(config, source), **_OVERRIDES.get(key, {}))
+
+
+def switch_scheduler(name: str, scheduler):
+    """A fresh scheduler of kind ``name`` with live ``scheduler``'s noise schedule and given values."""
+    return make_scheduler(name, scheduler.config, type(scheduler))
 
 
 def copy_scheduler(scheduler):
     """A fresh scheduler of the same class and config (its step state is not copied)."""
-    return type(scheduler).from_config(scheduler_config(scheduler.config))
+    return type(scheduler).from_config(scheduler_config(scheduler.config, type(scheduler)))
 
