@@ -10,6 +10,9 @@ from typing import Optional
 
 import typer
 
+from .engines.tensorrt_engine import build_plans
+from .export import Source, export_directory, parse_shapes
+
 FORMATS = ("onnx", "trt", "aoti", "openvino")
 
 
@@ -40,8 +43,6 @@ def export(
     from rich.console import Console
     from rich.table import Table
 
-    from asymvq.export import Source, export_directory, parse_shapes
-
     _quiet_exporters()
     formats = parse_formats(format)
     if precision not in ("fp32", "fp16"):
@@ -52,8 +53,6 @@ def export(
                                 shapes=parse_shapes(shapes, source.sd_preset), opset=opset,
                                 formats=[f for f in formats if f != "trt"])
     if "trt" in formats:
-        from asymvq.engines.tensorrt_engine import build_plans
-
         manifest = build_plans(out, refit=refit)
     table = Table(title=f"{out} ({precision})")
     for col in ("component", "format", "file", "MB", "sha256"):
