@@ -150,7 +150,7 @@ def _check_manifest(manifest, where: str) -> None:
     version = manifest.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ManifestError(f"engines: {where} has format_version {version!r}; this asymvq reads {FORMAT_VERSION}")
-    if manifest.get("precision") not in PRECISION_DTYPES:
+    if not isinstance(manifest.get("precision"), str) or manifest["precision"] not in PRECISION_DTYPES:
         raise _bad(where, "precision", f"one of {list(PRECISION_DTYPES)}", manifest.get("precision"))
     source = manifest.get("source")
     if not isinstance(source, dict):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from email.parser import BytesHeaderParser
 from email.utils import collapse_rfc2231_value
 
@@ -23,6 +24,7 @@ from .inpaint_run import check_same_size
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
 IMAGE_FORMATS = ("PNG", "JPEG")  # only these decoders face the network: less attack surface than all of PIL's
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 bchars
 FIELDS = ("image", "mask", "prompt", "negative_prompt", "steps", "guidance", "seed", "strength", "scheduler")
 
 
@@ -40,7 +42,11 @@ def parse_form(body: bytes, content_type: str) -> dict[str, bytes]:
     if header.get_content_type() != "multipart/form-data" or not header.get_param("boundary"):
         raise RequestError(415, "Content-Type: expected multipart/form-data with a boundary "
                                 f"(curl -F), got {content_type or 'none'!r}")
-    delim = b"--" + collapse_rfc2231_value(header.get_param("boundary")).encode("latin-1")
+    boundary = collapse_rfc2231_value(header.get_param("boundary"))
+    if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
+        raise RequestError(400, "Content-Type: expected a boundary of 1 to 70 letters, digits or '()+_,-./:=? "
+                                f"(RFC 2046), got {str(boundary)[:80]!r}")
+    delim = b"--" + boundary.encode("ascii")
     start = body.find(delim)
     if start < 0:
         raise RequestError(400, "body: expected multipart/form-data parts, got no boundary line")
@@ -56,8 +62,9 @@ def parse_form(body: bytes, content_type: str) -> dict[str, bytes]:
         name = collapse_rfc2231_value(name) if name else None
         if not name:
             raise RequestError(400, "body: expected every part to have Content-Disposition: form-data; name=...")
-        if name not in FIELDS:
-            raise RequestError(400, f"{name}: expected a field among {list(FIELDS)}, got an unknown field")
+        if name not in FIELDS:  # the client's name, shown so that the message stays one printable line
+            shown = name if name.isprintable() and len(name) <= 40 else repr(name[:40])
+            raise RequestError(400, f"{shown}: expected a field among {list(FIELDS)}, got an unknown field")
         if name in fields:
             raise RequestError(400, f"{name}: expected once, got it twice")
         fields[name] = data
