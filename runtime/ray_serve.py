@@ -86,6 +86,36 @@ class RayServeConfig:
 
 
 # -- the stages ---------------------------------------------------------------------------------
+class _DecoderOnly:
+    """What the decode stage uses of a pipeline (``spec``, ``stages.decoders()``, ``decode``), for a preset:
+    the preset's own seeded decoder without building the UNet and encoders it would drop anyway."""
+
+    def __init__(self, cfg: RayServeConfig):
+        from .models.devices import parse_device, parse_dtype
+        from .models.sd_networks import PRESET_SHAPES, SD_PRESETS
+        from .pipeline_parts import random_decoder_engines
+        from .stages import PipelineSpec
+
+        if cfg.preset not in SD_PRESETS:
+            raise ValueError(f"preset must be one of {list(SD_PRESETS)}, got {cfg.preset!r}")
+        shapes = PRESET_SHAPES[cfg.preset]
+        name = shapes["decoder_preset"]  # preset_parts' default decoder, same seed (0): the same weights
+        self.engines = random_decoder_engines([name], dtype=cfg.dtype, device=cfg.device)[name]
+        self.spec = PipelineSpec(unet_in_channels=9, latent_channels=shapes["latent_channels"],
+                                 vae_scale_factor=shapes["vae_scale_factor"], scaling_factor=shapes["scaling_factor"],
+                                 sample_size=shapes["latent_size"], dtype=parse_dtype(cfg.dtype),
+                                 device=parse_device(cfg.device))
+        self.stages = self
+
+    def decoders(self) -> dict:
+        return dict(self.engines)
+
+    def decode(self, denoised, decoder=None, timer=None):
+        from .pipeline import InpaintPipeline
+
+        return InpaintPipeline.decode(self, denoised, decoder=decoder, timer=timer)
+
+
 def _stage_pipeline(cfg: RayServeConfig, keep_decoders: bool, threads: float):
     """The pipeline ``asymvq serve`` would build, holding only this stage's engines."""
     import torch
@@ -93,6 +123,8 @@ def _stage_pipeline(cfg: RayServeConfig, keep_decoders: bool, threads: float):
     from .cli import build_pipeline
 
     torch.set_num_threads(max(1, int(threads)))
+    if keep_decoders and cfg.preset is not None:
+        return _DecoderOnly(cfg)
     path = (lambda p: None if p is None else Path(p))
     pipe = build_pipeline(model=path(cfg.model), decoder=path(cfg.decoder), device=cfg.device, dtype=cfg.dtype,
                           scheduler=cfg.scheduler, engines=path(cfg.engines), preset=cfg.preset, backend=cfg.backend,
