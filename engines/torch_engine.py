@@ -8,6 +8,7 @@ from torch import nn
 from asymvq.models.component_modules import (
     DecoderComponent, PlainDecoderComponent, TextEncoderComponent, UNetComponent, VaeEncoderComponent,
 )
+from asymvq.models.cpu_bf16 import is_cpu_bf16, to_cpu_bf16
 
 from .contract import COMPONENT_IO, DECODER, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine, check_component
 
@@ -53,7 +54,11 @@ class TorchEngine:
 
 
 def torch_decoder_engines(decoder, *, compile: bool = False) -> dict[str, Engine]:
-    """Both entry points of an ``AsymmetricDecoder`` (only the plain one for a vanilla decoder)."""
+    """Both entry points of an ``AsymmetricDecoder`` (only the plain one for a vanilla decoder).
+
+    A bf16 decoder on the CPU is prepared as ``asymvq.models.cpu_bf16`` says (channels-last, fp32 conv_out)."""
+    if is_cpu_bf16(decoder):
+        to_cpu_bf16(decoder)
     engines = {DECODER_PLAIN: TorchEngine(DECODER_PLAIN, PlainDecoderComponent(decoder), compile=compile)}
     if decoder.config.has_condition:
         engines[DECODER] = TorchEngine(DECODER, DecoderComponent(decoder), compile=compile)

@@ -19,6 +19,7 @@ from . import component_modules as wrappers
 from .checkpoints import load_decoder
 from .config import PRESETS as DECODER_PRESETS
 from .config import preset_config
+from .cpu_bf16 import is_cpu_bf16, to_cpu_bf16
 from .decoder import AsymmetricDecoder
 from .devices import parse_device, parse_dtype
 from .op_select import select_ops
@@ -34,7 +35,8 @@ def random_decoder(name: str, *, seed: int = 0, dtype="fp32", device="cpu", kern
     config = preset_config(name)
     torch.manual_seed(seed)
     decoder = AsymmetricDecoder(config).set_ops(select_ops(kernels))
-    return decoder.to(device=parse_device(device), dtype=parse_dtype(dtype)).eval()
+    decoder = decoder.to(device=parse_device(device), dtype=parse_dtype(dtype)).eval()
+    return to_cpu_bf16(decoder) if is_cpu_bf16(decoder) else decoder  # channels-last, fp32 conv_out
 
 
 def _need(path: Path, what: str) -> Path:
