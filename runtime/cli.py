@@ -347,7 +347,7 @@ def serve(
     from .models.extras import missing_extra
 
     if ray:
-        return _serve_ray(locals())
+        return _serve_ray(locals(), missing_extra)
     if address is not None:
         raise ValueError("--address: joins a Ray cluster; add --ray")
 
@@ -367,10 +367,8 @@ def serve(
                 host=host, port=port, workers=1)
 
 
-def _serve_ray(opts: dict) -> None:
+def _serve_ray(opts: dict, missing_extra) -> None:
     """``asymvq serve --ray``: the same HTTP API on Ray Serve (asymvq.ray_serve)."""
-    from .models.extras import missing_extra
-
     try:
         from .ray_serve import RayServeConfig, serve_forever  # defers the ray extra
     except ImportError as e:
