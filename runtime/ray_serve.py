@@ -31,8 +31,15 @@ import ray
 from ray import serve
 
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
+from .cli import build_pipeline
 from .engines.contract import DECODER_COMPONENTS
+from .models.devices import dtype_name, parse_device, parse_dtype
+from .models.sd_networks import PRESET_SHAPES, SD_PRESETS
+from .pipeline import InpaintPipeline
+from .pipeline_parts import random_decoder_engines
+from .server import JobResult, build_app
 from .serving_metrics import ServerMetrics
+from .stages import PipelineSpec
 from .timing import StageTimer
 
 log = logging.getLogger("asymvq.ray_serve")
@@ -91,11 +98,6 @@ class _DecoderOnly:
     the preset's own seeded decoder without building the UNet and encoders it would drop anyway."""
 
     def __init__(self, cfg: RayServeConfig):
-        from .models.devices import parse_device, parse_dtype
-        from .models.sd_networks import PRESET_SHAPES, SD_PRESETS
-        from .pipeline_parts import random_decoder_engines
-        from .stages import PipelineSpec
-
         if cfg.preset not in SD_PRESETS:
             raise ValueError(f"preset must be one of {list(SD_PRESETS)}, got {cfg.preset!r}")
         shapes = PRESET_SHAPES[cfg.preset]
@@ -111,16 +113,12 @@ class _DecoderOnly:
         return dict(self.engines)
 
     def decode(self, denoised, decoder=None, timer=None):
-        from .pipeline import InpaintPipeline
-
         return InpaintPipeline.decode(self, denoised, decoder=decoder, timer=timer)
 
 
 def _stage_pipeline(cfg: RayServeConfig, keep_decoders: bool, threads: float):
     """The pipeline ``asymvq serve`` would build, holding only this stage's engines."""
     import torch
-
-    from .cli import build_pipeline
 
     torch.set_num_threads(max(1, int(threads)))
     if keep_decoders and cfg.preset is not None:
@@ -191,8 +189,6 @@ class DenoiseStage:
         _configure_batching(self.run_batch, cfg)
 
     def describe(self) -> dict:
-        from .models.devices import dtype_name
-
         return {"device": str(self.pipe.spec.device), "dtype": dtype_name(self.pipe.spec.dtype),
                 "scheduler": type(self.pipe.scheduler).__name__, "node": self.node}
 
@@ -263,8 +259,6 @@ class Ingress:
         self._health: dict | None = None
 
     def __serve_build_asgi_app__(self):
-        from .server import build_app
-
         cfg = self.cfg
         return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
                          max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
@@ -282,8 +276,6 @@ class Ingress:
         return self._health
 
     async def run_job(self, job: dict):
-        from .server import JobResult
-
         queue = self.metrics.queue_depth
         t0 = time.perf_counter()
         queue.labels("denoise").inc()
