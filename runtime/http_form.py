@@ -36,13 +36,25 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
+def _param(header, param: str, field: str, where: str) -> str | None:
+    """A header parameter, RFC 2231 forms decoded. The standard library raises TypeError or ValueError
+    on some malformed RFC 2231 parameters (name*0*/name*1 mixes, NUL or unknown charsets; found by
+    tests/fuzz/fuzz_form.py): a client error here, not a server one."""
+    try:
+        value = header.get_param(param, header=field)
+        return collapse_rfc2231_value(value) if value else None
+    except (TypeError, ValueError, LookupError, IndexError, AttributeError) as exc:
+        raise RequestError(400, f"{where}: expected a well-formed {param}= parameter, got one Python's "
+                                f"email parser cannot read ({type(exc).__name__})") from None
+
+
 def parse_form(body: bytes, content_type: str) -> dict[str, bytes]:
     """multipart/form-data -> {field name: raw bytes}; unknown or repeated fields are errors, not ignored."""
     header = BytesHeaderParser().parsebytes(b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n")
-    if header.get_content_type() != "multipart/form-data" or not header.get_param("boundary"):
+    boundary = _param(header, "boundary", "content-type", "Content-Type")
+    if header.get_content_type() != "multipart/form-data" or not boundary:
         raise RequestError(415, "Content-Type: expected multipart/form-data with a boundary "
-                                f"(curl -F), got {content_type or 'none'!r}")
-    boundary = collapse_rfc2231_value(header.get_param("boundary"))
+                                f"(curl -F), got {content_type[:200] or 'none'!r}")
     if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
         raise RequestError(400, "Content-Type: expected a boundary of 1 to 70 letters, digits or '()+_,-./:=? "
                                 f"(RFC 2046), got {str(boundary)[:80]!r}")
@@ -58,8 +70,7 @@ def parse_form(body: bytes, content_type: str) -> dict[str, bytes]:
         if end < 0 or not body.startswith(b"\r\n", pos) or not sep:
             raise RequestError(400, "body: expected complete multipart/form-data parts, got a truncated or malformed one")
         part = BytesHeaderParser().parsebytes(head[2:] + b"\r\n\r\n")
-        name = part.get_param("name", header="content-disposition")
-        name = collapse_rfc2231_value(name) if name else None
+        name = _param(part, "name", "content-disposition", "body: a part's Content-Disposition")
         if not name:
             raise RequestError(400, "body: expected every part to have Content-Disposition: form-data; name=...")
         if name not in FIELDS:  # the client's name, shown so that the message stays one printable line
