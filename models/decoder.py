@@ -74,7 +74,8 @@ class AsymmetricDecoder(nn.Module):
         latents: (B, 4, h, w). image: (B or 1, 3, 8h, 8w) unmasked source in [-1, 1].
         mask: (B or 1, 1 or 3, 8h, 8w), 1 = hole, binary (see ``asymvq.models.inputs``).
         """
-        check_latents(latents, self.config.latent_channels)
+        weight = self.conv_in.weight  # any float latents/image are cast to the decoder's dtype
+        latents = check_latents(latents, self.config.latent_channels, dtype=weight.dtype, device=weight.device)
         image, mask = check_condition(latents, image, mask)
         if image is not None and self.condition_encoder is None:
             raise ValueError("image/mask: this decoder has no condition branch (preset 'vanilla'); pass neither")
@@ -85,6 +86,7 @@ class AsymmetricDecoder(nn.Module):
 
     def decode_scaled(self, latents: torch.Tensor, image=None, mask=None) -> torch.Tensor:
         """Decode diffusion-space latents (what the UNet loop yields): divides by the scaling factor."""
+        check_latents(latents, self.config.latent_channels)  # before dividing: integer latents stay refused
         return self(latents / self.config.scaling_factor, image, mask)
 
     def decode_core(self, latents: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Validation and normalisation of what the decoder is fed.
 
 Rules (also in docs/decoder.md):
-- ``latents``: float tensor (B, latent_channels, h, w), finite.
-- ``image``: float tensor (B or 1, 3, 8h, 8w), the *unmasked* source in [-1, 1], finite.
+- ``latents``: float tensor (B, latent_channels, h, w), B, h, w >= 1, on the decoder's device,
+  finite; any float dtype, cast to the decoder's (integer and bool latents are refused).
+- ``image``: float tensor (B or 1, 3, 8h, 8w), the *unmasked* source in [-1, 1], finite, on the
+  latents' device; any float dtype, cast to the decoder's.
 - ``mask``: (B or 1, 1 or 3, 8h, 8w) or (8h, 8w); 1 = hole to regenerate, 0 = keep.
   Any dtype (bool, integer, float). Values must be binary: all in {0, 1}, or all in
   {0, 255} (8-bit masks). A 3-channel mask must have identical channels. Soft masks
@@ -36,15 +38,24 @@ def _fail(arg: str, expected: str, got: str) -> None:
     raise ValueError(f"{arg}: expected {expected}, got {got}")
 
 
-def check_latents(latents, latent_channels: int) -> torch.Tensor:
+def check_latents(latents, latent_channels: int, *, dtype: torch.dtype | None = None,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """Checked latents, cast to ``dtype`` when given (any float dtype is accepted: fp16 latents from
+    an fp16 UNet into an fp32 decoder, fp64 from numpy); finiteness is checked after the cast."""
     if not isinstance(latents, torch.Tensor):
         _fail("latents", "a torch.Tensor", type(latents).__name__)
     if latents.ndim != 4 or latents.shape[1] != latent_channels:
         _fail("latents", f"shape (B, {latent_channels}, h, w)", f"shape {tuple(latents.shape)}")
+    if 0 in latents.shape:
+        _fail("latents", f"shape (B, {latent_channels}, h, w) with B, h, w >= 1", f"shape {tuple(latents.shape)}")
     if not latents.is_floating_point():
         _fail("latents", "a floating-point tensor", f"dtype {latents.dtype}")
+    if device is not None and latents.device != device:
+        _fail("latents", f"a tensor on the decoder's device {device}", f"device {latents.device} (move it with .to)")
+    if dtype is not None and latents.dtype != dtype:
+        latents = latents.to(dtype)
     if not bool(torch.isfinite(latents).all()):
-        _fail("latents", "finite values", "NaN or Inf")
+        _fail("latents", "finite values" + (f" (in {dtype})" if dtype is not None else ""), "NaN or Inf")
     return latents
 
 
@@ -93,6 +104,8 @@ def check_condition(latents: torch.Tensor, image, mask) -> tuple[torch.Tensor, t
         _fail("image", f"batch 1 or {B} (the latent batch)", f"batch {image.shape[0]}")
     if not image.is_floating_point():
         _fail("image", "a float tensor in [-1, 1]", f"dtype {image.dtype}")
+    if image.device != latents.device:
+        _fail("image", f"a tensor on the latents' device {latents.device}", f"device {image.device}")
     if not bool(torch.isfinite(image).all()):
         _fail("image", "finite values in [-1, 1]", "NaN or Inf")
     lo, hi = float(image.min()), float(image.max())
@@ -109,6 +122,8 @@ def check_condition(latents: torch.Tensor, image, mask) -> tuple[torch.Tensor, t
         _fail("mask", f"spatial size {H}x{W} (the image's)", f"{mask.shape[-2]}x{mask.shape[-1]}")
     if mask.shape[0] not in (1, B):
         _fail("mask", f"batch 1 or {B} (the latent batch)", f"batch {mask.shape[0]}")
+    if mask.device not in (image.device, torch.device("cpu")):
+        _fail("mask", f"a tensor on the CPU or the image's device {image.device}", f"device {mask.device}")
     m = _binary_mask(mask.to(image.device))
     if m.shape[1] == 3:
         if not bool((m == m[:, :1]).all()):
