@@ -22,11 +22,14 @@ from asymvq.models.extras import missing_extra
 from asymvq.models.sd_networks import SCHEDULER_FILE
 from asymvq.models.sources import Source, build_module
 
+from .aoti_engine import AOTIEngine
 from .contract import Engine, precision_dtype
 from .manifest import ManifestError, component_specs, read_manifest, safe_path, verify_artifact, weights_sha256
 from .torch_engine import TorchEngine
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt", "aoti", "torch", "torch-compile")
+# The top-level modules whose absence means that extra is not installed.
+EXTRA_MODULES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "tensorrt": ("tensorrt",)}
 # The extra each exported format needs at load time.
 BACKEND_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 # The manifest's artifact key each exported format's backend loads.
@@ -70,11 +73,11 @@ def _engine_class(backend: str):
             from .tensorrt_engine import TensorRTEngine  # defers the tensorrt extra
 
             return TensorRTEngine
-        from .aoti_engine import AOTIEngine  # torch only, but compiled packages are rarely wanted
-
         return AOTIEngine
     except ImportError as e:
-        raise missing_extra(BACKEND_EXTRAS.get(backend, backend), f"backend={backend!r}", e) from None
+        if (e.name or "").split(".")[0] not in EXTRA_MODULES.get(backend, ()):
+            raise  # a bug of ours, not a missing extra: say what it is
+        raise missing_extra(BACKEND_EXTRAS[backend], f"backend={backend!r}", e) from None
 
 
 def _torch_engine(name: str, entry: dict, manifest: dict, device: torch.device, compile: bool) -> Engine:
