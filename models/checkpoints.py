@@ -13,6 +13,7 @@ any other missing or unexpected key is an error that lists the keys.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -104,6 +105,8 @@ def infer_ldm_config(sd: dict[str, torch.Tensor]) -> DecoderConfig:
         out_ch = sd["decoder.conv_out.weight"].shape[0]
     except KeyError as e:
         raise CheckpointError(f"checkpoint: not an LDM/official decoder layout, missing key {e.args[0]!r}") from None
+    except IndexError:
+        raise CheckpointError("checkpoint: not an LDM/official decoder layout (a conv weight without dims)") from None
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))}
     condition = "conv" if any(k.startswith("decoder.encoder.layers.") for k in sd) else None
     shape = dict(block_out_channels=channels, layers_per_block=len(blocks) - 1, latent_channels=latent,
@@ -141,17 +144,107 @@ def decoder_config_from_diffusers(cfg: dict) -> DecoderConfig:
 
 
 # -- file reading ----------------------------------------------------------------------------
+class _Inert:
+    """What the restricted unpickler builds for a class it does not allow: accepts any arguments
+    and state, runs nothing. ``_Inert.of`` names the global it stands for."""
+
+    of = "?"
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.state = args, {}
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):
+        self.state[key] = value
+
+    def append(self, value):
+        self.state.setdefault("items", []).append(value)
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+
+    def __repr__(self):
+        return f"<not loaded: {self.of}>"
+
+
+def _allowed_globals() -> dict:
+    try:  # torch's own weights_only allowlist (tensors, storages, dtypes, OrderedDict, ...)
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = dict(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without it: the minimum a state dict needs
+        import collections
+
+        allowed = {"collections.OrderedDict": collections.OrderedDict, "torch._utils._rebuild_tensor_v2":
+                   torch._utils._rebuild_tensor_v2, "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter}
+    for obj in torch.serialization.get_safe_globals():
+        if not isinstance(obj, tuple):
+            allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles a checkpoint without running its code: globals outside torch's weights-only
+    allowlist (OmegaConf hyper-parameters, callback state, anything else) become inert ``_Inert``
+    placeholders, so the tensors under ``state_dict`` can still be read."""
+
+    _allowed: dict | None = None
+
+    def find_class(self, module, name):
+        if _RestrictedUnpickler._allowed is None:
+            _RestrictedUnpickler._allowed = _allowed_globals()
+        found = self._allowed.get(f"{module}.{name}")
+        if found is not None:
+            return found
+        return type(f"Inert_{name}", (_Inert,), {"of": f"{module}.{name}"})
+
+
+class _restricted_pickle:  # the ``pickle_module`` torch.load takes: only Unpickler and load are used
+    Unpickler = _RestrictedUnpickler
+    __name__ = "asymvq.restricted_pickle"
+
+    @staticmethod
+    def load(f, **kwargs):
+        return _RestrictedUnpickler(f, **kwargs).load()
+
+
+def _torch_load(path: Path):
+    """``torch.load`` with ``weights_only=True``; when that refuses a global (a Lightning checkpoint's
+    hyper-parameters), again with the restricted unpickler: never code from the file."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "Weights only" not in str(e):
+            raise
+    return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    # weights_only: a checkpoint is data, never code to run.
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError (truncated, bad header), OSError: never half a file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+    # A checkpoint is data, never code to run: weights_only, or the restricted unpickler.
+    try:
+        obj = _torch_load(path)
+    except MemoryError:
+        raise
+    except Exception as e:  # not a zip/pickle archive, truncated, a storage it cannot rebuild
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (zip or pickle archive of tensors): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors (optionally under 'state_dict')")
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
+        got = type(obj).__name__ if not isinstance(obj, dict) else \
+            next((f"{k!r}: {type(v).__name__}" for k, v in obj.items() if not isinstance(v, torch.Tensor)), "an empty dict")
+        raise CheckpointError(f"{path}: expected a state dict of tensors (optionally under 'state_dict'), got {got}")
     return obj
 
 
@@ -173,13 +266,27 @@ def read_checkpoint(path) -> tuple[DecoderConfig, dict[str, torch.Tensor], str]:
             if (path / "vae" / CONFIG_NAME).is_file():
                 return read_checkpoint(path / "vae")
             raise CheckpointError(f"{path}: a decoder folder needs {CONFIG_NAME}")
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON
+            raise CheckpointError(f"{cfg_path}: not a readable JSON config ({str(e)[:200]})") from None
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+        try:
+            if cfg.get("_class_name") == OUR_CLASS:
+                config = DecoderConfig.from_dict({k: v for k, v in cfg.items() if not k.startswith("_")})
+            else:
+                config = decoder_config_from_diffusers(cfg)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:  # a missing key, a wrong type, a bad value
+            what = f"missing key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+            raise CheckpointError(f"{cfg_path}: not a valid decoder config ({what})") from None
         if cfg.get("_class_name") == OUR_CLASS:
-            from safetensors.torch import load_file
-
-            config = DecoderConfig.from_dict({k: v for k, v in cfg.items() if not k.startswith("_")})
-            return config, load_file(str(path / WEIGHTS_NAME)), "asymvq"
-        config = decoder_config_from_diffusers(cfg)
+            weights = path / WEIGHTS_NAME
+            if not weights.is_file():
+                raise CheckpointError(f"{path}: no weights file, expected {WEIGHTS_NAME}")
+            return config, _read_tensors(weights), "asymvq"
         weights = next((path / n for n in DIFFUSERS_WEIGHTS if (path / n).is_file()), None)
         if weights is None:
             raise CheckpointError(f"{path}: no weights file, expected one of {list(DIFFUSERS_WEIGHTS)}")
@@ -206,6 +313,10 @@ def load_state_dict_strict(decoder: AsymmetricDecoder, sd: dict[str, torch.Tenso
         c = decoder.config.latent_channels
         eye = torch.eye(c).view(c, c, 1, 1)
         sd = dict(sd, **{"post_quant_conv.weight": eye, "post_quant_conv.bias": torch.zeros(c)})
+    not_float = [k for k, v in sd.items() if k in own and not (v.is_floating_point() and bool(torch.isfinite(v).all()))]
+    if not_float:  # integer weights would be cast silently, NaN ones give a NaN image: refuse both
+        raise CheckpointError(f"{source}: expected finite floating-point weights, got {not_float[:5]}"
+                              f"{' and more' if len(not_float) > 5 else ''} (integer, NaN or Inf)")
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:

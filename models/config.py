@@ -24,7 +24,17 @@ class DecoderConfig:
     scaling_factor: float = 0.18215
 
     def __post_init__(self):
-        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        chans = self.block_out_channels
+        if not isinstance(chans, (list, tuple)) or not all(type(c) is int and c >= 1 for c in chans):
+            raise ValueError(f"block_out_channels must be a list of positive integers, got {chans!r}")
+        for name in ("layers_per_block", "latent_channels", "out_channels", "norm_num_groups"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        sf = self.scaling_factor
+        if type(sf) not in (int, float) or not 0 < sf < float("inf"):
+            raise ValueError(f"scaling_factor must be a positive finite number, got {sf!r}")
+        object.__setattr__(self, "block_out_channels", tuple(chans))
         if self.condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
         if len(self.block_out_channels) != 4:
