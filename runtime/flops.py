@@ -28,6 +28,8 @@ one prompt, one source image and mask, ``batch`` images per prompt:
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import time
 
 import torch
@@ -217,6 +219,20 @@ def scheduler_label(steps: int) -> tuple[str, str]:
 def count_job(preset: str = "sd15", height: int = 512, width: int = 512, *, batch: int = 1, steps: int = 50,
               decoders=("vanilla", "base", "x1.5", "x2"), guidance_scale: float = 7.5, scheduler: str = "ddim",
               in_channels: int = 9) -> dict:
+    """Every stage of the profile's job, counted (see ``_count_job``); the same question is counted
+    once per process (a fresh copy is returned each time)."""
+    job = _count_job_cached(preset, int(height), int(width), int(batch), int(steps), tuple(decoders),
+                            float(guidance_scale), str(scheduler), int(in_channels))
+    return copy.deepcopy(job)
+
+
+@functools.lru_cache(maxsize=16)
+def _count_job_cached(*args) -> dict:
+    return _count_job(*args)
+
+
+def _count_job(preset: str, height: int, width: int, batch: int, steps: int, decoders: tuple,
+               guidance_scale: float, scheduler: str, in_channels: int) -> dict:
     """Every stage of the profile's job, counted. Returns a JSON-able dict:
 
     ``flops``: stage label (as printed) -> FLOPs of one call of it (and the UNet and scheduler for
