@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import inspect
+import math
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -170,7 +172,7 @@ class InpaintPipeline:
             else:
                 negatives = [""] * batch if negative_prompt is None else (
                     [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt)
-                if not isinstance(negatives, list) or len(negatives) != batch:
+                if not isinstance(negatives, list) or len(negatives) != batch or not all(isinstance(n, str) for n in negatives):
                     raise ValueError(f"negative_prompt: expected a string or a list of {batch} strings, got {negative_prompt!r}")
                 negative = self._embed(negatives, "negative_prompt", timer, length=prompt_embeds.shape[1])
             prompt_embeds = torch.cat([negative, prompt_embeds])
@@ -188,9 +190,14 @@ class InpaintPipeline:
         return self.stages.text_encode(ids.to(self.spec.device), timer)
 
     def _check_embeds(self, embeds, arg: str) -> torch.Tensor:
-        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or not embeds.is_floating_point():
-            got = f"shape {tuple(embeds.shape)}" if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-            raise ValueError(f"{arg}: expected a float tensor (B, tokens, dim), got {got}")
+        """Any float dtype (cast to the pipeline's later); B, tokens, dim >= 1; finite."""
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or not embeds.is_floating_point() or 0 in embeds.shape:
+            got = f"shape {tuple(embeds.shape)} and dtype {embeds.dtype}" if isinstance(embeds, torch.Tensor) \
+                else type(embeds).__name__
+            raise ValueError(f"{arg}: expected a float tensor (B, tokens, dim) with B, tokens, dim >= 1, got {got}")
+        if embeds.device.type == "meta" or not bool(torch.isfinite(embeds).all()):
+            raise ValueError(f"{arg}: expected finite values on a real device, got "
+                             f"{'a meta tensor' if embeds.device.type == 'meta' else 'NaN or Inf'}")
         return embeds
 
     def _vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
@@ -215,12 +222,13 @@ class InpaintPipeline:
 
         spec, timer = self.spec, timer or NULL_TIMER
         # 1. arguments
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps: expected a positive integer, got {num_inference_steps!r}")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt: expected a positive integer, got {num_images_per_prompt!r}")
-        if not 0.0 < float(strength) <= 1.0:
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if not _is_number(strength) or not 0.0 < strength <= 1.0:
             raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
+        if not _is_number(eta) or not 0.0 <= eta <= 1.0:  # DDIM's variance goes negative (NaN) past 1
+            raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
         inpaint = image is not None or mask_image is not None
         if inpaint and not spec.inpainting:
             raise ValueError("image / mask_image: this pipeline's UNet has 4 input channels (text-to-image); "
@@ -247,7 +255,7 @@ class InpaintPipeline:
         if inpaint and pixels.shape[0] not in (1, batch) and batch % pixels.shape[0]:
             raise ValueError(f"image: expected batch 1 or a divisor of {batch} (prompts x images per prompt), "
                              f"got batch {pixels.shape[0]}")
-        generator = _check_generators(generator, batch)
+        generator = _check_generators(generator, batch, spec.device)
         if isinstance(guidance, list):
             if len(guidance) * num_images_per_prompt != batch:
                 raise ValueError(f"guidance_scale: expected a number or one per prompt ({batch // num_images_per_prompt}), "
@@ -320,27 +328,38 @@ class InpaintPipeline:
         return latents
 
 
+def _is_number(x) -> bool:
+    """A finite real number (Python or numpy scalar), not a bool."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
+
+
 def _guidance(guidance_scale):
     """(scale or list of scales, guidance on?); a batch shares on/off: the UNet batch doubles for all or none."""
     if not isinstance(guidance_scale, (list, tuple)):
-        return guidance_scale, guidance_scale > 1.0
+        if not _is_number(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale: expected a finite number >= 0 (or one per prompt), got {guidance_scale!r}")
+        return float(guidance_scale), guidance_scale > 1.0
     values = list(guidance_scale)
-    if not values or not all(isinstance(g, (int, float)) and not isinstance(g, bool) for g in values):
-        raise ValueError(f"guidance_scale: expected a number or a non-empty list of numbers, got {guidance_scale!r}")
+    if not values or not all(_is_number(g) and g >= 0 for g in values):
+        raise ValueError(f"guidance_scale: expected a finite number >= 0 or a non-empty list of them, got {guidance_scale!r}")
     if len({g > 1.0 for g in values}) > 1:
         raise ValueError(f"guidance_scale: expected all values > 1 (guidance on) or all <= 1 (off) in one batch, "
                          f"got {values}")
     return [float(g) for g in values], values[0] > 1.0
 
 
-def _check_generators(generator, batch: int):
-    """None, one generator, or a list with one per image (diffusers' convention)."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
-            raise ValueError(f"generator: expected a torch.Generator or a list of {batch} (one per image), "
-                             f"got {len(generator)} items")
-        return list(generator)
-    return generator
+def _check_generators(generator, batch: int, device: torch.device | None = None):
+    """None, one generator, or a list with one per image (diffusers' convention); each on the CPU
+    (noise drawn there and moved: the same on every machine) or on the pipeline's device."""
+    gens = list(generator) if isinstance(generator, (list, tuple)) else [] if generator is None else [generator]
+    if isinstance(generator, (list, tuple)) and len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
+        kinds = f"{len(gens)} items" if isinstance(generator, (list, tuple)) else type(generator).__name__
+        raise ValueError(f"generator: expected a torch.Generator or a list of {batch} (one per image), got {kinds}")
+    for g in gens:
+        if device is not None and g.device.type != "cpu" and g.device != device:
+            raise ValueError(f"generator: expected a generator on the CPU or on the pipeline's device {device}, "
+                             f"got one on {g.device}")
+    return gens if isinstance(generator, (list, tuple)) else generator
 
 
 def _step_kwargs(scheduler, generator, eta: float) -> dict:
