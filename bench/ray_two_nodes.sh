@@ -40,6 +40,8 @@ cleanup() {
     stop_ns "$HEAD_NS"
     ip link del veth-asymvq-h 2>/dev/null || true
     rm -rf "$WORK"
+    # `ray start --head` records its address for later `ray.init()` calls; `ray stop` is not used here, so forget it
+    if grep -qs "^$HEAD_IP:" /tmp/ray/ray_current_cluster; then rm -f /tmp/ray/ray_current_cluster; fi
     echo "namespaces left: $(ip netns list | grep -c asymvq- || true)"
 }
 trap cleanup EXIT

@@ -358,7 +358,9 @@ def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        # "local": a new Ray of its own, never one a `ray start` on this machine left behind
+        ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(ray_app(cfg), name=APP_NAME, route_prefix="/")

@@ -171,7 +171,7 @@ def _bad_requests():
 def test_end_to_end_on_a_local_ray(tiny_pipe):
     """8 clients, 24 valid requests of two sizes plus malformed ones: images = single-process, 4xx = FastAPI's."""
     t0 = time.monotonic()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     try:
