@@ -20,6 +20,7 @@ from .config import DecoderConfig, preset_config
 from .inputs import check_condition, check_latents
 from .op_select import select_ops
 from .ops import TORCH_OPS, TorchOps
+from .tiled_decode import decode_modes
 
 # Resolution divisor of the decoder's level inputs (up_blocks[0..3]) and of the final blend,
 # and the condition layer blended there.
@@ -68,11 +69,16 @@ class AsymmetricDecoder(nn.Module):
         return self.ops.name
 
     # -- forward -------------------------------------------------------------------------
-    def forward(self, latents: torch.Tensor, image: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, image: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
+                tile: int | None = None, overlap: int | None = None, region: str | None = None,
+                margin: int | None = None) -> torch.Tensor:
         """Decode VAE-space latents (already divided by the scaling factor) to images in [-1, 1].
 
         latents: (B, 4, h, w). image: (B or 1, 3, 8h, 8w) unmasked source in [-1, 1].
         mask: (B or 1, 1 or 3, 8h, 8w), 1 = hole, binary (see ``asymvq.models.inputs``).
+        ``tile``/``overlap`` (latent pixels): tiled decode with image-wide GroupNorm statistics,
+        memory bounded by the tile. ``region="mask"``/``margin``: decode only the mask's box grown
+        by ``margin`` latent pixels, the rest is the source. See ``asymvq.models.tiled_decode``.
         """
         weight = self.conv_in.weight  # any float latents/image are cast to the decoder's dtype
         latents = check_latents(latents, self.config.latent_channels, dtype=weight.dtype, device=weight.device)
@@ -82,12 +88,15 @@ class AsymmetricDecoder(nn.Module):
         if image is not None:
             dtype = self.conv_in.weight.dtype
             image, mask = image.to(dtype), mask.to(dtype)
+        if tile is not None or overlap is not None or region is not None or margin is not None:
+            return decode_modes(self, latents, image, mask, tile=tile, overlap=overlap, region=region, margin=margin)
         return self.decode_core(latents, image, mask)
 
-    def decode_scaled(self, latents: torch.Tensor, image=None, mask=None) -> torch.Tensor:
-        """Decode diffusion-space latents (what the UNet loop yields): divides by the scaling factor."""
+    def decode_scaled(self, latents: torch.Tensor, image=None, mask=None, **modes) -> torch.Tensor:
+        """Decode diffusion-space latents (what the UNet loop yields): divides by the scaling factor.
+        ``modes``: ``tile``, ``overlap``, ``region``, ``margin`` as in ``forward``."""
         check_latents(latents, self.config.latent_channels)  # before dividing: integer latents stay refused
-        return self(latents / self.config.scaling_factor, image, mask)
+        return self(latents / self.config.scaling_factor, image, mask, **modes)
 
     def decode_core(self, latents: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """The traced graph: no input checks, no control flow on values. ``mask`` is 0/1 float, 1 channel."""
