@@ -1,9 +1,9 @@
-"""The ``asymvq`` command line: ``profile``, ``inpaint``, ``decode`` and ``serve``.
+"""The ``asymvq`` command line: ``profile``, ``inpaint``, ``decode``, ``serve`` and ``export``.
 
-Heavy imports (torch, diffusers, matplotlib) happen inside the commands so that
-``asymvq --help`` answers at once. Errors a user can fix (missing files, wrong formats,
-mismatched sizes) print one line and exit 1; ``--debug`` anywhere on the line shows the
-traceback instead. ``app`` is module level so other files can register commands on it.
+Errors a user can fix (missing files, wrong formats, mismatched sizes, a missing extra) print
+one line and exit 1; ``--debug`` anywhere on the line shows the traceback instead. The project's
+modules are imported here at the top (diffusers, matplotlib and the optional toolchains load
+only when a command needs them), so ``asymvq --help`` costs about a torch import.
 """
 from __future__ import annotations
 
@@ -12,7 +12,29 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
+from tqdm.auto import tqdm
+
+from .cli_export import register as _register_export
+from .engines.loader import BACKENDS
+from .engines.manifest import read_manifest
+from .images import load_image, postprocess, prepare_image_and_mask
+from .inpaint_run import check_same_size, run_inpaint
+from .latents_io import load_latents
+from .models import PRESETS
+from .models.checkpoints import load_decoder
+from .models.config import PRESET_ALIASES
+from .models.devices import DTYPES, parse_device, parse_dtype
+from .models.extras import missing_extra
+from .models.sd_networks import SD_PRESETS
+from .models.sources import random_decoder
+from .pipeline import InpaintPipeline
+from .profiler import ProfileConfig, default_config, flop_table_job, flops_only_report
+from .profiler import profile as run_profile
+from .report import format_flops_only, format_table, write_json
+from .report import plot as draw
+from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
 app = typer.Typer(
     name="asymvq",
@@ -31,8 +53,6 @@ PRECISION_HELP = ("With --engines --backend openvino: the precision OpenVINO com
 
 def engine_choice(backend: Optional[str], precision: Optional[str], threads: Optional[int] = None) -> dict:
     """``from_engines`` keyword arguments for --backend / --precision (and --threads for exported engines)."""
-    from .engines.loader import BACKENDS
-
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"--backend: expected one of {list(BACKENDS)}, got {backend!r}")
     options: dict = {"backend": backend}
@@ -96,16 +116,10 @@ def profile(
                                     "diffusion table and its GPU floor (SD 1.5; 512x512, 50 steps for preset tiny)."),
 ):
     """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
-    import torch
-
-    from .profiler import ProfileConfig, default_config
-    from .report import format_table, plot as draw, write_json
-
+    # 1. the profile's configuration: the built-in default, the engines directory's, then the options
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     base = default_config(cuda)
     if engines is not None:  # the directory decides the shapes, precision and the one decoder
-        from .engines.manifest import read_manifest
-
         manifest = read_manifest(engines)
         preset = preset or ("tiny" if manifest["source"]["preset"] == "tiny" else "sd15")
         if dtype not in (None, manifest["precision"]):
@@ -123,46 +137,38 @@ def profile(
         guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels, flops=flops,
     )
     _check_profile_config(config, check_decoders=engines is None)
-    if flops_only:  # counting only: no networks built with weights, nothing timed
-        from .profiler import flops_only_report
-        from .report import format_flops_only
-
+    # 2. counting only: no networks built with weights, nothing timed
+    if flops_only:
         if engines is not None:
             raise ValueError("--flops-only: counts the preset networks; drop --engines")
         report = flops_only_report(config)
         typer.echo(format_flops_only(report))
         typer.echo(f"wrote {write_json(report, json_path)}")
         return
+    # 3. threads, and the pipeline of an engines directory (the presets are built by the profiler)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads: expected a positive integer, got {threads}")
         torch.set_num_threads(threads)
     pipeline = None
     if engines is not None:
-        from .pipeline import InpaintPipeline
-
         pipeline = InpaintPipeline.from_engines(engines, device=config.device, scheduler=config.scheduler,
                                                 **engine_choice(backend, precision, threads))
     elif backend is not None or precision is not None:
         raise ValueError("--backend / --precision: they choose how an engines directory runs; give --engines DIR")
+    # 4. the measured runs
     report = _run_profile(config, pipeline)
-    if flop_table:  # counted on the meta device: seconds, next to the measured run
-        from .profiler import flop_table_job
-
+    # 5. the counted decoder-versus-diffusion table (meta device: seconds), next to the measured run
+    if flop_table:
         counted = report["flop_accounting"] and {**report["flop_accounting"], "flops": report["flops"]}
         report["flop_table"] = flop_table_job(config, counted)
+    # 6. the table, the JSON and the chart
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
 
 
 def _check_profile_config(config, check_decoders: bool = True) -> None:
     """Fail on a bad name before minutes of model building, not after."""
-    from .models import PRESETS
-    from .models.config import PRESET_ALIASES
-    from .models.devices import DTYPES, parse_device
-    from .models.sd_networks import SD_PRESETS
-    from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
-
     if config.preset not in SD_PRESETS:
         raise ValueError(f"--preset: expected one of {list(SD_PRESETS)}, got {config.preset!r}")
     bad = [d for d in config.decoders if d not in PRESETS and d not in PRESET_ALIASES] if check_decoders else []
@@ -176,17 +182,13 @@ def _check_profile_config(config, check_decoders: bool = True) -> None:
 
 
 def _run_profile(config, pipeline=None) -> dict:
-    from tqdm.auto import tqdm
-
-    from .profiler import profile as run
-
     bar = tqdm(total=config.warmup + config.repeats, desc="profiling (warm-up + measured runs)", unit="run")
 
     def advance(done: int, total: int) -> None:
         bar.update(done - bar.n)
 
     try:
-        return run(config, pipeline=pipeline, progress=advance, log=lambda msg: tqdm.write(msg))
+        return run_profile(config, pipeline=pipeline, progress=advance, log=lambda msg: tqdm.write(msg))
     finally:
         bar.close()
 
@@ -199,8 +201,6 @@ def build_pipeline(*, model: Optional[Path], decoder: Optional[Path], device: st
 
     ``preset`` (tiny or sd15: seeded random networks, no files) is for demos and the server's tests.
     """
-    from .pipeline import InpaintPipeline
-
     if preset is not None:
         if model is not None or engines is not None or decoder is not None:
             raise ValueError("--preset: give either --preset or --model/--engines (with --decoder), not both")
@@ -240,9 +240,6 @@ def inpaint(
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
-    from .images import load_image
-    from .inpaint_run import check_same_size, run_inpaint
-
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines,
@@ -276,14 +273,6 @@ def decode(
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
 ):
     """Decode saved latents (diffusion space unless --vae-space) to an image."""
-    import torch
-
-    from .images import load_image, postprocess, prepare_image_and_mask
-    from .latents_io import load_latents
-    from .models.checkpoints import load_decoder
-    from .models.devices import parse_device, parse_dtype
-    from .models.sources import random_decoder
-
     if (decoder is None) == (preset is None):
         raise ValueError("--decoder / --preset: give exactly one (a checkpoint path, or a decoder preset name)")
     lat = load_latents(latents)
@@ -344,10 +333,8 @@ def serve(
 ):
     """Serve POST /v1/inpaint, GET /healthz and GET /metrics over HTTP (docs/server.md): one request at a
     time in this process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
-    from .models.extras import missing_extra
-
     if ray:
-        return _serve_ray(locals(), missing_extra)
+        return _serve_ray(locals())
     if address is not None:
         raise ValueError("--address: joins a Ray cluster; add --ray")
 
@@ -367,7 +354,7 @@ def serve(
                 host=host, port=port, workers=1)
 
 
-def _serve_ray(opts: dict, missing_extra) -> None:
+def _serve_ray(opts: dict) -> None:
     """``asymvq serve --ray``: the same HTTP API on Ray Serve (asymvq.ray_serve)."""
     try:
         from .ray_serve import RayServeConfig, serve_forever  # defers the ray extra
@@ -384,8 +371,6 @@ def _serve_ray(opts: dict, missing_extra) -> None:
 
 
 # -- export: its own file (runtime/cli_export.py), registered here --------------------------
-from .cli_export import register as _register_export  # noqa: E402
-
 _register_export(app)
 
 
