@@ -20,6 +20,7 @@ from email.utils import collapse_rfc2231_value
 
 import PIL.Image
 
+from .images import pil_convert
 from .inpaint_run import check_same_size
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
@@ -120,7 +121,11 @@ def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int) -> P
             if w % 8 or h % 8:
                 # the pipeline would round down and resize: a silently different image, so refuse
                 raise RequestError(400, f"{name}: expected width and height multiples of 8, got {w}x{h} (WxH)")
-            return im.convert(mode)
+            im.load()  # decoding errors first, answered below
+            try:
+                return pil_convert(im, mode, name)  # upright (EXIF), 16-bit scaled rather than clipped
+            except ValueError as exc:
+                raise RequestError(400, str(exc)) from None
     except PIL.UnidentifiedImageError:
         raise RequestError(400, f"{name}: expected a PNG or JPEG file, got {len(data)} bytes PIL cannot read as either") from None
     except PIL.Image.DecompressionBombError:

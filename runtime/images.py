@@ -1,7 +1,7 @@
 """Images and masks in and out of the pipeline: PIL, numpy or torch, checked, then diffusers' processing.
 
 Accepted forms (a list of PIL images is a batch):
-- image: PIL (any mode, converted to RGB); numpy (H, W, 3) or (B, H, W, 3), uint8 in [0, 255]
+- image: PIL (any mode PIL converts to RGB, 16-bit scaled to 8, EXIF orientation applied); numpy (H, W, 3) or (B, H, W, 3), uint8 in [0, 255]
   or float in [0, 1]; torch (3, H, W) or (B, 3, H, W), uint8, or float in [0, 1] (or in
   [-1, 1], diffusers' legacy convention, recognised by negative values).
 - mask: the same containers with 1 channel (or none); 1/white = hole to repaint. Soft masks
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 
 VAE_SCALE_FACTOR = 8
@@ -33,14 +34,51 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNG/TIFF; "I" read as 16-bit too
+
+
+def pil_convert(im: PIL.Image.Image, mode: str, arg: str = "image") -> PIL.Image.Image:
+    """``im`` upright (EXIF orientation applied, as viewers show it) in ``mode`` ("RGB" or "L").
+
+    PIL's own ``convert`` clips 16-bit images to 255 (a 16-bit PNG comes out nearly white): they
+    are scaled to 8 bits here instead. 32-bit float images (mode F) have no agreed range and are
+    refused, like the modes PIL cannot convert (LAB, La, ...).
+    """
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data: PIL's decoders raise these
+        _fail(arg, "a complete image", f"a damaged one ({str(exc)[:80]})")
+    try:
+        im = PIL.ImageOps.exif_transpose(im)
+    except Exception as exc:  # a damaged EXIF block: PIL raises many types; the pixels are still good
+        _fail(arg, "an image with a readable EXIF block (or none)", f"{type(exc).__name__}: {str(exc)[:80]}")
+    if im.width < 1 or im.height < 1:
+        _fail(arg, "an image at least 1x1", f"{im.width}x{im.height} (WxH)")
+    if im.mode in HIGH_DEPTH_MODES:
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            _fail(arg, "16-bit values in [0, 65535] for a PIL mode 'I' image", f"values in [{a.min()}, {a.max()}]")
+        im = PIL.Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif im.mode == "F":
+        _fail(arg, "an 8-bit or 16-bit image", "a 32-bit float PIL image (mode F): convert it to 8 bits first")
+    if im.mode == mode:
+        return im
+    try:
+        return im.convert(mode)
+    except ValueError as exc:  # "conversion from LAB to RGB not supported"
+        _fail(arg, f"a PIL image convertible to {mode}", f"mode {im.mode} ({exc})")
+
+
 def _canonical(x, arg: str, channels: int):
-    """Bring ``x`` to what VaeImageProcessor reads right: PIL list, float numpy BHWC or float torch BCHW."""
+    """Bring ``x`` to what VaeImageProcessor reads right: PIL list (RGB images, L masks, upright),
+    float numpy BHWC or float torch BCHW."""
+    mode = "RGB" if channels == 3 else "L"
     if isinstance(x, PIL.Image.Image):
-        return [x]
+        return [pil_convert(x, mode, arg)]
     if isinstance(x, (list, tuple)):
         if not x or not all(isinstance(i, PIL.Image.Image) for i in x):
             _fail(arg, ACCEPTED, f"a list of {[type(i).__name__ for i in x][:3]}")
-        return list(x)
+        return [pil_convert(i, mode, arg) for i in x]
     if isinstance(x, np.ndarray):
         a = x
         if a.ndim == 2 and channels == 1:
@@ -159,6 +197,8 @@ def load_image(path, *, mode: str = "RGB") -> PIL.Image.Image:
         raise FileNotFoundError(f"image file not found: {p}")
     try:
         with PIL.Image.open(p) as im:
-            return im.convert(mode)
+            return pil_convert(im, mode, str(p))
     except PIL.UnidentifiedImageError:
         raise ValueError(f"{p}: not an image file PIL can read (png, jpg, webp, ...)") from None
+    except (OSError, SyntaxError) as exc:  # truncated or corrupt data: PIL's decoders raise these
+        raise ValueError(f"{p}: a damaged image file ({str(exc)[:120]})") from None
