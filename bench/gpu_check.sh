@@ -298,7 +298,7 @@ if [ "$DRY" = 1 ]; then
         --repeats 1 --out "$OUT/ort-cpu-tiny.json"
     note ort_gpu "$PY bench/ort_cuda.py --size 512 --precision fp16 --out $OUT/ort-cuda-512-fp16.json"
     # 7. the CPU benchmarks of issue 10b are not repeated here (they are this machine's own benchmarks)
-    note cpu_benchmarks "bench/decoder_cpu.py and bench/pipeline_cpu.py at smoke sizes, on the GPU machine's CPU"
+    note decoder_cpu "$PY bench/decoder_cpu.py --size 128 --warmup 0 --repeats 1 --threads 16 (on the GPU machine's CPU)"
 else
     run_step pytest_gpu 75 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider --continue-on-collection-errors \
         --junitxml "$OUT/pytest-gpu.xml"
