@@ -59,6 +59,8 @@ def pil_convert(im: PIL.Image.Image, mode: str, arg: str = "image") -> PIL.Image
         if a.size and (a.min() < 0 or a.max() > 65535):
             _fail(arg, "16-bit values in [0, 65535] for a PIL mode 'I' image", f"values in [{a.min()}, {a.max()}]")
         im = PIL.Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif im.mode == "La":  # premultiplied alpha: PIL converts it to LA only
+        im = im.convert("LA")
     elif im.mode == "F":
         _fail(arg, "an 8-bit or 16-bit image", "a 32-bit float PIL image (mode F): convert it to 8 bits first")
     if im.mode == mode:
