@@ -61,10 +61,10 @@ def free_port() -> int:
 
 # -- the server process -------------------------------------------------------------------------
 class Server:
-    def __init__(self, kind: str, preset: str, *, threads: int = 2, startup_s: float = 900):
+    def __init__(self, kind: str, preset: str, *, threads: int = 2, startup_s: float = 900, dtype: str = "fp32"):
         self.kind, self.preset, self.port = kind, preset, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [ASYMVQ, "serve", "--preset", preset, "--port", str(self.port), "--max-steps", "50"]
+        cmd = [ASYMVQ, "serve", "--preset", preset, "--port", str(self.port), "--max-steps", "50", "--dtype", dtype]
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS=str(threads))
         if kind == "ray":
             # one CPU (and torch thread) per stage: the two stages overlap on the two cores
@@ -115,7 +115,9 @@ class Server:
 
     def stop(self) -> float:
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGINT)  # Ctrl-C to the CLI only: it shuts Serve and its Ray down
+        # SIGTERM to the CLI only (SIGINT is ignored by processes started in the background): it shuts Serve
+        # and the Ray it started down
+        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -187,6 +189,13 @@ def summarize(results: list, wall: float, before: dict, after: dict, stage: str)
     )
 
 
+def mem_available_gb() -> float:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
+
+
 def machine() -> dict:
     return dict(cpus=os.cpu_count(), load_avg=[round(x, 2) for x in os.getloadavg()], python=platform.python_version(),
                 processor=platform.processor() or platform.machine())
@@ -196,16 +205,24 @@ def cmd_load(args) -> None:
     out = dict(machine_start=machine(), note=args.note, runs=[])
     for preset in args.presets.split(","):
         clients = [int(c) for c in (args.sd15_clients if preset == "sd15" else args.clients).split(",")]
+        dtype = args.sd15_dtype if preset == "sd15" else "fp32"
         for kind in args.servers.split(","):
-            server = Server(kind, preset)
+            avail = mem_available_gb()
+            if preset == "sd15" and avail < args.sd15_min_free_gb:
+                out["runs"].append(dict(server=kind, preset=preset, skipped=f"only {avail:.1f} GB free"))
+                print(f"{kind} {preset}: skipped, only {avail:.1f} GB of memory free", flush=True)
+                continue
+            server = Server(kind, preset, dtype=dtype)
             print(f"{kind} {preset}: up in {server.startup_s:.1f} s", flush=True)
             try:
-                run_clients(server.url, 1, 1, SETTINGS[preset], seed0=10_000)  # warm-up
+                # warm-up: both sizes, alone and concurrent (first calls of a shape set up kernels)
+                run_clients(server.url, 1, len(SETTINGS[preset]["sizes"]), SETTINGS[preset], seed0=10_000)
+                run_clients(server.url, 2, len(SETTINGS[preset]["sizes"]), SETTINGS[preset], seed0=20_000)
                 for c in clients:
-                    per = args.sd15_per_client if preset == "sd15" else args.per_client
+                    per = args.sd15_per_client if preset == "sd15" else max(args.per_client, 12 // c)
                     before = server.metrics()
                     results, wall = run_clients(server.url, c, per, SETTINGS[preset])
-                    row = dict(server=kind, preset=preset, clients=c, steps=SETTINGS[preset]["steps"],
+                    row = dict(server=kind, preset=preset, dtype=dtype, clients=c, steps=SETTINGS[preset]["steps"],
                                sizes=SETTINGS[preset]["sizes"], startup_s=round(server.startup_s, 1),
                                load_avg=round(os.getloadavg()[0], 2),
                                **summarize(results, wall, before, server.metrics(),
@@ -306,6 +323,8 @@ def main(argv=None) -> None:
     load.add_argument("--per-client", type=int, default=6, help="requests per client (tiny)")
     load.add_argument("--sd15-clients", default="1,4")
     load.add_argument("--sd15-per-client", type=int, default=1)
+    load.add_argument("--sd15-dtype", default="fp32", help="bf16 halves the ~4.5 GB of fp32 weights")
+    load.add_argument("--sd15-min-free-gb", type=float, default=5.0, help="skip a server below this much free memory")
     load.add_argument("--note", default="")
     load.add_argument("--out", default="bench/results/serve_load.json")
     soak = sub.add_parser("soak")

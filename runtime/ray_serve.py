@@ -23,6 +23,7 @@ import dataclasses
 import io
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,6 +362,10 @@ def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8
         # "local": a new Ray of its own, never one a `ray start` on this machine left behind
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
+    def stop(signum, frame):  # SIGTERM (Kubernetes, systemd, kill) shuts down like Ctrl-C, through the finally below
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(ray_app(cfg), name=APP_NAME, route_prefix="/")
