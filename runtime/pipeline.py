@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import pipeline_parts
-from .engines.contract import TEXT_ENCODER, VAE_ENCODER
+from .engines.contract import TEXT_ENCODER, UNET, VAE_ENCODER
 from .images import check_size, postprocess, prepare_image_and_mask
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
     SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler, switch_scheduler,
@@ -158,6 +158,10 @@ class InpaintPipeline:
             prompt_embeds = self._embed(prompts, "prompt", timer)
         else:
             prompt_embeds = self._check_embeds(prompt_embeds, "prompt_embeds")
+            dim = self._embed_dim()
+            if dim is not None and prompt_embeds.shape[-1] != dim:
+                raise ValueError(f"prompt_embeds: expected (B, tokens, {dim}) (the UNet's cross-attention width), "
+                                 f"got shape {tuple(prompt_embeds.shape)}")
         batch = prompt_embeds.shape[0]
         if do_cfg:
             if negative_prompt_embeds is not None:
@@ -188,6 +192,16 @@ class InpaintPipeline:
             truncation=True, return_tensors="pt",
         ).input_ids
         return self.stages.text_encode(ids.to(self.spec.device), timer)
+
+    def _embed_dim(self) -> int | None:
+        """The UNet's text-embedding width, where its engine tells it (input spec or diffusers config)."""
+        engine = self.stages.engines.get(UNET)
+        spec = getattr(engine, "inputs", {}).get("encoder_hidden_states") if isinstance(getattr(engine, "inputs", None), dict) else None
+        if spec is not None and isinstance(spec.dims[-1], int):
+            return spec.dims[-1]
+        unet = getattr(getattr(engine, "module", None), "unet", None)
+        dim = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+        return dim if isinstance(dim, int) else None
 
     def _check_embeds(self, embeds, arg: str) -> torch.Tensor:
         """Any float dtype (cast to the pipeline's later); B, tokens, dim >= 1; finite."""

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asymvq import AsymmetricDecoder
-from conftest import examples
+from props_settings import examples
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
