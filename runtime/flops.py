@@ -38,6 +38,13 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .models.component_modules import VaeEncoderComponent
+from .models.config import preset_config
+from .models.decoder import AsymmetricDecoder
+from .models.sd_networks import PRESET_SHAPES, SCHEDULER_CONFIG, build_text_encoder, build_unet, build_vae
+from .pipeline import _step_kwargs
+from .schedulers import make_scheduler
+
 METHOD = ("torch.utils.flop_counter.FlopCounterMode on the meta device (no weights); matmul and convolution "
           "FLOPs, 1 multiply-add = 2 FLOP; attention counted explicitly as 4*B*heads*Lq*Lk*d; elementwise ops "
           "not counted, except the scheduler's (1 FLOP per output element of each pointwise op)")
@@ -120,8 +127,6 @@ def _meta():
 
 
 def _decoder(name: str):
-    from .models.config import preset_config
-    from .models.decoder import AsymmetricDecoder
 
     with _meta():
         return AsymmetricDecoder(preset_config(name)).eval()
@@ -144,7 +149,6 @@ def count_decoder(name: str, height: int, width: int, batch: int = 1, *, image_b
 def count_unet(preset: str, height: int, width: int, unet_batch: int, *, in_channels: int = 9,
                attention: bool = True) -> dict:
     """One UNet call on ``unet_batch`` latents (2 x images under CFG)."""
-    from .models.sd_networks import PRESET_SHAPES, build_unet
 
     shapes = PRESET_SHAPES[preset]
     with _meta():
@@ -158,7 +162,6 @@ def count_unet(preset: str, height: int, width: int, unet_batch: int, *, in_chan
 
 def count_text_encoder(preset: str, sequences: int = 1, *, attention: bool = True) -> dict:
     """One CLIP text-encoder call on ``sequences`` prompts of the preset's 77 tokens."""
-    from .models.sd_networks import PRESET_SHAPES, build_text_encoder
 
     shapes = PRESET_SHAPES[preset]
     with _meta():
@@ -169,8 +172,6 @@ def count_text_encoder(preset: str, sequences: int = 1, *, attention: bool = Tru
 
 def count_vae_encoder(preset: str, height: int, width: int, batch: int = 1, *, attention: bool = True) -> dict:
     """One VAE encode (encoder + quant_conv: the moments) of ``batch`` images."""
-    from .models.component_modules import VaeEncoderComponent
-    from .models.sd_networks import build_vae
 
     with _meta():
         enc = VaeEncoderComponent(build_vae(preset))
@@ -184,9 +185,6 @@ def count_scheduler(name: str, height: int, width: int, batch: int = 1, steps: i
 
     Real (tiny) CPU tensors, not meta: the scheduler is a few dozen elementwise ops on the latents.
     """
-    from .models.sd_networks import SCHEDULER_CONFIG
-    from .pipeline import _step_kwargs
-    from .schedulers import make_scheduler
 
     scheduler = make_scheduler(name, SCHEDULER_CONFIG)
     scheduler.set_timesteps(steps)
@@ -240,7 +238,6 @@ def _count_job(preset: str, height: int, width: int, batch: int, steps: int, dec
     FLOPs, the whole job's (CLIP + VAE-Enc + steps x (UNet + scheduler) + decode) and its share;
     ``count_s``: how long the counting took.
     """
-    from .models.sd_networks import PRESET_SHAPES
 
     if preset not in PRESET_SHAPES:
         raise ValueError(f"preset must be one of {list(PRESET_SHAPES)}, got {preset!r}")

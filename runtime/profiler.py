@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import __version__
+from .flops import count_job, probe_peak, project, scheduler_label, unet_label
+from .models.config import PRESET_ALIASES, PRESETS
 from .models.devices import parse_device, parse_dtype
 from .pipeline import InpaintPipeline
 from .pipeline_parts import random_decoder_engines
@@ -98,7 +101,6 @@ def environment(device: torch.device) -> dict:
     import diffusers
     import transformers
 
-    from . import __version__
 
     dev = {"type": device.type, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads()}
@@ -217,8 +219,6 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
 
 def count_for_profile(config: ProfileConfig, log=print) -> tuple[dict, dict]:
     """The FLOPs of the profiled job (decoders that are presets only) and the matmul peak probe."""
-    from .flops import count_job, probe_peak, project
-    from .models.config import PRESET_ALIASES, PRESETS
 
     known = tuple(d for d in config.decoders if d in PRESETS or d in PRESET_ALIASES)
     log(f"counting FLOPs ({config.preset}, {config.height}x{config.width}, meta device) and probing the "
@@ -233,8 +233,6 @@ def flop_table_job(config: ProfileConfig, accounting: dict | None = None) -> dic
     """The counted decoder-versus-diffusion table the CLI prints next to every profile (``make run``):
     SD 1.5 shapes at the profile's size and steps, or at 512x512 and 50 steps when the profiled
     preset is tiny (its toy networks say nothing about real costs). Counting only, seconds."""
-    from .flops import count_job, project
-    from .models.config import PRESET_ALIASES, PRESETS
 
     if accounting is not None and config.preset == "sd15":
         job = dict(accounting)
@@ -251,7 +249,6 @@ def flop_table_job(config: ProfileConfig, accounting: dict | None = None) -> dic
 def flops_only_report(config: ProfileConfig) -> dict:
     """``asymvq profile --flops-only``: the job's FLOPs per stage, nothing run (schema as ``profile``,
     ``kind`` "flops-only", no stages, no device measurements)."""
-    from .flops import count_job, project
 
     job = count_job(config.preset, config.height, config.width, batch=config.batch, steps=config.steps,
                     decoders=config.decoders, guidance_scale=config.guidance_scale, scheduler=config.scheduler)
@@ -270,7 +267,6 @@ def flops_only_report(config: ProfileConfig) -> dict:
 
 def _stage_flops(report: dict, accounting: dict) -> dict[str, int]:
     """Span name -> FLOPs of one sample of it (what one entry of samples_ms measured)."""
-    from .flops import scheduler_label, unet_label
 
     f, steps = accounting["flops"], accounting["steps"]
     cfg = accounting["unet_batch"] > accounting["batch"]
