@@ -277,8 +277,8 @@ def read_checkpoint(path) -> tuple[DecoderConfig, dict[str, torch.Tensor], str]:
                 config = DecoderConfig.from_dict({k: v for k, v in cfg.items() if not k.startswith("_")})
             else:
                 config = decoder_config_from_diffusers(cfg)
-        except CheckpointError:
-            raise
+        except CheckpointError as e:
+            raise CheckpointError(f"{cfg_path}: {str(e).removeprefix('config.json: ')}") from None
         except (KeyError, TypeError, ValueError) as e:  # a missing key, a wrong type, a bad value
             what = f"missing key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
             raise CheckpointError(f"{cfg_path}: not a valid decoder config ({what})") from None
