@@ -139,3 +139,10 @@ def test_profile_adds_flop_columns_and_the_flop_table(tmp_path, capsys):
     assert list(table["decoders"]) == ["vanilla", "base", "x1.5", "x2"]
     for needle in ("| Module", "% peak", "a probe at start-up, not a spec", "counted FLOPs (not measured)"):
         assert needle in out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_probe_on_cuda_fp16():
+    p = flops.probe_peak("cuda", torch.float16, size=4096, seconds=0.2)
+    assert p["device"] == "cuda" and p["dtype"] == "float16" and p["flops_per_s"] > 1e12
