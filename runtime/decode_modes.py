@@ -1,0 +1,61 @@
+"""Tiled and region decoding in the pipeline and the CLI: which decoder engines can run them.
+
+``decode_options`` = ``{"tile": N, "overlap": M, "region": "mask", "margin": K}`` (any subset;
+latent pixels; see docs/decoder.md). The modes are Python around the decoder's modules
+(``asymvq.models.tiled_decode``), not part of an exported graph, so only the torch backend runs
+them: a ``TorchEngine`` whose module wraps an ``AsymmetricDecoder`` (a ``torch-compile`` engine
+runs them eagerly). ONNX Runtime, OpenVINO, TensorRT and AOTInductor engines, the Triton kernels'
+fused ops aside, and the C++ host decode the whole image: asking them to tile is a ValueError.
+"""
+from __future__ import annotations
+
+import torch
+
+from .engines.contract import DECODER, DECODER_PLAIN
+from .stages import SPAN_DECODE
+
+DECODE_OPTION_KEYS = ("tile", "overlap", "region", "margin")
+
+
+def check_decode_options(options) -> dict:
+    """A dict with keys among ``DECODE_OPTION_KEYS`` (values are checked by the decoder), or {}."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"decode_options: expected a dict with keys among {DECODE_OPTION_KEYS}, "
+                         f"got {type(options).__name__}")
+    unknown = sorted(set(options) - set(DECODE_OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"decode_options: unknown keys {unknown}, expected keys among {DECODE_OPTION_KEYS}")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def torch_decoder(engine):
+    """The ``AsymmetricDecoder`` behind a torch decoder engine, or None for any other backend."""
+    from .models.decoder import AsymmetricDecoder
+
+    dec = getattr(getattr(engine, "module", None), "decoder", None)
+    return dec if isinstance(dec, AsymmetricDecoder) else None
+
+
+def run_decoder_with_modes(engines: dict, timer, latent: torch.Tensor, image, mask, options: dict) -> torch.Tensor:
+    """``stages.run_decoder`` with tile/region options: the same engine choice, the decoder's own call."""
+    use_cond = image is not None and DECODER in engines
+    name = DECODER if use_cond else DECODER_PLAIN
+    engine = engines.get(name)
+    if engine is None:
+        raise ValueError(
+            "decoder: this decoder has only a conditioned engine ('decoder'), which needs image and mask; "
+            "text-to-image needs a 'decoder-plain' engine"
+        )
+    dec = torch_decoder(engine)
+    if dec is None:
+        raise ValueError(
+            f"decode_options: tiled and region decoding run on the torch backend only; this pipeline's "
+            f"{name!r} engine is {getattr(engine, 'backend', type(engine).__name__)!r} (drop the options, "
+            "or use a torch pipeline: from_pretrained / from_preset)"
+        )
+    if not use_cond and options.get("region") is not None:
+        raise ValueError("decode_options: region='mask' needs an inpainting run (image and mask)")
+    with timer.span(SPAN_DECODE), torch.inference_mode():
+        return dec(latent, image if use_cond else None, mask if use_cond else None, **options)
