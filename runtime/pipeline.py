@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import pipeline_parts
 from .engines.contract import TEXT_ENCODER, UNET, VAE_ENCODER
+from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
     SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler, switch_scheduler,
@@ -116,11 +117,14 @@ class InpaintPipeline:
         scheduler: str | None = None,
         timer=None,
         progress: bool = False,
+        decode_options: dict | None = None,
     ) -> InpaintOutput:
         """Arguments as in diffusers' ``StableDiffusionInpaintPipeline``, plus, for this call only:
         ``decoder`` (another ``{"decoder"/"decoder-plain": Engine}``), ``scheduler`` (a name from
         ``SCHEDULERS``; default: the pipeline's) and ``timer`` (a ``StageTimer`` that records every
-        stage). The call changes no attribute of the pipeline.
+        stage). The call changes no attribute of the pipeline. ``decode_options``: tiled and/or region
+        decoding, ``{"tile": N, "overlap": M, "region": "mask", "margin": K}`` (latent pixels; torch
+        decoder engines only, see ``asymvq.decode_modes`` and docs/decoder.md).
 
         A batch of independent jobs (what a server batches): ``prompt``, ``image``, ``mask_image``
         and ``negative_prompt`` as lists, ``generator`` a list with one generator per image (as in
@@ -135,13 +139,18 @@ class InpaintPipeline:
         )
         if output_type == "latent":
             return InpaintOutput(images=denoised.latents, latents=denoised.latents)
-        sample = self.decode(denoised, decoder=decoder, timer=timer)
+        sample = self.decode(denoised, decoder=decoder, timer=timer, decode_options=decode_options)
         return InpaintOutput(images=postprocess(sample, output_type), latents=denoised.latents)
 
-    def decode(self, denoised: Denoised, decoder: dict | None = None, timer=None) -> torch.Tensor:
-        """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some."""
+    def decode(self, denoised: Denoised, decoder: dict | None = None, timer=None,
+               decode_options: dict | None = None) -> torch.Tensor:
+        """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some.
+        ``decode_options``: tiled / region decoding (torch decoder engines only)."""
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
         latent = denoised.latents / self.spec.scaling_factor
+        options = check_decode_options(decode_options)
+        if options:
+            return run_decoder_with_modes(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask, options)
         return run_decoder(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask)
 
     # -- the diffusion half ------------------------------------------------------------------------
