@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzer (atheris) for the HTTP form: ``parse_form`` (the multipart splitter) and ``parse_job``.
 
 Input: the Content-Type header, a newline, then the body. Property: either a job whose every
@@ -5,7 +6,8 @@ field has the documented type, or a ``RequestError`` with a 4xx status and a one
 anything else (another exception, a 5xx, a hang) is a finding.
 
     python tests/fuzz/fuzz_form.py out/fuzz/form tests/fuzz/corpus/form -dict=tests/fuzz/form.dict -max_total_time=600
-    python tests/fuzz/fuzz_form.py --seeds tests/fuzz/corpus/form      # (re)write the seed inputs
+    python tests/fuzz/fuzz_form.py --seeds tests/fuzz/corpus/form
+    python tests/fuzz/fuzz_form.py --replay tests/fuzz/corpus/form tests/fuzz/regressions/form   # e.g. under coverage run
 
 ``check`` is also what tests/fuzz/test_fuzz_corpus.py runs on every committed corpus input.
 """
@@ -89,6 +91,14 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         for name, data in seeds().items():
             (out / name).write_bytes(data)
+        return
+    if sys.argv[1:2] == ["--replay"]:  # every input of the given folders through check(): coverage runs use this
+        from pathlib import Path
+
+        files = [f for d in sys.argv[2:] for f in sorted(Path(d).iterdir()) if f.is_file()]
+        for f in files:
+            check(f.read_bytes())
+        print(f"{len(files)} inputs replayed, no finding")
         return
     import atheris
 

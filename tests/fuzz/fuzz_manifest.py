@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzer (atheris) for the engines-directory reader: ``read_manifest``, then
 ``component_specs`` and ``verify_artifact`` on every artifact, and ``safe_path`` on the tokenizer
 and scheduler sub-folders, as ``load_engine_dir``/``load_tokenizer`` do before building anything.
@@ -9,6 +10,7 @@ starts with ``engines:``; anything else (another exception, a path outside, a ha
 
     python tests/fuzz/fuzz_manifest.py out/fuzz/manifest tests/fuzz/corpus/manifest -dict=tests/fuzz/manifest.dict -max_total_time=600
     python tests/fuzz/fuzz_manifest.py --seeds tests/fuzz/corpus/manifest
+    python tests/fuzz/fuzz_manifest.py --replay tests/fuzz/corpus/manifest tests/fuzz/regressions/manifest   # e.g. under coverage run
 """
 from __future__ import annotations
 
@@ -145,6 +147,12 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         for name, data in seeds().items():
             (out / name).write_bytes(data)
+        return
+    if sys.argv[1:2] == ["--replay"]:  # every input of the given folders through check(): coverage runs use this
+        files = [f for d in sys.argv[2:] for f in sorted(Path(d).iterdir()) if f.is_file()]
+        for f in files:
+            check(f.read_bytes())
+        print(f"{len(files)} inputs replayed, no finding")
         return
     import atheris
 
