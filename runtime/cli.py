@@ -17,6 +17,7 @@ import typer
 from tqdm.auto import tqdm
 
 from .cli_export import register as _register_export
+from .decode_modes import as_cli_error, cli_decode_options
 from .engines.loader import BACKENDS
 from .engines.manifest import read_manifest
 from .images import load_image, postprocess, prepare_image_and_mask
@@ -238,14 +239,25 @@ def inpaint(
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    tile: Optional[int] = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory "
+                                       "bounded by the tile (docs/decoder.md). Torch decoders only."),
+    overlap: Optional[int] = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default: the "
+                                          "receptive field, exact)."),
+    decode_region: Optional[str] = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box "
+                                                "(plus --margin), copy the rest from the source; 'full' (default)."),
+    margin: Optional[int] = typer.Option(None, help="Latent pixels of context around the mask's box (default 4)."),
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
+    options = cli_decode_options(tile, overlap, decode_region, margin)
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines,
                           preset=preset, backend=backend, precision=precision)
-    run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-                      strength=strength, seed=seed, progress=True, mask_arg="--mask")
+    try:
+        run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+                          strength=strength, seed=seed, progress=True, mask_arg="--mask", decode_options=options)
+    except ValueError as e:
+        raise as_cli_error(e) from None
     _save_images(run.images, out)
     # The paper's Pre_error: how well the kept region survived decoding (lower is better).
     typer.echo(f"Pre_error (MSE on kept pixels, 0-255 units): {run.pre_error:.2f}")
@@ -271,8 +283,16 @@ def decode(
     vae_space: bool = typer.Option(False, "--vae-space", help="Latents are already divided by the scaling factor."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    tile: Optional[int] = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory "
+                                       "bounded by the tile (docs/decoder.md). Torch decoders only."),
+    overlap: Optional[int] = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default: the "
+                                          "receptive field, exact)."),
+    decode_region: Optional[str] = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box "
+                                                "(plus --margin), copy the rest from the source; 'full' (default)."),
+    margin: Optional[int] = typer.Option(None, help="Latent pixels of context around the mask's box (default 4)."),
 ):
     """Decode saved latents (diffusion space unless --vae-space) to an image."""
+    options = cli_decode_options(tile, overlap, decode_region, margin)
     if (decoder is None) == (preset is None):
         raise ValueError("--decoder / --preset: give exactly one (a checkpoint path, or a decoder preset name)")
     lat = load_latents(latents)
@@ -296,8 +316,12 @@ def decode(
         lat = lat / dec.config.scaling_factor
     if pixels is not None and not dec.config.has_condition:
         raise ValueError("--image / --mask: this decoder has no condition branch (a plain SD decoder); drop them")
-    with torch.inference_mode():
-        sample = dec(lat, None if pixels is None else pixels.to(dev, dt), None if hole is None else hole.to(dev, dt))
+    try:
+        with torch.inference_mode():
+            sample = dec(lat, None if pixels is None else pixels.to(dev, dt), None if hole is None else hole.to(dev, dt),
+                         **options)
+    except ValueError as e:
+        raise as_cli_error(e) from None
     _save_images(postprocess(sample, "pil"), out)
 
 

@@ -59,3 +59,22 @@ def run_decoder_with_modes(engines: dict, timer, latent: torch.Tensor, image, ma
         raise ValueError("decode_options: region='mask' needs an inpainting run (image and mask)")
     with timer.span(SPAN_DECODE), torch.inference_mode():
         return dec(latent, image if use_cond else None, mask if use_cond else None, **options)
+
+
+CLI_FLAGS = {"tile": "--tile", "overlap": "--overlap", "region": "--decode-region", "margin": "--margin"}
+
+
+def cli_decode_options(tile, overlap, region, margin) -> dict:
+    """The CLI's --tile/--overlap/--decode-region/--margin as decode_options (None: not given)."""
+    if region not in (None, "mask", "full"):
+        raise ValueError(f"--decode-region: expected 'mask' (decode the mask's box only) or 'full', got {region!r}")
+    return check_decode_options({"tile": tile, "overlap": overlap, "region": None if region == "full" else region,
+                                 "margin": margin})
+
+
+def as_cli_error(exc: ValueError) -> ValueError:
+    """A decoder's "tile: expected ..." as "--tile: expected ..." (other errors unchanged)."""
+    head, sep, rest = str(exc).partition(":")
+    if sep and head in CLI_FLAGS:
+        return ValueError(f"{CLI_FLAGS[head]}:{rest}")
+    return exc

@@ -30,7 +30,7 @@ def check_same_size(source, hole, mask_arg: str = "mask") -> None:
 
 def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps: int = 50, guidance: float = 7.5,
                 strength: float = 1.0, seed: int = 0, scheduler: str | None = None, timer=None, progress: bool = False,
-                mask_arg: str = "mask") -> InpaintRun:
+                mask_arg: str = "mask", decode_options: dict | None = None) -> InpaintRun:
     """Inpaint PIL ``source`` where PIL ``hole`` is white; noise from ``torch.Generator().manual_seed(seed)``.
 
     The generator is a CPU one whatever the device, so a seed gives the same noise on every machine
@@ -39,7 +39,7 @@ def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps:
     check_same_size(source, hole, mask_arg)
     result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
                   guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
-                  output_type="pt", scheduler=scheduler, timer=timer, progress=progress)
+                  output_type="pt", scheduler=scheduler, timer=timer, progress=progress, decode_options=decode_options)
     return finish_run(result.images, source, hole)
 
 
