@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # CPU wheel of torch 2.13.0 lying on disk. Elsewhere, point it at a CPU or CUDA torch index.
 TORCH_INDEX ?=
 
-.PHONY: run test install clean host
+.PHONY: run test install clean host fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ host: $(STAMP)
 
 test: $(STAMP) $(if $(HAVE_CMAKE),host)
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# Coverage-guided fuzzing (atheris, the `fuzz` extra) of the multipart form and the manifest reader,
+# FUZZ_SECONDS each; new inputs go to out/fuzz/<name>, findings to out/fuzz/<name>-crash-*.
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	$(PY) -m pip install -q -e '.[fuzz]'
+	@for n in form manifest; do mkdir -p out/fuzz/$$n; \
+	  PATH=$(abspath $(VENV))/bin:$$PATH tests/fuzz/fuzz_$$n.py out/fuzz/$$n tests/fuzz/corpus/$$n -dict=tests/fuzz/$$n.dict \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+	    -artifact_prefix=out/fuzz/$$n- || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
