@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+import asymvq
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 
@@ -63,8 +65,6 @@ def _inputs(h: int, w: int, dim: int):
 
 def bench(engines: Path, *, label: str, size: int, steps: tuple[int, int], warmup: int, repeats: int,
           scheduler: str) -> dict:
-    import asymvq
-
     lib = asymvq_host.load_library(ROOT / "build" / "host" / "libasymvq_host.so")
     host = asymvq_host.Host(lib, engines)
     pipe = asymvq.InpaintPipeline.from_engines(engines, backend="aoti")

@@ -7,6 +7,7 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -240,6 +241,15 @@ void read_empty_prompt(Host& h, const json::Value& manifest) {
           if (const json::Value* id = vocab->find(t)) return id->i;
       return -1;
     };
+    int64_t top = -1;  // the largest token id: ids at or above the vocabulary would index past the embedding table
+    if (const json::Value* added = tok.find("added_tokens"); added && added->is_array())
+      for (auto& a : added->arr)
+        if (const json::Value* id = a.find("id"); id && id->is_int) top = std::max(top, id->i);
+    if (const json::Value* model = tok.find("model"))
+      if (const json::Value* vocab = model->find("vocab"); vocab && vocab->is_object())
+        for (auto& kv : vocab->obj)
+          if (kv.second.is_int) top = std::max(top, kv.second.i);
+    h.vocab_size = top + 1;
     int64_t bos = id_of(token("bos_token")), eos = id_of(token("eos_token")), pad = id_of(token("pad_token"));
     int64_t len = 77;
     if (const json::Value* m = cfg.find("model_max_length"); m && m->is_int && m->i > 2 && m->i < 100000) len = m->i;
@@ -248,7 +258,8 @@ void read_empty_prompt(Host& h, const json::Value& manifest) {
     h.empty_prompt_ids[0] = bos;
     h.empty_prompt_ids[1] = eos;
   } catch (const std::exception&) {
-    h.empty_prompt_ids.clear();  // unreadable tokenizer: callers must pass negative embeddings or ids
+    h.empty_prompt_ids.clear();  // unreadable tokenizer: callers must pass negative embeddings
+    h.vocab_size = 0;
   }
 }
 

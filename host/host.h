@@ -86,6 +86,7 @@ struct Host {
   bool has_scheduler = false;
   SchedulerConfig scheduler;
   std::vector<int64_t> empty_prompt_ids;  // "" through the exported CLIP tokenizer (padding to 77), when it is there
+  int64_t vocab_size = 0;                  // token ids must be below this (0: no tokenizer, ids refused)
   std::mutex lock;                         // one call at a time per handle
 
   Engine* find(const std::string& component) const;

@@ -275,6 +275,12 @@ at::Tensor encode_text(Host& h, const at::Tensor& ids) {
   int64_t len = e.inputs[0].max[1];
   if (ids.dim() != 2 || ids.size(1) != len)
     fail_arg("input_ids", "shape (B, " + std::to_string(len) + ") int64 CLIP token ids", "shape " + shape_str(ids.sizes()));
+  if (h.vocab_size <= 0)
+    fail(ASYMVQ_ERR_UNSUPPORTED, "input_ids: " + h.root + " has no readable tokenizer/ to bound token ids; pass embeddings");
+  int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= h.vocab_size)
+    fail_arg("input_ids", "token ids in [0, " + std::to_string(h.vocab_size) + ") (the tokenizer's vocabulary)",
+             "ids in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return run1(e, {ids});
 }
 
@@ -289,7 +295,9 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   bool inpainting = unet_channels == 9;
   if (!h.has_scheduler)
     fail(ASYMVQ_ERR_UNSUPPORTED, "inpaint: " + h.root + " has no scheduler/ (exported without the SD components)");
-  if (a.steps < 1) fail_arg("steps", "a positive integer", std::to_string(a.steps));
+  if (a.steps < 1 || a.steps > h.scheduler.num_train_timesteps)
+    fail_arg("steps", "an integer in [1, " + std::to_string(h.scheduler.num_train_timesteps) + "] (num_train_timesteps)",
+             std::to_string(a.steps));
   if (!std::isfinite(a.guidance_scale)) fail_arg("guidance_scale", "a finite number", std::to_string(a.guidance_scale));
   bool has_cond = a.image.defined() || a.mask.defined();
   if (has_cond && !inpainting)

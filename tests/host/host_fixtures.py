@@ -1,12 +1,11 @@
 """Helpers of the C++ host tests (tests/host): the CMake build (build/host, reused between runs) and the
-tiny AOTInductor engines (build/host-engines/<key>, exported once and reused while the export
-sources and torch stay the same). Both are made under a file lock, so pytest-xdist workers
+tiny AOTInductor engines (build/host-engines/torch-<version>, exported once and reused while
+they hold the networks this checkout builds). Both are made under a file lock, so pytest-xdist workers
 that start together build and export once.
 """
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
+
+from asymvq.engines import load_engine_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "host"
@@ -54,18 +56,6 @@ def build_host(build_dir: Path = BUILD, *extra_args: str) -> Path:
     return build_dir
 
 
-def _export_key() -> str:
-    """What the exported engines depend on: the export/model sources and torch's version."""
-    import torch
-
-    h = hashlib.sha256(torch.__version__.encode())
-    for sub in ("models", "export", "engines"):
-        for f in sorted((ROOT / sub).rglob("*.py")):
-            h.update(f.relative_to(ROOT).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def _export(out: Path, *args: str) -> None:
     r = run([sys.executable, "-m", "asymvq.cli", "export", "--format", "aoti", "--preset", "tiny", "--out", out, *args])
     assert r.returncode == 0, f"asymvq export failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -81,24 +71,37 @@ def _merge_component(dst: Path, src: Path, component: str) -> None:
     (dst / "manifest.json").write_text(json.dumps(md, indent=2, sort_keys=True) + "\n")
 
 
+def _still_current(base: Path) -> bool:
+    """The cached engines hold the networks this checkout builds (public check: the torch backend
+    rebuilds each component from the manifest's recorded source and refuses changed weights)."""
+    if not (base / "complete").is_file():
+        return False
+    try:
+        for name in ("tiny", "t2i"):
+            load_engine_dir(base / name, backend="torch")
+    except Exception:  # noqa: BLE001 - any refusal (weights, I/O names, files) means re-export
+        return False
+    return True
+
+
 def cached_engines() -> dict[str, Path]:
     """{"tiny": all five components, "t2i": the 4-channel UNet + decoder-plain}, exported once.
 
-    ``ASYMVQ_HOST_ENGINES=DIR`` (holding tiny/ and t2i/) uses directories exported elsewhere.
+    Kept under build/host-engines/torch-<version>/ and reused while its networks are the ones
+    this checkout builds (checked on every session, a few seconds), so edits elsewhere in the
+    package cost no re-export. ``ASYMVQ_HOST_ENGINES=DIR`` (holding tiny/ and t2i/) uses
+    directories exported elsewhere.
     """
     if os.environ.get("ASYMVQ_HOST_ENGINES"):
         base = Path(os.environ["ASYMVQ_HOST_ENGINES"])
         return {"tiny": base / "tiny", "t2i": base / "t2i"}
-    key = _export_key()
-    base = ENGINES_CACHE / key
+    base = ENGINES_CACHE / f"torch-{torch.__version__}"
     with file_lock(ENGINES_CACHE / ".lock"):
-        if not (base / "complete").is_file():
-            for old in ENGINES_CACHE.iterdir() if ENGINES_CACHE.is_dir() else []:
-                if old.is_dir():
-                    shutil.rmtree(old, ignore_errors=True)
+        if not _still_current(base):
+            shutil.rmtree(base, ignore_errors=True)
             _export(base / "tiny", "--component", "all")
             # text-to-image: only the 4-channel UNet is new; decoder-plain is the same package
             _export(base / "t2i", "--component", "unet", "--unet-channels", "4")
             _merge_component(base / "t2i", base / "tiny", "decoder-plain")
-            (base / "complete").write_text(key + "\n")
+            (base / "complete").write_text(torch.__version__ + "\n")
     return {"tiny": base / "tiny", "t2i": base / "t2i"}

@@ -228,6 +228,11 @@ def test_c_api_refusals(lib, tiny, engines):
             host.decode(torch.zeros(1, 4, 8, 8, dtype=torch.int64).numpy())
         with pytest.raises(capi.HostError, match=r"decoder-plain engine: latent must have shape .* within .*re-export with --shapes"):
             host.decode(torch.zeros(5, 4, 8, 8))  # batch 5 is outside the exported 1..4
+        with pytest.raises(capi.HostError, match=r"input_ids: expected token ids in \[0, 1000\)"):
+            host.encode_text(torch.full((1, 77), 5000, dtype=torch.int64))  # would index past the embedding table
+        with pytest.raises(capi.HostError, match=r"steps: expected an integer in \[1, 1000\]"):
+            host.inpaint(prompt_embeds=torch.zeros(1, 77, 32), negative_embeds=torch.zeros(1, 77, 32),
+                         image=torch.zeros(1, 3, 64, 64), mask=torch.zeros(1, 1, 64, 64), steps=5000)
         # a handle stays usable after refusals
         assert host.decode(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 64, 64)
 
