@@ -6,9 +6,9 @@ Precision: ``bf16`` where the CPU computes bf16 natively (avx512_bf16 or AMX: th
 overrides it. This is a load-time choice, not the export's precision: one fp32 IR serves both.
 bf16 keeps OpenVINO's own fp32 islands (normalisation statistics, softmax accumulation).
 
-Compiled models are cached (OpenVINO's ``CACHE_DIR``): in ``DIR/.openvino-cache`` next to the IR
-when that is writable, in ``~/.cache/asymvq/openvino`` otherwise, or where ``cache_dir=`` says
-(``cache_dir=False`` turns caching off). A second load of the x1.5 decoder then imports the
+Compiled models are cached (OpenVINO's ``CACHE_DIR``): in ``DIR/.openvino-cache/<precision>`` next
+to the IR when that is writable, in ``~/.cache/asymvq/openvino/<precision>`` otherwise, or under
+``cache_dir=`` (``cache_dir=False`` turns caching off). A second load of the x1.5 decoder then imports the
 compiled blob instead of compiling again (times in docs/engines.md).
 
 Shapes: ``static_shapes=True`` reshapes the model to each new input signature and compiles it
@@ -104,6 +104,9 @@ class OpenVINOEngine:
             self.config["INFERENCE_NUM_THREADS"] = str(threads)
         if cache_dir is not False:
             cache = default_cache_dir(self.path.parent) if cache_dir in (None, True) else Path(cache_dir)
+            # One folder per precision: with one shared folder, the tiny UNet compiled in bf16 after its fp32
+            # compile was cached there gave NaN here (OpenVINO 2026.4.1); separate folders gave none.
+            cache = cache / precision
             cache.mkdir(parents=True, exist_ok=True)
             self.config["CACHE_DIR"] = str(cache)
         self.model = core().read_model(str(self.path))
