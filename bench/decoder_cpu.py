@@ -1,26 +1,42 @@
-"""The x1.5 asymmetric decoder on this CPU: ONNX Runtime engine vs diffusers eager vs our torch eager.
+"""The x1.5 asymmetric decoder on this CPU: every backend and precision side by side, in one run.
 
-One process, the same seeded weights and inputs for all three (diffusers' AsymmetricAutoencoderKL
-is the source; ours loads its state dict; the ONNX file is exported from ours), backends
-interleaved round-robin so that drift of a shared machine hits them alike. Prints min and
-median after warm-up and the ratios (ours / peer), and writes bench/results/decoder_cpu.json.
+diffusers' ``AsymmetricAutoencoderKL.decode`` eager fp32 (the peer) against asymvq's torch fp32,
+torch bf16 (``asymvq.models.cpu_bf16``), ONNX Runtime fp32, OpenVINO fp32 and OpenVINO bf16
+(inference-precision hint), all with the same seeded weights and inputs (diffusers' module is
+the source; ours loads its state dict; the ONNX file and the IR are exported from ours with the
+default dynamic ranges a user's export gets, 256..1024). Backends run interleaved round-robin
+so that drift of a shared machine hits them alike. Reported: min and median after warm-up,
+speed-up against diffusers, PSNR (images in [-1, 1], peak-to-peak 2) and max abs against
+diffusers fp32, achieved GFLOP/s (FLOPs counted on the meta device) and its share of the
+machine's matmul peak at that precision (a short probe at start-up: a measurement, not a spec).
+Writes bench/results/decoder_cpu.json and decoder_cpu.png, with the load average before and after.
 
-    .venv/bin/python bench/decoder_cpu.py [--preset x1.5] [--size 256] [--batch 1] [--repeats 5]
+Exports are cached under out/bench-cache/ (keyed by the weights' hash), so reruns skip them.
+
+    .venv/bin/python bench/decoder_cpu.py [--threads 2] [--preset x1.5] [--size 256] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results" / "decoder_cpu.json"
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "decoder_cpu.json"
+CACHE = HERE.parent / "out" / "bench-cache"
+PEER = "diffusers eager fp32"
+
+
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def diffusers_decoder(preset: str, seed: int):
@@ -48,16 +64,99 @@ def our_decoder(preset: str, reference) -> torch.nn.Module:
     return decoder
 
 
-def onnx_engine(decoder, out_dir: Path):
-    from asymvq.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from asymvq.export import DEFAULT_SHAPES, export_onnx, io_specs
+def exported(decoder, log) -> tuple[Path, Path, list, list, dict]:
+    """(decoder.onnx, decoder.xml, input specs, output specs, export seconds), cached by weights hash."""
+    from asymvq.engines.manifest import weights_sha256
+    from asymvq.export import DEFAULT_SHAPES, io_specs
     from asymvq.models.component_modules import DecoderComponent
 
     module = DecoderComponent(decoder)
     shapes = DEFAULT_SHAPES["sd15"]  # the default dynamic ranges a user's export gets (256..1024)
     inputs, outputs = io_specs("decoder", module, shapes, "fp32")
-    path = export_onnx(module, inputs, outputs, out_dir / "decoder.onnx")[0]
-    return OnnxRuntimeEngine("decoder", path, inputs, outputs)
+    folder = CACHE / f"decoder-{weights_sha256(module)[:16]}"
+    onnx, xml = folder / "decoder.onnx", folder / "decoder.xml"
+    seconds = {}
+    if not onnx.is_file():
+        from asymvq.export.onnx_export import export_onnx
+
+        log(f"exporting the decoder to ONNX (cached in {folder})")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        t = time.perf_counter()
+        export_onnx(module, inputs, outputs, onnx)
+        seconds["onnx_export_s"] = round(time.perf_counter() - t, 1)
+    if not xml.is_file():
+        from asymvq.export.openvino_export import export_openvino
+
+        t = time.perf_counter()
+        export_openvino(onnx, xml)
+        seconds["openvino_convert_s"] = round(time.perf_counter() - t, 1)
+    return onnx, xml, inputs, outputs, seconds
+
+
+def openvino_load_times(onnx: Path, xml: Path, threads: int, precision: str) -> dict:
+    """How long a load takes: ONNX read+compiled at load, the IR compiled, the IR from a warm cache."""
+    import openvino as ov
+
+    from asymvq.engines.openvino_engine import _HINT
+
+    config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": str(threads)}
+    core = ov.Core()
+    out = {}
+    for name, path in (("onnx_read_s", onnx), ("ir_read_s", xml)):
+        t = time.perf_counter()
+        model = core.read_model(str(path))
+        out[name] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    core.compile_model(model, "CPU", config)
+    out["compile_s"] = round(time.perf_counter() - t, 2)
+    cache = xml.parent / f"cache-probe-{precision}"
+    shutil.rmtree(cache, ignore_errors=True)
+    for name in ("cold_cache_compile_s", "warm_cache_load_s"):
+        t = time.perf_counter()
+        core.compile_model(str(xml), "CPU", {**config, "CACHE_DIR": str(cache)})
+        out[name] = round(time.perf_counter() - t, 2)
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def count_flops(preset: str, size: int, batch: int) -> int:
+    """FLOPs of one decode with image and mask (the project's counter when present, else FlopCounterMode)."""
+    try:
+        from asymvq.flops import count_decoder
+
+        return int(count_decoder(preset, size, size, batch)["flops"])
+    except ImportError:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from asymvq.models import AsymmetricDecoder
+
+        with torch.device("meta"):
+            dec = AsymmetricDecoder(preset).eval()
+            args = (torch.empty(batch, 4, size // 8, size // 8), torch.empty(batch, 3, size, size),
+                    torch.empty(batch, 1, size, size))
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            dec.decode_core(*args)
+        return int(counter.get_total_flops())
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = 1.0, n: int = 1024) -> float:
+    """Best achieved FLOP/s of an n^3 matmul at ``dtype`` (torch/oneDNN): a probe, not a spec."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best, start, runs = math.inf, time.perf_counter(), 0
+    while runs < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best, runs = min(best, time.perf_counter() - t), runs + 1
+    return 2 * n ** 3 / best
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = 2.0) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(peak_to_peak ** 2 / mse)
 
 
 def main() -> None:
@@ -66,67 +165,168 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default=None, help="comma list of backends to run (the peer always runs)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    torch.set_num_threads(args.threads)
+    load_before = loadavg()
+
+    from asymvq.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from asymvq.engines.openvino_engine import OpenVINOEngine, native_bf16
+    from asymvq.models.cpu_bf16 import to_cpu_bf16
 
     reference = diffusers_decoder(args.preset, args.seed)
     ours = our_decoder(args.preset, reference)
+    onnx, xml, inputs, outputs, export_s = exported(ours, log)
+    ours_bf16 = to_cpu_bf16(our_decoder(args.preset, reference))
     g = torch.Generator().manual_seed(args.seed + 1)
     b, s = args.batch, args.size
     latent = torch.randn(b, 4, s // 8, s // 8, generator=g)
     image = torch.rand(b, 3, s, s, generator=g) * 2 - 1
     mask = (torch.rand(b, 1, s, s, generator=g) > 0.5).float()
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        engine = onnx_engine(ours, Path(tmp))
-        export_s = time.perf_counter() - t0
+    latent_bf16 = latent.bfloat16()
+    feeds = dict(latent=latent, image=image, mask=mask)
 
-        runs = {
-            "onnxruntime": lambda: engine(latent=latent, image=image, mask=mask)["sample"],
-            "diffusers eager": lambda: reference.decode(latent, image=image, mask=mask).sample,
-            "asymvq torch eager": lambda: ours(latent, image, mask),
-        }
-        with torch.inference_mode():
-            outputs = {name: fn() for name, fn in runs.items()}  # also the first warm-up
-            for _ in range(args.warmup - 1):
-                for fn in runs.values():
-                    fn()
-            times: dict[str, list[float]] = {name: [] for name in runs}
-            for _ in range(args.repeats):
-                for name, fn in runs.items():
-                    t = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t)
-    ref = outputs["diffusers eager"]
-    result = {
-        "what": f"{args.preset} decoder, {s}x{s}, batch {b}, with image+mask, fp32, CPU",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "load_average_1_5_15": os.getloadavg()},  # other work on a shared machine
-        "versions": {m: __import__(m).__version__ for m in ("torch", "onnxruntime", "diffusers")},
-        "warmup": args.warmup, "repeats": args.repeats, "onnx_export_s": round(export_s, 1),
-        "seconds": {n: {"min": min(v), "median": statistics.median(v), "all": v} for n, v in times.items()},
-        "max_abs_diff_vs_diffusers": {n: float((o - ref).abs().max()) for n, o in outputs.items()},
+    ort = OnnxRuntimeEngine("decoder", onnx, inputs, outputs, threads=args.threads)
+    loads = {}
+    t = time.perf_counter()
+    ov32 = OpenVINOEngine("decoder", xml, inputs, outputs, precision="fp32", threads=args.threads, cache_dir=False)
+    loads["openvino fp32"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    ov16 = OpenVINOEngine("decoder", xml, inputs, outputs, precision="bf16", threads=args.threads, cache_dir=False)
+    loads["openvino bf16"] = round(time.perf_counter() - t, 2)
+    ov16_static = OpenVINOEngine("decoder", xml, inputs, outputs, precision="bf16", threads=args.threads,
+                                 cache_dir=False, static_shapes=True)
+    runs = {
+        PEER: lambda: reference.decode(latent, image=image, mask=mask).sample,
+        "asymvq torch fp32": lambda: ours(latent, image, mask),
+        "asymvq torch bf16": lambda: ours_bf16(latent_bf16, image, mask),
+        "onnxruntime fp32": lambda: ort(**feeds)["sample"],
+        "openvino fp32": lambda: ov32(**feeds)["sample"],
+        "openvino bf16": lambda: ov16(**feeds)["sample"],
+        "openvino bf16 static": lambda: ov16_static(**feeds)["sample"],
     }
-    med = {n: r["median"] for n, r in result["seconds"].items()}
-    mn = {n: r["min"] for n, r in result["seconds"].items()}
-    result["ratios"] = {
-        f"onnxruntime / {peer}": {"min": mn["onnxruntime"] / mn[peer], "median": med["onnxruntime"] / med[peer]}
-        for peer in ("diffusers eager", "asymvq torch eager")
-    }
-    result["ratios"]["asymvq torch eager / diffusers eager"] = {
-        "min": mn["asymvq torch eager"] / mn["diffusers eager"], "median": med["asymvq torch eager"] / med["diffusers eager"]}
-    print(result["what"], f"({args.warmup} warm-up, {args.repeats} measured, interleaved)")
-    print(f"{'backend':<22}{'min s':>10}{'median s':>10}{'max |diff| vs diffusers':>26}")
+    if args.only:
+        keep = {PEER, *(n.strip() for n in args.only.split(","))}
+        runs = {n: f for n, f in runs.items() if n in keep}
+    precision = {n: ("bf16" if "bf16" in n else "fp32") for n in runs}
+    log("probing the matmul peak (fp32, bf16)")
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    flops = count_flops(args.preset, s, b)
+    times: dict[str, list[float]] = {n: [] for n in runs}
+    outputs_: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for i in range(args.warmup + args.repeats):
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                outputs_[name] = fn().float()
+                dt = time.perf_counter() - t
+                if i >= args.warmup:
+                    times[name].append(dt)
+                log(f"{'warm-up' if i < args.warmup else 'run'} {i}: {name:<22} {dt:7.2f} s  (load {loadavg()[0]})")
+    ref = outputs_[PEER]
+    med = {n: statistics.median(v) for n, v in times.items()}
+    mn = {n: min(v) for n, v in times.items()}
+    rows = {}
     for n in runs:
-        print(f"{n:<22}{mn[n]:>10.3f}{med[n]:>10.3f}{result['max_abs_diff_vs_diffusers'][n]:>26.2e}")
-    for k, v in result["ratios"].items():
-        print(f"{k:<40} min {v['min']:.3f}  median {v['median']:.3f}  (< 1: faster)")
+        rows[n] = {
+            "precision": precision[n], "min_s": mn[n], "median_s": med[n], "all_s": times[n],
+            "speedup_vs_diffusers_median": med[PEER] / med[n], "speedup_vs_diffusers_min": mn[PEER] / mn[n],
+            "psnr_db_vs_diffusers_fp32": psnr(outputs_[n], ref),
+            "max_abs_vs_diffusers_fp32": float((outputs_[n] - ref).abs().max()),
+            "finite": bool(torch.isfinite(outputs_[n]).all()),
+            "gflop_per_s_median": flops / med[n] / 1e9,
+            "percent_of_peak_median": 100 * flops / med[n] / peaks[precision[n]],
+        }
+    result = {
+        "what": f"{args.preset} decoder, {s}x{s}, batch {b}, with image+mask, CPU, --threads {args.threads}",
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "native_bf16": native_bf16(), "amx": "amx_bf16" in _flags(), "avx512_bf16": "avx512_bf16" in _flags(),
+                    "python": platform.python_version()},
+        "load_average_1_5_15": {"before": load_before, "after": loadavg()},
+        "versions": _versions(),
+        "warmup": args.warmup, "repeats": args.repeats,
+        "flops_per_decode": flops,
+        "matmul_peak_gflop_per_s": {k: v / 1e9 for k, v in peaks.items()},
+        "export_s": export_s,
+        "openvino_engine_load_s": loads,
+        "backends": rows,
+        "notes": ("PSNR of images in [-1, 1] (peak-to-peak 2) against diffusers fp32; % of peak against the matmul "
+                  "probe at the backend's precision (torch/oneDNN 1024^3, best of ~1 s); 'openvino bf16 static' = the "
+                  "IR reshaped to 256x256 before compiling (static_shapes=True); everything else dynamic 256..1024"),
+    }
+    log("measuring OpenVINO load times (ONNX vs IR, cold vs warm cache)")
+    result["openvino_load_s"] = {p: openvino_load_times(onnx, xml, args.threads, p) for p in ("fp32", "bf16")}
+    _print(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    chart = args.out.with_suffix(".png")
+    _chart(result, chart)
+    log(f"wrote {args.out} and {chart}")
+
+
+def _flags() -> set[str]:
+    from asymvq.engines.openvino_engine import cpu_flags
+
+    return cpu_flags()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    return {m: metadata.version(m) for m in ("torch", "onnxruntime", "openvino", "diffusers")}
+
+
+def _print(result: dict) -> None:
+    print(result["what"], f"({result['warmup']} warm-up, {result['repeats']} measured, interleaved)")
+    print(f"{'backend':<24}{'min s':>8}{'median s':>10}{'speed-up':>10}{'PSNR dB':>9}{'max abs':>10}{'GFLOP/s':>9}{'% peak':>8}")
+    for n, r in result["backends"].items():
+        print(f"{n:<24}{r['min_s']:>8.2f}{r['median_s']:>10.2f}{r['speedup_vs_diffusers_median']:>9.2f}x"
+              f"{r['psnr_db_vs_diffusers_fp32']:>9.1f}{r['max_abs_vs_diffusers_fp32']:>10.1e}"
+              f"{r['gflop_per_s_median']:>9.0f}{r['percent_of_peak_median']:>8.0f}")
+    print("matmul peak GFLOP/s:", {k: round(v) for k, v in result["matmul_peak_gflop_per_s"].items()},
+          " load average before / after:", result["load_average_1_5_15"])
+
+
+def _chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["backends"]
+    names = list(rows)
+    med = [rows[n]["median_s"] for n in names]
+    lo = [rows[n]["median_s"] - rows[n]["min_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    colors = ["#888888" if n == PEER else ("#d62728" if "bf16" in n else "#1f77b4") for n in names]
+    ax.barh(names, med, xerr=[lo, [0] * len(names)], color=colors)
+    for i, n in enumerate(names):
+        r = rows[n]
+        psnr_txt = "" if n == PEER else f", {r['psnr_db_vs_diffusers_fp32']:.0f} dB"
+        ax.text(med[i], i, f" {r['speedup_vs_diffusers_median']:.2f}x{psnr_txt}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("median seconds per decode (bar: median, whisker: min)")
+    la = result["load_average_1_5_15"]
+    ax.set_title(f"{result['what']}\nload average before {la['before'][0]}, after {la['after'][0]}", fontsize=8)
+    ax.set_xlim(0, max(med) * 1.35)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
