@@ -1,6 +1,7 @@
 """Fixtures of the C++ host tests; the build and the engines cache are in host_fixtures.py."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ def runner(host_build) -> Path:
 
 @pytest.fixture(scope="session")
 def lib(host_build):
-    return asymvq_host.load_library(host_build / "libasymvq_host.so")
+    # ASYMVQ_HOST_LIB: another build of the library (e.g. the AddressSanitizer one, with libasan preloaded)
+    return asymvq_host.load_library(os.environ.get("ASYMVQ_HOST_LIB", host_build / "libasymvq_host.so"))
 
 
 @pytest.fixture(scope="session")
