@@ -129,3 +129,25 @@ def test_float64_numpy_latents_decode_like_fp32(decoder):
 
 
 BAD_KINDS = sorted(BAD)  # counted in README's Reliability figures
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_devices_are_named_and_dtypes_cast_on_cuda(decoder):
+    z, image, mask = (t.cuda() for t in _fixed_case())
+    dec = AsymmetricDecoder("tiny").eval()
+    dec.load_state_dict(decoder.state_dict())
+    dec = dec.cuda().half()
+    with torch.no_grad():
+        assert torch.equal(dec(z.float(), image.double(), mask), dec(z.half(), image.half(), mask))  # cast, same result
+        with pytest.raises(ValueError, match="^latents: expected a tensor on the decoder's device"):
+            dec(z.cpu())
+        with pytest.raises(ValueError, match="^image: expected a tensor on the latents' device"):
+            dec(z, image.cpu(), mask)
+        dec(z, image, mask.cpu())  # a CPU mask is moved
+
+
+def _fixed_case():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, 4, 2, 2, generator=g), torch.rand(1, 3, 16, 16, generator=g) * 2 - 1,
+            (torch.rand(1, 1, 16, 16, generator=g) > 0.5).float())
