@@ -3,13 +3,14 @@
 Both run the whole job on one AOTInductor engines directory: the C++ host through its C API
 (ctypes, host/asymvq_host.py; one handle) and ``asymvq.InpaintPipeline.from_engines(DIR,
 backend="aoti")``, same prompt embeddings, image, mask, seed and scheduler, interleaved,
-after warm-up. Per step:
-  marginal   (T(steps=hi) - T(steps=lo)) / (hi - lo): what one more step costs, whole call timed
-  unet       the UNet engine's own time per step, measured inside each implementation
-             (C++: asymvq_inpaint_stats.unet_s; Python: a timing proxy around the UNet engine)
-  overhead   marginal - unet: everything a step costs besides the network (concatenation,
-             guidance mix, scheduler arithmetic, feed checks, Python/C++ dispatch)
-min and median over the repeats, and C++ / Python ratios. Not a timed test.
+after warm-up. Every call is split into
+  engines    seconds inside the networks (C++: asymvq_inpaint_stats; Python: a timing proxy
+             around each engine), the same compiled code on both sides
+  host       total - engines: everything else (argument checks, concatenation, guidance mix,
+             scheduler arithmetic, feed checks, pre/post-processing, Python/C++ dispatch)
+and the per-step overhead is (host(steps=hi) - host(steps=lo)) / (hi - lo): host time is
+measured within each call, so the load on a shared machine, which mostly slows the networks,
+largely cancels. min and median over the repeats, and C++ / Python ratios. Not a timed test.
 
     python bench/host_overhead.py                                   # tiny preset (exported if missing)
     python bench/host_overhead.py --sd15 out/engines/sd15-256-aoti  # + SD 1.5 shapes at 256x256, 2 steps
@@ -68,12 +69,9 @@ def bench(engines: Path, *, label: str, size: int, steps: tuple[int, int], warmu
     lib = asymvq_host.load_library(ROOT / "build" / "host" / "libasymvq_host.so")
     host = asymvq_host.Host(lib, engines)
     pipe = asymvq.InpaintPipeline.from_engines(engines, backend="aoti")
-    unet_proxy = None
-    try:  # the UNet engine's own time in Python (internal attribute; the bench degrades without it)
-        unet_proxy = TimedEngine(pipe.stages.engines["unet"])
-        pipe.stages.engines["unet"] = unet_proxy
-    except (AttributeError, KeyError, TypeError):
-        unet_proxy = None
+    # each engine's own time in Python (pipe.stages is internal: the bench needs it, the library does not)
+    proxies = {name: TimedEngine(e) for name, e in pipe.stages.engines.items()}
+    pipe.stages.engines.update(proxies)
     manifest = json.loads((engines / "manifest.json").read_text())
     dim = manifest["components"]["unet"]["inputs"][2]["opt"][2]
     x = _inputs(size, size, dim)
@@ -83,50 +81,53 @@ def bench(engines: Path, *, label: str, size: int, steps: tuple[int, int], warmu
         t0 = time.perf_counter()
         out = host.inpaint(prompt_embeds=x["embeds"], negative_embeds=x["negative"], image=x["image"], mask=x["mask"],
                            steps=n, guidance_scale=7.5, seed=0, scheduler=scheduler, stats=st)
-        return time.perf_counter() - t0, st.unet_s, torch.from_numpy(out)
+        total = time.perf_counter() - t0
+        return total, st.text_encode_s + st.vae_encode_s + st.unet_s + st.decode_s, torch.from_numpy(out)
 
     def run_py(n):
-        if unet_proxy is not None:
-            unet_proxy.seconds = 0.0
+        for p in proxies.values():
+            p.seconds = 0.0
         t0 = time.perf_counter()
         d = pipe.denoise(prompt_embeds=x["embeds"], negative_prompt_embeds=x["negative"], image=x["image"],
                          mask_image=x["mask"], num_inference_steps=n, guidance_scale=7.5,
                          generator=torch.Generator().manual_seed(0), scheduler=scheduler)
         out = pipe.decode(d)
-        return time.perf_counter() - t0, (unet_proxy.seconds if unet_proxy else float("nan")), out
+        total = time.perf_counter() - t0
+        return total, sum(p.seconds for p in proxies.values()), out
 
     lo, hi = steps
     for _ in range(warmup):
         for n in (lo, hi):
             run_cpp(n)
             run_py(n)
-    rec = {impl: {n: {"total": [], "unet": []} for n in (lo, hi)} for impl in ("cpp", "python")}
+    rec = {impl: {n: {"total": [], "engines": [], "host": []} for n in (lo, hi)} for impl in ("cpp", "python")}
     max_diff = 0.0
     for _ in range(repeats):  # interleaved, so load changes hit both alike
         for n in (lo, hi):
-            tc, uc, oc = run_cpp(n)
-            tp, up, op = run_py(n)
-            rec["cpp"][n]["total"].append(tc)
-            rec["cpp"][n]["unet"].append(uc)
-            rec["python"][n]["total"].append(tp)
-            rec["python"][n]["unet"].append(up)
-            max_diff = max(max_diff, (oc - op).abs().max().item())
+            for impl, fn in (("cpp", run_cpp), ("python", run_py)):
+                total, eng, out = fn(n)
+                r = rec[impl][n]
+                r["total"].append(total)
+                r["engines"].append(eng)
+                r["host"].append(total - eng)
+                if impl == "cpp":
+                    ref = out
+                else:
+                    max_diff = max(max_diff, (ref - out).abs().max().item())
     host.close()
 
     result = {"label": label, "engines": str(engines), "size": size, "steps": [lo, hi], "scheduler": scheduler,
               "warmup": warmup, "repeats": repeats, "max_abs_diff_cpp_vs_python": max_diff, "raw": rec}
     for impl in ("cpp", "python"):
         r = rec[impl]
-        summary = {}
-        for stat, f in (("min", min), ("median", statistics.median)):
-            marginal = (f(r[hi]["total"]) - f(r[lo]["total"])) / (hi - lo)
-            unet = f([u / hi for u in r[hi]["unet"]])
-            summary[stat] = {"call_s": f(r[hi]["total"]), "marginal_step_s": marginal, "unet_step_s": unet,
-                             "overhead_step_s": marginal - unet}
-        result[impl] = summary
+        result[impl] = {
+            stat: {"call_s": f(r[hi]["total"]), "engines_s": f(r[hi]["engines"]), "host_call_s": f(r[hi]["host"]),
+                   "host_per_step_s": (f(r[hi]["host"]) - f(r[lo]["host"])) / (hi - lo)}
+            for stat, f in (("min", min), ("median", statistics.median))
+        }
     result["ratio_cpp_over_python"] = {
         stat: {k: (result["cpp"][stat][k] / result["python"][stat][k]) if result["python"][stat][k] else None
-               for k in ("call_s", "marginal_step_s")}
+               for k in ("call_s", "host_call_s", "host_per_step_s")}
         for stat in ("min", "median")
     }
     return result
@@ -136,15 +137,16 @@ def _print(r: dict) -> None:
     lo, hi = r["steps"]
     print(f"\n{r['label']}: {r['size']}x{r['size']}, {r['scheduler']}, steps {lo} vs {hi}, "
           f"{r['warmup']} warm-up, {r['repeats']} measured; C++ vs Python max abs diff {r['max_abs_diff_cpp_vs_python']:.2e}")
-    print(f"{'':8} {'stat':6} {'call (' + str(hi) + ' steps) s':>18} {'per step s':>11} {'UNet/step s':>12} {'overhead/step ms':>17}")
+    print(f"{'':8} {'stat':6} {'call s (' + str(hi) + ' steps)':>18} {'engines s':>10} {'host s':>8} {'host ms/step':>13}")
     for impl in ("cpp", "python"):
         for stat in ("min", "median"):
             s = r[impl][stat]
-            print(f"{impl:8} {stat:6} {s['call_s']:18.4f} {s['marginal_step_s']:11.4f} {s['unet_step_s']:12.4f} "
-                  f"{1000 * s['overhead_step_s']:17.3f}")
+            print(f"{impl:8} {stat:6} {s['call_s']:18.4f} {s['engines_s']:10.4f} {s['host_call_s']:8.4f} "
+                  f"{1000 * s['host_per_step_s']:13.3f}")
     for stat in ("min", "median"):
         q = r["ratio_cpp_over_python"][stat]
-        print(f"C++ / Python ({stat}): call {q['call_s']:.3f}, per step {q['marginal_step_s']:.3f}")
+        print(f"C++ / Python ({stat}): call {q['call_s']:.3f}, host per call {q['host_call_s']:.3f}, "
+              f"host per step {q['host_per_step_s']:.3f}")
 
 
 def main() -> None:
