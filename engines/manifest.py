@@ -156,8 +156,8 @@ def _check_manifest(manifest, where: str) -> None:
     if not isinstance(source, dict):
         raise _bad(where, "source", "an object", source)
     kinds = {"preset": str, "model": str, "decoder": str, "unet_in_channels": int, "seed": int}
-    if set(source) != set(kinds):
-        raise _bad(where, "source", f"an object with the keys {list(kinds)}", sorted(source))
+    if not set(source) <= set(kinds) or "preset" not in source:  # Source's defaults fill the others
+        raise _bad(where, "source", f"an object with preset and keys among {list(kinds)}", sorted(source))
     for k, v in source.items():
         ok = kinds[k]
         if not (v is None and ok is str or type(v) is ok):
