@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -201,6 +202,8 @@ def main() -> None:
         log(f"IRs ready: {ov_times}")
         return
     ours_decoder = modules.pop("decoder").decoder
+    # copied before the hooks go on diffusers' modules: a deepcopy would carry them and count twice
+    torch_bf16 = None if args.no_torch_bf16 else torch_bf16_engines(pipe, ours_decoder)
     clock = StageClock()
     for module, stage in ((pipe.text_encoder, "text-encoder"), (pipe.vae.encoder, "vae-encoder"),
                           (pipe.unet, "unet"), (pipe.vae.decoder, "decoder")):
@@ -220,8 +223,8 @@ def main() -> None:
         "diffusers eager fp32": lambda: pipe(**call, generator=torch.Generator().manual_seed(args.seed)).images,
         f"asymvq openvino {args.precision}": lambda: ours(**call, generator=torch.Generator().manual_seed(args.seed)).images,
     }
-    if not args.no_torch_bf16:
-        bf16 = InpaintPipeline({n: clock.wrap(e, n) for n, e in torch_bf16_engines(pipe, ours_decoder).items()},
+    if torch_bf16 is not None:
+        bf16 = InpaintPipeline({n: clock.wrap(e, n) for n, e in torch_bf16.items()},
                                scheduler=make_scheduler("ddim", sd.SCHEDULER_CONFIG),
                                spec=PipelineSpec(unet_in_channels=9, sample_size=64, dtype=torch.bfloat16),
                                tokenizer=pipe.tokenizer)
@@ -289,7 +292,7 @@ def _print(result: dict) -> None:
     cols = ["min s", "median s", "speed-up"] + [f"{s} s" for s in (*STAGES, "other")] + ["PSNR dB"]
     print(f"{'':<28}" + "".join(f"{c:>14}" for c in cols))
     for n, sec in result["seconds"].items():
-        st = result["stage_seconds_median"][n]
+        st = result["stage_seconds_median"][n] or {k: math.nan for k in (*STAGES, "other")}
         row = [sec["min"], sec["median"], result["speedup_vs_diffusers"][n]["median"], *(st[k] for k in (*STAGES, "other")),
                result["vs_diffusers_output"][n]["psnr_db"]]
         print(f"{n:<28}" + "".join(f"{v:>14.2f}" for v in row))
@@ -303,17 +306,22 @@ def _chart(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(result["seconds"])
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(10, 3.2))
     left = [0.0] * len(names)
+    split = result["stage_seconds_median"]
     for stage in (*STAGES, "other"):
-        vals = [result["stage_seconds_median"][n][stage] for n in names]
+        vals = [split[n][stage] if split.get(n) else 0.0 for n in names]
         ax.barh(names, vals, left=left, label=stage)
         left = [a + b for a, b in zip(left, vals)]
+    unsplit = [result["seconds"][n]["median"] if not split.get(n) else 0.0 for n in names]
+    if any(unsplit):
+        ax.barh(names, unsplit, left=left, color="#bbbbbb", label="total (split not valid)")
+        left = [a + b for a, b in zip(left, unsplit)]
     for i, n in enumerate(names):
         ax.text(left[i], i, f" {result['speedup_vs_diffusers'][n]['median']:.2f}x", va="center")
     ax.set_xlabel("median seconds per job (stacked by stage)")
     ax.set_title(result["what"], fontsize=7)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlim(0, max(left) * 1.2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
