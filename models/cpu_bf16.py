@@ -16,8 +16,11 @@ interleaved, on this project's 2-core Xeon (AMX and avx512_bf16), load average 1
 work, so only the ordering is meaningful: fp32 25-167 s, fp32 channels-last 41-123 s, autocast
 bf16 (fp32 weights) 41-101 s, autocast bf16 channels-last 20.5-54 s, bf16 weights channels-last
 20.0-50 s (PSNR 46.3 dB against fp32), the same with fp32 GroupNorm 21.1-61 s (46.3 dB); autocast
-gave 46.9-47.0 dB. bf16 weights win on time and memory (half the weights, no per-call weight
-casts), tied with autocast channels-last within this noise; bench/decoder_cpu.py has the clean run.
+gave 46.9-47.0 dB. A second run of the three bf16
+candidates (load average 7-5.6, 3 runs each): autocast channels-last 8.3 / 15.9 / 11.7 s, bf16 weights
+channels-last 6.0 / 12.0 / 13.2 s, with fp32 GroupNorm 10.3 / 14.2 / 11.4 s: tied within the noise
+of a shared machine. We keep bf16 weights: half the weight memory, no per-call weight casts, and
+the fastest single run in both measurements (bench/decoder_cpu.py: 5.97x diffusers eager fp32).
 """
 from __future__ import annotations
 
