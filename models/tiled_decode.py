@@ -222,8 +222,6 @@ def _resnet(block, x, norm_silu):
 
 def _up_path(dec, h, image, mask, norm_silu):
     """``decode_core`` after the mid block, with ``norm_silu`` for every GroupNorm+SiLU (same order)."""
-    from .decoder import BLEND_POINTS
-
     ops = dec.ops
     feats = None
     if image is not None:
@@ -233,8 +231,9 @@ def _up_path(dec, h, image, mask, norm_silu):
             h = _resnet(r, h, norm_silu)
         if up.upsamplers is not None:
             h = up.upsamplers[0](h)
-        if feats is not None and k < 3:
-            stride, layer = BLEND_POINTS[k + 1]
+        if feats is not None and k < 3:  # decoder.BLEND_POINTS: condition layer 3 - k after level k
+            layer = 3 - k
+            stride = LAYER_STRIDE[layer]
             h = ops.blend(h, feats[layer], mask[:, :, ::stride, ::stride])
     if feats is not None:
         h = ops.blend(h, feats[0], mask)
@@ -333,9 +332,6 @@ def region_decode(dec, latents, image, mask, margin: int, tile: int | None = Non
     out[:, :, y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE] = dec_box
     return out
 
-
-# Strides the condition branch needs the crop origin to be a multiple of (latent pixels are 8).
-assert max(LAYER_STRIDE) == SCALE
 
 
 def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=None, margin=None) -> torch.Tensor:

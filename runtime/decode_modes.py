@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .engines.contract import DECODER, DECODER_PLAIN
+from .models.decoder import AsymmetricDecoder
 from .stages import SPAN_DECODE
 
 DECODE_OPTION_KEYS = ("tile", "overlap", "region", "margin")
@@ -32,8 +33,6 @@ def check_decode_options(options) -> dict:
 
 def torch_decoder(engine):
     """The ``AsymmetricDecoder`` behind a torch decoder engine, or None for any other backend."""
-    from .models.decoder import AsymmetricDecoder
-
     dec = getattr(getattr(engine, "module", None), "decoder", None)
     return dec if isinstance(dec, AsymmetricDecoder) else None
 
