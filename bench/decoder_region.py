@@ -1,6 +1,6 @@
-"""Region decoding against the full decode on the tiny preset at 512x512 (masks of 5/20/60 %, margins
+"""Region decoding against the full decode at 512x512 (tiny by default) (masks of 5/20/60 %, margins
 0/2/4/8 at 20 %): time speed-up, PSNR in the box and the hole, pixels outside the box, the seam.
-Run: .venv/bin/python bench/decoder_region_tiny.py -> bench/results/decoder_region_tiny512.json"""
+Run: .venv/bin/python bench/decoder_region.py [PRESET [AREAS]] -> bench/results/decoder_region_PRESET512.json"""
 import json
 import sys
 import time
@@ -12,15 +12,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decoder_scaling import centred_mask, psnr, seam, _box_mask
 from asymvq.models.sources import random_decoder
 from asymvq.models.tiled_decode import mask_box
-dec = random_decoder("tiny"); size = 512
+PRESET = sys.argv[1] if len(sys.argv) > 1 else "tiny"
+AREAS = tuple(float(a) for a in sys.argv[2].split(",")) if len(sys.argv) > 2 else (0.05, 0.2, 0.6)
+dec = random_decoder(PRESET); size = 512
 g = torch.Generator().manual_seed(0)
 lat = torch.randn(1, 4, 64, 64, generator=g); img = torch.rand(1, 3, size, size, generator=g) * 2 - 1
 res = []
 with torch.inference_mode():
-    for area in (0.05, 0.2, 0.6):
+    for area in AREAS:
         mask = centred_mask(size, area)
         t = time.perf_counter(); full = dec.decode_core(lat, img, mask); tf = time.perf_counter() - t
-        for margin in ((0, 2, 4, 8) if area == 0.2 else (4,)):
+        for margin in ((0, 2, 4, 8) if area == 0.2 and PRESET == "tiny" else (4,)):
             y0, y1, x0, x1 = mask_box(mask, margin, 64, 64)
             t = time.perf_counter(); y = dec(lat, img, mask, region="mask", margin=margin); tr = time.perf_counter() - t
             box = (slice(None), slice(None), slice(8 * y0, 8 * y1), slice(8 * x0, 8 * x1))
@@ -30,4 +32,4 @@ with torch.inference_mode():
                      outside_eq_source=bool(torch.equal(y[_box_mask(y, box)], img.expand_as(y)[_box_mask(y, box)])),
                      seam=seam(y, full, img, box))
             print(json.dumps(r), flush=True); res.append(r)
-json.dump(res, open(Path(__file__).resolve().parent / "results" / "decoder_region_tiny512.json", "w"), indent=1)
+json.dump(res, open(Path(__file__).resolve().parent / "results" / f"decoder_region_{PRESET}512.json", "w"), indent=1)
