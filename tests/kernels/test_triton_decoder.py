@@ -69,9 +69,9 @@ def test_triton_decoder_matches_torch(config, dtype, batch, image_batch, mask_ba
 
 
 def test_load_decoder_with_triton_kernels(tmp_path):
-    from asymvq import load_decoder
+    from asymvq import load_decoder, save_decoder
 
-    _decoder("tiny", torch.float32, device="cpu").save(tmp_path / "tiny")
+    save_decoder(_decoder("tiny", torch.float32, device="cpu"), tmp_path / "tiny")
     fused = load_decoder(tmp_path / "tiny", device=DEVICE, kernels="triton")
     reference = load_decoder(tmp_path / "tiny", device=DEVICE, kernels="torch")
     assert (fused.kernels, reference.kernels) == ("triton", "torch")

@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from asymvq import InpaintPipeline
@@ -107,10 +107,12 @@ def test_bad_arguments_raise_valueerror_naming_them(pipe, kind):
 
 @examples(6)
 @given(steps=st.integers(1, 2), guidance=st.sampled_from([0.0, 1.0, 3, 7.5]), eta=st.sampled_from([0.0, 0.5, 1.0]),
-       strength=st.sampled_from([1.0, 0.75]), per_prompt=st.integers(1, 2), size=st.sampled_from([(16, 16), (24, 16)]),
+       strength=st.sampled_from([1.0, 0.75, 0.5]), per_prompt=st.integers(1, 2), size=st.sampled_from([(16, 16), (24, 16)]),
        gen=st.sampled_from(["none", "one", "list"]), seed=st.integers(0, 100))
 def test_valid_calls_give_finite_images_and_numpy_scalars_equal_floats(pipe, steps, guidance, eta, strength, per_prompt,
                                                                        size, gen, seed):
+    # int(steps * strength) == 0 leaves no step: a documented ValueError (test_bad_arguments), not a valid call
+    assume(int(steps * strength) >= 1)
     image, mask = _images(*size, seed=seed)
 
     def gens():
