@@ -152,12 +152,21 @@ at::ScalarType scalar_type(const std::string& dtype) {
   fail(ASYMVQ_ERR_MANIFEST, "engines: unknown dtype '" + dtype + "'");
 }
 
-// Checked relative path inside root (no absolute paths, no '..').
+// Checked relative path inside root: no absolute paths, no '..', and, once symlinks are followed,
+// still under root (as asymvq.engines.manifest.safe_path: a link to an identical file outside
+// would pass the sha256 check, so the path itself must be refused).
 fs::path inside(const fs::path& root, const std::string& rel, const std::string& where) {
   fs::path p(rel);
   if (rel.empty() || p.is_absolute()) bad(where + ": artifact path '" + rel + "' must be relative to the directory");
   for (auto& part : p)
     if (part == "..") bad(where + ": artifact path '" + rel + "' leaves the directory");
+  std::error_code ec;
+  const fs::path real = fs::weakly_canonical(root / p, ec), top = fs::weakly_canonical(root, ec);
+  if (ec) bad(where + ": artifact path '" + rel + "' cannot be resolved (" + ec.message() + ")");
+  auto r = real.begin();
+  for (auto t = top.begin(); t != top.end(); ++t, ++r)
+    if (r == real.end() || *r != *t)
+      bad(where + ": artifact path '" + rel + "' leads out of the directory (to " + real.string() + ")");
   return root / p;
 }
 
