@@ -20,7 +20,8 @@ gave 46.9-47.0 dB. A second run of the three bf16
 candidates (load average 7-5.6, 3 runs each): autocast channels-last 8.3 / 15.9 / 11.7 s, bf16 weights
 channels-last 6.0 / 12.0 / 13.2 s, with fp32 GroupNorm 10.3 / 14.2 / 11.4 s: tied within the noise
 of a shared machine. We keep bf16 weights: half the weight memory, no per-call weight casts, and
-the fastest single run in both measurements (bench/decoder_cpu.py: 5.97x diffusers eager fp32).
+the fastest single run in both measurements (bench/decoder_cpu.py at load average 5: 2.11x
+diffusers eager fp32, 46.9 dB).
 """
 from __future__ import annotations
 
