@@ -48,6 +48,13 @@ app = typer.Typer(
 SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
 BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "
                 "CUDA when built, OpenVINO on the CPU when the directory has its IR, else ONNX Runtime).")
+# The decode modes of `inpaint` and `decode` (docs/decoder.md), one definition for both commands.
+TILE_OPTION = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory bounded by the "
+                           "tile (docs/decoder.md). Torch decoders only.")
+OVERLAP_OPTION = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default: the receptive field, exact).")
+DECODE_REGION_OPTION = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box (plus --margin), "
+                                    "copy the rest from the source; 'full' (default).")
+MARGIN_OPTION = typer.Option(None, help="Latent pixels of context around the mask's box (default 4).")
 PRECISION_HELP = ("With --engines --backend openvino: the precision OpenVINO computes in, fp32 or bf16 (default: bf16 "
                   "where the CPU has native bf16, avx512_bf16 or AMX; fp32 otherwise). Not the export's precision.")
 
@@ -239,13 +246,10 @@ def inpaint(
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
-    tile: Optional[int] = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory "
-                                       "bounded by the tile (docs/decoder.md). Torch decoders only."),
-    overlap: Optional[int] = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default: the "
-                                          "receptive field, exact)."),
-    decode_region: Optional[str] = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box "
-                                                "(plus --margin), copy the rest from the source; 'full' (default)."),
-    margin: Optional[int] = typer.Option(None, help="Latent pixels of context around the mask's box (default 4)."),
+    tile: Optional[int] = TILE_OPTION,
+    overlap: Optional[int] = OVERLAP_OPTION,
+    decode_region: Optional[str] = DECODE_REGION_OPTION,
+    margin: Optional[int] = MARGIN_OPTION,
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
     options = cli_decode_options(tile, overlap, decode_region, margin)
@@ -283,13 +287,10 @@ def decode(
     vae_space: bool = typer.Option(False, "--vae-space", help="Latents are already divided by the scaling factor."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
-    tile: Optional[int] = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory "
-                                       "bounded by the tile (docs/decoder.md). Torch decoders only."),
-    overlap: Optional[int] = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default: the "
-                                          "receptive field, exact)."),
-    decode_region: Optional[str] = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box "
-                                                "(plus --margin), copy the rest from the source; 'full' (default)."),
-    margin: Optional[int] = typer.Option(None, help="Latent pixels of context around the mask's box (default 4)."),
+    tile: Optional[int] = TILE_OPTION,
+    overlap: Optional[int] = OVERLAP_OPTION,
+    decode_region: Optional[str] = DECODE_REGION_OPTION,
+    margin: Optional[int] = MARGIN_OPTION,
 ):
     """Decode saved latents (diffusion space unless --vae-space) to an image."""
     options = cli_decode_options(tile, overlap, decode_region, margin)
