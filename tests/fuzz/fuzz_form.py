@@ -16,10 +16,11 @@ from __future__ import annotations
 import io
 import sys
 
+from fuzz_cli import handled_without_atheris
+
 MAX_PIXELS, MAX_STEPS = 64 * 64, 50
 BOUNDARY = b"XyZzy42"
 _mod = None
-
 
 def _form():
     global _mod
@@ -84,21 +85,7 @@ def seeds() -> dict[str, bytes]:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--seeds"]:
-        from pathlib import Path
-
-        out = Path(sys.argv[2])
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in seeds().items():
-            (out / name).write_bytes(data)
-        return
-    if sys.argv[1:2] == ["--replay"]:  # every input of the given folders through check(): coverage runs use this
-        from pathlib import Path
-
-        files = [f for d in sys.argv[2:] for f in sorted(Path(d).iterdir()) if f.is_file()]
-        for f in files:
-            check(f.read_bytes())
-        print(f"{len(files)} inputs replayed, no finding")
+    if handled_without_atheris(seeds, check):
         return
     import atheris
 

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fuzz_cli import handled_without_atheris
+
 ARTIFACT = b"not really onnx\n"
 SHA = hashlib.sha256(ARTIFACT).hexdigest()
 _state: dict = {}
@@ -142,17 +144,7 @@ def mutate(data: bytes, max_size: int, seed: int) -> bytes:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--seeds"]:
-        out = Path(sys.argv[2])
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in seeds().items():
-            (out / name).write_bytes(data)
-        return
-    if sys.argv[1:2] == ["--replay"]:  # every input of the given folders through check(): coverage runs use this
-        files = [f for d in sys.argv[2:] for f in sorted(Path(d).iterdir()) if f.is_file()]
-        for f in files:
-            check(f.read_bytes())
-        print(f"{len(files)} inputs replayed, no finding")
+    if handled_without_atheris(seeds, check):
         return
     import atheris
 
