@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .engines.contract import DECODER, DECODER_PLAIN
+from .engines.contract import DECODER
 from .models.decoder import AsymmetricDecoder
-from .stages import SPAN_DECODE
+from .stages import SPAN_DECODE, pick_decoder
 
 DECODE_OPTION_KEYS = ("tile", "overlap", "region", "margin")
 
@@ -39,14 +39,8 @@ def torch_decoder(engine):
 
 def run_decoder_with_modes(engines: dict, timer, latent: torch.Tensor, image, mask, options: dict) -> torch.Tensor:
     """``stages.run_decoder`` with tile/region options: the same engine choice, the decoder's own call."""
-    use_cond = image is not None and DECODER in engines
-    name = DECODER if use_cond else DECODER_PLAIN
-    engine = engines.get(name)
-    if engine is None:
-        raise ValueError(
-            "decoder: this decoder has only a conditioned engine ('decoder'), which needs image and mask; "
-            "text-to-image needs a 'decoder-plain' engine"
-        )
+    name = pick_decoder(engines, image)
+    use_cond, engine = name == DECODER, engines[name]
     dec = torch_decoder(engine)
     if dec is None:
         raise ValueError(

@@ -116,21 +116,25 @@ class Stages:
         return {k: self.engines[k] for k in DECODER_COMPONENTS if k in self.engines}
 
 
-def run_decoder(engines: dict[str, Engine], timer, latent: torch.Tensor, image=None, mask=None) -> torch.Tensor:
-    """VAE-space latents -> image in [-1, 1]; with image and mask when the decoder has a condition branch.
-
-    A decoder without a "decoder" engine (the plain SD one) ignores image and mask, which is
-    what diffusers does with an ``AutoencoderKL``.
-    """
+def pick_decoder(engines: dict[str, Engine], image) -> str:
+    """Which decoder engine decodes: "decoder" when there is an image (inpainting) and the decoder has a
+    condition branch, "decoder-plain" otherwise. A decoder without a "decoder" engine (the plain SD
+    one) ignores image and mask, which is what diffusers does with an ``AutoencoderKL``."""
     if image is not None and DECODER in engines:
-        engine, feeds = engines[DECODER], dict(latent=latent, image=image, mask=mask)
-    elif DECODER_PLAIN in engines:
-        engine, feeds = engines[DECODER_PLAIN], dict(latent=latent)
-    else:
-        raise ValueError(
-            "decoder: this decoder has only a conditioned engine ('decoder'), which needs image and mask; "
-            "text-to-image needs a 'decoder-plain' engine"
-        )
+        return DECODER
+    if DECODER_PLAIN in engines:
+        return DECODER_PLAIN
+    raise ValueError(
+        "decoder: this decoder has only a conditioned engine ('decoder'), which needs image and mask; "
+        "text-to-image needs a 'decoder-plain' engine"
+    )
+
+
+def run_decoder(engines: dict[str, Engine], timer, latent: torch.Tensor, image=None, mask=None) -> torch.Tensor:
+    """VAE-space latents -> image in [-1, 1]; with image and mask when the decoder has a condition branch."""
+    name = pick_decoder(engines, image)
+    engine = engines[name]
+    feeds = dict(latent=latent, image=image, mask=mask) if name == DECODER else dict(latent=latent)
     with timer.span(SPAN_DECODE):
         out = engine(**feeds)
     return out[engine.output_names[0]]
