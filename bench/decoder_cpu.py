@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -29,14 +28,14 @@ from pathlib import Path
 
 import torch
 
+from asymvq.flops import count_decoder, probe_peak
+from asymvq.profiler import cpu_name
+from bench_common import loadavg, psnr
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "decoder_cpu.json"
 CACHE = HERE.parent / "out" / "bench-cache"
 PEER = "diffusers eager fp32"
-
-
-def loadavg() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def diffusers_decoder(preset: str, seed: int):
@@ -121,42 +120,9 @@ def openvino_load_times(onnx: Path, xml: Path, threads: int, precision: str) -> 
     return out
 
 
-def count_flops(preset: str, size: int, batch: int) -> int:
-    """FLOPs of one decode with image and mask (the project's counter when present, else FlopCounterMode)."""
-    try:
-        from asymvq.flops import count_decoder
-
-        return int(count_decoder(preset, size, size, batch)["flops"])
-    except ImportError:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        from asymvq.models import AsymmetricDecoder
-
-        with torch.device("meta"):
-            dec = AsymmetricDecoder(preset).eval()
-            args = (torch.empty(batch, 4, size // 8, size // 8), torch.empty(batch, 3, size, size),
-                    torch.empty(batch, 1, size, size))
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            dec.decode_core(*args)
-        return int(counter.get_total_flops())
-
-
-def matmul_peak(dtype: torch.dtype, seconds: float = 3.0, n: int = 1024) -> float:
-    """Best achieved FLOP/s of an n^3 matmul at ``dtype`` (torch/oneDNN): a probe, not a spec."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    best, start, runs = math.inf, time.perf_counter(), 0
-    while runs < 3 or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best, runs = min(best, time.perf_counter() - t), runs + 1
-    return 2 * n ** 3 / best
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = 2.0) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(peak_to_peak ** 2 / mse)
+def matmul_peak(dtype: torch.dtype) -> float:
+    """Best achieved FLOP/s of a 1024^3 matmul at ``dtype`` over 3 s: a probe, not a spec."""
+    return probe_peak("cpu", dtype, seconds=3.0)["flops_per_s"]
 
 
 def main() -> None:
@@ -216,7 +182,7 @@ def main() -> None:
     precision = {n: ("bf16" if "bf16" in n else "fp32") for n in runs}
     log("probing the matmul peak (fp32, bf16)")
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    flops = count_flops(args.preset, s, b)
+    flops = int(count_decoder(args.preset, s, s, b)["flops"])
     times: dict[str, list[float]] = {n: [] for n in runs}
     outputs_: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
@@ -238,7 +204,7 @@ def main() -> None:
         rows[n] = {
             "precision": precision[n], "min_s": mn[n], "median_s": med[n], "all_s": times[n],
             "speedup_vs_diffusers_median": med[PEER] / med[n], "speedup_vs_diffusers_min": mn[PEER] / mn[n],
-            "psnr_db_vs_diffusers_fp32": psnr(outputs_[n], ref),
+            "psnr_db_vs_diffusers_fp32": psnr(outputs_[n], ref, 2.0),
             "max_abs_vs_diffusers_fp32": float((outputs_[n] - ref).abs().max()),
             "finite": bool(torch.isfinite(outputs_[n]).all()),
             "gflop_per_s_median": flops / med[n] / 1e9,
@@ -246,7 +212,7 @@ def main() -> None:
         }
     result = {
         "what": f"{args.preset} decoder, {s}x{s}, batch {b}, with image+mask, CPU, --threads {args.threads}",
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "native_bf16": native_bf16(), "amx": "amx_bf16" in _flags(), "avx512_bf16": "avx512_bf16" in _flags(),
                     "python": platform.python_version()},
         "load_average_1_5_15": {"before": load_before, "after": loadavg()},
@@ -275,16 +241,6 @@ def _flags() -> set[str]:
     from asymvq.engines.openvino_engine import cpu_flags
 
     return cpu_flags()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _versions() -> dict:

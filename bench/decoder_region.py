@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decoder_scaling import centred_mask, psnr, seam, _box_mask
+from bench_common import psnr
+from decoder_scaling import _box_mask, centred_mask, seam
 from asymvq.models.sources import random_decoder
 from asymvq.models.tiled_decode import mask_box
 PRESET = sys.argv[1] if len(sys.argv) > 1 else "tiny"
@@ -28,7 +29,7 @@ with torch.inference_mode():
             box = (slice(None), slice(None), slice(8 * y0, 8 * y1), slice(8 * x0, 8 * x1))
             hole = mask.expand_as(y) > 0.5
             r = dict(area=area, margin=margin, box_area=(y1-y0)*(x1-x0)/4096, full_s=tf, region_s=tr, speedup=tf/tr,
-                     psnr_box=psnr(y[box], full[box]), psnr_hole=psnr(y[hole], full[hole]),
+                     psnr_box=psnr(y[box], full[box], 2.0), psnr_hole=psnr(y[hole], full[hole], 2.0),
                      outside_eq_source=bool(torch.equal(y[_box_mask(y, box)], img.expand_as(y)[_box_mask(y, box)])),
                      seam=seam(y, full, img, box))
             print(json.dumps(r), flush=True); res.append(r)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from bench_common import psnr
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 GiB = 1024 ** 3
@@ -40,11 +42,6 @@ TILED_PLAN = {"tiny": ((256, 24), (320, 24))}  # (size, tile), measured: the sam
 TILE_COUNT = {"vanilla": (1024, 64), "base": (1024, 64), "x1.5": (1024, 64), "x2": (1024, 64)}  # counted only
 REGION = {"sizes": (512, 1024), "areas": (0.05, 0.2, 0.6), "margins": (0, 2, 4, 8)}
 REGION_TINY = {"sizes": (512,), "areas": (0.05, 0.2, 0.6), "margins": (0, 2, 4, 8)}
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 2.0) -> float:
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(peak * peak / mse)
 
 
 def inputs(size: int, batch: int = 1, cond: bool = True, seed: int = 0):
@@ -142,12 +139,12 @@ def worker(preset: str, budget_s: float, rate: float) -> dict:
             full, dtf, mf = timed(lambda: dec.decode_core(lat, img, mask))
             y, dt, m = timed(lambda: dec(lat, img, mask, tile=tile, overlap=overlap))
             point.update(measured=True, seconds=dt, full_seconds=dtf, peak_rss_added_bytes=m["added_bytes"],
-                         full_peak_rss_added_bytes=mf["added_bytes"], psnr_db=psnr(y, full),
+                         full_peak_rss_added_bytes=mf["added_bytes"], psnr_db=psnr(y, full, 2.0),
                          max_abs=float((y - full).abs().max()))
             if cond and fits(f, f"tiled {size} no mask"):
                 with torch.inference_mode():
                     y2 = dec(lat, tile=tile, overlap=overlap)
-                    point["psnr_db_no_mask"] = psnr(y2, dec.decode_core(lat, None, None))
+                    point["psnr_db_no_mask"] = psnr(y2, dec.decode_core(lat, None, None), 2.0)
         out["tiled"].append(point)
         print(preset, "tiled", point, flush=True)
 
@@ -178,8 +175,8 @@ def worker(preset: str, budget_s: float, rate: float) -> dict:
                         outside = _box_mask(y, box)
                         point.update(measured=True, seconds=dt, full_seconds=full_t, speedup=full_t / dt,
                                      peak_rss_added_bytes=m["added_bytes"],
-                                     psnr_box_db=psnr(y[box], full_y[box]),
-                                     psnr_hole_db=psnr(y[hole], full_y[hole]),
+                                     psnr_box_db=psnr(y[box], full_y[box], 2.0),
+                                     psnr_hole_db=psnr(y[hole], full_y[hole], 2.0),
                                      max_abs_hole=float((y - full_y).abs()[hole].max()),
                                      outside_box_max_abs_vs_source=float((y - img.expand_as(y)).abs()[outside].max()),
                                      seam=seam(y, full_y, img, box))

@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 
+from asymvq.profiler import cpu_name
+from bench_common import loadavg, psnr
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "pipeline_cpu.json"
 CACHE = HERE.parent / "out" / "bench-cache"
 STAGES = ("text-encoder", "vae-encoder", "unet", "decoder")
-
-
-def loadavg() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def build_diffusers(seed: int, decoder_preset: str):
@@ -166,11 +165,6 @@ class StageClock:
         return Timed()
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(peak ** 2 / mse)).item()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decoder", default="x1.5")
@@ -249,7 +243,7 @@ def main() -> None:
     result = {
         "what": (f"SD 1.5 inpainting (random weights, real shapes) + {args.decoder} decoder, {s}x{s}, batch 1, "
                  f"{args.steps} DDIM steps, CFG {args.guidance}, CPU, --threads {args.threads}"),
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version()},
         "load_average_1_5_15": {"before": load_before, "after": loadavg()},
         "versions": _versions(),
@@ -258,7 +252,7 @@ def main() -> None:
         "stage_seconds_median": {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in stages.items()},
         "speedup_vs_diffusers": {n: {"median": peer / med[n], "min": min(times["diffusers eager fp32"]) / min(times[n])}
                                  for n in runs},
-        "vs_diffusers_output": {n: {"psnr_db": psnr(o, ref), "max_abs": float((o.float() - ref.float()).abs().max()),
+        "vs_diffusers_output": {n: {"psnr_db": psnr(o, ref, 1.0), "max_abs": float((o.float() - ref.float()).abs().max()),
                                     "finite": bool(torch.isfinite(o).all())} for n, o in outputs.items()},
         "notes": "seconds per stage sum every call of that network in one job (UNet: steps calls on a CFG batch of 2); "
                  "PSNR of images in [0, 1]; a bf16 UNet changes the trajectory, so PSNR measures that as well",
@@ -269,16 +263,6 @@ def main() -> None:
     chart = args.out.with_suffix(".png")
     _chart(result, chart)
     log(f"wrote {args.out} and {chart}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _versions() -> dict:

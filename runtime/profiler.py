@@ -87,7 +87,7 @@ def _params(engines: dict) -> int | None:
     return sum(p.numel() for p in module.parameters()) if module is not None else None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:  # Linux names the model; platform only knows the architecture
         for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("model name"):
@@ -102,7 +102,7 @@ def environment(device: torch.device) -> dict:
     import transformers
 
 
-    dev = {"type": device.type, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+    dev = {"type": device.type, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
