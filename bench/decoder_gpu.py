@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import time_ms
+
 VARIANTS = ("torch", "triton", "compile")
 
 
@@ -40,32 +42,6 @@ def _args(argv=None):
     if bad:
         p.error(f"--variants: unknown {bad}; expected among {VARIANTS}")
     return args
-
-
-def _time(fn, device, warmup: int, repeats: int) -> dict:
-    import torch
-
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    ms = []
-    for _ in range(max(repeats, 1)):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            ms.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            ms.append(1e3 * (time.perf_counter() - t))
-    ms.sort()
-    return {"min_ms": ms[0], "median_ms": ms[len(ms) // 2], "p90_ms": ms[min(len(ms) - 1, int(0.9 * len(ms)))],
-            "n": len(ms)}
 
 
 def environment(device) -> dict:
@@ -128,7 +104,8 @@ def main(argv=None) -> int:
                 row["first_call_s"] = time.perf_counter() - t0
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                row.update(_time(lambda: fn(latents, image, mask), device, args.warmup, args.repeats))
+                t = time_ms(lambda: fn(latents, image, mask), device, args.warmup, args.repeats)
+                row.update({f"{k}_ms": t[k] for k in ("min", "median", "p90")}, n=t["n"])
             if cuda:
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             row["tflops_per_s"] = flops / (row["median_ms"] / 1e3) / 1e12

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_common import time_ms
+
 C_X15 = 192  # x1.5 preset width
 
 
@@ -108,24 +110,6 @@ def _max_err(a, b):
     return max((x.float() - y.float()).abs().max().item() for x, y in zip(_outputs(a), _outputs(b)))
 
 
-def _time(fn, warmup, repeats):
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ms = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        ms.append(start.elapsed_time(end))
-    ms.sort()
-    return {"min": ms[0], "median": ms[len(ms) // 2], "p90": ms[min(len(ms) - 1, int(0.9 * len(ms)))], "n": len(ms)}
-
-
 def _environment():
     import torch
     import triton
@@ -201,14 +185,14 @@ def main() -> int:
             ours_out, peer_out = fn(*a, **kw), peer(*a, **kw)
             nbytes = _nbytes(a, kw, _outputs(ours_out))
             row = {"case": name, "size": size, "flops": flops, "bytes": nbytes, "max_abs_err": _max_err(ours_out, peer_out)}
-            row["ours"] = _time(lambda: fn(*a, **kw), args.warmup, args.repeats)
-            row["eager"] = _time(lambda: peer(*a, **kw), args.warmup, args.repeats)
+            row["ours"] = time_ms(lambda: fn(*a, **kw), "cuda", args.warmup, args.repeats)
+            row["eager"] = time_ms(lambda: peer(*a, **kw), "cuda", args.warmup, args.repeats)
             if not args.no_compile:
                 # Fresh dynamo caches per case: every case recompiles the same reference function,
                 # and past the recompile limit dynamo would silently fall back to eager.
                 torch._dynamo.reset()
                 compiled = torch.compile(peer)
-                row["compiled"] = _time(lambda: compiled(*a, **kw), args.warmup, args.repeats)
+                row["compiled"] = time_ms(lambda: compiled(*a, **kw), "cuda", args.warmup, args.repeats)
             t = row["ours"]["median"]
             row["ratio_eager"] = t / row["eager"]["median"]
             row["ratio_compiled"] = t / row["compiled"]["median"] if "compiled" in row else None
@@ -232,7 +216,7 @@ def main() -> int:
                     dec.set_kernels(kernels)
                     outs[kernels] = dec(*inputs)
                     torch.cuda.reset_peak_memory_stats()
-                    row[kernels] = _time(lambda: dec(*inputs), 3, max(5, args.repeats // 5))
+                    row[kernels] = time_ms(lambda: dec(*inputs), "cuda", 3, max(5, args.repeats // 5))
                     row[kernels]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             row["max_abs_err"] = _max_err(outs["triton"], outs["torch"])
             row["ratio"] = row["triton"]["median"] / row["torch"]["median"]
