@@ -121,7 +121,7 @@ def openvino_load_times(onnx: Path, xml: Path, threads: int, precision: str) -> 
 
 
 def matmul_peak(dtype: torch.dtype) -> float:
-    """Best achieved FLOP/s of a 1024^3 matmul at ``dtype`` over 3 s: a probe, not a spec."""
+    """Best achieved FLOP/s of a 1024^3 and a 2048^3 matmul at ``dtype``, about 3 s each: a probe, not a spec."""
     return probe_peak("cpu", dtype, seconds=3.0)["flops_per_s"]
 
 
@@ -224,7 +224,7 @@ def main() -> None:
         "openvino_engine_load_s": loads,
         "backends": rows,
         "notes": ("PSNR of images in [-1, 1] (peak-to-peak 2) against diffusers fp32; % of peak against the matmul "
-                  "probe at the backend's precision (torch/oneDNN 1024^3, best of ~3 s before and ~3 s after the runs); 'openvino bf16 static' = the "
+                  "probe at the backend's precision (torch/oneDNN 1024^3 and 2048^3, best of ~6 s before and ~6 s after the runs); 'openvino bf16 static' = the "
                   "IR reshaped to 256x256 before compiling (static_shapes=True); everything else dynamic 256..1024"),
     }
     log("measuring OpenVINO load times (ONNX vs IR, cold vs warm cache)")

@@ -19,9 +19,10 @@ bf16 (fp32 weights) 41-101 s, autocast bf16 channels-last 20.5-54 s, bf16 weight
 gave 46.9-47.0 dB. A second run of the three bf16
 candidates (load average 7-5.6, 3 runs each): autocast channels-last 8.3 / 15.9 / 11.7 s, bf16 weights
 channels-last 6.0 / 12.0 / 13.2 s, with fp32 GroupNorm 10.3 / 14.2 / 11.4 s: tied within the noise
-of a shared machine. We keep bf16 weights: half the weight memory, no per-call weight casts, and
-the fastest single run in both measurements (bench/decoder_cpu.py at load average 5: 2.11x
-diffusers eager fp32, 46.9 dB).
+of a shared machine. On the quiet machine (load average 1.4-1.7, 6 interleaved runs after a warm-up):
+bf16 weights channels-last min 1.85 s, median 2.48 s (46.9 dB); autocast channels-last min 2.15 s,
+median 3.08 s (47.6 dB). We keep bf16 weights: faster, half the weight memory, no per-call weight
+casts (bench/decoder_cpu.py on the quiet machine: 4.19x diffusers eager fp32, 46.9 dB).
 """
 from __future__ import annotations
 
