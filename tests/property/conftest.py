@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import props_settings  # noqa: F401  (registers and loads the hypothesis profile)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every property test at one torch thread (tests/conftest.py says why)."""

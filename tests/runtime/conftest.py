@@ -2,18 +2,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from runtime_helpers import diffusers_pipeline
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_per_worker():
-    """CI runs two xdist workers on two cores: a second intra-op thread each only oversubscribes them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread_per_worker(one_torch_thread):
+    """Every runtime test at one torch thread (tests/conftest.py says why)."""
 
 
 @pytest.fixture(scope="session")
