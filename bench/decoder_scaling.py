@@ -357,8 +357,7 @@ def main() -> None:
     res["machine"] = {
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "loadavg_start": load0, "loadavg_end": load1,
-        "summary": f"{os.cpu_count()} cores, torch {torch.__version__}, fp32, load average {load0[0]:.1f} -> {load1[0]:.1f} "
-                   "(machine shared with other work)",
+        "summary": f"{os.cpu_count()} cores, torch {torch.__version__}, fp32, load average {load0[0]:.1f} -> {load1[0]:.1f}",
     }
     res["seconds"] = time.perf_counter() - t0
     summarise(res)
