@@ -105,6 +105,12 @@ def test_peak_probe_is_a_probe():
     assert p["kind"] == "probe" and p["flops_per_s"] > 1e8 and p["runs"] >= 3 and "not a spec" in p["note"]
 
 
+def test_cpu_peak_probe_keeps_the_best_of_two_sizes():
+    """AMX bf16 peaks at 2048, not 1024: the default CPU probe tries both and names the one it kept."""
+    p = flops.probe_peak("cpu", torch.float32, seconds=0.0)
+    assert p["op"] in ("matmul 1024x1024x1024", "matmul 2048x2048x2048") and p["runs"] >= 6
+
+
 def test_cli_flops_only_writes_schema_2(tmp_path, capsys, sd15_job):
     path = tmp_path / "f.json"
     with pytest.raises(SystemExit) as exc:
