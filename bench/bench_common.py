@@ -1,11 +1,16 @@
-"""What the CPU benchmarks share: the PSNR they report and the load average they record.
+"""What the benchmarks share: the PSNR they report, the load average they record, their timing
+loops (CUDA events or perf_counter; round-robin for CPU comparisons), the common arguments of the
+CPU comparisons and the package versions they write down.
 
 Imported by the scripts in this folder (``python bench/<name>.py`` puts it on the path).
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
+import time
+from pathlib import Path
 
 import torch
 
@@ -24,8 +29,6 @@ def loadavg() -> list[float]:
 def time_ms(fn, device, warmup: int, repeats: int) -> dict:
     """min/median/p90 milliseconds of ``fn()`` after ``warmup`` calls: CUDA events on a GPU (one
     synchronisation per call), perf_counter on the CPU."""
-    import time
-
     cuda = torch.device(device).type == "cuda"
     for _ in range(warmup):
         fn()
@@ -46,3 +49,46 @@ def time_ms(fn, device, warmup: int, repeats: int) -> dict:
             ms.append(1e3 * (time.perf_counter() - t))
     ms.sort()
     return {"min": ms[0], "median": ms[len(ms) // 2], "p90": ms[min(len(ms) - 1, int(0.9 * len(ms)))], "n": len(ms)}
+
+
+def add_cpu_comparison_args(ap: argparse.ArgumentParser, out: Path) -> None:
+    """The arguments every side-by-side CPU comparison takes (decoder_cpu.py, pipeline_cpu.py)."""
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=out)
+
+
+def interleaved(runs: dict, warmup: int, repeats: int, log, *, before=None, measured=None) -> tuple[dict, dict]:
+    """Time every ``runs[name]()`` round-robin under ``torch.inference_mode``, so that drift of a shared
+    machine hits them alike: ``warmup`` rounds, then ``repeats`` measured ones.
+
+    ``before(name)`` runs just before each timed call, ``measured(name, seconds)`` after each measured
+    one (per-call bookkeeping such as a stage clock). Returns ``(seconds, outputs)``: the measured
+    seconds per name and each run's last output.
+    """
+    times: dict[str, list[float]] = {n: [] for n in runs}
+    outputs: dict = {}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for name, fn in runs.items():
+                if before is not None:
+                    before(name)
+                t = time.perf_counter()
+                outputs[name] = fn()
+                dt = time.perf_counter() - t
+                if i >= warmup:
+                    times[name].append(dt)
+                    if measured is not None:
+                        measured(name, dt)
+                log(f"{'warm-up' if i < warmup else 'run'} {i}: {name:<22} {dt:7.2f} s  (load {loadavg()[0]})")
+    return times, outputs
+
+
+def versions(*distributions: str) -> dict:
+    """Installed versions of ``distributions``, for the result JSON."""
+    from importlib import metadata
+
+    return {m: metadata.version(m) for m in distributions}

@@ -30,7 +30,7 @@ import torch
 
 from asymvq.flops import count_decoder, probe_peak
 from asymvq.profiler import cpu_name
-from bench_common import loadavg, psnr
+from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "decoder_cpu.json"
@@ -127,15 +127,10 @@ def matmul_peak(dtype: torch.dtype) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cpu_comparison_args(ap, RESULTS)
     ap.add_argument("--preset", default="x1.5")
-    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default=None, help="comma list of backends to run (the peer always runs)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     torch.set_num_threads(args.threads)
@@ -183,17 +178,8 @@ def main() -> None:
     log("probing the matmul peak (fp32, bf16)")
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     flops = int(count_decoder(args.preset, s, s, b)["flops"])
-    times: dict[str, list[float]] = {n: [] for n in runs}
-    outputs_: dict[str, torch.Tensor] = {}
-    with torch.inference_mode():
-        for i in range(args.warmup + args.repeats):
-            for name, fn in runs.items():
-                t = time.perf_counter()
-                outputs_[name] = fn().float()
-                dt = time.perf_counter() - t
-                if i >= args.warmup:
-                    times[name].append(dt)
-                log(f"{'warm-up' if i < args.warmup else 'run'} {i}: {name:<22} {dt:7.2f} s  (load {loadavg()[0]})")
+    # the cast to fp32 of the bf16 outputs is part of each timed call, as a user would need it
+    times, outputs_ = interleaved({n: (lambda f=f: f().float()) for n, f in runs.items()}, args.warmup, args.repeats, log)
     # probed again after the runs, the best kept: one probe on a loaded machine can land in a slow moment
     peaks = {k: max(v, matmul_peak(getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[k]))) for k, v in peaks.items()}
     ref = outputs_[PEER]
@@ -216,7 +202,7 @@ def main() -> None:
                     "native_bf16": native_bf16(), "amx": "amx_bf16" in _flags(), "avx512_bf16": "avx512_bf16" in _flags(),
                     "python": platform.python_version()},
         "load_average_1_5_15": {"before": load_before, "after": loadavg()},
-        "versions": _versions(),
+        "versions": versions("torch", "onnxruntime", "openvino", "diffusers"),
         "warmup": args.warmup, "repeats": args.repeats,
         "flops_per_decode": flops,
         "matmul_peak_gflop_per_s": {k: v / 1e9 for k, v in peaks.items()},
@@ -241,12 +227,6 @@ def _flags() -> set[str]:
     from asymvq.engines.openvino_engine import cpu_flags
 
     return cpu_flags()
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    return {m: metadata.version(m) for m in ("torch", "onnxruntime", "openvino", "diffusers")}
 
 
 def _print(result: dict) -> None:

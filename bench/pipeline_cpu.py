@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from asymvq.profiler import cpu_name
-from bench_common import loadavg, psnr
+from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "pipeline_cpu.json"
@@ -167,18 +167,13 @@ class StageClock:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_cpu_comparison_args(ap, RESULTS)
     ap.add_argument("--decoder", default="x1.5")
-    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--guidance", type=float, default=7.5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="bf16", help="OpenVINO inference precision for asymvq: bf16 or fp32")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export-only", action="store_true", help="build the cached IRs and stop")
     ap.add_argument("--no-torch-bf16", action="store_true", help="leave out asymvq's torch bf16 contender")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     torch.set_num_threads(args.threads)
@@ -223,20 +218,10 @@ def main() -> None:
                                spec=PipelineSpec(unet_in_channels=9, sample_size=64, dtype=torch.bfloat16),
                                tokenizer=pipe.tokenizer)
         runs["asymvq torch bf16"] = lambda: bf16(**call, generator=torch.Generator().manual_seed(args.seed)).images
-    times = {n: [] for n in runs}
     stages = {n: [] for n in runs}
-    outputs = {}
-    with torch.inference_mode():
-        for i in range(args.warmup + args.repeats):
-            for name, fn in runs.items():
-                clock.reset()
-                t = time.perf_counter()
-                outputs[name] = fn()
-                dt = time.perf_counter() - t
-                log(f"{'warm-up' if i < args.warmup else 'run'} {i}: {name} {dt:.2f} s")
-                if i >= args.warmup:
-                    times[name].append(dt)
-                    stages[name].append({**clock.seconds, "other": dt - sum(clock.seconds.values())})
+    times, outputs = interleaved(
+        runs, args.warmup, args.repeats, log, before=lambda name: clock.reset(),
+        measured=lambda name, dt: stages[name].append({**clock.seconds, "other": dt - sum(clock.seconds.values())}))
     ref = outputs["diffusers eager fp32"]
     med = {n: statistics.median(v) for n, v in times.items()}
     peer = med["diffusers eager fp32"]
@@ -246,7 +231,7 @@ def main() -> None:
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version()},
         "load_average_1_5_15": {"before": load_before, "after": loadavg()},
-        "versions": _versions(),
+        "versions": versions("torch", "openvino", "diffusers", "transformers"),
         "warmup": args.warmup, "repeats": args.repeats, "openvino": ov_times,
         "seconds": {n: {"min": min(v), "median": statistics.median(v), "all": v} for n, v in times.items()},
         "stage_seconds_median": {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in stages.items()},
@@ -263,12 +248,6 @@ def main() -> None:
     chart = args.out.with_suffix(".png")
     _chart(result, chart)
     log(f"wrote {args.out} and {chart}")
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    return {m: metadata.version(m) for m in ("torch", "openvino", "diffusers", "transformers")}
 
 
 def _print(result: dict) -> None:
