@@ -1,9 +1,12 @@
 # `make run`: the main job on the built-in default. `make test`: the whole suite (and, where cmake
 # is installed, the C++ host built once into build/host and reused). `make host`: that build alone.
-# Both create .venv when it is missing and install the project into it.
+# Both create .venv when it is missing: `make run` installs the base package (what `pip install asymvq`
+# gives: the torch backend, no extras), `make test` adds the dev extras (ONNX, OpenVINO, Triton, servers,
+# Ray, test tools). A second `make run` or `make test` reuses what is there.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BASE_STAMP := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 # Where torch comes from. Empty: pip's default, which on these machines (no CUDA) takes the
 # CPU wheel of torch 2.13.0 lying on disk. Elsewhere, point it at a CPU or CUDA torch index.
@@ -11,16 +14,20 @@ TORCH_INDEX ?=
 
 .PHONY: run test install clean host fuzz
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so nothing later can pull another (CUDA) build in
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e .
+	touch $(BASE_STAMP)
+
+$(STAMP): $(BASE_STAMP)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(BASE_STAMP)
 	$(VENV)/bin/asymvq profile
 
 # The C++ host (CMakeLists.txt) against the .venv's torch; configured once, rebuilt incrementally.
