@@ -22,6 +22,7 @@ import torch
 from .config import PRESETS, DecoderConfig, preset_config
 from .decoder import AsymmetricDecoder
 from .op_select import select_ops
+from .safe_pickle import restricted_pickle
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -144,82 +145,16 @@ def decoder_config_from_diffusers(cfg: dict) -> DecoderConfig:
 
 
 # -- file reading ----------------------------------------------------------------------------
-class _Inert:
-    """What the restricted unpickler builds for a class it does not allow: accepts any arguments
-    and state, runs nothing. ``_Inert.of`` names the global it stands for."""
-
-    of = "?"
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.state = args, {}
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __setitem__(self, key, value):
-        self.state[key] = value
-
-    def append(self, value):
-        self.state.setdefault("items", []).append(value)
-
-    def extend(self, values):
-        for v in values:
-            self.append(v)
-
-    def __repr__(self):
-        return f"<not loaded: {self.of}>"
-
-
-def _allowed_globals() -> dict:
-    try:  # torch's own weights_only allowlist (tensors, storages, dtypes, OrderedDict, ...)
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        allowed = dict(_get_allowed_globals())
-    except (ImportError, AttributeError):  # a torch without it: the minimum a state dict needs
-        import collections
-
-        allowed = {"collections.OrderedDict": collections.OrderedDict, "torch._utils._rebuild_tensor_v2":
-                   torch._utils._rebuild_tensor_v2, "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter}
-    for obj in torch.serialization.get_safe_globals():
-        if not isinstance(obj, tuple):
-            allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
-    return allowed
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles a checkpoint without running its code: globals outside torch's weights-only
-    allowlist (OmegaConf hyper-parameters, callback state, anything else) become inert ``_Inert``
-    placeholders, so the tensors under ``state_dict`` can still be read."""
-
-    _allowed: dict | None = None
-
-    def find_class(self, module, name):
-        if _RestrictedUnpickler._allowed is None:
-            _RestrictedUnpickler._allowed = _allowed_globals()
-        found = self._allowed.get(f"{module}.{name}")
-        if found is not None:
-            return found
-        return type(f"Inert_{name}", (_Inert,), {"of": f"{module}.{name}"})
-
-
-class _restricted_pickle:  # the ``pickle_module`` torch.load takes: only Unpickler and load are used
-    Unpickler = _RestrictedUnpickler
-    __name__ = "asymvq.restricted_pickle"
-
-    @staticmethod
-    def load(f, **kwargs):
-        return _RestrictedUnpickler(f, **kwargs).load()
-
-
 def _torch_load(path: Path):
     """``torch.load`` with ``weights_only=True``; when that refuses a global (a Lightning checkpoint's
-    hyper-parameters), again with the restricted unpickler: never code from the file."""
+    hyper-parameters), again with the restricted unpickler (``asymvq.models.safe_pickle``): never code
+    from the file, never state set on a live class or object."""
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" not in str(e) and "Weights only" not in str(e):
             raise
-    return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+    return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

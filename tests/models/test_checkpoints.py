@@ -1,6 +1,4 @@
 """load_decoder on every supported layout, each checked against the diffusers reference output."""
-import re
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -8,38 +6,7 @@ from safetensors.torch import save_file
 from asymvq import AsymmetricDecoder, CheckpointError, load_decoder, preset_config, save_decoder
 from asymvq.models.checkpoints import read_checkpoint
 
-from reference_models import diffusers_reference, random_inputs
-
-
-def to_official_layout(diffusers_sd: dict) -> dict:
-    """Invert diffusers' convert_asymmetric_vqgan_to_diffusers.py mapping (decoder side)."""
-    rules = [
-        (r"^decoder\.condition_encoder\.", "decoder.encoder."),
-        (r"\.conv_norm_out\.", ".norm_out."),
-        (r"\.up_blocks\.(\d)\.", lambda m: f".up.{3 - int(m.group(1))}."),
-        (r"\.upsamplers\.0\.", ".upsample."),
-        (r"\.conv_shortcut\.", ".nin_shortcut."),
-        (r"mid_block\.resnets\.0\.", "mid.block_1."),
-        (r"mid_block\.resnets\.1\.", "mid.block_2."),
-        (r"\.resnets\.", ".block."),
-        (r"mid_block\.attentions\.0\.to_q\.", "mid.attn_1.q."),
-        (r"mid_block\.attentions\.0\.to_k\.", "mid.attn_1.k."),
-        (r"mid_block\.attentions\.0\.to_v\.", "mid.attn_1.v."),
-        (r"mid_block\.attentions\.0\.to_out\.0\.", "mid.attn_1.proj_out."),
-        (r"mid_block\.attentions\.0\.group_norm\.", "mid.attn_1.norm."),
-    ]
-    out = {}
-    for k, v in diffusers_sd.items():
-        if not k.startswith("decoder."):
-            out[k] = v  # encoder.* and quant convs: kept, a real checkpoint has them
-            continue
-        new = k
-        for pattern, repl in rules:
-            new = re.sub(pattern, repl, new)
-        if ".attn_1." in new and new.endswith(".weight") and v.ndim == 2:
-            v = v[:, :, None, None]  # LDM stores q/k/v/proj_out as 1x1 convs
-        out[new] = v
-    return out
+from reference_models import diffusers_reference, random_inputs, to_official_layout
 
 
 @pytest.fixture(scope="module")
