@@ -56,7 +56,20 @@ def check_latents(latents, latent_channels: int, *, dtype: torch.dtype | None = 
         latents = latents.to(dtype)
     if not bool(torch.isfinite(latents).all()):
         _fail("latents", "finite values" + (f" (in {dtype})" if dtype is not None else ""), "NaN or Inf")
-    return latents
+    return standard_layout(latents)
+
+
+def standard_layout(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as it is when contiguous or channels-last, else a contiguous copy.
+
+    A transposed, expanded or sliced input is the same values in another memory layout, and the
+    CPU's conv kernels (oneDNN) may pick another algorithm for another layout: on an AVX2-only CPU
+    a transposed mask changed the 5th digit of the decode. Normalising here makes every accepted
+    form of an input run the same kernels, so equal inputs decode to equal bits on every CPU.
+    """
+    if t.is_contiguous() or t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return t.contiguous()
 
 
 def _binary_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -129,4 +142,4 @@ def check_condition(latents: torch.Tensor, image, mask) -> tuple[torch.Tensor, t
         if not bool((m == m[:, :1]).all()):
             _fail("mask", "a 3-channel mask with identical channels (grayscale)", "channels that differ")
         m = m[:, :1]
-    return image, m.to(image.dtype)
+    return standard_layout(image), standard_layout(m.to(image.dtype))

@@ -87,3 +87,21 @@ def test_vanilla_refuses_a_condition():
     z, image, mask = random_inputs(batch=1, h=1, w=1)
     with pytest.raises(ValueError, match="no condition branch"):
         dec(z, image, mask)
+
+
+@pytest.mark.parametrize("form", ["transposed", "expanded", "sliced", "channels-last"])
+def test_inputs_come_out_in_a_standard_layout(form):
+    """Another layout would let the CPU's conv kernels pick another algorithm (other bits on AVX2 CPUs)."""
+    from asymvq.models.inputs import check_condition, check_latents
+
+    z = torch.randn(2, 4, 2, 3)
+    image, mask = torch.rand(2, 3, 16, 24) * 2 - 1, (torch.rand(2, 1, 16, 24) < 0.5).float()
+    make = {"transposed": lambda t: t.transpose(-1, -2).contiguous().transpose(-1, -2),
+            "expanded": lambda t: t[:1].expand(2, -1, -1, -1),
+            "sliced": lambda t: torch.cat([t, t], 1)[:, :t.shape[1]],
+            "channels-last": lambda t: t.contiguous(memory_format=torch.channels_last)}[form]
+    z2 = check_latents(make(z), 4)
+    img, m = check_condition(z2, make(image), make(mask))
+    for t in (z2, img, m):
+        assert t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(img, make(image)) and torch.equal(m, make(mask))
