@@ -314,7 +314,7 @@ def decode(
         raise ValueError(f"--latents: expected {dec.config.latent_channels} channels for this decoder, got shape {tuple(lat.shape)}")
     lat = lat.to(device=dev, dtype=dt)
     if not vae_space:
-        lat = lat / dec.config.scaling_factor
+        lat = dec.config.latent_space.to_vae(lat)
     if pixels is not None and not dec.config.has_condition:
         raise ValueError("--image / --mask: this decoder has no condition branch (a plain SD decoder); drop them")
     try:
