@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from asymvq.models.environment import package_versions
+
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float) -> float:
     """PSNR in dB of ``a`` against ``b`` for signals spanning ``peak_to_peak`` (2 for [-1, 1], 1 for [0, 1])."""
@@ -88,7 +90,5 @@ def interleaved(runs: dict, warmup: int, repeats: int, log, *, before=None, meas
 
 
 def versions(*distributions: str) -> dict:
-    """Installed versions of ``distributions``, for the result JSON."""
-    from importlib import metadata
-
-    return {m: metadata.version(m) for m in distributions}
+    """Installed versions of ``distributions`` (None for one not installed), for the result JSON."""
+    return package_versions(distributions)

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import time_ms
+from bench_common import time_ms, versions
 
 VARIANTS = ("torch", "triton", "compile")
 
@@ -47,14 +47,8 @@ def _args(argv=None):
 def environment(device) -> dict:
     import torch
 
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device_type": device.type,
+    env = {**versions("torch", "triton"), "python": platform.python_version(), "device_type": device.type,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
     if device.type == "cuda":
         env.update(device=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())

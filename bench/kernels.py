@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_common import time_ms
+from bench_common import time_ms, versions
 
 C_X15 = 192  # x1.5 preset width
 
@@ -112,7 +112,6 @@ def _max_err(a, b):
 
 def _environment():
     import torch
-    import triton
 
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -121,7 +120,7 @@ def _environment():
         driver = "unknown"
     return {
         "device": torch.cuda.get_device_name(0), "driver": driver, "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(), "torch": torch.__version__, "triton": triton.__version__,
+        "cudnn": torch.backends.cudnn.version(), **versions("torch", "triton"),
         "python": platform.python_version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
 

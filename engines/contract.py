@@ -1,8 +1,10 @@
 """The contract every engine format meets: component names and I/O, tensor specs, precisions.
 
-This is the bottom of the engines layer and needs only torch. Export writes artifacts that
-meet it, the engines check artifacts against it, and the runtime calls engines through it;
-no other file lists the component names or their I/O.
+This is the bottom of the engines layer and needs only torch and the component vocabulary of
+``asymvq.models.components`` (each component's inputs and outputs as typed data, written once
+there so the models below can read it too). Export writes artifacts that meet it, the engines
+check artifacts against it, and the runtime calls engines through it; the names are imported
+from here (or from the vocabulary), never spelled again.
 
 An engine maps named input tensors to named output tensors: the pipeline only ever calls
 ``engine(**feeds)``, so torch modules, ONNX Runtime sessions, OpenVINO compiled models,
@@ -10,28 +12,18 @@ TensorRT plans and AOTInductor packages all look the same from there.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
-TEXT_ENCODER, VAE_ENCODER, UNET, DECODER, DECODER_PLAIN = "text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain"
-DECODER_COMPONENTS = (DECODER, DECODER_PLAIN)
+from asymvq.models.components import (  # noqa: F401 (split_dim and VOCABULARY are re-exported)
+    DECODER, DECODER_COMPONENTS, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, VOCABULARY, split_dim,
+)
 
-# component -> (input names, output names), in pipeline order. Shapes, by convention:
-#   text-encoder:   input_ids (B,77) int64                           -> last_hidden_state (B,77,D)
-#   vae-encoder:    image (B,3,H,W) in [-1,1]                       -> moments (B,8,h,w) (mean, logvar)
-#   unet:           sample (B,9|4,h,w), timestep (B,) or (), encoder_hidden_states (B,77,D) -> noise_pred (B,4,h,w)
-#   decoder:        latent (B,4,h,w) VAE-space (already / scaling_factor), image (B,3,8h,8w) in [-1,1],
-#                   mask (B,1,8h,8w) float 0/1 (1 = hole)           -> sample (B,3,8h,8w) in [-1,1]
-#   decoder-plain:  latent                                          -> sample
+# component -> (input names, output names), in pipeline order; dims and dtypes in VOCABULARY.
 COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    TEXT_ENCODER: (("input_ids",), ("last_hidden_state",)),
-    VAE_ENCODER: (("image",), ("moments",)),
-    UNET: (("sample", "timestep", "encoder_hidden_states"), ("noise_pred",)),
-    DECODER: (("latent", "image", "mask"), ("sample",)),
-    DECODER_PLAIN: (("latent",), ("sample",)),
+    name: (c.input_names, c.output_names) for name, c in VOCABULARY.items()
 }
 COMPONENTS = tuple(COMPONENT_IO)
 
@@ -49,15 +41,6 @@ def check_component(component: str) -> str:
     if component not in COMPONENT_IO:
         raise ValueError(f"component must be one of {list(COMPONENTS)}, got {component!r}")
     return component
-
-
-_DERIVED = re.compile(r"^(\d+)\*(\w+)$")
-
-
-def split_dim(dim: str) -> tuple[int, str]:
-    """A symbolic dim as (factor, base): ``"8*h"`` -> (8, "h"); ``"h"`` -> (1, "h")."""
-    m = _DERIVED.match(dim)
-    return (int(m.group(1)), m.group(2)) if m else (1, dim)
 
 
 @dataclass(frozen=True)

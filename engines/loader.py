@@ -89,17 +89,24 @@ def _torch_engine(name: str, entry: dict, manifest: dict, device: torch.device, 
     return TorchEngine(name, module.to(device=device, dtype=dtype), compile=compile)
 
 
+def _manifest(path, manifest: dict | None) -> dict:
+    """The directory's manifest: ``manifest`` when the caller read it already (``read_manifest``), else read now."""
+    return read_manifest(path) if manifest is None else manifest
+
+
 def load_engine_dir(path: str | Path, *, device: str | torch.device = "cpu", backend: str | None = None,
-                    components: list[str] | None = None, **engine_options) -> dict[str, Engine]:
+                    components: list[str] | None = None, manifest: dict | None = None,
+                    **engine_options) -> dict[str, Engine]:
     """``{component: Engine}`` for every component of the directory (or of ``components``).
 
     ``backend``: one of BACKENDS, or None for TensorRT on CUDA when its plans are there,
     OpenVINO on the CPU when every component has an IR, AOTInductor when the directory holds nothing
     else, and ONNX Runtime otherwise.
+    ``manifest``: what ``read_manifest(path)`` returned, when the caller has it (read once per load).
     ``engine_options`` go to the engine class (e.g. ``reuse_outputs``).
     """
     root = Path(path)
-    manifest = read_manifest(root)
+    manifest = _manifest(root, manifest)
     device = parse_device(device)
     backend = backend or _pick_backend(manifest, device)
     if backend not in BACKENDS:
@@ -125,19 +132,20 @@ def load_engine_dir(path: str | Path, *, device: str | torch.device = "cpu", bac
     return engines
 
 
-def load_tokenizer(path: str | Path):
-    """The CLIP tokenizer stored in ``path/tokenizer`` by ``asymvq export``."""
+def load_tokenizer(path: str | Path, *, manifest: dict | None = None):
+    """The CLIP tokenizer stored in ``path/tokenizer`` by ``asymvq export`` (``manifest`` as in ``load_engine_dir``)."""
     from transformers import CLIPTokenizer
 
-    manifest = read_manifest(path)
+    manifest = _manifest(path, manifest)
     if "tokenizer" not in manifest:
         raise ManifestError(f"engines: {path} has no tokenizer (exported without the SD components)")
     return CLIPTokenizer.from_pretrained(safe_path(path, manifest["tokenizer"], "tokenizer"), local_files_only=True)
 
 
-def load_scheduler_config(path: str | Path) -> dict:
-    """The scheduler config stored in ``path/scheduler`` (any diffusers scheduler takes it)."""
-    manifest = read_manifest(path)
+def load_scheduler_config(path: str | Path, *, manifest: dict | None = None) -> dict:
+    """The scheduler config stored in ``path/scheduler`` (any diffusers scheduler takes it; ``manifest`` as in
+    ``load_engine_dir``)."""
+    manifest = _manifest(path, manifest)
     if "scheduler" not in manifest:
         raise ManifestError(f"engines: {path} has no scheduler (exported without the SD components)")
     config = safe_path(path, f"{manifest['scheduler']}/{SCHEDULER_FILE}", "scheduler config")

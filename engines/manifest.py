@@ -1,8 +1,9 @@
 """``manifest.json``: what an engines directory holds, and the checks made before loading it.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 2)::
 
-    {"format_version": 1, "created": ISO time, "precision": "fp32"|"fp16",
+    {"format_version": 2, "created": ISO time, "precision": "fp32"|"fp16",
+     "latent_space": {"channels": 4, "scaling_factor": 0.18215, "shift_factor": 0.0},
      "source": {"preset", "model", "decoder", "unet_in_channels", "seed"},
      "shapes": {"batch": [min, opt, max], "height": [...], "width": [...]},
      "toolchain": {"torch": ..., "onnx": ..., ...},
@@ -10,6 +11,12 @@ Layout (``format_version`` 1)::
      "components": {name: {"weights_sha256", "inputs": [TensorSpec], "outputs": [TensorSpec],
                            "artifacts": {"onnx": {"path", "sha256", "files": {path: sha256}},
                                          "trt": {...}, "aoti": {..., "device"}}}}}
+
+``latent_space`` is the directory's, shared by every component that takes or yields latents
+(the VAE encoder's moments, the UNet's sample and noise_pred, the decoders' latent): the
+loaders, the pipeline and the C++ host read the channel count, scaling and shift factors from
+it, and the specs' channel dims must agree with it. Format 1 did not record it and is refused
+(re-export: the manifest records the source).
 
 Every file an artifact needs is hashed; ``verify_artifact`` recomputes the hashes and
 refuses a missing, truncated or swapped file with a ``ManifestError`` (a ValueError).
@@ -20,16 +27,18 @@ import hashlib
 import json
 import re
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from torch import nn
 
-from .contract import COMPONENTS, PRECISION_DTYPES, TensorSpec, check_io
+from asymvq.models.environment import package_versions
+from asymvq.models.latent_space import LatentSpace
+
+from .contract import COMPONENTS, PRECISION_DTYPES, VOCABULARY, TensorSpec, check_io, split_dim
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the latent space is recorded (format 1 directories are refused: re-export them)
 TOOLCHAIN = ("asymvq", "torch", "onnx", "onnxruntime", "onnxscript", "onnx-graphsurgeon", "polygraphy",
              "diffusers", "transformers", "tensorrt")
 
@@ -57,13 +66,8 @@ def weights_sha256(module: nn.Module) -> str:
 
 
 def toolchain_versions() -> dict[str, str]:
-    versions = {}
-    for name in TOOLCHAIN:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    """The installed packages of TOOLCHAIN (missing ones left out)."""
+    return {name: v for name, v in package_versions(TOOLCHAIN).items() if v is not None}
 
 
 def artifact_entry(root: Path, files: list[Path], **extra) -> dict:
@@ -72,11 +76,12 @@ def artifact_entry(root: Path, files: list[Path], **extra) -> dict:
     return {"path": rel[0], "files": {r: sha256_file(root / r) for r in rel}, **extra}
 
 
-def new_manifest(*, precision: str, source: dict, shapes: dict) -> dict:
+def new_manifest(*, precision: str, source: dict, shapes: dict, latent_space: LatentSpace) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": precision,
+        "latent_space": latent_space.to_dict(),
         "source": source,
         "shapes": shapes,
         "toolchain": toolchain_versions(),
@@ -111,8 +116,12 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
+def manifest_latent_space(manifest: dict) -> LatentSpace:
+    """The latent space of a manifest ``read_manifest`` returned (checked there)."""
+    return LatentSpace.from_dict(manifest["latent_space"])
+
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_RANKS = {"input_ids": (2,), "last_hidden_state": (3,), "encoder_hidden_states": (3,), "timestep": (0, 1)}  # else 4 (NCHW)
 
 
 def _bad(where: str, key: str, expected: str, got) -> ManifestError:
@@ -144,14 +153,36 @@ def _check_spec(where: str, key: str, spec) -> None:
             raise _bad(where, f"{key}.{k}", f"a list of {len(dims)} non-negative integers (one per dim)", v)
 
 
+def _check_dims(where: str, key: str, tensor, spec: dict, latents: LatentSpace) -> None:
+    """The vocabulary's rank for this tensor (4, NCHW, for a name it does not know: refused later by
+    ``component_specs``), and its latent channel dims equal to the latent space's."""
+    ranks = tensor.ranks if tensor is not None else (4,)
+    dims = spec["dims"]
+    if len(dims) not in ranks:
+        raise _bad(where, key, f"{' or '.join(map(str, ranks))} dims for {spec['name']!r}", dims)
+    if tensor is None or len(dims) != len(tensor.dims):
+        return
+    for i, d in enumerate(tensor.dims):
+        if isinstance(d, str) and split_dim(d)[1] == "latent_channels":
+            want = split_dim(d)[0] * latents.channels
+            if dims[i] != want:
+                raise _bad(where, f"{key}[{i}]", f"{want} ({d} of latent_space.channels = {latents.channels})", dims[i])
+
+
 def _check_manifest(manifest, where: str) -> None:
     if not isinstance(manifest, dict):
         raise _bad(where, "the manifest", "a JSON object", type(manifest).__name__)
     version = manifest.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
-        raise ManifestError(f"engines: {where} has format_version {version!r}; this asymvq reads {FORMAT_VERSION}")
+        why = " (format 1 does not record the latent space): re-export the directory with `asymvq export`" \
+            if type(version) is int and version < FORMAT_VERSION else ""
+        raise ManifestError(f"engines: {where} has format_version {version!r}; this asymvq reads {FORMAT_VERSION}{why}")
     if not isinstance(manifest.get("precision"), str) or manifest["precision"] not in PRECISION_DTYPES:
         raise _bad(where, "precision", f"one of {list(PRECISION_DTYPES)}", manifest.get("precision"))
+    try:
+        latents = LatentSpace.from_dict(manifest.get("latent_space"))
+    except ValueError as e:
+        raise ManifestError(f"engines: {where}: {e}") from None
     source = manifest.get("source")
     if not isinstance(source, dict):
         raise _bad(where, "source", "an object", source)
@@ -180,10 +211,7 @@ def _check_manifest(manifest, where: str) -> None:
                 raise _bad(where, f"{name}.{io}", "a list of tensor specs", entry[io])
             for i, spec in enumerate(entry[io]):
                 _check_spec(where, f"{name}.{io}[{i}]", spec)
-                ranks = _RANKS.get(spec["name"], (4,))
-                if len(spec["dims"]) not in ranks:
-                    raise _bad(where, f"{name}.{io}[{i}].dims", f"{' or '.join(map(str, ranks))} dims for {spec['name']!r}",
-                               spec["dims"])
+                _check_dims(where, f"{name}.{io}[{i}].dims", VOCABULARY[name].tensor(spec["name"]), spec, latents)
         if not isinstance(entry["artifacts"], dict):
             raise _bad(where, f"{name}.artifacts", "an object {format: artifact}", entry["artifacts"])
         for fmt, art in entry["artifacts"].items():

@@ -99,19 +99,21 @@ def export_directory(
     if not formats or any(f not in EXPORT_FORMATS for f in formats):
         raise ValueError(f"formats: expected some of {list(EXPORT_FORMATS)}, got {list(formats)}")
     exporters = _exporters(formats)  # before any work: a missing extra is named at once
+    latent_space = source.latent_space(names)  # before any work: a decoder of another latent space is refused
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = new_manifest(
         precision=precision,
         source=source.to_dict(),
         shapes={"batch": list(shapes.batch), "height": list(shapes.height), "width": list(shapes.width)},
+        latent_space=latent_space,
     )
     if any(n in SD_COMPONENTS for n in names):
         manifest.update(_write_tokenizer_and_scheduler(out, source))
     for name in names:
         log.info("exporting %s (%s)", name, precision)
         module = build_module(name, source)
-        inputs, outputs = io_specs(name, module, shapes, precision)
+        inputs, outputs = io_specs(name, module, shapes, precision, latent_space)
         entry = {
             "weights_sha256": weights_sha256(module),
             "inputs": [s.to_dict() for s in inputs],

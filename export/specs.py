@@ -2,7 +2,9 @@
 
 Shape ranges are given in image pixels (batch, height, width) and turned into per-input
 min/opt/max shapes here, once, for the manifest, the ONNX dynamic axes and TensorRT's
-optimization profiles alike. The names come from ``asymvq.engines.contract.COMPONENT_IO``.
+optimization profiles alike. The names, dtype kinds and dims come from the component vocabulary
+(``asymvq.models.components.VOCABULARY``, re-exported by ``asymvq.engines.contract``); only the sizes
+are bound here.
 """
 from __future__ import annotations
 
@@ -11,9 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from asymvq.engines.contract import COMPONENT_IO, TensorSpec, check_io
+from asymvq.engines.contract import UNET, VOCABULARY, TensorSpec, check_component, check_io, split_dim
+from asymvq.models.components import BINARY, REAL, SIGNED_UNIT, TIMESTEPS, TOKEN_IDS
+from asymvq.models.latent_space import VAE_SCALE_FACTOR, LatentSpace
 
-TEXT_LEN = 77
+TEXT_LEN = 77  # CLIP's tokens a prompt (the tokenizer pads to it)
+# Each input name's value domain: one per name across the components ("image" is [-1, 1] wherever it is
+# an input; tests/models/test_components.py checks it).
+_DOMAINS = {t.name: t.domain for c in VOCABULARY.values() for t in c.inputs}
 DEFAULT_OPSET = 18  # ONNX opset: >= 17 for LayerNorm/GroupNorm; ONNX Runtime 1.31 and TensorRT 10 both run 18
 
 
@@ -31,8 +38,9 @@ class Shapes:
             if not 1 <= lo <= opt <= hi:
                 raise ValueError(f"shapes: {name} must satisfy 1 <= min <= opt <= max, got {lo}:{opt}:{hi}")
         for name in ("height", "width"):
-            if any(v % 8 for v in getattr(self, name)):
-                raise ValueError(f"shapes: {name} values must be multiples of 8 (the VAE factor), got {getattr(self, name)}")
+            if any(v % VAE_SCALE_FACTOR for v in getattr(self, name)):
+                raise ValueError(f"shapes: {name} values must be multiples of {VAE_SCALE_FACTOR} (the VAE factor), "
+                                 f"got {getattr(self, name)}")
 
 
 DEFAULT_SHAPES = {
@@ -66,79 +74,68 @@ def parse_shapes(text: str | None, preset: str) -> Shapes:
 
 def spatial_multiple(component: str, module: nn.Module) -> int:
     """The latent size must be a multiple of this for the graph to be valid (UNet down-sampling)."""
-    if component == "unet":
+    if component == UNET:
         return 2 ** (len(module.unet.config.block_out_channels) - 1)
     return 1
 
 
-def io_specs(component: str, module: nn.Module, shapes: Shapes, precision: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output specs of ``component`` for ``shapes`` (pixels) at ``precision``, named as COMPONENT_IO."""
-    inputs, outputs = _io_specs(component, module, shapes, precision)
+def io_specs(component: str, module: nn.Module, shapes: Shapes, precision: str,
+             latent_space: LatentSpace | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs of ``component`` for ``shapes`` (pixels) at ``precision``: the vocabulary's
+    tensors with their fixed dims bound from ``module`` (``static_dims``) and ``latent_space`` (the
+    directory's; None: the module's own channel count), the varying ones ranged over ``shapes``."""
+    check_component(component)
+    batch = shapes.batch
+    if component == UNET:  # classifier-free guidance runs the UNet on twice the batch
+        batch = (batch[0], 2 * batch[1], 2 * batch[2])
+    lat = [tuple(v // VAE_SCALE_FACTOR for v in shapes.height), tuple(v // VAE_SCALE_FACTOR for v in shapes.width)]
+    m = spatial_multiple(component, module)
+    if any(v % m for v in lat[0] + lat[1]):
+        raise ValueError(f"shapes: the {component} needs height and width multiples of {VAE_SCALE_FACTOR * m}, got {shapes}")
+    sizes = static_dims(component, module, latent_space)
+    float_name = "float16" if precision == "fp16" else "float32"
+    varying = [{"batch": batch[i], "h": lat[0][i], "w": lat[1][i]} for i in range(3)]
+
+    def spec(tensor) -> TensorSpec:
+        dims = tensor.bind_dims(sizes)
+        rng = [tuple(d if isinstance(d, int) else split_dim(d)[0] * varying[i][split_dim(d)[1]] for d in dims)
+               for i in range(3)]
+        return TensorSpec(tensor.name, tensor.dtype(float_name), dims, *rng)
+
+    io = VOCABULARY[component]
+    inputs, outputs = [spec(t) for t in io.inputs], [spec(t) for t in io.outputs]
     check_io(component, inputs, outputs, "export")
     return inputs, outputs
 
 
-def _io_specs(component, module, shapes, precision):
-    float_name = "float16" if precision == "fp16" else "float32"
-    batch = shapes.batch
-    if component == "unet":  # classifier-free guidance runs the UNet on twice the batch
-        batch = (batch[0], 2 * batch[1], 2 * batch[2])
-    lat = [tuple(v // 8 for v in shapes.height), tuple(v // 8 for v in shapes.width)]
-    m = spatial_multiple(component, module)
-    if any(v % m for v in lat[0] + lat[1]):
-        raise ValueError(f"shapes: the {component} needs height and width multiples of {8 * m}, got {shapes}")
-
-    def spec(name, dims, per_level, dtype=float_name):
-        rng = [tuple(f(i) for f in per_level) for i in range(3)]
-        return TensorSpec(name, dtype, tuple(dims), *rng)
-
-    b = lambda i: batch[i]  # noqa: E731 - tiny per-level accessors keep the table readable
-    h = lambda i: lat[0][i]  # noqa: E731
-    w = lambda i: lat[1][i]  # noqa: E731
-    c = lambda n: (lambda i: n)  # noqa: E731
-    latent = spec("latent", ("batch", 4, "h", "w"), (b, c(4), h, w))
-    image3 = lambda name: spec(name, ("batch", 3, "8*h", "8*w"), (b, c(3), lambda i: 8 * h(i), lambda i: 8 * w(i)))  # noqa: E731
-    if component == "decoder":
-        mask = spec("mask", ("batch", 1, "8*h", "8*w"), (b, c(1), lambda i: 8 * h(i), lambda i: 8 * w(i)))
-        return [latent, image3("image"), mask], [image3("sample")]
-    if component == "decoder-plain":
-        return [latent], [image3("sample")]
-    if component == "unet":
-        cin = module.unet.config.in_channels
-        dim = module.unet.config.cross_attention_dim
-        return (
-            [spec("sample", ("batch", cin, "h", "w"), (b, c(cin), h, w)),
-             spec("timestep", ("batch",), (b,), "float32"),
-             spec("encoder_hidden_states", ("batch", TEXT_LEN, dim), (b, c(TEXT_LEN), c(dim)))],
-            [spec("noise_pred", ("batch", 4, "h", "w"), (b, c(4), h, w))],
-        )
-    if component == "vae-encoder":
-        return [image3("image")], [spec("moments", ("batch", 8, "h", "w"), (b, c(8), h, w))]
-    if component == "text-encoder":
-        dim = module.text_encoder.config.hidden_size
-        return (
-            [spec("input_ids", ("batch", TEXT_LEN), (b, c(TEXT_LEN)), "int64")],
-            [spec("last_hidden_state", ("batch", TEXT_LEN, dim), (b, c(TEXT_LEN), c(dim)))],
-        )
-    raise ValueError(f"component must be one of {list(COMPONENT_IO)}, got {component!r}")
+def static_dims(component: str, module: nn.Module, latent_space: LatentSpace | None = None) -> dict[str, int]:
+    """The sizes of the vocabulary's fixed dims for ``module``: its own (``static_dims()``), the text length,
+    and the latent channels of ``latent_space``, which the module must share."""
+    sizes = {"text_len": TEXT_LEN, **module.static_dims()}
+    if latent_space is not None:
+        own = sizes.setdefault("latent_channels", latent_space.channels)
+        if own != latent_space.channels:
+            raise ValueError(f"latent_space: the {component} has {own} latent channels, the directory's latent space "
+                             f"{latent_space.channels}")
+    return sizes
 
 
 def example_inputs(specs: list[TensorSpec], level: str = "opt", *, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Valid random inputs at the ``level`` (min/opt/max) shapes of ``specs``."""
+    """Valid random inputs at the ``level`` (min/opt/max) shapes of ``specs``, drawn from each tensor's domain."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for s in specs:
         shape = getattr(s, level)
-        dtype = getattr(torch, s.dtype)
-        if s.name == "input_ids":
+        domain = _DOMAINS.get(s.name, REAL)
+        if domain == TOKEN_IDS:
             t = torch.randint(0, 100, shape, generator=g)
-        elif s.name == "mask":
+        elif domain == BINARY:
             t = (torch.rand(shape, generator=g) > 0.5).float()
-        elif s.name == "timestep":
+        elif domain == TIMESTEPS:
             t = torch.randint(0, 1000, shape, generator=g).float()
-        elif s.name == "image":
+        elif domain == SIGNED_UNIT:
             t = torch.rand(shape, generator=g) * 2 - 1
         else:
             t = torch.randn(shape, generator=g)
-        out[s.name] = t.to(dtype)
+        out[s.name] = t.to(getattr(torch, s.dtype))
     return out

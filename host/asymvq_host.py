@@ -54,15 +54,17 @@ def load_library(path: str | Path) -> C.CDLL:
     lib.asymvq_close.restype = None
     lib.asymvq_has_component.argtypes = [C.c_void_p, C.c_char_p, C.POINTER(C.c_int)]
     lib.asymvq_unet_channels.argtypes = [C.c_void_p, C.POINTER(C.c_int)]
+    lib.asymvq_latent_space.argtypes = [C.c_void_p, C.POINTER(C.c_int), C.POINTER(C.c_double), C.POINTER(C.c_double)]
     lib.asymvq_decode.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Output)]
+    lib.asymvq_decode_scaled.argtypes = lib.asymvq_decode.argtypes
     lib.asymvq_encode_text.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Output)]
     lib.asymvq_inpaint_params_init.argtypes = [C.POINTER(Params)]
     lib.asymvq_inpaint_params_init.restype = None
     lib.asymvq_inpaint.argtypes = [C.c_void_p, C.POINTER(Params), C.POINTER(Output)]
     lib.asymvq_output_free.argtypes = [C.POINTER(Output)]
     lib.asymvq_output_free.restype = None
-    for f in ("asymvq_open", "asymvq_has_component", "asymvq_unet_channels", "asymvq_decode", "asymvq_encode_text",
-              "asymvq_inpaint"):
+    for f in ("asymvq_open", "asymvq_has_component", "asymvq_unet_channels", "asymvq_latent_space", "asymvq_decode",
+              "asymvq_decode_scaled", "asymvq_encode_text", "asymvq_inpaint"):
         getattr(lib, f).restype = C.c_int
     return lib
 
@@ -132,10 +134,18 @@ class Host:
         self._check(self.lib.asymvq_unet_channels(self.handle, C.byref(ch)))
         return ch.value
 
-    def decode(self, latents, image=None, mask=None) -> np.ndarray:
+    def latent_space(self) -> tuple[int, float, float]:
+        """(channels, scaling_factor, shift_factor) of the directory's manifest."""
+        ch, scale, shift = C.c_int(), C.c_double(), C.c_double()
+        self._check(self.lib.asymvq_latent_space(self.handle, C.byref(ch), C.byref(scale), C.byref(shift)))
+        return ch.value, scale.value, shift.value
+
+    def decode(self, latents, image=None, mask=None, *, scaled: bool = False) -> np.ndarray:
+        """VAE-space latents (``scaled=True``: diffusion-space ones, asymvq_decode_scaled) -> image."""
         views = [None if x is None else _View(_arr(x)) for x in (latents, image, mask)]
         out = Output()
-        self._check(self.lib.asymvq_decode(self.handle, *[None if v is None else v.ptr() for v in views], C.byref(out)))
+        fn = self.lib.asymvq_decode_scaled if scaled else self.lib.asymvq_decode
+        self._check(fn(self.handle, *[None if v is None else v.ptr() for v in views], C.byref(out)))
         return self._take(out)
 
     def encode_text(self, ids) -> np.ndarray:

@@ -1,6 +1,7 @@
 // asymvq-run: the C API from the command line, tensors in and out as safetensors.
 //
-//   asymvq-run decode  --engines DIR --latents Z.safetensors [--image I.safetensors --mask M.safetensors] --out OUT.safetensors
+//   asymvq-run decode  --engines DIR --latents Z.safetensors [--image I.safetensors --mask M.safetensors]
+//                      [--space vae|diffusion] --out OUT.safetensors
 //   asymvq-run inpaint --engines DIR --prompt-embeds E.safetensors [--negative-embeds N.safetensors]
 //                      --image I.safetensors --mask M.safetensors --steps 4 --guidance 7.5 --seed 0
 //                      [--scheduler ddim|euler] --out OUT.safetensors
@@ -23,7 +24,9 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  asymvq-run decode  --engines DIR --latents Z.safetensors [--image I.safetensors --mask M.safetensors]\n"
-    "                     --out OUT.safetensors [--device cpu]\n"
+    "                     [--space vae|diffusion] --out OUT.safetensors [--device cpu]\n"
+    "                     (--space: latents in the VAE's space, the default, or the diffusion loop's,\n"
+    "                     converted with the directory's latent_space: z / scaling_factor + shift_factor)\n"
     "  asymvq-run inpaint --engines DIR (--prompt-embeds E.safetensors | --prompt-ids IDS.safetensors)\n"
     "                     [--negative-embeds N.safetensors | --negative-ids NIDS.safetensors]\n"
     "                     [--image I.safetensors --mask M.safetensors | --height H --width W]\n"
@@ -68,7 +71,7 @@ int run(int argc, char** argv) {
   std::string cmd = argv[1];
   if (cmd != "decode" && cmd != "inpaint") return die(ASYMVQ_ERR_INVALID_ARGUMENT, "command: expected decode or inpaint, got '" + cmd + "'\n" + kUsage);
   static const std::map<std::string, std::vector<std::string>> allowed = {
-      {"decode", {"--engines", "--latents", "--image", "--mask", "--out", "--device"}},
+      {"decode", {"--engines", "--latents", "--image", "--mask", "--space", "--out", "--device"}},
       {"inpaint", {"--engines", "--prompt-embeds", "--negative-embeds", "--prompt-ids", "--negative-ids", "--image", "--mask",
                    "--height", "--width", "--steps", "--guidance", "--seed", "--scheduler", "--out", "--device"}},
   };
@@ -90,6 +93,9 @@ int run(int argc, char** argv) {
                                                    : std::vector<std::string>{"--prompt-embeds", "--negative-embeds", "--prompt-ids",
                                                                               "--negative-ids", "--image", "--mask"};
   if (cmd == "decode" && !opt.count("--latents")) return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--latents: required");
+  bool diffusion_space = opt.count("--space") && opt["--space"] == "diffusion";
+  if (opt.count("--space") && opt["--space"] != "vae" && opt["--space"] != "diffusion")
+    return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--space: expected vae or diffusion, got '" + opt["--space"] + "'");
   for (auto& k : files) {
     if (!opt.count(k)) continue;
     try {
@@ -146,7 +152,8 @@ int run(int argc, char** argv) {
   asymvq_status s = asymvq_open(opt["--engines"].c_str(), device, &host);
   if (s != ASYMVQ_OK) return die(s, asymvq_last_error());
   asymvq_output out{};
-  if (cmd == "decode") s = asymvq_decode(host, ptr("--latents"), ptr("--image"), ptr("--mask"), &out);
+  if (cmd == "decode") s = (diffusion_space ? asymvq_decode_scaled : asymvq_decode)(host, ptr("--latents"), ptr("--image"),
+                                                                                   ptr("--mask"), &out);
   else s = asymvq_inpaint(host, &p, &out);
   if (s != ASYMVQ_OK) {
     std::string msg = asymvq_last_error();

@@ -91,7 +91,8 @@ void check_out(asymvq_output* out) {
 
 extern "C" {
 
-const char* asymvq_version(void) { return "0.1.0"; }
+// ASYMVQ_VERSION_STRING (asymvq/version.h): runtime/__init__.py's __version__, through CMakeLists.txt.
+const char* asymvq_version(void) { return ASYMVQ_VERSION_STRING; }
 
 const char* asymvq_last_error(void) { return g_error.c_str(); }
 
@@ -145,8 +146,23 @@ asymvq_status asymvq_unet_channels(const asymvq_host* host, int* channels) {
   });
 }
 
-asymvq_status asymvq_decode(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
-                            const asymvq_tensor* mask, asymvq_output* out) {
+asymvq_status asymvq_latent_space(const asymvq_host* host, int* channels, double* scaling_factor, double* shift_factor) {
+  return guarded([&] {
+    check_host(host);
+    if (channels == nullptr || scaling_factor == nullptr || shift_factor == nullptr)
+      asymvq::fail_arg(channels == nullptr ? "channels" : scaling_factor == nullptr ? "scaling_factor" : "shift_factor",
+                       "a pointer", "NULL");
+    const asymvq::LatentSpace& ls = host->impl->latent_space;
+    *channels = static_cast<int>(ls.channels);
+    *scaling_factor = ls.scaling_factor;
+    *shift_factor = ls.shift_factor;
+  });
+}
+
+namespace {
+
+asymvq_status decode_call(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                          const asymvq_tensor* mask, asymvq_output* out, bool scaled) {
   return guarded([&] {
     check_host(host);
     check_out(out);
@@ -155,8 +171,22 @@ asymvq_status asymvq_decode(asymvq_host* host, const asymvq_tensor* latents, con
     if (image) img = view(image, "image", ASYMVQ_FLOAT32);
     if (mask) m = view(mask, "mask", ASYMVQ_FLOAT32);
     std::lock_guard<std::mutex> lock(host->impl->lock);
-    fill(out, asymvq::decode(*host->impl, z, image ? &img : nullptr, mask ? &m : nullptr));
+    auto& h = *host->impl;
+    const at::Tensor *ip = image ? &img : nullptr, *mp = mask ? &m : nullptr;
+    fill(out, scaled ? asymvq::decode_scaled(h, z, ip, mp) : asymvq::decode(h, z, ip, mp));
   });
+}
+
+}  // namespace
+
+asymvq_status asymvq_decode(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                            const asymvq_tensor* mask, asymvq_output* out) {
+  return decode_call(host, latents, image, mask, out, false);
+}
+
+asymvq_status asymvq_decode_scaled(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                                   const asymvq_tensor* mask, asymvq_output* out) {
+  return decode_call(host, latents, image, mask, out, true);
 }
 
 asymvq_status asymvq_encode_text(asymvq_host* host, const asymvq_tensor* input_ids, asymvq_output* out) {

@@ -1,13 +1,14 @@
 // The engines directory: manifest.json checked exactly as asymvq.engines.load_engine_dir checks
-// it (format version, known components, I/O names, dtypes, shape ranges, sha256 of every
-// artifact file, the device a package was compiled for), then one AOTInductor engine per
-// component. Feeds are checked against the exported ranges and tied dims here, because
+// it (format version, the latent space, known components, I/O names, dtypes, shape ranges and
+// latent channel dims, sha256 of every artifact file, the device a package was compiled for),
+// then one AOTInductor engine per component. Feeds are checked against the exported ranges and tied dims here, because
 // compiled AOTInductor code trusts its inputs (it reads past a smaller image otherwise).
 #include <openssl/evp.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -168,6 +169,43 @@ fs::path inside(const fs::path& root, const std::string& rel, const std::string&
     if (r == real.end() || *r != *t)
       bad(where + ": artifact path '" + rel + "' leads out of the directory (to " + real.string() + ")");
   return root / p;
+}
+
+constexpr int64_t kFormatVersion = 2;  // asymvq.engines.manifest.FORMAT_VERSION
+
+// "latent_space": {"channels", "scaling_factor", "shift_factor"}, checked as LatentSpace.from_dict checks it.
+LatentSpace read_latent_space(const json::Value& manifest, const std::string& where) {
+  const json::Value* ls = manifest.find("latent_space");
+  auto keys_ok = [&] {
+    if (!ls || !ls->is_object() || ls->obj.size() != 3) return false;
+    for (const char* k : {"channels", "scaling_factor", "shift_factor"})
+      if (!ls->find(k)) return false;
+    return true;
+  };
+  if (!keys_ok())
+    bad(where + ": latent_space must be an object with exactly the keys ['channels', 'scaling_factor', 'shift_factor']");
+  LatentSpace out;
+  const json::Value& c = *ls->find("channels");
+  if (!c.is_number() || !c.is_int || c.i < 1) bad(where + ": latent_space.channels must be a positive integer");
+  out.channels = c.i;
+  const json::Value& sf = *ls->find("scaling_factor");
+  if (!sf.is_number() || !std::isfinite(sf.num) || !(sf.num > 0))
+    bad(where + ": latent_space.scaling_factor must be a positive finite number");
+  out.scaling_factor = sf.num;
+  const json::Value& sh = *ls->find("shift_factor");
+  if (!sh.is_number() || !std::isfinite(sh.num)) bad(where + ": latent_space.shift_factor must be a finite number");
+  out.shift_factor = sh.num;
+  return out;
+}
+
+// The channel dim of the tensors in the latent space (COMPONENT vocabulary: latent_channels, 2*latent_channels).
+void check_latent_dims(const TensorSpec& s, const LatentSpace& ls, const std::string& where) {
+  int64_t want = 0;
+  if (s.name == "latent" || s.name == "noise_pred") want = ls.channels;
+  else if (s.name == "moments") want = 2 * ls.channels;
+  if (want && (s.dims.size() != 4 || s.dims[1].symbolic || s.dims[1].value != want))
+    bad(where + " " + s.name + " has dims " + s.dims_str() + ", expected " + std::to_string(want) +
+        " channels (latent_space.channels = " + std::to_string(ls.channels) + ")");
 }
 
 void read_scheduler(Host& h, const json::Value& manifest) {
@@ -396,13 +434,18 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
     bad(mpath.string() + " is not valid JSON (" + e.what() + ")");
   }
   const json::Value* version = m.find("format_version");
-  if (!version || !version->is_int || version->i != 1)
-    bad(mpath.string() + " has format_version " + (version && version->is_number() ? std::to_string(version->num) : "(none)") +
-        "; this asymvq reads 1");
+  if (!version || !version->is_int || version->i != kFormatVersion)
+    bad(mpath.string() + " has format_version " +
+        (version && version->is_int ? std::to_string(version->i) : version && version->is_number() ? std::to_string(version->num) : "(none)") +
+        "; this asymvq reads " + std::to_string(kFormatVersion) +
+        (version && version->is_int && version->i < kFormatVersion
+             ? " (format 1 does not record the latent space): re-export the directory with `asymvq export`"
+             : ""));
   const json::Value* comps = m.find("components");
   if (!comps || !comps->is_object() || comps->obj.empty()) bad(mpath.string() + " lists no components");
   if (const json::Value* p = m.find("precision"); p && p->is_string()) h->precision = p->str;
   if (h->precision != "fp32" && h->precision != "fp16") bad(mpath.string() + " has precision '" + h->precision + "' (fp32 or fp16)");
+  h->latent_space = read_latent_space(m, mpath.string());
   const auto& io = component_io();
   for (auto& [name, entry] : comps->obj) {
     if (!io.count(name)) {
@@ -443,6 +486,8 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
     for (auto& s : outputs)
       if (s.dtype != expected_dtype(s.name, h->precision))
         bad(name + " output " + s.name + " has dtype " + s.dtype + ", expected " + expected_dtype(s.name, h->precision));
+    for (auto& s : inputs) check_latent_dims(s, h->latent_space, name + " input");
+    for (auto& s : outputs) check_latent_dims(s, h->latent_space, name + " output");
     const json::Value* arts = entry.find("artifacts");
     const json::Value* aoti = arts->find("aoti");
     if (!aoti || !aoti->is_object()) {

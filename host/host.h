@@ -78,10 +78,22 @@ struct SchedulerConfig {
   std::vector<std::string> unsupported;  // options set that this host does not implement (refused on use)
 };
 
+// manifest.json's latent_space (asymvq.models.latent_space.LatentSpace): what the UNet loop runs on
+// (diffusion space) against what the VAE encoder yields and the decoder takes (VAE space).
+struct LatentSpace {
+  int64_t channels = 0;
+  double scaling_factor = 0.0, shift_factor = 0.0;
+  // z / scaling_factor + shift_factor; no shift added when it is 0 (bit for bit Python's SD arithmetic).
+  at::Tensor to_vae(const at::Tensor& z) const;
+  // (x - shift_factor) * scaling_factor.
+  at::Tensor to_diffusion(const at::Tensor& x) const;
+};
+
 struct Host {
   std::string root;
   at::Device device{at::kCPU};
   std::string precision = "fp32";
+  LatentSpace latent_space;
   std::vector<std::unique_ptr<Engine>> engines;
   bool has_scheduler = false;
   SchedulerConfig scheduler;
@@ -95,7 +107,9 @@ struct Host {
 
 std::unique_ptr<Host> open_host(const std::string& dir, const std::string& device);
 
+// VAE-space latents -> image; decode_scaled takes diffusion-space latents (h.latent_space.to_vae first).
 at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask);
+at::Tensor decode_scaled(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask);
 at::Tensor encode_text(Host& h, const at::Tensor& ids);
 
 struct InpaintArgs {

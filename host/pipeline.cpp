@@ -17,8 +17,7 @@ namespace asymvq {
 
 namespace {
 
-constexpr double kScalingFactor = 0.18215;  // PipelineSpec.scaling_factor (SD 1.5's VAE)
-constexpr int64_t kVaeScale = 8;
+constexpr int64_t kVaeScale = 8;  // image pixels a latent pixel: LatentSpace.vae_scale_factor (every VAE of the family)
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -238,10 +237,36 @@ at::Tensor run1(Engine& e, std::vector<at::Tensor> feeds) { return e.run(std::mo
 
 }  // namespace
 
+at::Tensor LatentSpace::to_vae(const at::Tensor& z) const {
+  at::Tensor x = z / scaling_factor;
+  return shift_factor != 0.0 ? x + shift_factor : x;
+}
+
+at::Tensor LatentSpace::to_diffusion(const at::Tensor& x) const {
+  return (shift_factor != 0.0 ? x - shift_factor : x) * scaling_factor;
+}
+
+namespace {
+
+void check_latents(const Host& h, const at::Tensor& latents) {
+  int64_t c = h.latent_space.channels;
+  if (latents.dim() != 4 || latents.size(1) != c)
+    fail_arg("latents", "shape (B, " + std::to_string(c) + ", h, w) (the engines directory's latent_space.channels)",
+             "shape " + shape_str(latents.sizes()));
+  check_finite(latents, "latents", "finite values");
+}
+
+}  // namespace
+
+at::Tensor decode_scaled(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask) {
+  c10::InferenceMode guard;
+  check_latents(h, latents);  // before converting: the message names the caller's latents
+  return decode(h, h.latent_space.to_vae(latents), image, mask);
+}
+
 at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask) {
   c10::InferenceMode guard;
-  if (latents.dim() != 4 || latents.size(1) != 4) fail_arg("latents", "shape (B, 4, h, w)", "shape " + shape_str(latents.sizes()));
-  check_finite(latents, "latents", "finite values");
+  check_latents(h, latents);
   if ((image == nullptr) != (mask == nullptr))
     fail_arg(image == nullptr ? "image" : "mask", "a tensor whenever the other of image/mask is given", "NULL");
   if (image == nullptr) return run1(h.need("decoder-plain", "decode without image and mask"), {latents});
@@ -292,7 +317,7 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   const TensorSpec& sample_spec = unet.inputs[0];
   const TensorSpec& ehs_spec = unet.inputs[2];
   int64_t unet_channels = sample_spec.opt[1];
-  bool inpainting = unet_channels == 9;
+  bool inpainting = unet_channels == 2 * h.latent_space.channels + 1;  // noise, mask and masked-image latents
   if (!h.has_scheduler)
     fail(ASYMVQ_ERR_UNSUPPORTED, "inpaint: " + h.root + " has no scheduler/ (exported without the SD components)");
   if (a.steps < 1 || a.steps > h.scheduler.num_train_timesteps)
@@ -301,9 +326,11 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   if (!std::isfinite(a.guidance_scale)) fail_arg("guidance_scale", "a finite number", std::to_string(a.guidance_scale));
   bool has_cond = a.image.defined() || a.mask.defined();
   if (has_cond && !inpainting)
-    fail_arg("image / mask", "none: this directory's UNet has 4 input channels (text-to-image)", "an image and a mask");
+    fail_arg("image / mask", "none: this directory's UNet has " + std::to_string(unet_channels) + " input channels (text-to-image)",
+             "an image and a mask");
   if (!has_cond && inpainting)
-    fail_arg("image / mask", "both: this directory's UNet has 9 input channels (inpainting)", "none");
+    fail_arg("image / mask", "both: this directory's UNet has " + std::to_string(unet_channels) + " input channels (inpainting)",
+             "none");
   if (has_cond && (!a.image.defined() || !a.mask.defined()))
     fail_arg(a.image.defined() ? "mask" : "image", "a tensor whenever the other of image/mask is given", "NULL");
 
@@ -386,7 +413,7 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   int64_t lh = height / kVaeScale, lw = width / kVaeScale;
   at::Generator gen = at::detail::createCPUGenerator(a.seed);
   auto f32 = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor noise = at::randn({batch, 4, lh, lw}, gen, f32).to(h.device);
+  at::Tensor noise = at::randn({batch, h.latent_space.channels, lh, lw}, gen, f32).to(h.device);
   at::Tensor latents = sched->init_noise_sigma_mul(noise);
 
   std::vector<at::Tensor> extra;
@@ -400,7 +427,7 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
     at::Tensor logvar = at::clamp(mv[1], -30.0, 20.0);
     at::Tensor std_ = at::exp(logvar * 0.5);
     at::Tensor draw = at::randn(mv[0].sizes(), gen, f32).to(h.device);
-    at::Tensor masked_latents = (mv[0] + std_ * draw) * kScalingFactor;
+    at::Tensor masked_latents = h.latent_space.to_diffusion(mv[0] + std_ * draw);
     mask_latent = mask_latent.repeat({batch / mask_latent.size(0), 1, 1, 1});
     masked_latents = masked_latents.repeat({batch / masked_latents.size(0), 1, 1, 1});
     extra = {do_cfg ? at::cat({mask_latent, mask_latent}) : mask_latent,
@@ -428,7 +455,7 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   st.steps = static_cast<int32_t>(sched->timesteps.size());
 
   t0 = Clock::now();
-  at::Tensor latent = latents / kScalingFactor;
+  at::Tensor latent = h.latent_space.to_vae(latents);
   at::Tensor out;
   if (inpainting) {
     auto tile = [&](const at::Tensor& x) {

@@ -1,14 +1,17 @@
-"""Each pipeline component as an nn.Module with the fixed signature of ``asymvq.engines.COMPONENT_IO``.
+"""Each pipeline component as an nn.Module with the fixed signature of the vocabulary (``components.py``).
 
 These wrappers are what gets exported (ONNX, AOTInductor) and what the torch engine runs, so
 every backend sees the same inputs and outputs: tensors in, one tensor out, no dicts, no
-output dataclasses.
+output dataclasses. Each one's ``forward`` takes its component's inputs, in order, and
+``static_dims()`` gives the sizes its network fixes (latent channels, UNet input channels,
+text width), which export binds into the vocabulary's dims.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .components import DECODER, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER
 from .decoder import AsymmetricDecoder
 
 
@@ -22,6 +25,9 @@ class DecoderComponent(nn.Module):
     def forward(self, latent: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.decoder.decode_core(latent, image, mask)
 
+    def static_dims(self) -> dict[str, int]:
+        return {"latent_channels": self.decoder.config.latent_channels}
+
 
 class PlainDecoderComponent(nn.Module):
     """latent -> sample, the decoder without its condition (text-to-image mode)."""
@@ -33,6 +39,9 @@ class PlainDecoderComponent(nn.Module):
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.decoder.decode_core(latent, None, None)
 
+    def static_dims(self) -> dict[str, int]:
+        return {"latent_channels": self.decoder.config.latent_channels}
+
 
 class UNetComponent(nn.Module):
     """sample, timestep, encoder_hidden_states -> noise_pred (diffusers UNet2DConditionModel)."""
@@ -43,6 +52,10 @@ class UNetComponent(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    def static_dims(self) -> dict[str, int]:
+        c = self.unet.config
+        return {"unet_in_channels": c.in_channels, "latent_channels": c.out_channels, "text_dim": c.cross_attention_dim}
 
 
 class VaeEncoderComponent(nn.Module):
@@ -56,10 +69,14 @@ class VaeEncoderComponent(nn.Module):
         super().__init__()
         self.encoder = vae.encoder
         self.quant_conv = getattr(vae, "quant_conv", None)
+        self.latent_channels = vae.config.latent_channels
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h = self.encoder(image)
         return self.quant_conv(h) if self.quant_conv is not None else h
+
+    def static_dims(self) -> dict[str, int]:
+        return {"latent_channels": self.latent_channels}
 
 
 class TextEncoderComponent(nn.Module):
@@ -71,3 +88,13 @@ class TextEncoderComponent(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids, return_dict=False)[0]
+
+    def static_dims(self) -> dict[str, int]:
+        return {"text_dim": self.text_encoder.config.hidden_size}
+
+
+# The wrapper of each component of the vocabulary.
+WRAPPERS: dict[str, type[nn.Module]] = {
+    TEXT_ENCODER: TextEncoderComponent, VAE_ENCODER: VaeEncoderComponent, UNET: UNetComponent,
+    DECODER: DecoderComponent, DECODER_PLAIN: PlainDecoderComponent,
+}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .latent_space import LatentSpace
+
 CONDITIONS = (None, "conv", "partial")
 
 
@@ -22,6 +24,7 @@ class DecoderConfig:
     # "partial": the paper's PConv2d condition branch (NVIDIA partial-conv semantics).
     condition: str | None = "conv"
     scaling_factor: float = 0.18215
+    shift_factor: float = 0.0  # SD3 / FLUX VAEs shift their latents; SD's do not
 
     def __post_init__(self):
         chans = self.block_out_channels
@@ -31,9 +34,7 @@ class DecoderConfig:
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        sf = self.scaling_factor
-        if type(sf) not in (int, float) or not 0 < sf < float("inf"):
-            raise ValueError(f"scaling_factor must be a positive finite number, got {sf!r}")
+        LatentSpace(self.latent_channels, self.scaling_factor, self.shift_factor)  # refuses a bad scale or shift
         object.__setattr__(self, "block_out_channels", tuple(chans))
         if self.condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
@@ -58,6 +59,11 @@ class DecoderConfig:
             )
         if self.layers_per_block < 1:
             raise ValueError(f"layers_per_block must be >= 1, got {self.layers_per_block}")
+
+    @property
+    def latent_space(self) -> LatentSpace:
+        """The latents this decoder takes: ``latent_channels``, ``scaling_factor``, ``shift_factor``."""
+        return LatentSpace(self.latent_channels, self.scaling_factor, self.shift_factor)
 
     @property
     def has_condition(self) -> bool:

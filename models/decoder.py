@@ -1,9 +1,10 @@
 """AsymmetricDecoder: the SD VAE decoder plus the mask-conditioned branch, export-friendly.
 
 What the latents must be: ``forward`` takes latents in the VAE's own space, i.e. what the
-diffusion loop produces *divided by* ``config.scaling_factor`` (0.18215), exactly what
-diffusers' ``vae.decode`` takes. ``decode_scaled`` takes the diffusion-space latents and
-divides for you. ``post_quant_conv`` (1x1) runs first in both.
+diffusion loop produces *divided by* ``config.scaling_factor`` (0.18215 for SD; plus
+``config.shift_factor`` where a VAE has one), exactly what diffusers' ``vae.decode`` takes.
+``decode_scaled`` takes the diffusion-space latents and converts them for you
+(``config.latent_space``). ``post_quant_conv`` (1x1) runs first in both.
 
 With ``image`` and ``mask`` it blends the condition features into the decoder at five
 points (inputs of the H/8, H/4, H/2 and H levels, and before ``conv_norm_out``); without
@@ -93,10 +94,10 @@ class AsymmetricDecoder(nn.Module):
         return self.decode_core(latents, image, mask)
 
     def decode_scaled(self, latents: torch.Tensor, image=None, mask=None, **modes) -> torch.Tensor:
-        """Decode diffusion-space latents (what the UNet loop yields): divides by the scaling factor.
-        ``modes``: ``tile``, ``overlap``, ``region``, ``margin`` as in ``forward``."""
+        """Decode diffusion-space latents (what the UNet loop yields): ``z / scaling_factor + shift_factor``
+        (``config.latent_space``). ``modes``: ``tile``, ``overlap``, ``region``, ``margin`` as in ``forward``."""
         check_latents(latents, self.config.latent_channels)  # before dividing: integer latents stay refused
-        return self(latents / self.config.scaling_factor, image, mask, **modes)
+        return self(self.config.latent_space.to_vae(latents), image, mask, **modes)
 
     def decode_core(self, latents: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """The traced graph: no input checks, no control flow on values. ``mask`` is 0/1 float, 1 channel."""

@@ -15,18 +15,21 @@ from pathlib import Path
 
 import torch
 
+from .latent_space import SD as SD_LATENTS
+
 SD_PRESETS = ("tiny", "sd15")
 
 # Per preset: what the other components must agree on. ``decoder_preset`` is the
-# AsymmetricDecoder preset whose width matches the VAE (see config.PRESETS).
+# AsymmetricDecoder preset whose width matches the VAE (see config.PRESETS); ``latent_space``
+# the VAE's (SD 1.5's: 4 channels, 0.18215, no shift; 8 image pixels a latent pixel).
 PRESET_SHAPES: dict[str, dict] = {
     "tiny": dict(
-        latent_channels=4, vae_scale_factor=8, image_size=64, latent_size=8,
-        text_len=77, text_dim=32, vocab_size=1000, decoder_preset="tiny", scaling_factor=0.18215,
+        latent_space=SD_LATENTS, image_size=64, latent_size=8,
+        text_len=77, text_dim=32, vocab_size=1000, decoder_preset="tiny",
     ),
     "sd15": dict(
-        latent_channels=4, vae_scale_factor=8, image_size=512, latent_size=64,
-        text_len=77, text_dim=768, vocab_size=49408, decoder_preset="base", scaling_factor=0.18215,
+        latent_space=SD_LATENTS, image_size=512, latent_size=64,
+        text_len=77, text_dim=768, vocab_size=49408, decoder_preset="base",
     ),
 }
 
@@ -78,7 +81,7 @@ def build_unet(preset: str, *, in_channels: int = 9, seed: int = 0):
         raise ValueError(f"in_channels must be 9 (inpainting) or 4 (text-to-image), got {in_channels!r}")
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=shapes["latent_size"], in_channels=in_channels, out_channels=shapes["latent_channels"],
+        sample_size=shapes["latent_size"], in_channels=in_channels, out_channels=shapes["latent_space"].channels,
         **_UNET_CONFIGS[preset],
     ).eval()
 
@@ -102,12 +105,13 @@ def build_vae(preset: str, seed: int = 0):
     from diffusers import AutoencoderKL
 
     shapes = _check_preset(preset)
+    latents = shapes["latent_space"]
     n = len(_VAE_CONFIGS[preset]["block_out_channels"])
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=shapes["latent_channels"],
+        in_channels=3, out_channels=3, latent_channels=latents.channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        sample_size=shapes["image_size"], scaling_factor=shapes["scaling_factor"], **_VAE_CONFIGS[preset],
+        sample_size=shapes["image_size"], scaling_factor=latents.scaling_factor, **_VAE_CONFIGS[preset],
     ).eval()
 
 

@@ -3,8 +3,9 @@
 One place builds every network the project runs or exports, so the runtime and export
 cannot drift apart: ``random_decoder`` (decoder presets), ``load_sd_networks`` (a local
 diffusers SD folder: UNet, VAE of either class, CLIP, tokenizer, scheduler config), and
-``Source`` + ``build_module`` (one component wrapped with its COMPONENT_IO signature, what
-export traces and the engines directory's torch backend rebuilds).
+``Source`` + ``build_module`` (one component of the vocabulary wrapped with its signature, what
+export traces and the engines directory's torch backend rebuilds) and ``Source.latent_space``
+(what an engines directory of its components records).
 """
 from __future__ import annotations
 
@@ -15,19 +16,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import component_modules as wrappers
 from .checkpoints import load_decoder
+from .component_modules import WRAPPERS
+from .components import DECODER, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER
 from .config import PRESETS as DECODER_PRESETS
 from .config import preset_config
 from .cpu_bf16 import is_cpu_bf16, to_cpu_bf16
 from .decoder import AsymmetricDecoder
 from .devices import parse_device, parse_dtype
+from .latent_space import LatentSpace
 from .op_select import select_ops
 from .sd_networks import (
     PRESET_SHAPES, SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_text_encoder, build_unet, build_vae,
 )
 
 VAE_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL")
+SD_PARTS = {TEXT_ENCODER: "text_encoder", VAE_ENCODER: "vae", UNET: "unet"}  # component -> diffusers folder
 
 
 def random_decoder(name: str, *, seed: int = 0, dtype="fp32", device="cpu", kernels: str = "torch") -> AsymmetricDecoder:
@@ -57,7 +61,7 @@ def vae_class(vae_dir: Path):
 
 
 def load_sd_part(sd_dir, part: str, dtype=torch.float32):
-    """One network of a local diffusers SD folder: "unet", "vae" (either class) or "text_encoder"."""
+    """One network of a local diffusers SD folder: "unet", "vae" (either class) or "text_encoder" (SD_PARTS' folders)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -148,21 +152,39 @@ class Source:
             return build_unet(self.preset, in_channels=self.unet_in_channels, seed=self.seed)
         return {"vae": build_vae, "text_encoder": build_text_encoder}[part](self.preset, seed=self.seed)
 
+    def sd_latent_space(self) -> LatentSpace:
+        """The SD VAE's latent space: the preset's, or the model folder's ``vae/config.json``."""
+        if self.model is not None:
+            config = _need(Path(self.model) / "vae" / "config.json", "vae config")
+            return LatentSpace.from_vae_config(json.loads(config.read_text()))
+        if self.preset not in SD_PRESETS:
+            raise ValueError(f"preset: the SD components need an SD preset {list(SD_PRESETS)} or --model PATH, "
+                             f"got {self.preset!r}")
+        return PRESET_SHAPES[self.preset]["latent_space"]
+
+    def latent_space(self, components) -> LatentSpace:
+        """The latent space of an engines directory holding ``components`` of this source: the SD VAE's
+        for the SD networks, the decoder's for the decoders; both there, they must be the same."""
+        sd = [c for c in components if c not in DECODER_COMPONENTS]
+        vae = self.sd_latent_space() if sd else None
+        if len(sd) == len(components):
+            return vae
+        decoder = self.decoder_module().config.latent_space
+        if vae is not None and decoder != vae:
+            raise ValueError(f"decoder: it decodes the latent space {decoder}, but the SD VAE's is {vae}; give a "
+                             "decoder trained for this VAE's latents")
+        return decoder
+
 
 def build_module(component: str, source: Source) -> nn.Module:
-    """The fp32 wrapper module of ``component`` (eval mode) with the I/O of COMPONENT_IO."""
-    if component == "decoder":
-        decoder = source.decoder_module()
-        if decoder.condition_encoder is None:
+    """The fp32 wrapper module of ``component`` (eval mode) with the I/O of the vocabulary."""
+    if component in DECODER_COMPONENTS:
+        network = source.decoder_module()
+        if component == DECODER and network.condition_encoder is None:
             raise ValueError("decoder: this decoder has no condition branch (a plain SD VAE decoder); export "
                              "'decoder-plain', or give an asymmetric decoder with --decoder PATH|PRESET")
-        return wrappers.DecoderComponent(decoder).eval()
-    if component == "decoder-plain":
-        return wrappers.PlainDecoderComponent(source.decoder_module()).eval()
-    if component == "unet":
-        return wrappers.UNetComponent(source.sd_part("unet")).eval()
-    if component == "vae-encoder":
-        return wrappers.VaeEncoderComponent(source.sd_part("vae")).eval()
-    if component == "text-encoder":
-        return wrappers.TextEncoderComponent(source.sd_part("text_encoder")).eval()
-    raise ValueError(f"component: no network is built under the name {component!r}")
+    elif component in SD_PARTS:
+        network = source.sd_part(SD_PARTS[component])
+    else:
+        raise ValueError(f"component: no network is built under the name {component!r}")
+    return WRAPPERS[component](network).eval()

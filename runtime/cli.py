@@ -284,7 +284,7 @@ def decode(
     out: Path = typer.Option(..., help="Output image path (.png)."),
     image: Optional[Path] = typer.Option(None, help="Unmasked source image (8h x 8w), for the condition branch."),
     mask: Optional[Path] = typer.Option(None, help="Mask (white = hole), same size as the image."),
-    vae_space: bool = typer.Option(False, "--vae-space", help="Latents are already divided by the scaling factor."),
+    vae_space: bool = typer.Option(False, "--vae-space", help="Latents are already in VAE space (z / scaling_factor + shift_factor)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
     tile: Optional[int] = TILE_OPTION,
@@ -314,7 +314,7 @@ def decode(
         raise ValueError(f"--latents: expected {dec.config.latent_channels} channels for this decoder, got shape {tuple(lat.shape)}")
     lat = lat.to(device=dev, dtype=dt)
     if not vae_space:
-        lat = lat / dec.config.scaling_factor
+        lat = dec.config.latent_space.to_vae(lat)
     if pixels is not None and not dec.config.has_condition:
         raise ValueError("--image / --mask: this decoder has no condition branch (a plain SD decoder); drop them")
     try:

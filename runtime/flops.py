@@ -137,7 +137,7 @@ def count_decoder(name: str, height: int, width: int, batch: int = 1, *, image_b
     """One decode of ``batch`` latents at ``height`` x ``width`` pixels by decoder preset ``name``;
     with the source image and mask (``image_batch`` of them) when the decoder has a condition branch."""
     dec = _decoder(name)
-    f = dec.config.vae_scale_factor if hasattr(dec.config, "vae_scale_factor") else 8
+    f = dec.config.latent_space.vae_scale_factor
     cond = dec.condition_encoder is not None if condition is None else condition
     with _meta():
         latents = torch.empty(batch, dec.config.latent_channels, height // f, width // f)
@@ -153,7 +153,7 @@ def count_unet(preset: str, height: int, width: int, unet_batch: int, *, in_chan
     shapes = PRESET_SHAPES[preset]
     with _meta():
         unet = build_unet(preset, in_channels=in_channels)
-        f = shapes["vae_scale_factor"]
+        f = shapes["latent_space"].vae_scale_factor
         sample = torch.empty(unet_batch, in_channels, height // f, width // f)
         t = torch.empty(unet_batch)
         text = torch.empty(unet_batch, shapes["text_len"], shapes["text_dim"])
@@ -258,8 +258,9 @@ def _count_job(preset: str, height: int, width: int, batch: int, steps: int, dec
     attention = {k: v["attention_flops"] for k, v in parts.items()}
     flops[all_unet], attention[all_unet] = steps * flops[one_unet], steps * attention[one_unet]
     shapes = PRESET_SHAPES[preset]
-    sched = count_scheduler(scheduler, height, width, batch, steps, latent_channels=shapes["latent_channels"],
-                            vae_scale_factor=shapes["vae_scale_factor"])
+    latents = shapes["latent_space"]
+    sched = count_scheduler(scheduler, height, width, batch, steps, latent_channels=latents.channels,
+                            vae_scale_factor=latents.vae_scale_factor)
     flops[one_sched], flops[all_sched] = sched, steps * sched
     attention[one_sched] = attention[all_sched] = 0
     diffusion = sum(flops[k] for k in ("CLIP", "VAE-Enc", all_unet, all_sched) if k in flops)

@@ -32,14 +32,14 @@ from .stages import NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages,
 @dataclass
 class InpaintOutput:
     images: object  # list of PIL images, numpy (B, H, W, 3), torch (B, 3, H, W) or latents
-    latents: torch.Tensor  # diffusion-space latents the decoder was fed (times the scaling factor)
+    latents: torch.Tensor  # diffusion-space latents the decoder was fed (before spec.latent_space.to_vae)
 
 
 @dataclass
 class Denoised:
     """What the diffusion half hands to a decoder: latents plus the decoder's condition."""
 
-    latents: torch.Tensor  # diffusion space, (B, 4, h, w)
+    latents: torch.Tensor  # diffusion space, (B, latent channels, h, w)
     image: torch.Tensor | None  # unmasked source in [-1, 1], (B or 1, 3, 8h, 8w); None for text-to-image
     mask: torch.Tensor | None  # 0/1, 1 = hole, (B or 1, 1, 8h, 8w)
 
@@ -147,7 +147,7 @@ class InpaintPipeline:
         """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some.
         ``decode_options``: tiled / region decoding (torch decoder engines only)."""
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
-        latent = denoised.latents / self.spec.scaling_factor
+        latent = self.spec.latent_space.to_vae(denoised.latents)
         options = check_decode_options(decode_options)
         if options:
             return run_decoder_with_modes(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask, options)
@@ -224,12 +224,13 @@ class InpaintPipeline:
         return embeds
 
     def _vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
-        """Sample the VAE posterior with the caller's generator (as diffusers), times the scaling factor."""
+        """Sample the VAE posterior with the caller's generator (as diffusers), in diffusion space
+        (``(x - shift_factor) * scaling_factor``)."""
         # diffusers on first use, not at import (see asymvq.schedulers): the same draws as diffusers'
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         moments = self.stages.vae_encode(pixels.to(device=self.spec.device, dtype=self.spec.dtype), timer)
-        return DiagonalGaussianDistribution(moments).sample(generator) * self.spec.scaling_factor
+        return self.spec.latent_space.to_diffusion(DiagonalGaussianDistribution(moments).sample(generator))
 
     def denoise(self, prompt=None, image=None, mask_image=None, *, negative_prompt=None, prompt_embeds=None,
                 negative_prompt_embeds=None, height=None, width=None, num_inference_steps: int = 50,

@@ -12,12 +12,13 @@ import torch
 
 from .engines.contract import UNET, precision_dtype
 from .engines.loader import load_engine_dir, load_scheduler_config, load_tokenizer
-from .engines.manifest import ManifestError, read_manifest
+from .engines.manifest import ManifestError, manifest_latent_space, read_manifest
 from .engines.torch_engine import torch_decoder_engines, torch_engines
 from .models import AsymmetricDecoder
 from .models import sd_networks as sd
 from .models.checkpoints import decoder_from_vae, load_decoder
 from .models.devices import parse_device, parse_dtype
+from .models.latent_space import LatentSpace
 from .models.sources import load_sd_networks, random_decoder
 from .schedulers import copy_scheduler, make_scheduler, switch_scheduler
 from .stages import PipelineSpec
@@ -51,8 +52,7 @@ def preset_parts(preset: str = "tiny", *, decoder: str | AsymmetricDecoder | Non
         compile=compile,
     )
     spec = PipelineSpec(
-        unet_in_channels=in_channels, latent_channels=shapes["latent_channels"],
-        vae_scale_factor=shapes["vae_scale_factor"], scaling_factor=shapes["scaling_factor"],
+        unet_in_channels=in_channels, latent_space=shapes["latent_space"],
         sample_size=shapes["latent_size"], dtype=dtype, device=device,
     )
     return dict(engines=engines, scheduler=make_scheduler(scheduler, sd.SCHEDULER_CONFIG), spec=spec,
@@ -79,9 +79,8 @@ def _resolve_decoder(decoder, *, dtype, device) -> AsymmetricDecoder | None:
 
 def _spec(unet, vae_config, dtype, device) -> PipelineSpec:
     return PipelineSpec(
-        unet_in_channels=unet.config.in_channels, latent_channels=vae_config.get("latent_channels", 4),
-        scaling_factor=vae_config.get("scaling_factor", 0.18215), sample_size=unet.config.sample_size,
-        dtype=dtype, device=device,
+        unet_in_channels=unet.config.in_channels, latent_space=LatentSpace.from_vae_config(vae_config),
+        sample_size=unet.config.sample_size, dtype=dtype, device=device,
     )
 
 
@@ -125,15 +124,15 @@ def folder_parts(sd_dir, *, decoder=None, dtype="fp32", device="cpu", scheduler:
 def engines_dir_parts(path, *, device="cpu", backend: str | None = None, scheduler: str = "ddim",
                       **engine_options) -> dict:
     """An engines directory written by ``asymvq export`` (any backend ``load_engine_dir`` knows)."""
-    manifest = read_manifest(path)
+    manifest = read_manifest(path)  # once: the loaders below take it
     unet = manifest["components"].get(UNET)
     if unet is None:
         raise ManifestError(f"engines: {path} has no 'unet' engine; export with --component all")
-    engines = load_engine_dir(path, device=device, backend=backend, **engine_options)
-    sample, noise_pred = unet["inputs"][0], unet["outputs"][0]  # COMPONENT_IO order, checked on load
-    spec = PipelineSpec(unet_in_channels=sample["opt"][1], latent_channels=noise_pred["opt"][1],
+    engines = load_engine_dir(path, device=device, backend=backend, manifest=manifest, **engine_options)
+    sample = unet["inputs"][0]  # COMPONENT_IO order, checked on load
+    spec = PipelineSpec(unet_in_channels=sample["opt"][1], latent_space=manifest_latent_space(manifest),
                         sample_size=sample["opt"][2], dtype=precision_dtype(manifest["precision"]),
                         device=torch.device(device))
-    return dict(engines=engines, scheduler=make_scheduler(scheduler, load_scheduler_config(path)), spec=spec,
-                tokenizer=load_tokenizer(path))
+    return dict(engines=engines, scheduler=make_scheduler(scheduler, load_scheduler_config(path, manifest=manifest)),
+                spec=spec, tokenizer=load_tokenizer(path, manifest=manifest))
 

@@ -18,6 +18,7 @@ from . import __version__
 from .flops import count_job, probe_peak, project, scheduler_label, unet_label
 from .models.config import PRESET_ALIASES, PRESETS
 from .models.devices import parse_device, parse_dtype
+from .models.environment import package_versions
 from .pipeline import InpaintPipeline
 from .pipeline_parts import random_decoder_engines
 from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
@@ -98,9 +99,6 @@ def cpu_name() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    import diffusers
-    import transformers
-
 
     dev = {"type": device.type, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads()}
@@ -117,14 +115,8 @@ def environment(device: torch.device) -> dict:
             dev["driver"] = None
     else:
         dev["name"] = dev["cpu"]
-    versions = {"asymvq": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                "transformers": transformers.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        versions["triton"] = None
+    versions = {"asymvq": __version__, **package_versions(("torch", "diffusers", "transformers", "triton")),
+                "python": platform.python_version()}
     return {"device": dev, "versions": versions, "platform": platform.platform()}
 
 

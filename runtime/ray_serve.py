@@ -104,8 +104,7 @@ class _DecoderOnly:
         shapes = PRESET_SHAPES[cfg.preset]
         name = shapes["decoder_preset"]  # preset_parts' default decoder, same seed (0): the same weights
         self.engines = random_decoder_engines([name], dtype=cfg.dtype, device=cfg.device)[name]
-        self.spec = PipelineSpec(unet_in_channels=9, latent_channels=shapes["latent_channels"],
-                                 vae_scale_factor=shapes["vae_scale_factor"], scaling_factor=shapes["scaling_factor"],
+        self.spec = PipelineSpec(unet_in_channels=9, latent_space=shapes["latent_space"],
                                  sample_size=shapes["latent_size"], dtype=parse_dtype(cfg.dtype),
                                  device=parse_device(cfg.device))
         self.stages = self

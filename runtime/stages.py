@@ -17,6 +17,8 @@ import torch
 from .engines.contract import (
     COMPONENT_IO, DECODER, DECODER_COMPONENTS, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine,
 )
+from .models.latent_space import SD as SD_LATENTS
+from .models.latent_space import LatentSpace
 
 # Span names, shared by the pipeline, the profiler and the JSON report.
 SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (
@@ -28,22 +30,32 @@ SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (
 class PipelineSpec:
     """What the orchestration must know about the networks, whichever backend runs them."""
 
-    unet_in_channels: int  # 9: SD inpainting UNet; 4: text-to-image UNet
-    latent_channels: int = 4
-    vae_scale_factor: int = 8
-    scaling_factor: float = 0.18215
+    unet_in_channels: int  # 2c+1 (9 for SD): inpainting UNet (noise, mask, masked-image latents); c: text-to-image
+    latent_space: LatentSpace = SD_LATENTS  # the VAE's channels, scaling and shift factors
     sample_size: int = 64  # the UNet's native latent size; default image size = 8x this
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self):
-        if self.unet_in_channels not in (4, 9):
-            raise ValueError(f"unet_in_channels must be 9 (inpainting) or 4 (text-to-image), got {self.unet_in_channels}")
+        if not isinstance(self.latent_space, LatentSpace):
+            raise ValueError(f"latent_space: expected an asymvq LatentSpace, got {type(self.latent_space).__name__}")
+        c = self.latent_channels
+        if self.unet_in_channels not in (c, 2 * c + 1):
+            raise ValueError(f"unet_in_channels must be {2 * c + 1} (inpainting) or {c} (text-to-image), "
+                             f"got {self.unet_in_channels}")
         object.__setattr__(self, "device", torch.device(self.device))
 
     @property
     def inpainting(self) -> bool:
-        return self.unet_in_channels == 9
+        return self.unet_in_channels == 2 * self.latent_channels + 1
+
+    @property
+    def latent_channels(self) -> int:
+        return self.latent_space.channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.latent_space.vae_scale_factor
 
 
 class NullTimer:

@@ -85,22 +85,66 @@ def test_internal_imports_inside_functions_only_defer_an_extra():
 
 
 def test_component_modules_take_the_contract_inputs():
-    """The torch wrappers (what export traces and the torch engine runs) take COMPONENT_IO's inputs, in order."""
+    """The torch wrappers (what export traces and the torch engine runs) take the vocabulary's inputs, in
+    order, and bind only the vocabulary's fixed dims; ``COMPONENT_IO`` is derived from the same table."""
     from asymvq.engines.contract import COMPONENT_IO
-    from asymvq.models import component_modules as cm
+    from asymvq.models.component_modules import WRAPPERS
+    from asymvq.models.components import STATIC_DIMS, VOCABULARY
 
-    wrappers = {"text-encoder": cm.TextEncoderComponent, "vae-encoder": cm.VaeEncoderComponent,
-                "unet": cm.UNetComponent, "decoder": cm.DecoderComponent, "decoder-plain": cm.PlainDecoderComponent}
-    assert set(wrappers) == set(COMPONENT_IO)
-    for name, cls in wrappers.items():
+    assert set(WRAPPERS) == set(VOCABULARY) == set(COMPONENT_IO)
+    for name, cls in WRAPPERS.items():
         params = tuple(p for p in inspect.signature(cls.forward).parameters if p != "self")
-        assert params == COMPONENT_IO[name][0], (name, params)
+        assert params == VOCABULARY[name].input_names == COMPONENT_IO[name][0], (name, params)
+        assert COMPONENT_IO[name][1] == VOCABULARY[name].output_names
+
+
+def _sources():
+    """Every Python file of the package, in its folders and any room inside them."""
+    return sorted(p for folder in ["runtime", *SUBPACKAGES] for p in (ROOT / folder).rglob("*.py"))
 
 
 @pytest.mark.parametrize("needle", ['"latent", "image", "mask"', '("sample", "timestep", "encoder_hidden_states")',
                                     '"text-encoder", "vae-encoder", "unet"'])
 def test_component_names_are_written_once(needle):
-    """COMPONENT_IO is the one list of component names and I/O names (engines/contract.py)."""
-    hits = [str(p.relative_to(ROOT)) for folder in ["runtime", *SUBPACKAGES] for p in (ROOT / folder).glob("*.py")
-            if needle in p.read_text()]
-    assert hits == ["engines/contract.py"] or hits == [], hits
+    """The vocabulary (models/components.py) is the one list of component names and I/O names: nothing
+    else spells a list of them (the vocabulary itself spells each tensor once, so it may not either)."""
+    hits = [str(p.relative_to(ROOT)) for p in _sources() if needle in p.read_text()]
+    assert hits in ([], ["models/components.py"]), hits
+
+
+# Names that mean a component or one of its tensors and nothing else; string literals of them belong
+# in the vocabulary alone (everything else imports its constants or reads its table). Generic words
+# that are also argument names ("image", "mask", "unet" as a diffusers folder) are left out.
+CONTRACT_ONLY = ("text-encoder", "vae-encoder", "decoder-plain", "input_ids", "last_hidden_state", "moments",
+                 "timestep", "encoder_hidden_states", "noise_pred")
+# Where a literal is still known to be spelled, with the reason; to be emptied, never grown.
+KNOWN_SPELLINGS = {("runtime/pipeline.py", "encoder_hidden_states")}  # _embed_dim probes engine.inputs (issue 18, 5)
+
+
+def test_contract_names_appear_only_in_the_vocabulary():
+    spelled = set()
+    for path in _sources():
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in CONTRACT_ONLY and id(node) not in docstrings:
+                spelled.add((str(path.relative_to(ROOT)), node.value))
+    outside = {(f, name) for f, name in spelled if f != "models/components.py"}
+    assert outside <= KNOWN_SPELLINGS, f"spelled outside models/components.py: {sorted(outside - KNOWN_SPELLINGS)}"
+    assert {name for f, name in spelled if f == "models/components.py"} == set(CONTRACT_ONLY)
+
+
+def test_cpp_host_table_is_the_vocabulary():
+    """host/engines.cpp keeps its own copy of COMPONENT_IO (C++ cannot import Python): it must list the same."""
+    import re
+
+    from asymvq.models.components import VOCABULARY
+
+    text = (ROOT / "host" / "engines.cpp").read_text()
+    table = text[text.index("component_io()"):text.index("return io;")]
+    rows = re.findall(r'\{"([\w-]+)", \{\{([^}]*)\}, \{([^}]*)\}\}\}', table)
+    names = lambda s: tuple(re.findall(r'"(\w+)"', s))  # noqa: E731
+    got = {c: (names(i), names(o)) for c, i, o in rows}
+    assert got == {c.name: (c.input_names, c.output_names) for c in VOCABULARY.values()}

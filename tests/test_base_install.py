@@ -77,7 +77,8 @@ SCRIPT = textwrap.dedent('''
     module = build_module(DECODER, Source(preset="tiny"))
     inputs, outputs = io_specs(DECODER, module, DEFAULT_SHAPES["tiny"], "fp32")
     (eng / "decoder.onnx").write_bytes(b"not really onnx")
-    manifest = new_manifest(precision="fp32", source=Source(preset="tiny").to_dict(), shapes={})
+    manifest = new_manifest(precision="fp32", source=Source(preset="tiny").to_dict(), shapes={},
+                            latent_space=Source(preset="tiny").latent_space([DECODER]))
     manifest["components"][DECODER] = {"weights_sha256": weights_sha256(module), "inputs": [s.to_dict() for s in inputs],
                                        "outputs": [s.to_dict() for s in outputs],
                                        "artifacts": {"onnx": artifact_entry(eng, [eng / "decoder.onnx"])}}

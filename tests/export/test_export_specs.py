@@ -13,6 +13,7 @@ from asymvq.export import (
     parse_components, parse_shapes, read_manifest, verify_artifact,
 )
 from asymvq.engines.manifest import artifact_entry, new_manifest, write_manifest
+from asymvq.models.latent_space import LatentSpace
 from asymvq.export.trace import dynamic_shapes, example_specs
 from asymvq.export.precision import Fp32GroupNorm, to_fp16
 
@@ -100,7 +101,7 @@ def _identity_dir(tmp_path, component="decoder-plain"):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), tmp_path / "m.onnx")
     spec = TensorSpec("latent", "float32", ("batch", 4, "h", "w"), (1, 4, 1, 1), (1, 4, 4, 4), (4, 4, 8, 8))
     out = TensorSpec("sample", "float32", ("batch", 4, "h", "w"), (1, 4, 1, 1), (1, 4, 4, 4), (4, 4, 8, 8))
-    manifest = new_manifest(precision="fp32", source={"preset": "tiny"}, shapes={})
+    manifest = new_manifest(precision="fp32", source={"preset": "tiny"}, shapes={}, latent_space=LatentSpace())
     manifest["components"][component] = {
         "weights_sha256": "0" * 64, "inputs": [spec.to_dict()], "outputs": [out.to_dict()],
         "artifacts": {"onnx": artifact_entry(tmp_path, [tmp_path / "m.onnx"], opset=18)},
@@ -120,7 +121,8 @@ def test_manifest_refusals(tmp_path):
     d = _identity_dir(tmp_path)
     m = read_manifest(d)
     assert verify_artifact(d, "decoder-plain", m["components"]["decoder-plain"], "onnx") == d / "m.onnx"
-    for edit, match in [(lambda m: m.update(format_version=2), "format_version 2"),
+    for edit, match in [(lambda m: m.update(format_version=3), "format_version 3"),
+                        (lambda m: m.update(format_version=1), "format_version 1; this asymvq reads 2 .*re-export"),
                         (lambda m: m["components"].update(vae={}), "unknown component 'vae'"),
                         (lambda m: m["components"]["decoder-plain"].pop("artifacts"), "lacks inputs, outputs or artifacts")]:
         bad = json.loads((d / "manifest.json").read_text())

@@ -70,7 +70,8 @@ def valid() -> dict:
                                                    "min": [1] * len(dims), "opt": [1] * len(dims), "max": [2] * len(dims)}
     art = {"onnx": {"path": "decoder.onnx", "files": {"decoder.onnx": SHA}, "opset": 17}}
     return {
-        "format_version": 1, "created": "2026-11-28T00:00:00+00:00", "precision": "fp32",
+        "format_version": 2, "created": "2026-11-28T00:00:00+00:00", "precision": "fp32",
+        "latent_space": {"channels": 4, "scaling_factor": 0.18215, "shift_factor": 0.0},
         "source": {"preset": "tiny", "model": None, "decoder": None, "unet_in_channels": 9, "seed": 0},
         "shapes": {"batch": [1, 1, 2], "height": [64, 64, 64], "width": [64, 64, 64]},
         "toolchain": {"torch": "2.13.0"}, "tokenizer": "tokenizer", "scheduler": "scheduler",
@@ -96,13 +97,24 @@ def seeds() -> dict[str, bytes]:
     bad_types = valid()
     bad_types["components"]["decoder"]["inputs"] = "latent"
     out["bad_types"] = bad_types
+    out["format_1"] = {**valid(), "format_version": 1}
+    out["latent_space_missing"] = {k: v for k, v in valid().items() if k != "latent_space"}
+    for name, field, value in [("scale_zero", "scaling_factor", 0), ("scale_negative", "scaling_factor", -0.18215),
+                               ("scale_nan", "scaling_factor", float("nan")), ("scale_inf", "scaling_factor", float("inf")),
+                               ("scale_string", "scaling_factor", "0.18215"), ("shift_nan", "shift_factor", float("nan")),
+                               ("shift_bool", "shift_factor", False), ("channels_bool", "channels", True),
+                               ("channels_float", "channels", 4.0), ("channels_zero", "channels", 0),
+                               ("channels_mismatch", "channels", 16)]:
+        m = valid()
+        m["latent_space"][field] = value
+        out[f"latent_{name}"] = m
     res = {k: json.dumps(v, indent=1).encode() for k, v in out.items()}
     res["deep"] = b"[" * 5000
-    res["not_utf8"] = b'{"format_version": 1, "\xff": 1}'
+    res["not_utf8"] = b'{"format_version": 2, "\xff": 1}'
     return res
 
 
-_VALUES = [None, True, False, 0, 1, -1, 2, 2**70, 1.5, float("nan"), "", "x", "fp16", "cpu", "decoder.onnx", "link.onnx",
+_VALUES = [None, True, False, 0, 1, -1, 2, 4, 16, 2**70, 1.5, 0.18215, float("nan"), float("inf"), "", "x", "fp16", "cpu", "decoder.onnx", "link.onnx",
            "linkdir/secret.onnx", "../decoder.onnx", "/etc/passwd", "a\\b", "C:x", "tokenizer", "scheduler", SHA, [], {},
            [1], ["batch"], {"path": "decoder.onnx"}]
 

@@ -1,6 +1,7 @@
 """Helpers of the C++ host tests (tests/host): the CMake build (build/host, reused between runs) and the
 tiny AOTInductor engines (build/host-engines/torch-<version>, exported once and reused while
-they hold the networks this checkout builds). Both are made under a file lock, so pytest-xdist workers
+they hold the networks this checkout builds), among them a tiny decoder of FLUX's latent space
+(16 channels, scale 0.3611, shift 0.1159). Both are made under a file lock, so pytest-xdist workers
 that start together build and export once.
 """
 from __future__ import annotations
@@ -71,13 +72,28 @@ def _merge_component(dst: Path, src: Path, component: str) -> None:
     (dst / "manifest.json").write_text(json.dumps(md, indent=2, sort_keys=True) + "\n")
 
 
+NAMES = ("tiny", "t2i", "flux-latents")
+
+
+def flux_latents_decoder(path: Path) -> Path:
+    """A seeded tiny decoder of FLUX's latent space (16 channels, scale 0.3611, shift 0.1159), saved at ``path``."""
+    from asymvq import AsymmetricDecoder, DecoderConfig, save_decoder
+    from asymvq.models.latent_space import FLUX
+
+    config = DecoderConfig((16, 32, 64, 64), 1, latent_channels=FLUX.channels, norm_num_groups=8,
+                           scaling_factor=FLUX.scaling_factor, shift_factor=FLUX.shift_factor)
+    torch.manual_seed(0)
+    save_decoder(AsymmetricDecoder(config).eval(), path)
+    return path
+
+
 def _still_current(base: Path) -> bool:
     """The cached engines hold the networks this checkout builds (public check: the torch backend
     rebuilds each component from the manifest's recorded source and refuses changed weights)."""
     if not (base / "complete").is_file():
         return False
     try:
-        for name in ("tiny", "t2i"):
+        for name in NAMES:
             load_engine_dir(base / name, backend="torch")
     except Exception:  # noqa: BLE001 - any refusal (weights, I/O names, files) means re-export
         return False
@@ -85,16 +101,17 @@ def _still_current(base: Path) -> bool:
 
 
 def cached_engines() -> dict[str, Path]:
-    """{"tiny": all five components, "t2i": the 4-channel UNet + decoder-plain}, exported once.
+    """{"tiny": all five components, "t2i": the 4-channel UNet + decoder-plain, "flux-latents": decoder and
+    decoder-plain of ``flux_latents_decoder``}, exported once.
 
     Kept under build/host-engines/torch-<version>/ and reused while its networks are the ones
     this checkout builds (checked on every session, a few seconds), so edits elsewhere in the
-    package cost no re-export. ``ASYMVQ_HOST_ENGINES=DIR`` (holding tiny/ and t2i/) uses
+    package cost no re-export. ``ASYMVQ_HOST_ENGINES=DIR`` (holding tiny/, t2i/ and flux-latents/) uses
     directories exported elsewhere.
     """
     if os.environ.get("ASYMVQ_HOST_ENGINES"):
         base = Path(os.environ["ASYMVQ_HOST_ENGINES"])
-        return {"tiny": base / "tiny", "t2i": base / "t2i"}
+        return {name: base / name for name in NAMES}
     base = ENGINES_CACHE / f"torch-{torch.__version__}"
     with file_lock(ENGINES_CACHE / ".lock"):
         if not _still_current(base):
@@ -103,5 +120,7 @@ def cached_engines() -> dict[str, Path]:
             # text-to-image: only the 4-channel UNet is new; decoder-plain is the same package
             _export(base / "t2i", "--component", "unet", "--unet-channels", "4")
             _merge_component(base / "t2i", base / "tiny", "decoder-plain")
+            decoder = flux_latents_decoder(base / "flux-latents-decoder")
+            _export(base / "flux-latents", "--decoder", decoder, "--component", "decoder,decoder-plain")
             (base / "complete").write_text(torch.__version__ + "\n")
-    return {"tiny": base / "tiny", "t2i": base / "t2i"}
+    return {name: base / name for name in NAMES}

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import torch
 
+import asymvq
 import asymvq_host as capi
 from host_fixtures import BUILD, ROOT, file_lock
 
@@ -29,7 +30,8 @@ def test_installed_package_builds_and_runs_the_c_example(host_build, tiny, tmp_p
     assert "torch" not in (ROOT / "examples" / "minimal.c").read_text()
     r = subprocess.run([str(example / "minimal"), str(tiny)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("asymvq 0.1.0: decoded (1, 3, 64, 64), mean ")
+    assert r.stdout.startswith(f"asymvq {asymvq.__version__}: decoded (1, 3, 64, 64), mean ")
+    assert (prefix / "include" / "asymvq" / "version.h").is_file()
     r = subprocess.run([str(example / "minimal"), str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert r.returncode == 1 and "engines_dir: expected a directory" in r.stderr
     # the installed asymvq-run runs from the prefix (its run path finds the library and libtorch)

@@ -175,8 +175,11 @@ def test_corrupted_or_mismatched_directory(run_bin, copy_of, files, tmp_path):
     _expect(run_bin, _decode(d, files, tmp_path), "MANIFEST", "min <= opt <= max")
 
     d = copy_of("version")
-    _edit_manifest(d, lambda m: m.update(format_version=2))
-    _expect(run_bin, _decode(d, files, tmp_path), "MANIFEST", "format_version", "this asymvq reads 1")
+    _edit_manifest(d, lambda m: m.update(format_version=3))
+    _expect(run_bin, _decode(d, files, tmp_path), "MANIFEST", "format_version 3", "this asymvq reads 2")
+    d = copy_of("version-1")
+    _edit_manifest(d, lambda m: m.update(format_version=1))
+    _expect(run_bin, _decode(d, files, tmp_path), "MANIFEST", "format_version 1; this asymvq reads 2", "re-export")
 
     d = copy_of("unknown")
     _edit_manifest(d, lambda m: m["components"].update(vae=m["components"]["decoder"]))
