@@ -11,6 +11,12 @@ breaks export and batch broadcasting in the reference implementations).
 ``out = (conv(X*M) - b) * (kh*kw / sum(M)) * [sum(M) > 0] + b * [sum(M) > 0]``, updated mask
 ``[sum(M) > 0]``, with M = 1 on valid (kept) pixels. The ratio is computed in fp32 because
 the 1e-8 guard underflows in fp16 (inf * 0 = NaN).
+
+ASUKA's branch (``kind="asuka"``, Wang et al. CVPR 2025) has the same five layers; its input is the
+masked image with the mask concatenated as a 4th channel, and its level masks are the full mask
+area-averaged to the level's size with every covered cell set to 1 (the Asymmetric VQGAN resizes
+nearest). ``gated=True`` is its optional gated conv: each layer makes twice the channels, split
+into ``x, g``, and keeps ``x * clamp(1 - tanh(g), 0, 1)``.
 """
 from __future__ import annotations
 
@@ -37,15 +43,47 @@ def partial_conv2d(conv: nn.Conv2d, x: torch.Tensor, valid: torch.Tensor) -> tup
     return out.to(x.dtype), updated
 
 
+def level_mask(mask: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
+    """The 0/1 hole ``mask`` (B, 1, H, W) at a blend point ``stride`` times smaller.
+
+    ``"nearest"``: ``F.interpolate(mode="nearest")`` at an integer factor, i.e. every stride-th pixel.
+    ``"any"``: the area average with every value > 0 set to 1; on a 0/1 mask that is the max over the
+    cell, written as a max-pool (exact, and one ONNX MaxPool).
+    """
+    if stride == 1:
+        return mask
+    if mode == "any":
+        return F.max_pool2d(mask, stride)
+    return mask[:, :, ::stride, ::stride]
+
+
 class ConditionEncoder(nn.Module):
-    def __init__(self, channels: tuple[int, ...], in_channels: int = 3, partial: bool = False):
+    def __init__(self, channels: tuple[int, ...], in_channels: int = 3, partial: bool = False,
+                 kind: str = "conv", gated: bool = False):
         super().__init__()
         self.partial = partial
+        self.concat_mask = kind == "asuka"
+        self.mask_mode = "any" if kind == "asuka" else "nearest"
+        self.gated = gated
         layers, cin = [], in_channels
         for cout, (k, s, p) in zip(channels, LAYER_GEOMETRY):
-            layers.append(nn.Conv2d(cin, cout, k, stride=s, padding=p))
+            layers.append(nn.Conv2d(cin, cout * (2 if gated else 1), k, stride=s, padding=p))
             cin = cout
         self.layers = nn.Sequential(*layers)
+
+    def branch_input(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, valid)``: the branch's input from the unmasked image and the 0/1 hole mask.
+
+        x = ``(1 - mask) * image``, with the mask concatenated as a channel for ASUKA's branch;
+        ``valid = 1 - mask`` (what partial convolution reads)."""
+        valid = 1 - mask
+        x = valid * image
+        if self.concat_mask:
+            x = torch.cat([x, mask.expand(x.shape[0], -1, -1, -1)], dim=1)
+        return x, valid
+
+    def level_mask(self, mask: torch.Tensor, stride: int) -> torch.Tensor:
+        return level_mask(mask, stride, self.mask_mode)
 
     def reference_forward(self, masked_image: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
         """Pre-ReLU features L0..L4. ``valid`` = 1 - hole mask, (B, 1, H, W); used by partial conv."""
@@ -57,5 +95,8 @@ class ConditionEncoder(nn.Module):
                 x, valid = partial_conv2d(layer, x, valid)
             else:
                 x = layer(x)
+            if self.gated:
+                x, g = x.chunk(2, dim=1)
+                x = x * torch.clamp(1 - torch.tanh(g), 0, 1)
             feats.append(x)
         return feats

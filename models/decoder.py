@@ -4,7 +4,8 @@ What the latents must be: ``forward`` takes latents in the VAE's own space, i.e.
 diffusion loop produces *divided by* ``config.scaling_factor`` (0.18215 for SD; plus
 ``config.shift_factor`` where a VAE has one), exactly what diffusers' ``vae.decode`` takes.
 ``decode_scaled`` takes the diffusion-space latents and converts them for you
-(``config.latent_space``). ``post_quant_conv`` (1x1) runs first in both.
+(``config.latent_space``). ``post_quant_conv`` (1x1) runs first in both, where the VAE has one
+(SD, SDXL; not SD3 or FLUX).
 
 With ``image`` and ``mask`` it blends the condition features into the decoder at five
 points (inputs of the H/8, H/4, H/2 and H levels, and before ``conv_norm_out``); without
@@ -35,7 +36,9 @@ class AsymmetricDecoder(nn.Module):
             config = preset_config(config)
         self.config = config
         ch, groups = config.block_out_channels, config.norm_num_groups
-        self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        # SD3 / FLUX VAEs have no post-quant conv: None, so it is neither a weight nor a traced op.
+        self.post_quant_conv = (nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+                                if config.post_quant_conv else None)
         self.conv_in = nn.Conv2d(config.latent_channels, ch[-1], 3, padding=1)
         self.mid_block = MidBlock(ch[-1], groups)
         rev = list(reversed(ch))
@@ -44,7 +47,8 @@ class AsymmetricDecoder(nn.Module):
             for i in range(4)
         )
         self.condition_encoder = (
-            ConditionEncoder(config.condition_channels, config.out_channels, partial=config.condition == "partial")
+            ConditionEncoder(config.condition_channels, config.condition_in_channels,
+                             partial=config.condition == "partial", kind=config.condition, gated=config.gate_conv)
             if config.has_condition
             else None
         )
@@ -75,7 +79,7 @@ class AsymmetricDecoder(nn.Module):
                 margin: int | None = None) -> torch.Tensor:
         """Decode VAE-space latents (already divided by the scaling factor) to images in [-1, 1].
 
-        latents: (B, 4, h, w). image: (B or 1, 3, 8h, 8w) unmasked source in [-1, 1].
+        latents: (B, C, h, w), C = ``config.latent_channels`` (4 or 16). image: (B or 1, 3, 8h, 8w) unmasked source in [-1, 1].
         mask: (B or 1, 1 or 3, 8h, 8w), 1 = hole, binary (see ``asymvq.models.inputs``).
         ``tile``/``overlap`` (latent pixels): tiled decode with image-wide GroupNorm statistics,
         memory bounded by the tile. ``region="mask"``/``margin``: decode only the mask's box grown
@@ -101,7 +105,9 @@ class AsymmetricDecoder(nn.Module):
 
     def decode_core(self, latents: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """The traced graph: no input checks, no control flow on values. ``mask`` is 0/1 float, 1 channel."""
-        h = self.conv_in(self.post_quant_conv(latents))
+        if self.post_quant_conv is not None:
+            latents = self.post_quant_conv(latents)
+        h = self.conv_in(latents)
         h = self.mid_block(h)
         h = h.to(self.up_blocks[0].resnets[0].conv1.weight.dtype)
         if image is None:
@@ -114,7 +120,7 @@ class AsymmetricDecoder(nn.Module):
             h, feats = self.ops.condition_blend(self.condition_encoder, image, mask, h)
             for (stride, layer), up in zip(BLEND_POINTS[1:4], self.up_blocks[:3]):
                 h = up(h)
-                h = self.ops.blend(h, feats[layer], mask[:, :, ::stride, ::stride])
+                h = self.ops.blend(h, feats[layer], self.condition_encoder.level_mask(mask, stride))
             h = self.up_blocks[3](h)
             # The last blend feeds conv_norm_out only: fused with its statistics where possible.
             h = self.ops.blend_group_norm_silu(h, feats[0], mask, self.conv_norm_out)

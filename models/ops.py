@@ -39,10 +39,9 @@ class TorchOps:
         with ``feats`` the pre-ReLU features L0..L3 still to blend. One op, so that a fused
         path can blend L4 in its last conv's epilogue and mask the image as it loads it.
         """
-        valid = 1 - mask
-        feats = self.condition_features(encoder, valid * image, valid)
-        step = LAYER_STRIDE[-1]
-        return self.blend(h, feats[-1], mask[:, :, ::step, ::step]), feats[:-1]
+        x, valid = encoder.branch_input(image, mask)
+        feats = self.condition_features(encoder, x, valid)
+        return self.blend(h, feats[-1], encoder.level_mask(mask, LAYER_STRIDE[-1])), feats[:-1]
 
     def blend_group_norm_silu(self, h: torch.Tensor, f: torch.Tensor, m: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
         """``group_norm_silu(blend(h, f, m), norm)`` for a blend used by nothing but the norm."""

@@ -234,14 +234,16 @@ def _up_path(dec, h, image, mask, norm_silu):
         if feats is not None and k < 3:  # decoder.BLEND_POINTS: condition layer 3 - k after level k
             layer = 3 - k
             stride = LAYER_STRIDE[layer]
-            h = ops.blend(h, feats[layer], mask[:, :, ::stride, ::stride])
+            h = ops.blend(h, feats[layer], dec.condition_encoder.level_mask(mask, stride))
     if feats is not None:
         h = ops.blend(h, feats[0], mask)
     return dec.conv_out(norm_silu(h, dec.conv_norm_out))
 
 
 def _mid(dec, latents):
-    h = dec.conv_in(dec.post_quant_conv(latents))
+    if dec.post_quant_conv is not None:
+        latents = dec.post_quant_conv(latents)
+    h = dec.conv_in(latents)
     h = dec.mid_block(h)
     return h.to(dec.up_blocks[0].resnets[0].conv1.weight.dtype)
 

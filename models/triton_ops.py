@@ -6,6 +6,8 @@ What runs fused (asymvq.kernels), against the reference sequence in ``TorchOps``
   copy the next layer reads, partial convolution keeps its fp32 ratio and updated mask in the
   same kernel, and L4 blends into the decoder at H/8 in its epilogue (L4 is never written);
 - the three level blends, sampling the full-resolution mask by index arithmetic;
+- not ASUKA's branch (mask as a 4th input channel, area-any level masks, optional gates): its five
+  convs run on the reference path, its blends and norms fused;
 - every GroupNorm + SiLU, and the last blend fused into conv_norm_out's statistics.
 The decoder's own convolutions stay on cuDNN: a Triton conv only pays where it fuses.
 
@@ -72,14 +74,17 @@ class TritonOps(TorchOps):
         return self._gn(_cl(h), norm.weight, norm.bias, norm.num_groups, norm.eps, blend_with=_cl(f), blend_mask=m)
 
     def condition_features(self, encoder, masked_image, valid):
-        if not self._runs_on(masked_image):
+        if encoder.concat_mask or encoder.gated or not self._runs_on(masked_image):
             return super().condition_features(encoder, masked_image, valid)
         # Masking the already-masked image again on load is exact (0/1 mask) and gives partial
         # convolution the mask it needs in the same kernel.
         return self._condition(encoder, masked_image, valid, mask_is_hole=False)
 
     def condition_blend(self, encoder, image, mask, h):
-        if not self._runs_on(h):
+        if encoder.concat_mask or encoder.gated or not self._runs_on(h):
+            # ASUKA's branch: its L4 blend needs the area-any mask (the fused epilogue samples the
+            # full mask nearest) and its first layer reads the mask as a 4th channel, so the branch
+            # runs on the reference convs; its level blends and every GroupNorm stay fused.
             return super().condition_blend(encoder, image, mask, h)
         # The fused blend pairs feature and decoder batch for batch; a batch-1 image or mask
         # for a batch of latents is expanded (the reference broadcasts inside the blend).

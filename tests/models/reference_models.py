@@ -13,14 +13,19 @@ _TINY_ENCODER = dict(down_block_types=["DownEncoderBlock2D"] * 4, layers_per_dow
 
 
 def diffusers_reference(preset: str, seed: int = 0):
-    """A diffusers VAE whose decoder has the preset's architecture, seeded random weights, eval mode."""
+    """A diffusers VAE whose decoder has the preset's architecture, seeded random weights, eval mode.
+
+    For ASUKA's presets (no diffusers class) it is the plain FLUX-style AutoencoderKL its main path is."""
     cfg = PRESETS[preset]
     torch.manual_seed(seed)
     ch = list(cfg.block_out_channels)
-    if cfg.condition is None:
+    if cfg.condition in (None, "asuka"):
         model = AutoencoderKL(
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
             block_out_channels=ch, layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
+            latent_channels=cfg.latent_channels, scaling_factor=cfg.scaling_factor,
+            shift_factor=cfg.shift_factor or None, use_quant_conv=cfg.post_quant_conv,
+            use_post_quant_conv=cfg.post_quant_conv,
         )
     else:
         model = AsymmetricAutoencoderKL(
@@ -31,10 +36,11 @@ def diffusers_reference(preset: str, seed: int = 0):
     return model.eval()
 
 
-def random_inputs(batch: int = 2, h: int = 3, w: int = 5, seed: int = 1, hole_fraction: float = 0.5):
+def random_inputs(batch: int = 2, h: int = 3, w: int = 5, seed: int = 1, hole_fraction: float = 0.5,
+                  channels: int = 4):
     """latents (VAE space), unmasked image in [-1, 1], binary mask (1 = hole) at a non-square size."""
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, 4, h, w, generator=g)
+    z = torch.randn(batch, channels, h, w, generator=g)
     image = torch.rand(batch, 3, 8 * h, 8 * w, generator=g) * 2 - 1
     mask = (torch.rand(batch, 1, 8 * h, 8 * w, generator=g) < hole_fraction).float()
     return z, image, mask

@@ -50,7 +50,8 @@ def test_official_layout_infers_released_sizes():
 
     for preset in ("base", "x1.5", "x2"):
         with torch.device("meta"):
-            sd = to_official_layout({f"decoder.{k}": v for k, v in AsymmetricDecoder(preset).state_dict().items()})
+            ours = AsymmetricDecoder(preset).state_dict()  # post_quant_conv sits beside decoder.*, as released
+            sd = to_official_layout({k if k.startswith("post_quant_conv.") else f"decoder.{k}": v for k, v in ours.items()})
         cfg = infer_ldm_config(sd)
         assert cfg == preset_config(preset)
 
