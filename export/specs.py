@@ -51,7 +51,7 @@ DEFAULT_SHAPES = {
 
 def parse_shapes(text: str | None, preset: str) -> Shapes:
     """``"batch=1:1:4,height=256:512:768,width=256:512:768"``; missing keys keep the preset's."""
-    base = DEFAULT_SHAPES["tiny" if preset == "tiny" else "sd15"]
+    base = DEFAULT_SHAPES["tiny" if preset and preset.startswith("tiny") else "sd15"]  # tiny, tiny-flux, tiny-asuka
     if not text:
         return base
     values = {"batch": base.batch, "height": base.height, "width": base.width}

@@ -76,14 +76,12 @@ NAMES = ("tiny", "t2i", "flux-latents")
 
 
 def flux_latents_decoder(path: Path) -> Path:
-    """A seeded tiny decoder of FLUX's latent space (16 channels, scale 0.3611, shift 0.1159), saved at ``path``."""
-    from asymvq import AsymmetricDecoder, DecoderConfig, save_decoder
-    from asymvq.models.latent_space import FLUX
+    """ASUKA's decoder at the tiny size (preset ``tiny-asuka``: FLUX's latent space, 16 channels, scale
+    0.3611, shift 0.1159, no post-quant conv, the mask as a 4th branch channel), seeded, saved at ``path``."""
+    from asymvq import AsymmetricDecoder, save_decoder
 
-    config = DecoderConfig((16, 32, 64, 64), 1, latent_channels=FLUX.channels, norm_num_groups=8,
-                           scaling_factor=FLUX.scaling_factor, shift_factor=FLUX.shift_factor)
     torch.manual_seed(0)
-    save_decoder(AsymmetricDecoder(config).eval(), path)
+    save_decoder(AsymmetricDecoder("tiny-asuka").eval(), path)
     return path
 
 

@@ -1,6 +1,6 @@
 """The C++ host reads the latent space from manifest.json, as Python does.
 
-A tiny decoder of FLUX's latent space (16 channels, scale 0.3611, shift 0.1159; host_fixtures) is
+ASUKA's tiny decoder (FLUX's latent space: 16 channels, scale 0.3611, shift 0.1159; host_fixtures) is
 exported with AOTInductor: asymvq-run and the C API decode diffusion-space latents with it as
 ``AsymmetricDecoder.decode_scaled`` does, within the host parity tests' 1e-4. The whole inpainting
 job on a copy of the tiny directory whose manifest says another scale and shift matches the Python
