@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_decoder": ".models.checkpoints",
     "save_decoder": ".models.checkpoints",
     "MissingExtraError": ".models.extras",
+    "unpack_flux_latents": ".models.flux_packing",
     "preservation_error": ".metrics",
     "InpaintPipeline": ".pipeline",
 }
