@@ -81,8 +81,6 @@ def _cases(size, c, dtype, device):
     conv_case(f"cond L4 4x4s2 {4*c}->{4*c} @{s//8} +blend", act(4 * c, s // 4), 4 * c, 4, 2, s // 8,
               blend_with=act(4 * c, s // 8), blend_mask=mask)
     conv_case(f"decoder conv 3x3 {c}->{c} @{s} (no fusion)", act(c, s), c, 3, 1, s)
-    conv_case(f"decoder up2x+conv 3x3 {2*c}->{2*c} @{s} +blend", act(2 * c, s // 2), 2 * c, 3, 1, s,
-              upsample=True, blend_with=act(2 * c, s), blend_mask=mask, conv_in_hole=True)
     out.append((f"blend {4*c} @{s//2}", blend, blend_reference, (act(4 * c, s // 2), act(4 * c, s // 2), mask), {}, 0))
     w, b = (torch.randn(c, generator=g, device=device, dtype=dtype) for _ in range(2))
     groups = 32 if c % 32 == 0 else 8  # the decoder's 32; the tiny smoke width needs fewer
@@ -205,7 +203,8 @@ def main() -> int:
                   f"{row['ratio_eager']:10.2f} | {rc} | {tf} | {row['gbps']:4.0f} |", flush=True)
     if not args.no_decode:
         dec = _decoder("x1.5", dtype, device)
-        dec.check_inputs = False  # input validation syncs the host; time the decode itself
+        # decode_core: the decode itself, without forward()'s input checks and their host syncs
+        # (the inputs are already what they produce: the decoder's dtype, a 0/1 one-channel mask)
         for size in args.sizes:
             inputs = _decode_inputs(size, dtype, device)
             row = {"preset": "x1.5", "size": size}
@@ -213,9 +212,9 @@ def main() -> int:
                 outs = {}
                 for kernels in ("torch", "triton"):
                     dec.set_kernels(kernels)
-                    outs[kernels] = dec(*inputs)
+                    outs[kernels] = dec.decode_core(*inputs)
                     torch.cuda.reset_peak_memory_stats()
-                    row[kernels] = time_ms(lambda: dec(*inputs), "cuda", 3, max(5, args.repeats // 5))
+                    row[kernels] = time_ms(lambda: dec.decode_core(*inputs), "cuda", 3, max(5, args.repeats // 5))
                     row[kernels]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             row["max_abs_err"] = _max_err(outs["triton"], outs["torch"])
             row["ratio"] = row["triton"]["median"] / row["torch"]["median"]

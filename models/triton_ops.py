@@ -32,7 +32,12 @@ class TritonOps(TorchOps):
     name = "triton"
 
     def __init__(self):
-        from asymvq.kernels import blend, conv2d_fused, group_norm_silu, interpreting  # defers the triton extra
+        # From the modules that define them (defers the triton extra): the package's lazy names
+        # are shadowed by a submodule of the same name once something imported that submodule.
+        from asymvq.kernels._common import interpreting
+        from asymvq.kernels.conv import conv2d_fused
+        from asymvq.kernels.group_norm import group_norm_silu
+        from asymvq.kernels.mask_blend import blend
 
         self._interpreting = interpreting()
         self._blend, self._conv, self._gn = blend, conv2d_fused, group_norm_silu
