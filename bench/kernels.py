@@ -174,6 +174,14 @@ def main() -> int:
         return 2
     dtype, device = torch.float16, "cuda"
     results = {"environment": _environment(), "dtype": "float16", "batch": 1, "cases": [], "decode": []}
+    # Rewritten after every case: a run cut short (a time limit) keeps what it measured.
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(ch if ch.isalnum() else "-" for ch in results["environment"]["device"].lower()).strip("-")
+    path = args.out / f"kernels-{slug}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+
+    def save():
+        path.write_text(json.dumps(results, indent=2))
+
     print(f"# {results['environment']['device']}  torch {torch.__version__}  fp16 channels-last\n")
     print(f"| {'case':48s} | ours ms | eager ms | compiled ms | ours/eager | ours/compiled | TFLOP/s | GB/s |")
     print("|" + "---|" * 8)
@@ -196,6 +204,7 @@ def main() -> int:
             row["tflops"] = flops / t / 1e9 if flops else None
             row["gbps"] = nbytes / t / 1e6
             results["cases"].append(row)
+            save()
             comp = f"{row['compiled']['median']:11.3f}" if "compiled" in row else f"{'-':>11s}"
             rc = f"{row['ratio_compiled']:13.2f}" if row["ratio_compiled"] else f"{'-':>13s}"
             tf = f"{row['tflops']:7.1f}" if row["tflops"] else f"{'-':>7s}"
@@ -219,13 +228,11 @@ def main() -> int:
             row["max_abs_err"] = _max_err(outs["triton"], outs["torch"])
             row["ratio"] = row["triton"]["median"] / row["torch"]["median"]
             results["decode"].append(row)
+            save()
             print(f"\nx1.5 decode {size}x{size}: triton {row['triton']['median']:.2f} ms, "
                   f"torch {row['torch']['median']:.2f} ms, triton/torch {row['ratio']:.3f}, "
                   f"max |diff| {row['max_abs_err']:.3g}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = "".join(ch if ch.isalnum() else "-" for ch in results["environment"]["device"].lower()).strip("-")
-    path = args.out / f"kernels-{slug}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(results, indent=2))
+    save()
     _plot(results, path.with_suffix(".png"))
     print(f"\nwrote {path} and {path.with_suffix('.png').name}")
     return 0

@@ -35,24 +35,23 @@ from ._common import (
 from .mask_blend import blend_step
 from .partial_ratio import partial_conv_ratio
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, lowest capability). The 256-wide tiles hold a
-# 32K-element fp32 accumulator: ptxas spills them on sm_80 (mma.sync keeps it in registers),
-# not on sm_90 (wgmma), so they are offered from sm_90 on. 128x128 runs with 8 warps: with 4
-# it sits at 255 registers and spills in the fused variants (docs/kernels.md, compile table).
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). Every config here compiles without register spills
+# for sm_80 and sm_90 at the decoder's shapes (tests/kernels/test_kernel_builds.py, the table in
+# docs/kernels.md). Dropped for spilling, with no measurement to justify them: 128x128x32 with
+# 4 warps (255 registers in the fused variants), 256x128x64 and 128x256x64 with 8 warps (a
+# 32K-element fp32 accumulator: up to ~870 B spilled even with wgmma on sm_90).
 _TILES = (
-    (128, 128, 64, 8, 3, 80),
-    (128, 128, 32, 8, 4, 80),
-    (128, 64, 32, 4, 4, 80),
-    (64, 128, 32, 4, 4, 80),
-    (64, 64, 32, 4, 4, 80),
-    (256, 128, 64, 8, 3, 90),
-    (128, 256, 64, 8, 3, 90),
+    (128, 128, 64, 8, 3),
+    (128, 128, 32, 8, 4),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 32, 4, 4),
 )
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s, _ in _TILES
+    for bm, bn, bk, w, s in _TILES
 ]
-_MIN_CAPABILITY = {(bm, bn, bk, w, s): cap for bm, bn, bk, w, s, cap in _TILES}
+_FP32_TILE = (64, 64, 32, 4, 4)
 # Interpreter: one config (autotuning needs a GPU), large tiles (few Python-level programs).
 _INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 512, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=1)
 
@@ -75,25 +74,29 @@ def prune_configs(configs_in, nargs, **kwargs):
 
     Tiles are clamped to the next power of two of the problem (M from its autotune bucket, so
     the choice depends only on the autotune key; at least 16, tl.dot's minimum), duplicates
-    merged; configs over the target's shared memory, or below their lowest capability, dropped.
+    merged (a clamped K tile, one chunk of channels per tap, keeps one pipeline depth per
+    tile); configs over the target's shared memory dropped.
     """
-    cap = target_capability()
-    limit = smem_limit(cap)
+    limit = smem_limit(target_capability())
     esize = nargs["x_ptr"].element_size()
     caps = (
         max(16, triton.next_power_of_2(nargs["Cin"])),
         max(16, triton.next_power_of_2(nargs["Cout"])),
         max(16, 2 ** (nargs["M_BUCKET"])),
     )
+    if esize == 4:
+        # fp32 takes IEEE FMA dots (no tensor cores): every tile above 64x64 spills registers in
+        # the masked variants (docs/kernels.md), and fp32 is the exact path, not the fast one.
+        configs_in = [c for c in configs_in if _tile_key(c) == _FP32_TILE]
     out, seen = [], set()
     for c in configs_in:
         bm, bn, bk, w, s = _tile_key(c)
-        if cap < _MIN_CAPABILITY.get((bm, bn, bk, w, s), 0):
-            continue
+        clamped_k = bk > caps[0]
         bk, bn, bm = min(bk, caps[0]), min(bn, caps[1]), min(bm, caps[2])
-        if smem_estimate(bm, bn, bk, s, esize) > limit or (bm, bn, bk, w, s) in seen:
+        same = (bm, bn, bk, w, None if clamped_k else s)
+        if smem_estimate(bm, bn, bk, s, esize) > limit or same in seen:
             continue
-        seen.add((bm, bn, bk, w, s))
+        seen.add(same)
         out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s))
     if not out:  # every config over the limit: the smallest, with two stages
         out.append(triton.Config({"BLOCK_M": min(64, caps[2]), "BLOCK_N": min(64, caps[1]),
