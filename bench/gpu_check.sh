@@ -373,14 +373,17 @@ if [ "$DRY" = 1 ]; then
     # the CPU benchmark of issue 10b is this machine's own (bench/results/decoder_cpu.json)
     note decoder_cpu "$PY bench/decoder_cpu.py --size 128 --warmup 0 --repeats 1 --threads 16 (on the GPU machine's CPU)"
 else
-    # Limits from the builds each step compiles (docs/gpu_check.md: ~40 s of compiling for the kernel
-    # tests over 8 workers, ~60 builds for the 512 decoder test, torch.compile ~60-90 s per decoder).
+    # Limits from the Triton builds each step compiles for sm_90 (counted without a GPU, through the
+    # same recording as tests/kernels/kernel_builds.py; docs/gpu_check.md): pytest_gpu 113 for the
+    # kernel tests (3 dtypes) + 31 for the x1.5 decoder at 512 fp16, over 8 xdist workers when the
+    # image has xdist (it does); decoder: the same 31 (Triton's disk cache has them by then) and
+    # torch.compile of the decoder; kernels: the bench's own shapes, and torch.compile per case.
     XDIST=()
     have xdist && XDIST=(-n 8)
     run_step pytest_gpu 240 "" "${PYTEST[@]}" "${XDIST[@]}" "${GPU_TESTS[@]}"
     run_step decoder 150 "" "$PY" "$ROOT/bench/decoder_gpu.py" --preset x1.5 --size 512 --dtype fp16 \
         --variants torch,triton,compile --warmup 3 --repeats 10 --out "$WORK/decoder-x1.5-512-fp16.json"
-    run_step kernels 150 "" "$PY" "$ROOT/bench/kernels.py" --sizes 512 --warmup 5 --repeats 20 --out "$WORK"
+    run_step kernels 180 "" "$PY" "$ROOT/bench/kernels.py" --sizes 512 --warmup 5 --repeats 20 --out "$WORK"
     run_step profile 120 diffusers "${CLI[@]}" profile --preset sd15 --device cuda --dtype fp16 --size 512x512 --steps 50 \
         --decoders vanilla,base,x1.5,x2 --warmup 1 --repeats 3 --flops \
         --json "$WORK/profile-sd15-512-fp16.json" --plot "$WORK/profile-sd15-512-fp16.png"

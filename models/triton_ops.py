@@ -32,12 +32,9 @@ class TritonOps(TorchOps):
     name = "triton"
 
     def __init__(self):
-        # From the modules that define them (defers the triton extra): the package's lazy names
-        # are shadowed by a submodule of the same name once something imported that submodule.
-        from asymvq.kernels._common import interpreting
-        from asymvq.kernels.conv import conv2d_fused
-        from asymvq.kernels.group_norm import group_norm_silu
-        from asymvq.kernels.mask_blend import blend
+        # No kernels submodule is named like these functions any more (blend lives in mask_blend.py):
+        # importing one used to shadow the lazily exported function of the same name.
+        from asymvq.kernels import blend, conv2d_fused, group_norm_silu, interpreting  # defers the triton extra
 
         self._interpreting = interpreting()
         self._blend, self._conv, self._gn = blend, conv2d_fused, group_norm_silu

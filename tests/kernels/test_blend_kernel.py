@@ -62,3 +62,6 @@ def test_exported_names_are_the_functions_whatever_was_imported_first():
     for name in kernels.__all__:
         assert not isinstance(getattr(kernels, name), type(kernels)), name
     assert callable(kernels.blend) and kernels.blend.__module__ == "asymvq.kernels.mask_blend"
+    from asymvq.models.triton_ops import TritonOps
+
+    assert TritonOps()._blend is kernels.blend  # 'module' object is not callable, before
