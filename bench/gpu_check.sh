@@ -179,6 +179,8 @@ else
     BUDGET="${BUDGET:-540}"
     PY="${PY:-python3}"
 fi
+# the steps run inside WORK: a relative interpreter path is made absolute first (a bare name stays on PATH)
+case "$PY" in /*) ;; */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
 WORK="${TMPDIR:-/tmp}/asymvq-gpu-check-$STAMP"   # every step writes here; DEST gets the archive + summary
 mkdir -p "$DEST" "$WORK"
 DEST="$(cd "$DEST" && pwd)"
@@ -390,7 +392,7 @@ else
     run_step ort 120 onnxruntime,onnx,onnx_graphsurgeon,polygraphy "$PY" "$ROOT/bench/ort_cuda.py" --size 512 --precision fp16 --warmup 3 \
         --components "$ORT_COMPONENTS" --repeats 10 --workdir "${TMPDIR:-/tmp}/asymvq-ort-$STAMP" --out "$WORK/ort-cuda-512-fp16.json"
     # last: least important here; without openvino its rows are left out, the others run
-    run_step decoder_cpu 60 diffusers "$PY" "$ROOT/bench/decoder_cpu.py" --size 128 --warmup 0 --repeats 1 \
+    run_step decoder_cpu 120 diffusers "$PY" "$ROOT/bench/decoder_cpu.py" --size 128 --warmup 0 --repeats 1 \
         --threads 16 --out "$WORK/decoder-cpu-128.json"
 fi
 
