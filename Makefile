@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # CPU wheel of torch 2.13.0 lying on disk. Elsewhere, point it at a CPU or CUDA torch index.
 TORCH_INDEX ?=
 
-.PHONY: run test install clean host fuzz
+.PHONY: run test install clean host fuzz wheels
 
 $(BASE_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ fuzz: $(STAMP)
 	  PATH=$(abspath $(VENV))/bin:$$PATH tests/fuzz/fuzz_$$n.py out/fuzz/$$n tests/fuzz/corpus/$$n -dict=tests/fuzz/$$n.dict \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
 	    -artifact_prefix=out/fuzz/$$n- || exit 1; done
+
+# The wheels bench/gpu_check.sh carries to the GPU machine (docs/gpu_check.md): for its Python 3.12,
+# no dependencies (the image has them), into bench/wheels/ (gitignored), 20.6 MiB. Needs PyPI.
+GPU_WHEELS := diffusers==0.42.1 transformers==5.23.0 importlib_metadata==10.2.0 regex==2026.1.15 \
+              onnx-graphsurgeon==0.6.1 polygraphy==0.53.6
+wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d bench/wheels $(GPU_WHEELS)
+	@du -ch bench/wheels/*.whl | tail -1
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,6 +12,8 @@ machine's matmul peak at that precision (a short probe at start-up: a measuremen
 Writes bench/results/decoder_cpu.json and decoder_cpu.png, with the load average before and after.
 
 Exports are cached under out/bench-cache/ (keyed by the weights' hash), so reruns skip them.
+Without OpenVINO (the openvino extra) its rows are left out and listed under "skipped"; the
+other rows run (diffusers is needed: it is the peer).
 
     .venv/bin/python bench/decoder_cpu.py [--threads 2] [--preset x1.5] [--size 256] [--repeats 3]
 """
@@ -63,7 +65,15 @@ def our_decoder(preset: str, reference) -> torch.nn.Module:
     return decoder
 
 
-def exported(decoder, log) -> tuple[Path, Path, list, list, dict]:
+def _have_openvino() -> bool:
+    try:
+        import openvino  # noqa: F401  (defers the openvino extra)
+    except ImportError:
+        return False
+    return True
+
+
+def exported(decoder, log, openvino: bool = True) -> tuple[Path, Path, list, list, dict]:
     """(decoder.onnx, decoder.xml, input specs, output specs, export seconds), cached by weights hash."""
     from asymvq.engines.manifest import weights_sha256
     from asymvq.export import DEFAULT_SHAPES, io_specs
@@ -84,7 +94,7 @@ def exported(decoder, log) -> tuple[Path, Path, list, list, dict]:
         t = time.perf_counter()
         export_onnx(module, inputs, outputs, onnx)
         seconds["onnx_export_s"] = round(time.perf_counter() - t, 1)
-    if not xml.is_file():
+    if openvino and not xml.is_file():
         from asymvq.export.openvino_export import export_openvino
 
         t = time.perf_counter()
@@ -137,12 +147,14 @@ def main() -> None:
     load_before = loadavg()
 
     from asymvq.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from asymvq.engines.openvino_engine import OpenVINOEngine, native_bf16
     from asymvq.models.cpu_bf16 import to_cpu_bf16
 
+    openvino = _have_openvino()
+    skipped = {} if openvino else {n: "openvino is not installed (the openvino extra)"
+                                   for n in ("openvino fp32", "openvino bf16", "openvino bf16 static")}
     reference = diffusers_decoder(args.preset, args.seed)
     ours = our_decoder(args.preset, reference)
-    onnx, xml, inputs, outputs, export_s = exported(ours, log)
+    onnx, xml, inputs, outputs, export_s = exported(ours, log, openvino)
     ours_bf16 = to_cpu_bf16(our_decoder(args.preset, reference))
     g = torch.Generator().manual_seed(args.seed + 1)
     b, s = args.batch, args.size
@@ -154,23 +166,28 @@ def main() -> None:
 
     ort = OnnxRuntimeEngine("decoder", onnx, inputs, outputs, threads=args.threads)
     loads = {}
-    t = time.perf_counter()
-    ov32 = OpenVINOEngine("decoder", xml, inputs, outputs, precision="fp32", threads=args.threads, cache_dir=False)
-    loads["openvino fp32"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    ov16 = OpenVINOEngine("decoder", xml, inputs, outputs, precision="bf16", threads=args.threads, cache_dir=False)
-    loads["openvino bf16"] = round(time.perf_counter() - t, 2)
-    ov16_static = OpenVINOEngine("decoder", xml, inputs, outputs, precision="bf16", threads=args.threads,
-                                 cache_dir=False, static_shapes=True)
     runs = {
         PEER: lambda: reference.decode(latent, image=image, mask=mask).sample,
         "asymvq torch fp32": lambda: ours(latent, image, mask),
         "asymvq torch bf16": lambda: ours_bf16(latent_bf16, image, mask),
         "onnxruntime fp32": lambda: ort(**feeds)["sample"],
-        "openvino fp32": lambda: ov32(**feeds)["sample"],
-        "openvino bf16": lambda: ov16(**feeds)["sample"],
-        "openvino bf16 static": lambda: ov16_static(**feeds)["sample"],
     }
+    if openvino:
+        from asymvq.engines.openvino_engine import OpenVINOEngine
+
+        t = time.perf_counter()
+        ov32 = OpenVINOEngine("decoder", xml, inputs, outputs, precision="fp32", threads=args.threads, cache_dir=False)
+        loads["openvino fp32"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        ov16 = OpenVINOEngine("decoder", xml, inputs, outputs, precision="bf16", threads=args.threads, cache_dir=False)
+        loads["openvino bf16"] = round(time.perf_counter() - t, 2)
+        ov16_static = OpenVINOEngine("decoder", xml, inputs, outputs, precision="bf16", threads=args.threads,
+                                     cache_dir=False, static_shapes=True)
+        runs |= {
+            "openvino fp32": lambda: ov32(**feeds)["sample"],
+            "openvino bf16": lambda: ov16(**feeds)["sample"],
+            "openvino bf16 static": lambda: ov16_static(**feeds)["sample"],
+        }
     if args.only:
         keep = {PEER, *(n.strip() for n in args.only.split(","))}
         runs = {n: f for n, f in runs.items() if n in keep}
@@ -199,7 +216,7 @@ def main() -> None:
     result = {
         "what": f"{args.preset} decoder, {s}x{s}, batch {b}, with image+mask, CPU, --threads {args.threads}",
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "native_bf16": native_bf16(), "amx": "amx_bf16" in _flags(), "avx512_bf16": "avx512_bf16" in _flags(),
+                    "native_bf16": _native_bf16(openvino), "amx": "amx_bf16" in _flags(), "avx512_bf16": "avx512_bf16" in _flags(),
                     "python": platform.python_version()},
         "load_average_1_5_15": {"before": load_before, "after": loadavg()},
         "versions": versions("torch", "onnxruntime", "openvino", "diffusers"),
@@ -209,12 +226,14 @@ def main() -> None:
         "export_s": export_s,
         "openvino_engine_load_s": loads,
         "backends": rows,
+        "skipped": skipped,
         "notes": ("PSNR of images in [-1, 1] (peak-to-peak 2) against diffusers fp32; % of peak against the matmul "
                   "probe at the backend's precision (torch/oneDNN 1024^3 and 2048^3, best of ~6 s before and ~6 s after the runs); 'openvino bf16 static' = the "
                   "IR reshaped to 256x256 before compiling (static_shapes=True); everything else dynamic 256..1024"),
     }
-    log("measuring OpenVINO load times (ONNX vs IR, cold vs warm cache)")
-    result["openvino_load_s"] = {p: openvino_load_times(onnx, xml, args.threads, p) for p in ("fp32", "bf16")}
+    if openvino:
+        log("measuring OpenVINO load times (ONNX vs IR, cold vs warm cache)")
+        result["openvino_load_s"] = {p: openvino_load_times(onnx, xml, args.threads, p) for p in ("fp32", "bf16")}
     _print(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -224,9 +243,19 @@ def main() -> None:
 
 
 def _flags() -> set[str]:
-    from asymvq.engines.openvino_engine import cpu_flags
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
-    return cpu_flags()
+
+def _native_bf16(openvino: bool) -> bool:
+    if openvino:
+        from asymvq.engines.openvino_engine import native_bf16
+
+        return native_bf16()
+    return bool({"avx512_bf16", "amx_bf16"} & _flags())
 
 
 def _print(result: dict) -> None:

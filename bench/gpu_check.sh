@@ -1,36 +1,53 @@
 #!/usr/bin/env bash
-# bench/gpu_check.sh: every GPU check of asymvq in one command, bounded (8 minutes by default).
+# bench/gpu_check.sh: every GPU check of asymvq in one bounded command (540 s by default).
 #
-# On a CUDA machine with an empty pip cache and no network (torch, triton and the CPU build of
-# onnxruntime there, no diffusers), it installs what it needs from wheels carried in the working
-# tree, then runs, each step under its own `timeout`, going on past a failing step:
-#   1. env        versions, GPU, driver                                  -> env.json
-#   2. pytest_gpu `pytest -m gpu`                                        -> pytest-gpu.xml (+ summary.json)
-#   3. profile    `asymvq profile --preset sd15 --device cuda --dtype fp16`, 512x512, 50 steps,
-#                 all four decoders, --flops                             -> profile-sd15-512-fp16.json (+ .png)
-#   4. decoder    x1.5 decoder, 512x512 fp16: kernels="torch", "triton", torch.compile
-#                                                                        -> decoder-x1.5-512-fp16.json
-#   5. kernels    bench/kernels.py at 512x512 fp16                       -> kernels-<gpu>-<time>.json (+ .png)
-#   6. ort        ONNX Runtime CUDA execution provider vs torch, decoder and UNet, 512 fp16
-#                                                                        -> ort-cuda-512-fp16.json
-#   7. decoder_cpu  bench/decoder_cpu.py (issue 10b) at 128x128 on the machine's CPU, when present
-# and writes summary.json (every step: status, exit code, seconds, log tail) into one folder,
-# bench/results/gpu/<UTC date-time>/ by default. Exit status 0 when every step passed, 1 otherwise.
+# On a CUDA machine with an empty pip cache and no network (the device tool's H200 image: torch 2.11,
+# triton 3.6, the CPU build of onnxruntime, transformers 5.17, no diffusers, no openvino), it installs
+# what was carried (bench/wheels/), then runs, each step under its own `timeout`, going on past a
+# failing step, in this order (most wanted first: what the budget cuts is the end):
+#   env          versions, GPU, driver                                            -> env.json
+#   pytest_gpu   `pytest -m gpu` over the files holding GPU tests (every kernel test in fp32, fp16,
+#                bf16; the x1.5 decoder at 512; the CUDA profile), one JSON line per test as it goes
+#                                                                                 -> pytest-gpu.jsonl, .xml
+#   decoder      x1.5 decoder, 512x512 fp16: kernels="torch", "triton", torch.compile
+#                                                                                 -> decoder-x1.5-512-fp16.json
+#   kernels      bench/kernels.py at 512x512 fp16 (rewritten after every case)    -> kernels-<gpu>-<time>.json
+#   profile      `asymvq profile --preset sd15 --device cuda --dtype fp16`, 512x512, 50 steps,
+#                all four decoders, --flops (needs diffusers)                     -> profile-sd15-512-fp16.json
+#   ort          ONNX Runtime CUDA EP vs torch, decoder and UNet, 512 fp16 (the UNet needs diffusers:
+#                the decoder alone without it; the CUDA EP needs onnxruntime-gpu) -> ort-cuda-512-fp16.json
+#   decoder_cpu  bench/decoder_cpu.py at 128x128 on the machine's CPU (needs diffusers; OpenVINO rows
+#                are left out without openvino)                                   -> decoder-cpu-128.json
+# A step whose Python packages are neither on the image nor carried is recorded as skipped, with
+# what it needs, instead of failing on an import.
 #
-#   bash bench/gpu_check.sh                 # on the GPU machine
-#   bash bench/gpu_check.sh --dry-run       # here, on the CPU: argument parsing, wheel discovery, the
-#                                           # project shim, every step at tiny shapes on the CPU (results
-#                                           # under out/gpu_check-dry-run/<date>/); GPU-only parts printed
+# What comes back: the device tool returns what is under $OUT (at most 8 files, 16 MiB each), so by
+# default everything goes there as two files, rewritten after every step and every 30 s while one
+# runs (a run cut short keeps what it had):
+#   $OUT/summary.json               every step (status, exit code, seconds, log tail), the pytest
+#                                   outcomes, and the small result files inlined
+#   $OUT/gpu-check-<stamp>.tar.gz   the whole results folder: logs, JSON, junit XML, plots
+# Without $OUT: bench/results/gpu/<stamp>/ (dry run: out/gpu_check-dry-run/<stamp>/). The working
+# folder is ${TMPDIR:-/tmp}/asymvq-gpu-check-<stamp>. Exit status 0 when every step passed.
+#
+#   bash bench/gpu_check.sh                          # on the GPU machine: docs/gpu_check.md has the call
+#   bash bench/gpu_check.sh --steps env,pytest_gpu   # only those (in the order above)
+#   bash bench/gpu_check.sh --dry-run                # here, on the CPU, with the packages the GPU image lacks
+#                                                    # made unimportable (unless carried): argument parsing,
+#                                                    # wheel discovery, the project shim, every step at tiny
+#                                                    # shapes; GPU-only parts printed
 #   bash bench/gpu_check.sh --help
 #
-# Wheels (fetch them here, once; they are NOT committed: bench/wheels/ is in .gitignore and travels
-# with the device tool's `carry`, e.g. run(carry=["bench/wheels"], command="bash bench/gpu_check.sh")):
+# Wheels: `make wheels` fetches them into bench/wheels/ (gitignored; carried with the device tool's
+# `carry`, e.g. run(carry=["bench/wheels"], command="bash bench/gpu_check.sh", timeout_s=600)):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d bench/wheels diffusers==0.42.1 transformers==5.23.0 importlib_metadata==10.2.0 regex==2026.1.15
-# (the GPU image has Python 3.12, torch, triton, huggingface-hub, tokenizers, safetensors, numpy, pillow,
-# typer, rich, tqdm, matplotlib, pytest, onnx, onnxscript, onnx-ir and the CPU onnxruntime; its
-# transformers is older than our pin). These four come to about 20 MiB.
+#       -d bench/wheels diffusers==0.42.1 transformers==5.23.0 importlib_metadata==10.2.0 regex==2026.1.15 \
+#       onnx-graphsurgeon==0.6.1 polygraphy==0.53.6
+# 20.6 MiB together, measured: transformers 12.7, diffusers 6.1, regex 0.8, polygraphy 0.5,
+# onnx-graphsurgeon 0.06, importlib_metadata 0.03 (the image has the rest; its transformers is 5.17).
+# Without them the steps that need diffusers (profile, decoder_cpu, ort's UNet) or the ONNX export's
+# cleanup (ort: onnx_graphsurgeon, polygraphy) are skipped; env, pytest_gpu, decoder and kernels run.
 #
 # onnxruntime-gpu (the CUDA 13 build, 1.31.1, matching the image's CUDA 13 libraries) is a 244 MiB
 # wheel: larger than one device call may carry (64 MiB). It travels in parts over several calls to
@@ -47,29 +64,37 @@ set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PARTS_HOME=/tmp/asymvq-wheels          # where received parts and reassembled wheels live on the machine
 SPLIT_MIB=56   # a part plus the working tree must stay under one call's 64 MiB
-DRY=0 MODE=check WHEELS="" OUT="" BUDGET="" PY="" SKIP_INSTALL=0
+ALL_STEPS="env pytest_gpu decoder kernels profile ort decoder_cpu"
+DRY=0 MODE=check WHEELS="" DEST="" BUDGET="" PY="" SKIP_INSTALL=0 STEPS_ARG=""
+# What the GPU image lacks (docs/gpu_check.md; /work/.library/device/KINDS.md lists what it holds), as
+# top-level module names. The dry run makes them unimportable unless a carried wheel provides them.
+IMAGE_LACKS="diffusers openvino fastapi starlette uvicorn ray onnx_graphsurgeon polygraphy importlinter omegaconf atheris"
 
 usage() {
     sed -n '2,/^set -u/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
-    cat <<'EOF'
+    cat <<'USAGE'
 Options:
-  --dry-run          run the CPU side here (tiny shapes on the CPU); print what needs a GPU
+  --dry-run          run the CPU side here (tiny shapes on the CPU, the GPU image's missing packages
+                     made unimportable); print what needs a GPU
+  --steps A,B        run only these steps (among: env pytest_gpu decoder kernels profile ort decoder_cpu)
   --wheels DIR       wheel folder (default: the first of $ASYMVQ_WHEELS, bench/wheels, .whl, shared/wheels,
                      plus /tmp/asymvq-wheels where parts were reassembled)
-  --out DIR          results folder (default bench/results/gpu/<date>; dry run: out/gpu_check-dry-run/<date>)
-  --budget SECONDS   bound on the whole run, install included (default 480; dry run 1800)
+  --out DIR          where summary.json and the archive go (default: $OUT when set, the device tool's
+                     folder that comes back; else bench/results/gpu/<date>; dry run: out/gpu_check-dry-run/<date>)
+  --budget SECONDS   bound on the whole run, install included (default 540; dry run 1800)
   --python PY        interpreter (default python3; dry run: .venv/bin/python when present)
   --skip-install     use what is installed
   --split-wheels     split wheels over 56 MiB in the wheel folder into bench/wheel-parts/ (here)
   --receive-parts    copy carried bench/wheel-parts/* to /tmp/asymvq-wheels/parts (on the GPU machine)
-EOF
+USAGE
 }
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1 ;;
+        --steps) STEPS_ARG="${2:?--steps needs a list}"; shift ;;
         --wheels) WHEELS="${2:?--wheels needs a folder}"; shift ;;
-        --out) OUT="${2:?--out needs a folder}"; shift ;;
+        --out) DEST="${2:?--out needs a folder}"; shift ;;
         --budget) BUDGET="${2:?--budget needs seconds}"; shift ;;
         --python) PY="${2:?--python needs an interpreter}"; shift ;;
         --skip-install) SKIP_INSTALL=1 ;;
@@ -81,6 +106,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$BUDGET" in ''|*[!0-9]*) [ -n "$BUDGET" ] && { echo "gpu_check.sh: --budget: expected whole seconds, got '$BUDGET'" >&2; exit 2; } ;; esac
+STEPS="$ALL_STEPS"
+if [ -n "$STEPS_ARG" ]; then
+    for s in ${STEPS_ARG//,/ }; do
+        case " $ALL_STEPS " in *" $s "*) ;; *) echo "gpu_check.sh: --steps: unknown step '$s' (among: $ALL_STEPS)" >&2; exit 2 ;; esac
+    done
+    STEPS=" ${STEPS_ARG//,/ } "
+fi
+wanted() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 cd "$ROOT"
 
@@ -138,53 +171,90 @@ reassemble() {  # parts under $PARTS_HOME/parts -> whole wheels in $PARTS_HOME, 
 # -- set-up ---------------------------------------------------------------------------------
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 if [ "$DRY" = 1 ]; then
-    OUT="${OUT:-$ROOT/out/gpu_check-dry-run/$STAMP}"
+    DEST="${DEST:-$ROOT/out/gpu_check-dry-run/$STAMP}"
     BUDGET="${BUDGET:-1800}"
     if [ -z "$PY" ]; then if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi; fi
 else
-    OUT="${OUT:-$ROOT/bench/results/gpu/$STAMP}"
-    BUDGET="${BUDGET:-480}"
+    DEST="${DEST:-${OUT:-$ROOT/bench/results/gpu/$STAMP}}"
+    BUDGET="${BUDGET:-540}"
     PY="${PY:-python3}"
 fi
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-STEPS="$OUT/steps.jsonl"
-: > "$STEPS"
+# the steps run inside WORK: a relative interpreter path is made absolute first (a bare name stays on PATH)
+case "$PY" in /*) ;; */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
+WORK="${TMPDIR:-/tmp}/asymvq-gpu-check-$STAMP"   # every step writes here; DEST gets the archive + summary
+mkdir -p "$DEST" "$WORK"
+DEST="$(cd "$DEST" && pwd)"
+STEPS_LOG="$WORK/steps.jsonl"
+: > "$STEPS_LOG"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_INDEX=1 PIP_NO_CACHE_DIR=1
-echo "gpu_check: $( [ "$DRY" = 1 ] && echo "DRY RUN on the CPU" || echo "GPU run" ), results in $OUT, budget ${BUDGET}s, python $PY"
+echo "gpu_check: $( [ "$DRY" = 1 ] && echo "DRY RUN on the CPU" || echo "GPU run" ), steps:$STEPS, results in $DEST (work $WORK), budget ${BUDGET}s, python $PY"
 
 json_str() { printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | tr '\n\t' '  '; }
 
 record() {  # name status rc seconds limit command
     printf '{"step":"%s","status":"%s","rc":%s,"seconds":%s,"timeout_s":%s,"command":"%s","log":"%s.log"}\n' \
-        "$1" "$2" "$3" "$4" "$5" "$(json_str "$6")" "$1" >> "$STEPS"
+        "$1" "$2" "$3" "$4" "$5" "$(json_str "$6")" "$1" >> "$STEPS_LOG"
 }
 
-run_step() {  # name timeout_s command...: bounded by what is left of the budget; never stops the run
-    local name="$1" limit="$2"; shift 2
+# summary.json + the archive, into DEST; atomic (a reader never sees half a file). Called after every
+# step and every 30 s by the background packer, so a run killed at any point leaves its latest state.
+pack() {
+    local final="${1:-0}" arch="$DEST/gpu-check-$STAMP.tar.gz"
+    "$PY" "$ROOT/bench/gpu_check_summary.py" "$WORK" "$BUDGET" "$DRY" "$(( $(date +%s) - START ))" "$final" \
+        > "$DEST/.summary.json.tmp" 2> "$WORK/summary.err" && mv -f "$DEST/.summary.json.tmp" "$DEST/summary.json"
+    cp -f "$DEST/summary.json" "$WORK/summary.json" 2>/dev/null
+    tar -czf "$DEST/.archive.tmp" -C "$WORK" --exclude=.hypothesis . 2>/dev/null
+    if [ "$(stat -c %s "$DEST/.archive.tmp" 2>/dev/null || echo 0)" -gt $((15 * 1024 * 1024)) ]; then
+        # over what one returned file may be (16 MiB): leave out the plots and the logs' heads
+        tar -czf "$DEST/.archive.tmp" -C "$WORK" --exclude=.hypothesis --exclude='*.png' --exclude='*.log' . 2>/dev/null
+    fi
+    mv -f "$DEST/.archive.tmp" "$arch"
+}
+( while sleep 30; do kill -0 $$ 2>/dev/null || exit 0; pack; done ) > /dev/null 2>&1 &
+PACKER=$!
+trap 'kill $PACKER 2>/dev/null' EXIT
+
+have() {  # module...: all importable by $PY (with what was installed and the dry run's blocks)
+    "$PY" -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" "$@" 2>/dev/null
+}
+
+run_step() {  # name timeout_s needs command...: bounded by what is left of the budget; never stops the run
+    local name="$1" limit="$2" needs="$3"; shift 3
+    wanted "$name" || return 0
     local left=$((BUDGET - ($(date +%s) - START)))
     if [ "$left" -lt 20 ]; then
         echo "== $name: skipped, the ${BUDGET}s budget is spent"
-        record "$name" skipped null 0 0 "$*"
+        record "$name" skipped null 0 0 "budget spent: $*"
+        pack
+        return 0
+    fi
+    local m missing=()
+    for m in ${needs//,/ }; do have "$m" || missing+=("$m"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== $name: skipped, needs ${missing[*]}: neither on the image nor carried (make wheels; docs/gpu_check.md)"
+        record "$name" skipped null 0 0 "needs ${missing[*]}: $*"
+        pack
         return 0
     fi
     [ "$limit" -gt "$((left - 5))" ] && limit=$((left - 5))
     echo "== $name (timeout ${limit}s): $*"
     local t0 rc status secs
     t0=$(date +%s.%N)
-    timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    (cd "$WORK" && timeout -k 10 "$limit" "$@") > "$WORK/$name.log" 2>&1
     rc=$?
     secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     case $rc in 0) status=ok ;; 124|137) status=timeout ;; *) status=failed ;; esac
     echo "   $status (exit $rc) in ${secs}s; last lines of $name.log:"
-    tail -n 4 "$OUT/$name.log" | cut -c1-200 | sed 's/^/   | /'
+    tail -n 4 "$WORK/$name.log" | cut -c1-200 | sed 's/^/   | /'
     record "$name" "$status" "$rc" "$secs" "$limit" "$*"
+    pack
 }
 
-note() {  # a step that only prints what the GPU run would do (dry run)
-    echo "== $1: GPU only, not run here: ${*:2}"
-    record "$1" printed null 0 0 "${*:2}"
+note() {  # step command...: what the GPU run of the step would do, printed (dry run), as <step>_gpu
+    wanted "$1" || return 0
+    echo "== $1_gpu: GPU only, not run here: ${*:2}"
+    record "$1_gpu" printed null 0 0 "${*:2}"
 }
 
 # 0. install: wheels into a private --target folder (first on PYTHONPATH: it shadows the image's
@@ -193,6 +263,7 @@ note() {  # a step that only prints what the GPU run would do (dry run)
 # would ask for torch 2.13 and there is no index).
 SITE="${TMPDIR:-/tmp}/asymvq-site-$STAMP"
 SHIM="${TMPDIR:-/tmp}/asymvq-shim-$STAMP"
+CARRIED=""
 install_step() {
     local dirs wheels=() d w name
     [ -d "$PARTS_HOME/parts" ] && reassemble
@@ -205,12 +276,13 @@ install_step() {
             [ -n "${seen[$name]:-}" ] && { echo "  $w: another $name already taken, skipped"; continue; }
             seen[$name]=1
             wheels+=("$w")
-            echo "  $(basename "$w")"
+            echo "  $(basename "$w") ($(( $(stat -c %s "$w") / 1024 / 1024 )) MiB)"
         done
     done
+    CARRIED="${!seen[*]}"
     local missing=()
     for name in diffusers transformers onnxruntime_gpu; do [ -n "${seen[$name]:-}" ] || missing+=("$name"); done
-    [ ${#missing[@]} -gt 0 ] && echo "not carried: ${missing[*]} (see the header of bench/gpu_check.sh)"
+    [ ${#missing[@]} -gt 0 ] && echo "not carried: ${missing[*]} (make wheels; see the header of bench/gpu_check.sh)"
     mkdir -p "$SITE"
     if [ ${#wheels[@]} -gt 0 ]; then
         local cmd=("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}")
@@ -220,134 +292,117 @@ install_step() {
             "${cmd[@]}" || echo "pip install failed" >&2
         fi
     fi
-    # the project, as a package tree of symlinks
+    # the project, as a package tree of symlinks: runtime/'s files and subpackages are asymvq's
     mkdir -p "$SHIM/asymvq"
-    for w in "$ROOT"/runtime/*.py; do ln -sf "$w" "$SHIM/asymvq/"; done
+    for w in "$ROOT"/runtime/*; do
+        case "$(basename "$w")" in __pycache__|*.egg-info) continue ;; esac
+        ln -sfn "$w" "$SHIM/asymvq/"
+    done
     for d in models kernels engines export; do ln -sfn "$ROOT/$d" "$SHIM/asymvq/$d"; done
-    export PYTHONPATH="$SITE:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
-    "$PY" - <<'EOF'
-import importlib, sys
-import asymvq, asymvq.flops, asymvq.models, asymvq.engines, asymvq.export, asymvq.kernels
-print("asymvq from", asymvq.__file__)
-for name in ("torch", "triton", "diffusers", "transformers", "onnxruntime", "onnx"):
-    try:
-        m = importlib.import_module(name)
-        extra = f" providers {m.get_available_providers()}" if name == "onnxruntime" else ""
-        print(f"{name} {m.__version__}{extra}")
-    except Exception as e:  # noqa: BLE001
-        print(f"{name}: missing ({type(e).__name__}: {e})")
-EOF
 }
 
 if [ "$SKIP_INSTALL" = 1 ]; then
     record install skipped null 0 0 "--skip-install"
 else
     t0=$(date +%s)
-    install_step > "$OUT/install.log" 2>&1
+    install_step > "$WORK/install.log" 2>&1
     rc=$?
+    # CARRIED is set in a subshell-free call: recompute it here for the dry run's blocks
+    CARRIED="$(for d in $(wheel_dirs); do for w in "$d"/*.whl; do basename "$w" | cut -d- -f1 | tr 'A-Z-' 'a-z_'; done; done | sort -u | tr '\n' ' ')"
     status=$([ $rc = 0 ] && echo ok || echo failed)
-    echo "== install: $status in $(( $(date +%s) - t0 ))s"; sed 's/^/   | /' "$OUT/install.log" | cut -c1-200 | head -40
+    echo "== install: $status in $(( $(date +%s) - t0 ))s"; sed 's/^/   | /' "$WORK/install.log" | cut -c1-200 | head -40
     record install "$status" "$rc" "$(( $(date +%s) - t0 ))" 0 "wheels -> $SITE; project shim -> $SHIM"
 fi
+export PYTHONPATH="$SITE:$SHIM:$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$DRY" = 1 ]; then
+    # As on the GPU image: what it lacks cannot be imported here, unless a carried wheel brings it.
+    ABSENT=""
+    for m in $IMAGE_LACKS; do case " $CARRIED " in *" $m "*) ;; *) ABSENT="$ABSENT,$m" ;; esac; done
+    export ASYMVQ_ABSENT="${ABSENT#,}"
+    export PYTHONPATH="$ROOT/bench/gpu_image:$PYTHONPATH"
+    echo "dry run: absent as on the GPU image: ${ASYMVQ_ABSENT:-nothing}"
+fi
+"$PY" - >> "$WORK/install.log" 2>&1 <<'PYEOF'
+import importlib
+import asymvq, asymvq.models, asymvq.engines, asymvq.export, asymvq.kernels
+print("asymvq from", asymvq.__file__)
+for name in ("torch", "triton", "diffusers", "transformers", "onnxruntime", "onnx", "openvino"):
+    try:
+        m = importlib.import_module(name)
+        extra = f" providers {m.get_available_providers()}" if name == "onnxruntime" else ""
+        print(f"{name} {m.__version__}{extra}")
+    except Exception as e:  # noqa: BLE001
+        print(f"{name}: missing ({type(e).__name__}: {e})")
+PYEOF
+tail -n 8 "$WORK/install.log" | sed 's/^/   | /'
 
 CLI=("$PY" -m asymvq.cli)
+# The files that hold GPU tests (and the kernel tests, all of which run on a GPU): collecting only
+# them keeps test modules that need packages the image lacks (diffusers) out of the GPU run.
+mapfile -t GPU_TESTS < <(cd "$ROOT" && { grep -rl --include='test_*.py' 'mark\.gpu' tests; ls tests/kernels/test_*.py; } | sort -u)
+# One JSON line per test as it finishes (bench/pytest_jsonl.py): junit XML is written only at exit.
+PYTEST=("$PY" -m pytest -q -m gpu -p no:cacheprovider -p pytest_jsonl --jsonl "$WORK/pytest-gpu.jsonl"
+        --junitxml "$WORK/pytest-gpu.xml" -o junit_family=xunit1 --rootdir "$ROOT" -c "$ROOT/pyproject.toml")
+GPU_TESTS=("${GPU_TESTS[@]/#/$ROOT/}")
+
+# The UNet comes from diffusers; without it the ort step compares the decoder alone.
+ORT_COMPONENTS=decoder
+have diffusers && ORT_COMPONENTS=decoder,unet
 
 # 1. environment
-run_step env 90 "$PY" - "$OUT/env.json" <<'EOF'
-import json, platform, subprocess, sys
-import torch
-env = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-       "cuda": torch.version.cuda, "platform": platform.platform()}
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    env.update(device=p.name, capability=f"{p.major}.{p.minor}", memory_bytes=p.total_memory,
-               cudnn=torch.backends.cudnn.version())
-try:
-    env["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit",
-                                        "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip()
-except (OSError, subprocess.SubprocessError) as e:
-    env["nvidia_smi"] = f"unavailable: {e}"
-for name in ("triton", "diffusers", "transformers", "onnxruntime"):
-    try:
-        env[name] = __import__(name).__version__
-    except Exception as e:  # noqa: BLE001
-        env[name] = None
-open(sys.argv[1], "w").write(json.dumps(env, indent=2) + "\n")
-print(json.dumps(env))
-EOF
+run_step env 60 "" "$PY" "$ROOT/bench/gpu_check_env.py" "$WORK/env.json"
 
 if [ "$DRY" = 1 ]; then
-    # 2. the GPU tests are collected and skip without CUDA: this checks the selection and the imports
-    run_step pytest_gpu 600 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider --continue-on-collection-errors \
-        --junitxml "$OUT/pytest-gpu.xml"
-    # 3. the profile with FLOPs at tiny shapes (the SD 1.5 FLOP table is counted for real, on meta)
-    run_step profile 600 "${CLI[@]}" profile --preset tiny --device cpu --dtype fp32 --size 32x32 --steps 2 \
-        --decoders tiny --warmup 0 --repeats 1 --flops --json "$OUT/profile-tiny-cpu.json" --plot "$OUT/profile-tiny-cpu.png"
-    note profile_gpu "${CLI[*]} profile --preset sd15 --device cuda --dtype fp16 --size 512x512 --steps 50" \
-        "--decoders vanilla,base,x1.5,x2 --warmup 1 --repeats 3 --flops --json $OUT/profile-sd15-512-fp16.json"
-    # 4. the decoder three ways: torch and triton (interpreter) here; torch.compile on the CPU takes
-    #    minutes on two shared cores (253 s measured), so it runs on the GPU only
-    run_step decoder 600 env TRITON_INTERPRET=1 "$PY" bench/decoder_gpu.py --device cpu --preset tiny --size 32 \
-        --dtype fp32 --variants torch,triton --warmup 0 --repeats 1 --out "$OUT/decoder-tiny-cpu.json"
-    note decoder_gpu "$PY bench/decoder_gpu.py --preset x1.5 --size 512 --dtype fp16 --variants torch,triton,compile"
-    # 5. the kernels: every case once through the Triton interpreter, checked against its reference
-    run_step kernels 600 "$PY" bench/kernels.py --interpret
-    note kernels_gpu "$PY bench/kernels.py --sizes 512 --warmup 5 --repeats 20 --out $OUT"
-    # 6. ONNX Runtime against torch (CPU provider here), decoder and UNet
-    run_step ort 600 "$PY" bench/ort_cuda.py --device cpu --preset tiny --size 32 --precision fp32 --warmup 0 \
-        --repeats 1 --out "$OUT/ort-cpu-tiny.json"
-    note ort_gpu "$PY bench/ort_cuda.py --size 512 --precision fp16 --out $OUT/ort-cuda-512-fp16.json"
-    # 7. the CPU benchmarks of issue 10b are not repeated here (they are this machine's own benchmarks)
+    # the GPU tests are collected (imports, selection); running them here is `make test`'s job
+    run_step pytest_gpu 300 "" "${PYTEST[@]}" --collect-only "${GPU_TESTS[@]}"
+    # the decoder three ways: torch and triton (interpreter) here; torch.compile on the CPU takes
+    # minutes on two shared cores (253 s measured), so it runs on the GPU only
+    run_step decoder 600 "" env TRITON_INTERPRET=1 "$PY" "$ROOT/bench/decoder_gpu.py" --device cpu --preset tiny --size 32 \
+        --dtype fp32 --variants torch,triton --warmup 0 --repeats 1 --out "$WORK/decoder-tiny-cpu.json"
+    note decoder "$PY bench/decoder_gpu.py --preset x1.5 --size 512 --dtype fp16 --variants torch,triton,compile"
+    # the kernels: every case once through the Triton interpreter, checked against its reference
+    run_step kernels 600 "" "$PY" "$ROOT/bench/kernels.py" --interpret
+    note kernels "$PY bench/kernels.py --sizes 512 --warmup 5 --repeats 20 --out $WORK"
+    # the profile with FLOPs at tiny shapes (the SD 1.5 FLOP table is counted for real, on meta)
+    run_step profile 600 diffusers "${CLI[@]}" profile --preset tiny --device cpu --dtype fp32 --size 32x32 --steps 2 \
+        --decoders tiny --warmup 0 --repeats 1 --flops --json "$WORK/profile-tiny-cpu.json" --plot "$WORK/profile-tiny-cpu.png"
+    note profile "${CLI[*]} profile --preset sd15 --device cuda --dtype fp16 --size 512x512 --steps 50" \
+        "--decoders vanilla,base,x1.5,x2 --warmup 1 --repeats 3 --flops --json $WORK/profile-sd15-512-fp16.json"
+    # ONNX Runtime against torch (CPU provider here), decoder and UNet
+    run_step ort 600 onnxruntime,onnx,onnx_graphsurgeon,polygraphy "$PY" "$ROOT/bench/ort_cuda.py" --device cpu --preset tiny --size 32 \
+        --components "$ORT_COMPONENTS" --precision fp32 --warmup 0 --repeats 1 --out "$WORK/ort-cpu-tiny.json"
+    note ort "$PY bench/ort_cuda.py --size 512 --precision fp16 --out $WORK/ort-cuda-512-fp16.json"
+    # the CPU benchmark of issue 10b is this machine's own (bench/results/decoder_cpu.json)
     note decoder_cpu "$PY bench/decoder_cpu.py --size 128 --warmup 0 --repeats 1 --threads 16 (on the GPU machine's CPU)"
 else
-    run_step pytest_gpu 75 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider --continue-on-collection-errors \
-        --junitxml "$OUT/pytest-gpu.xml"
-    run_step profile 120 "${CLI[@]}" profile --preset sd15 --device cuda --dtype fp16 --size 512x512 --steps 50 \
+    # Limits from the Triton builds each step compiles for sm_90 (counted without a GPU, through the
+    # same recording as tests/kernels/kernel_builds.py; docs/gpu_check.md): pytest_gpu 113 for the
+    # kernel tests (3 dtypes) + 31 for the x1.5 decoder at 512 fp16, over 8 xdist workers when the
+    # image has xdist (it does); decoder: the same 31 (Triton's disk cache has them by then) and
+    # torch.compile of the decoder; kernels: the bench's own shapes, and torch.compile per case.
+    XDIST=()
+    have xdist && XDIST=(-n 8)
+    run_step pytest_gpu 240 "" "${PYTEST[@]}" "${XDIST[@]}" "${GPU_TESTS[@]}"
+    run_step decoder 150 "" "$PY" "$ROOT/bench/decoder_gpu.py" --preset x1.5 --size 512 --dtype fp16 \
+        --variants torch,triton,compile --warmup 3 --repeats 10 --out "$WORK/decoder-x1.5-512-fp16.json"
+    run_step kernels 180 "" "$PY" "$ROOT/bench/kernels.py" --sizes 512 --warmup 5 --repeats 20 --out "$WORK"
+    run_step profile 120 diffusers "${CLI[@]}" profile --preset sd15 --device cuda --dtype fp16 --size 512x512 --steps 50 \
         --decoders vanilla,base,x1.5,x2 --warmup 1 --repeats 3 --flops \
-        --json "$OUT/profile-sd15-512-fp16.json" --plot "$OUT/profile-sd15-512-fp16.png"
-    run_step decoder 100 "$PY" bench/decoder_gpu.py --preset x1.5 --size 512 --dtype fp16 \
-        --variants torch,triton,compile --warmup 3 --repeats 10 --out "$OUT/decoder-x1.5-512-fp16.json"
-    run_step kernels 100 "$PY" bench/kernels.py --sizes 512 --warmup 5 --repeats 20 --out "$OUT"
-    run_step ort 100 "$PY" bench/ort_cuda.py --size 512 --precision fp16 --warmup 3 --repeats 10 \
-        --workdir "${TMPDIR:-/tmp}/asymvq-ort-$STAMP" --out "$OUT/ort-cuda-512-fp16.json"
-    # the CPU decoder benchmark of issue 10b, when present, small, on this machine's 16 cores (last: least
-    # important here; its OpenVINO rows fail without openvino, the others still run). pipeline_cpu.py needs
-    # OpenVINO throughout: not run here.
-    if [ -f bench/decoder_cpu.py ]; then
-        run_step decoder_cpu 60 "$PY" bench/decoder_cpu.py --size 128 --warmup 0 --repeats 1 --threads 16 \
-            --out "$OUT/decoder-cpu-128.json"
-    else
-        record decoder_cpu skipped null 0 0 "bench/decoder_cpu.py not in this tree"
-    fi
+        --json "$WORK/profile-sd15-512-fp16.json" --plot "$WORK/profile-sd15-512-fp16.png"
+    run_step ort 120 onnxruntime,onnx,onnx_graphsurgeon,polygraphy "$PY" "$ROOT/bench/ort_cuda.py" --size 512 --precision fp16 --warmup 3 \
+        --components "$ORT_COMPONENTS" --repeats 10 --workdir "${TMPDIR:-/tmp}/asymvq-ort-$STAMP" --out "$WORK/ort-cuda-512-fp16.json"
+    # last: least important here; without openvino its rows are left out, the others run
+    run_step decoder_cpu 120 diffusers "$PY" "$ROOT/bench/decoder_cpu.py" --size 128 --warmup 0 --repeats 1 \
+        --threads 16 --out "$WORK/decoder-cpu-128.json"
 fi
 
-# summary.json: every step, the pytest outcome, and which result files were written
-"$PY" - "$OUT" "$BUDGET" "$DRY" "$(( $(date +%s) - START ))" <<'EOF'
-import json, sys, xml.etree.ElementTree as ET
-from pathlib import Path
-out, budget, dry, total = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line.strip()]
-for s in steps:
-    log = out / s["log"]
-    s["log_tail"] = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
-summary = {"schema": "asymvq.gpu_check/1", "dry_run": dry, "budget_s": budget, "total_s": total, "steps": steps}
-junit = out / "pytest-gpu.xml"
-if junit.exists():
-    try:
-        root = ET.parse(junit).getroot()
-        suite = root if root.tag == "testsuite" else root.find("testsuite")
-        cases = []
-        for c in suite.iter("testcase"):
-            outcome = next((child.tag for child in c if child.tag in ("failure", "error", "skipped")), "passed")
-            cases.append({"test": f"{c.get('classname')}::{c.get('name')}", "outcome": outcome,
-                          "seconds": float(c.get("time", 0))})
-        summary["pytest_gpu"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} | {"cases": cases}
-    except Exception as e:  # noqa: BLE001
-        summary["pytest_gpu"] = {"error": f"{type(e).__name__}: {e}"}
-summary["files"] = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".png", ".xml") and p.name != "summary.json")
-(out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-bad = [s["step"] for s in steps if s["status"] not in ("ok", "printed", "skipped")]
-print(f"gpu_check: {len(steps)} steps in {total}s; " + (f"not ok: {', '.join(bad)}" if bad else "every step ok")
-      + f"; summary {out / 'summary.json'}")
+kill $PACKER 2>/dev/null
+pack 1
+"$PY" - "$DEST/summary.json" <<'PYEOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+bad = [x["step"] for x in s["steps"] if x["status"] not in ("ok", "printed", "skipped")]
+print(f"gpu_check: {len(s['steps'])} steps in {s['total_s']}s; " + (f"not ok: {', '.join(bad)}" if bad else "every step ok")
+      + f"; {sys.argv[1]} and {s['archive']}")
 sys.exit(1 if bad else 0)
-EOF
+PYEOF

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import time_ms
+
 COMPONENTS = ("decoder", "unet")
 
 
@@ -52,9 +54,6 @@ def _one(component: str, args, workdir: Path, device) -> dict:
     from asymvq.engines.manifest import read_manifest
     from asymvq.models.sources import Source
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from decoder_gpu import _time
-
     row: dict = {}
     s = args.size
     out = workdir / component
@@ -76,13 +75,13 @@ def _one(component: str, args, workdir: Path, device) -> dict:
         name = engine.output_names[0]
         with torch.inference_mode():
             results[backend] = engine(**feeds)[name].float()
-            row[backend] = _time(lambda: engine(**feeds), device, args.warmup, args.repeats)
+            row[backend] = time_ms(lambda: engine(**feeds), device, args.warmup, args.repeats)
         del engine
     ort_out, ref = results["onnxruntime"], results["torch"]
     row["max_abs_diff"] = float((ort_out - ref).abs().max())
     row["ref_max_abs"] = float(ref.abs().max())
     row["finite"] = bool(torch.isfinite(ort_out).all())
-    row["ort_over_torch"] = row["onnxruntime"]["median_ms"] / row["torch"]["median_ms"]
+    row["ort_over_torch"] = row["onnxruntime"]["median"] / row["torch"]["median"]
     row["cuda_provider_used"] = "CUDAExecutionProvider" in row["providers"]
     return row
 
@@ -124,8 +123,8 @@ def main(argv=None) -> int:
             result["components"][component] = row
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             if row["status"] == "ok":
-                print(f"{component} {args.size} {args.precision}: ORT {row['onnxruntime']['median_ms']:.2f} ms "
-                      f"({', '.join(row['providers'])}), torch {row['torch']['median_ms']:.2f} ms, "
+                print(f"{component} {args.size} {args.precision}: ORT {row['onnxruntime']['median']:.2f} ms "
+                      f"({', '.join(row['providers'])}), torch {row['torch']['median']:.2f} ms, "
                       f"max |diff| {row['max_abs_diff']:.3g}", flush=True)
             else:
                 print(f"{component}: {row['error']}", flush=True)

@@ -5,7 +5,10 @@ plain-torch reference it is tested against. Kernels are defined at import for Tr
 compiler, or for its CPU interpreter when TRITON_INTERPRET=1 is set *before* that import.
 
 The names below are imported on first use: ``asymvq.kernels.partial_ratio`` (plain torch,
-used by the models) must import without Triton, which is an optional extra.
+used by the models) must import without Triton, which is an optional extra. No submodule is
+named like an exported function: importing a submodule sets it as an attribute of this package,
+which would shadow the lazily imported function of the same name (``blend`` lives in
+``mask_blend.py`` for that reason).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import importlib
 
 _EXPORTS = {
     "can_run": "._common", "interpreting": "._common",
-    "blend": ".blend", "blend_reference": ".blend",
+    "blend": ".mask_blend", "blend_reference": ".mask_blend",
     "ConvResult": ".conv", "conv2d_fused": ".conv", "conv2d_fused_reference": ".conv",
     "group_norm_silu": ".group_norm", "group_norm_silu_reference": ".group_norm",
     "partial_conv_ratio": ".partial_ratio",

@@ -12,6 +12,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 _TRUE = ("1", "true", "on", "yes")
 
@@ -96,6 +97,33 @@ def check_mask(name: str, m, batch: int, height: int, width: int) -> None:
 def mask_strides(m: torch.Tensor) -> tuple[int, int, int]:
     """(batch, row, column) strides of a (1 or B, 1, H, W) mask; batch 1 broadcasts (stride 0)."""
     return (0 if m.shape[0] == 1 else m.stride(0)), m.stride(2), m.stride(3)
+
+
+# Shared memory one block may use (opt-in maximum, bytes) per compute capability; what Triton's
+# compile reports as ``shared`` must stay within it. Unlisted capabilities get the smallest.
+SMEM_LIMIT = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448, 100: 232_448, 120: 101_376}
+
+
+def target_capability() -> int:
+    """Compute capability (major*10 + minor) of the target the kernels compile for now.
+
+    Asked of Triton's active driver, so the compile check's stand-in driver (no device) and a
+    real GPU answer the same way.
+    """
+    from triton.runtime.driver import driver
+
+    return driver.active.get_current_target().arch
+
+
+def smem_limit(capability: int) -> int:
+    return SMEM_LIMIT.get(capability, min(SMEM_LIMIT.values()))
+
+
+@triton.jit
+def pixel_offsets(b, y, x, s_n, s_h, s_w):
+    """int64 element offsets of pixels (b, y, x): ``y * s_h`` alone passes 2**31 on one large
+    image ((H-1)*W*C, e.g. 384 channels at 2368x2368), so every product is int64."""
+    return b.to(tl.int64) * s_n + y.to(tl.int64) * s_h + x.to(tl.int64) * s_w
 
 
 def configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:

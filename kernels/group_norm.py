@@ -22,11 +22,14 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import check_activation, check_device, interpreting, mask_strides
-from .blend import blend_step
+from ._common import check_activation, check_device, interpreting, mask_strides, pixel_offsets
+from .mask_blend import blend_step, load_blend
+
+# Sizes that change with the image are not specialised on: one build serves every image size.
+_SIZES = ["HW", "W", "PIX_PER_SPLIT", "sm_n", "sm_h", "sm_w", "STEP"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _gn_partial_stats_kernel(
     x_ptr, f_ptr, m_ptr,  # (B, C, H, W) channels-last; f, m only when BLEND
     ws_ptr,  # (B, SPLIT, C, 2) fp32: per-channel mean and M2 over the split's pixels
@@ -49,10 +52,8 @@ def _gn_partial_stats_kernel(
         ok = p_ok[:, None] & c_ok[None, :]
         offs = (b * HW + p)[:, None] * C + c[None, :]
         if BLEND:  # x*m + f*(1-m), each side read only where its weight is non-zero
-            hm = tl.load(m_ptr + b * sm_n + ((p // W) * STEP) * sm_h + ((p % W) * STEP) * sm_w, mask=p_ok, other=0.0)
-            hm = hm.to(tl.float32)[:, None]
-            v = tl.load(x_ptr + offs, mask=ok & (hm != 0.0), other=0.0).to(tl.float32) * hm
-            v += tl.load(f_ptr + offs, mask=ok & (hm != 1.0), other=0.0).to(tl.float32) * (1.0 - hm)
+            m_offs = pixel_offsets(b, (p // W) * STEP, (p % W) * STEP, sm_n, sm_h, sm_w)
+            v = load_blend(x_ptr, f_ptr, m_ptr, offs, ok, m_offs, p_ok)
         else:
             v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         new_count = count + ok.to(tl.float32)
@@ -71,7 +72,7 @@ def _gn_partial_stats_kernel(
     tl.store(out + 1, m2_c, mask=c_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["HW", "PIX_PER_SPLIT"])
 def _gn_finalize_kernel(
     ws_ptr,  # (B, SPLIT, C, 2) partials
     stats_ptr,  # (B, G, 2) fp32: mean, rstd
@@ -96,7 +97,7 @@ def _gn_finalize_kernel(
     tl.store(out + 1, 1.0 / tl.sqrt(var + eps), mask=g < G)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _gn_silu_kernel(
     x_ptr, f_ptr, m_ptr, stats_ptr, gamma_ptr, beta_ptr,
     y_ptr,  # (B, C, H, W) channels-last output
@@ -118,10 +119,8 @@ def _gn_silu_kernel(
 
     offs = (b * HW + p)[:, None] * C + c[None, :]
     if BLEND:
-        hm = tl.load(m_ptr + b * sm_n + ((p // W) * STEP) * sm_h + ((p % W) * STEP) * sm_w, mask=p_ok, other=0.0)
-        hm = hm.to(tl.float32)[:, None]
-        v = tl.load(x_ptr + offs, mask=ok & (hm != 0.0), other=0.0).to(tl.float32) * hm
-        v += tl.load(f_ptr + offs, mask=ok & (hm != 1.0), other=0.0).to(tl.float32) * (1.0 - hm)
+        m_offs = pixel_offsets(b, (p // W) * STEP, (p % W) * STEP, sm_n, sm_h, sm_w)
+        v = load_blend(x_ptr, f_ptr, m_ptr, offs, ok, m_offs, p_ok)
     else:
         v = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if WRITE_BLEND:

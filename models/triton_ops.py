@@ -34,6 +34,8 @@ class TritonOps(TorchOps):
     name = "triton"
 
     def __init__(self):
+        # No kernels submodule is named like these functions any more (blend lives in mask_blend.py):
+        # importing one used to shadow the lazily exported function of the same name.
         from asymvq.kernels import blend, conv2d_fused, group_norm_silu, interpreting  # defers the triton extra
 
         self._interpreting = interpreting()

@@ -6,11 +6,12 @@ from asymvq.kernels import interpreting
 
 DEVICE = "cpu" if interpreting() else "cuda"
 
-# (dtype, atol, rtol) against a reference computed in fp32 from the same (rounded) inputs.
-# bf16 runs on a GPU only: the interpreter's bf16 tl.dot is wrong.
+# (dtype, atol, rtol) against a reference computed in fp32 from the same (rounded) inputs
+# (with TF32 off: tests/kernels/conftest.py). Every dtype is in `pytest -m gpu`, so the GPU check
+# runs them all on the device; bf16 runs on a GPU only: the interpreter's bf16 tl.dot is wrong.
 DTYPES = [
-    pytest.param(torch.float32, 1e-4, 1e-4, id="fp32"),
-    pytest.param(torch.float16, 1e-2, 1e-2, id="fp16"),
+    pytest.param(torch.float32, 1e-4, 1e-4, id="fp32", marks=pytest.mark.gpu),
+    pytest.param(torch.float16, 1e-2, 1e-2, id="fp16", marks=pytest.mark.gpu),
     pytest.param(
         torch.bfloat16, 6e-2, 6e-2, id="bf16",
         marks=[pytest.mark.gpu, pytest.mark.skipif(interpreting(), reason="bf16 tl.dot is wrong in the interpreter")],

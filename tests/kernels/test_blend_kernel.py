@@ -49,3 +49,19 @@ def test_argument_errors_name_the_argument():
         blend(h, h, torch.zeros(3, 1, 6, 6, device=DEVICE))
     with pytest.raises(ValueError, match="mask: expected a float"):
         blend(h, h, torch.zeros(2, 1, 6, 6, dtype=torch.bool, device=DEVICE))
+
+
+def test_exported_names_are_the_functions_whatever_was_imported_first():
+    """A submodule named like an export would shadow it once imported (models/triton_ops.py hit this)."""
+    import importlib
+
+    import asymvq.kernels as kernels
+
+    for module in ("_common", "conv", "group_norm", "mask_blend", "partial_ratio"):
+        importlib.import_module(f"asymvq.kernels.{module}")
+    for name in kernels.__all__:
+        assert not isinstance(getattr(kernels, name), type(kernels)), name
+    assert callable(kernels.blend) and kernels.blend.__module__ == "asymvq.kernels.mask_blend"
+    from asymvq.models.triton_ops import TritonOps
+
+    assert TritonOps()._blend is kernels.blend  # 'module' object is not callable, before

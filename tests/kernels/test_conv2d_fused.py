@@ -1,6 +1,5 @@
 """conv2d_fused against its plain-torch reference: every fusion flag, both geometries of the
-condition branch, the decoder's 3x3 with the folded upsample, odd sizes, batch > 1, masks
-all zero / all one / random."""
+condition branch, odd sizes, batch > 1, masks all zero / all one / random."""
 import pytest
 import torch
 from kernel_cases import DEVICE, DTYPES, activation, assert_close, hole_mask
@@ -8,22 +7,21 @@ from kernel_cases import DEVICE, DTYPES, activation, assert_close, hole_mask
 from asymvq.kernels import conv2d_fused, conv2d_fused_reference
 from asymvq.models.condition import partial_conv2d
 
-# (kernel, stride, padding, upsample): condition branch L0/L1, L2-L4, decoder Upsample conv
+# (kernel, stride, padding): condition branch L0/L1, L2-L4
 GEOMETRIES = [
-    pytest.param(3, 1, 1, False, id="3x3s1"),
-    pytest.param(4, 2, 1, False, id="4x4s2"),
-    pytest.param(3, 1, 1, True, id="up2x+3x3"),
+    pytest.param(3, 1, 1, id="3x3s1"),
+    pytest.param(4, 2, 1, id="4x4s2"),
 ]
 
 
 # Every geometry with a random mask; the degenerate masks (no hole, all hole) on one of them.
 MASKED_CASES = [
     pytest.param(*g.values, "random", id=f"{g.id}-random") for g in GEOMETRIES
-] + [pytest.param(3, 1, 1, False, kind, id=f"3x3s1-{kind}") for kind in ("zeros", "ones")]
+] + [pytest.param(3, 1, 1, kind, id=f"3x3s1-{kind}") for kind in ("zeros", "ones")]
 
 
-def _out_size(size, k, s, p, up):
-    return ((2 * size if up else size) + 2 * p - k) // s + 1
+def _out_size(size, k, s, p):
+    return (size + 2 * p - k) // s + 1
 
 
 def _case(dtype, k, cin=5, cout=20, batch=2, h=9, w=13, seed=0):
@@ -49,29 +47,29 @@ def _compare(x, weight, bias, atol, rtol, **kw):
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-@pytest.mark.parametrize("k, s, p, up", GEOMETRIES)
-def test_plain_conv_with_bias(dtype, atol, rtol, k, s, p, up):
+@pytest.mark.parametrize("k, s, p", GEOMETRIES)
+def test_plain_conv_with_bias(dtype, atol, rtol, k, s, p):
     x, weight, bias = _case(dtype, k)
-    _compare(x, weight, bias, atol, rtol, stride=s, padding=p, upsample=up)
+    _compare(x, weight, bias, atol, rtol, stride=s, padding=p)
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-@pytest.mark.parametrize("k, s, p, up, kind", MASKED_CASES)
-def test_mask_on_load_and_relu_output(dtype, atol, rtol, k, s, p, up, kind):
+@pytest.mark.parametrize("k, s, p, kind", MASKED_CASES)
+def test_mask_on_load_and_relu_output(dtype, atol, rtol, k, s, p, kind):
     x, weight, bias = _case(dtype, k, seed=1)
     hole = hole_mask(kind, 1, x.shape[2], x.shape[3])  # batch 1 broadcasts over the batch of 2
-    got = _compare(x, weight, bias, atol, rtol, stride=s, padding=p, upsample=up,
+    got = _compare(x, weight, bias, atol, rtol, stride=s, padding=p,
                    in_mask=hole, in_mask_is_hole=True, relu_out=True)
     if kind == "ones":  # everything masked out: only the bias is left
         assert_close(got.out, bias.float().view(1, -1, 1, 1).expand_as(got.out), atol, rtol)
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-@pytest.mark.parametrize("k, s, p, up, kind", MASKED_CASES)
-def test_partial_conv(dtype, atol, rtol, k, s, p, up, kind):
+@pytest.mark.parametrize("k, s, p, kind", MASKED_CASES)
+def test_partial_conv(dtype, atol, rtol, k, s, p, kind):
     x, weight, bias = _case(dtype, k, seed=2)
     hole = hole_mask(kind, 2, x.shape[2], x.shape[3])
-    got = _compare(x, weight, bias, atol, rtol, stride=s, padding=p, upsample=up,
+    got = _compare(x, weight, bias, atol, rtol, stride=s, padding=p,
                    in_mask=hole, in_mask_is_hole=True, partial=True, relu_out=True)
     assert torch.isfinite(got.out.float()).all()  # the fp32 ratio: no inf * 0 in fp16
     assert set(got.mask.unique().tolist()) <= {0.0, 1.0}
@@ -96,16 +94,14 @@ def test_partial_conv_matches_the_models_partial_conv2d(dtype, atol, rtol):
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-@pytest.mark.parametrize("k, s, p, up, kind", MASKED_CASES)
-@pytest.mark.parametrize("conv_in_hole", [False, True], ids=["conv-outside-hole", "conv-in-hole"])
-def test_blend_epilogue(dtype, atol, rtol, k, s, p, up, conv_in_hole, kind):
+@pytest.mark.parametrize("k, s, p, kind", MASKED_CASES)
+def test_blend_epilogue(dtype, atol, rtol, k, s, p, kind):
     x, weight, bias = _case(dtype, k, seed=4)
-    ho, wo = (_out_size(n, k, s, p, up) for n in x.shape[2:])
+    ho, wo = (_out_size(n, k, s, p) for n in x.shape[2:])
     torch.manual_seed(5)
     other = activation((x.shape[0], weight.shape[0], ho, wo), dtype)
     full_res = hole_mask(kind, 2, 4 * ho, 4 * wo)  # sampled every 4th pixel, as at H/4
-    _compare(x, weight, bias, atol, rtol, stride=s, padding=p, upsample=up,
-             blend_with=other, blend_mask=full_res, conv_in_hole=conv_in_hole)
+    _compare(x, weight, bias, atol, rtol, stride=s, padding=p, blend_with=other, blend_mask=full_res)
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)

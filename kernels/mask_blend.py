@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_activation, check_device, check_mask, interpreting, mask_strides
+from ._common import check_activation, check_device, check_mask, interpreting, mask_strides, pixel_offsets
 
 
 @triton.jit
@@ -27,7 +27,7 @@ def load_blend(h_ptr, f_ptr, m_ptr, offs, ok, m_offs, m_ok):
     return h * hm + f * (1.0 - hm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "HW", "W", "sm_n", "sm_h", "sm_w", "STEP"])
 def _blend_kernel(
     h_ptr, f_ptr,  # (B, C, H, W) channels-last, contiguous
     m_ptr,  # (1 or B, 1, H*step, W*step) hole mask, any strides
@@ -44,7 +44,7 @@ def _blend_kernel(
     y = (p % HW) // W
     x = p % W
     offs = p[:, None] * C + c[None, :]
-    m_offs = b * sm_n + (y * STEP) * sm_h + (x * STEP) * sm_w
+    m_offs = pixel_offsets(b, y * STEP, x * STEP, sm_n, sm_h, sm_w)
     v = load_blend(h_ptr, f_ptr, m_ptr, offs, ok, m_offs, p_ok)
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=ok)
 
