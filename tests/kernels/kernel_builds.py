@@ -1,8 +1,9 @@
 """Every Triton build the decoder needs, compiled for sm_80 and sm_90 without a GPU.
 
 The launches are the host wrappers' own, recorded on the meta device while the decoder runs
-with kernels="triton": every preset (vanilla, base, x1.5, x2) and condition family (conv,
-partial) in fp16, bf16 and fp32, through decode_core and the tiled path's extra full-resolution
+with kernels="triton": every preset (vanilla, base, x1.5, x2, and the 16-channel flux and
+asuka-flux: ASUKA's branch convs run on the reference path, its area-any level masks feed the fused
+blends) and condition family (conv, partial) in fp16, bf16 and fp32, through decode_core and the tiled path's extra full-resolution
 blend (TritonOps.condition_features, which no decode path calls, is left out); at image sizes chosen to reach every distinct specialisation
 (the GroupNorm split of 1 to 64 slices, an input row whose width is not a multiple of 16).
 Image sizes themselves are not specialised on (docs/kernels.md), so these builds serve all.
@@ -33,9 +34,9 @@ def _configs():
 
     from asymvq.models.config import PRESETS
 
-    for name in ("vanilla", "base", "x1.5", "x2"):
+    for name in ("vanilla", "base", "x1.5", "x2", "flux", "asuka-flux"):
         config = PRESETS[name]
-        if not config.has_condition:
+        if config.condition not in FAMILIES:  # plain decoders, and ASUKA's branch as it is
             yield name, config
             continue
         for family in FAMILIES:
