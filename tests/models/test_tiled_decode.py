@@ -74,8 +74,7 @@ def test_spans_partition_the_axis():
 
 @pytest.mark.parametrize("cond", [True, False], ids=["mask", "no-mask"])
 def test_tiled_matches_full(dec, cond):
-    # non-square, 2 tiles of 19 (the smallest; default overlap 18) along one axis or the other, the
-    # cut through the hole
+    # non-square, 2 tiles of 19 (the smallest) along one axis or the other, the cut through the hole
     lat, img, mask = make(20, 13) if cond else make(13, 20)
     args = (img, mask) if cond else ()
     with torch.inference_mode():
@@ -112,10 +111,12 @@ def test_one_tile_is_the_full_decode(dec):
 
 
 class TensorPeak(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the mode (allocator-independent)."""
+    """Peak bytes of tensor storages created inside the mode (allocator-independent), less what
+    ``state`` (a ``TileState``: host memory on a GPU run, the same memory here) holds at that moment."""
 
-    def __init__(self):
+    def __init__(self, state=None):
         super().__init__()
+        self.state = state
         self.live: dict[int, int] = {}
         self.now = self.peak = 0
 
@@ -131,29 +132,60 @@ class TensorPeak(TorchDispatchMode):
                 if st.nbytes() and key not in self.live:
                     self.live[key] = st.nbytes()
                     self.now += st.nbytes()
-                    self.peak = max(self.peak, self.now)
                     weakref.finalize(st, self._free, key)
+        self.peak = max(self.peak, self.now - (self.state.bytes if self.state is not None else 0))
         return out
 
 
-def peak_bytes(fn) -> int:
-    with torch.inference_mode(), TensorPeak() as p:
+def peak_bytes(fn, state=None) -> int:
+    with torch.inference_mode(), TensorPeak(state) as p:
         fn()
     return p.peak
 
 
 def test_tiled_memory_is_bounded_by_the_tile(dec):
-    """Same tile, 1.6x the pixels: the tiled peak rises by the per-image state only, the full one with the image.
-    (Measured at 152x272 -> 152x512: tiled 10.6 -> 11.7 MB, full 16.9 -> 31.8 MB; docs/decoder.md.)"""
-    small, big = make(19, 30), make(19, 49)  # 2 and 3 tiles of 19 (overlap 4: memory, not exactness)
-    tiled = [peak_bytes(lambda a=a: dec(*a, tile=19, overlap=4)) for a in (small, big)]
+    """Same tile, 2.6x the pixels: the tiled decode's working memory (all but the state between segments,
+    which a GPU run keeps in host memory) rises by the per-image tensors only, the full decode's with the
+    image; the state is the boundary values of the whole image, below the full decode's peak.
+    (Measured at 152x240 -> 152x624, docs/decoder.md.)"""
+    from asymvq.models.tiled_decode import TileState, tiled_decode
+
+    small, big = make(19, 30), make(19, 78)  # 2 and 5 tiles of 19 along the width
+    states = [TileState("cpu"), TileState("cpu")]
+    with torch.inference_mode():
+        tiled = [peak_bytes(lambda a=a, st=st: tiled_decode(dec, *a, 19, 4, state=st), st)
+                 for a, st in zip((small, big), states)]
     full = [peak_bytes(lambda a=a: dec(*a)) for a in (small, big)]
-    added_px = 152 * 8 * (49 - 30)
-    # per-image state of the tiled decode, floats per image pixel: the output (3), the checked mask and
-    # its crops (2), the mid block's latent-level tensors (32 channels at 1/64 of the pixels, ~6 alive: 3)
-    assert tiled[1] - tiled[0] <= 4 * 8 * added_px, (tiled, full)
+    added_px = 152 * 8 * (78 - 30)
+    # per-image tensors of the tiled decode, floats per image pixel: the output (3), the image and mask (4),
+    # the mid block's latent-level tensors (32 channels at 1/64 of the pixels, a few alive: ~2)
+    assert tiled[1] - tiled[0] <= 4 * 10 * added_px, (tiled, full)
     assert full[1] - full[0] > 4 * 50 * added_px, (tiled, full)  # the full decode: ~100 floats a pixel
-    assert tiled[1] < full[1] / 2, (tiled, full)
+    assert tiled[1] < 0.4 * full[1], (tiled, full)
+    host = [st.peak_bytes for st in states]
+    assert 0 < host[1] < full[1] and states[1].bytes == 0, (host, full)
+
+
+def test_every_layer_runs_once_per_tile(dec):
+    """The recompute cannot come back unnoticed: each conv of the up path runs once per tile, the head's once."""
+    from asymvq.models.tiled_decode import spans
+
+    lat, img, mask = make(40, 30)
+    counts: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: counts.__setitem__(n, counts.get(n, 0) + 1))
+             for n, m in dec.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            dec(lat, img, mask, tile=19)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    tiles = len(spans(40, 19, 4)) * len(spans(30, 19, 4))
+    assert tiles == 6
+    head = {"post_quant_conv", "conv_in"} | {n for n in counts if n.startswith("mid_block.")}
+    assert {n for n, c in counts.items() if c == 1} == head
+    assert {c for n, c in counts.items() if n not in head} == {tiles}
+    assert len(counts) == sum(isinstance(m, torch.nn.Conv2d) for m in dec.modules())
 
 
 # -- region ---------------------------------------------------------------------------------------
