@@ -4,24 +4,25 @@ Two opt-in ways to run ``AsymmetricDecoder`` that ``forward`` / ``decode_scaled`
 when ``tile=`` or ``region=`` is given (docs/decoder.md, "Tiled and region decoding").
 
 Tiled (``tile=N, overlap=M``, latent pixels)
-    The mid block (two ResBlocks around a *global* self-attention over the H/8 latent) runs once
-    on the whole latent, exactly as in the full decode: it is cheap at latent resolution and
-    attention cannot be tiled exactly. Then the up path (where all the memory is) runs tile by
-    tile over N x N latent windows that step by N - M, each with its crop of the image and mask
-    for the condition branch. Neighbouring windows share M latent pixels: the outer M/2 of each
-    window is context for the receptive field, the inner part is output, cross-faded with the
-    neighbour over ``FEATHER`` latent pixels around the middle of the shared band.
+    ``decode_head`` (post_quant_conv, conv_in, the mid block with its *global* self-attention)
+    runs once on the whole latent, exactly as in the full decode: cheap at latent resolution, and
+    attention cannot be tiled exactly. The up path (where the memory is) is the decoder's own
+    ``decode_up``, traced and cut before every GroupNorm into segments (``tile_plan``). The latent
+    is partitioned into tiles (``spans``: windows of N stepping by N - M, each owning the part up
+    to the middle of the shared band), and each segment runs over every tile before the next one
+    starts: a tile reads its part plus the segment's halo (the context of that segment's convs,
+    1-2 latent pixels) from the whole-image values the previous segments wrote, and writes back
+    its part. So every layer runs once per tile, on little more than the tile.
 
     GroupNorm is what makes tiles disagree: a tile normalised by its own statistics is shifted in
-    tone against its neighbour. Here every GroupNorm of the up path is normalised with statistics
-    of the *whole image*: count, mean and M2 of its input over the part of the image each tile
-    owns (a partition), merged tile by tile with Chan's formula in float64. A norm's statistics
-    depend on every earlier norm's over the whole image, and a decoder normalised with slightly
-    wrong fixed statistics amplifies the error (measured: one statistics pass with per-tile
-    statistics, then an output pass, -7 dB; iterating diverged), so there is one statistics pass
-    per up-path norm (``norm_count``), pass j running each tile up to norm j only, then the output
-    pass. Memory stays bounded by the tile; the price is compute (docs/decoder.md). With the
-    default overlap (2 x ``receptive_halo``) the result equals the full decode to float rounding.
+    tone against its neighbour. Here every up-path norm uses the statistics of the *whole image*:
+    count, mean and M2 of its input over each tile's part (a partition), accumulated while the
+    previous segment writes them and merged with Chan's formula in float64; the norm that starts
+    the next segment normalises every tile with them. The result equals the full decode to float
+    rounding, for any overlap. Memory: the device holds one tile's working set plus the per-image
+    tensors (latents, mid block output, image, mask, output); the values between segments (a few
+    whole-image tensors: the norm's input, the ResBlock's residual, the condition features still
+    to blend) live in a ``TileState``, host memory by default (docs/decoder.md).
 
 Region (``region="mask", margin=K``, latent pixels)
     Decode only the bounding box of the mask (union over the batch), grown by K latent pixels
@@ -30,9 +31,9 @@ Region (``region="mask", margin=K``, latent pixels)
     image. Pixels outside the box are exactly the source (Pre_error 0 there by construction).
     An empty mask decodes nothing and returns the source image unchanged.
 
-Nothing here is traced or exported: ``decode_core`` stays the export graph. Only the torch
-path tiles (any ``ops`` table for the blends and the condition branch; GroupNorm+SiLU here is
-plain torch so that it can take outside statistics).
+Nothing here is exported: ``decode_core`` stays the export graph. Only the torch path tiles (the
+decoder's ``ops`` table runs the blends and the condition branch; GroupNorm+SiLU here is plain
+torch so that it can take outside statistics).
 """
 from __future__ import annotations
 
@@ -128,6 +129,11 @@ def spans(size: int, tile: int, overlap: int) -> list[Span]:
 
 
 # -- GroupNorm with image-wide statistics ------------------------------------------------------
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half types and float32 (as torch's GroupNorm), float64 for float64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class _Stats:
     """One norm input's (count, mean, M2) per (batch, group) in float64, merged tile by tile with Chan's formula."""
 
@@ -139,7 +145,7 @@ class _Stats:
         n = xg.shape[-1]
         if n == 0:
             return
-        var, mean = torch.var_mean(xg.float(), dim=-1, correction=0)
+        var, mean = torch.var_mean(xg.to(_compute_dtype(x)), dim=-1, correction=0)
         mean, m2 = mean.double(), var.double() * n
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
@@ -158,13 +164,13 @@ class _Stats:
 def _norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, stats) -> torch.Tensor:
     """GroupNorm + SiLU of ``x`` with given (mean, var) per (batch, group); None: x's own (per tile)."""
     b, c = x.shape[:2]
-    xg = x.reshape(b, norm.num_groups, -1)
+    xg = x.reshape(b, norm.num_groups, -1).to(_compute_dtype(x))
     if stats is None:
-        var, mean = torch.var_mean(xg.float(), dim=-1, correction=0)
+        var, mean = torch.var_mean(xg, dim=-1, correction=0)
     else:
-        mean, var = (t.to(x.device, torch.float32) for t in stats)
+        mean, var = (t.to(x.device, xg.dtype) for t in stats)
     rstd = torch.rsqrt(var + norm.eps)
-    y = ((xg.float() - mean[..., None]) * rstd[..., None]).to(x.dtype).reshape(x.shape)
+    y = ((xg - mean[..., None]) * rstd[..., None]).to(x.dtype).reshape(x.shape)
     y = y * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1)
     return F.silu(y)
 

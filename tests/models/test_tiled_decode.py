@@ -85,6 +85,48 @@ def test_tiled_matches_full(dec, cond):
     assert float((tiled - full).abs().max()) < 1e-3
 
 
+# One topology per preset family at 4 channels: vanilla/base (L=2, no condition / conv), tiny (L=1),
+# the partial-conv branch, x1.5 (L=3) and x2 (L=5); sizes not divisible by the tile's step.
+FAMILIES = {
+    "vanilla": (DecoderConfig((4, 8, 16, 16), 2, norm_num_groups=2, condition=None), (28, 33), [(27, None), (28, 0)]),
+    "base": (DecoderConfig((4, 8, 16, 16), 2, norm_num_groups=2), (33, 28), [(27, None), (29, 7)]),
+    "tiny-partial": (DecoderConfig((4, 8, 16, 16), 1, norm_num_groups=2, condition="partial"), (21, 38),
+                     [(19, None), (20, 3)]),
+    "x1.5": (DecoderConfig((4, 8, 16, 16), 3, norm_num_groups=2), (36, 20), [(33, None)]),
+    "x2": (DecoderConfig((4, 8, 16, 16), 5, norm_num_groups=2), (51, 12), [(49, 2)]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tiled_equals_full_for_every_family(family):
+    """float64: tiled and full differ by float rounding only (any missing context or statistic is O(1))."""
+    config, (h, w), tilings = FAMILIES[family]
+    torch.manual_seed(1)
+    d = AsymmetricDecoder(config).eval().double()
+    lat, img, mask = make(h, w)
+    args = (img.double(), mask) if config.has_condition else ()
+    with torch.inference_mode():
+        full = d(lat.double(), *args)
+        for tile, overlap in tilings:
+            tiled = d(lat.double(), *args, tile=tile, overlap=overlap)
+            n = len(spans(h, tile, overlap or 4)) * len(spans(w, tile, overlap or 4))
+            assert n >= 2, (family, tile)
+            torch.testing.assert_close(tiled, full, rtol=1e-9, atol=1e-9 * float(full.abs().max()),
+                                       msg=lambda m: f"{family} tile={tile} overlap={overlap}: {m}")
+
+
+def test_tiled_bf16_within_its_rounding(dec):
+    """bfloat16: within the dtype's rounding of the full decode (same kernels, other summation order)."""
+    d = AsymmetricDecoder(MICRO).eval()
+    d.load_state_dict(dec.state_dict())
+    d = d.to(torch.bfloat16)
+    lat, img, mask = make(20, 13)
+    with torch.inference_mode():
+        full, tiled = d(lat, img, mask).float(), d(lat, img, mask, tile=19).float()
+    err = float((tiled - full).abs().max())
+    assert err <= 0.05 * float(full.abs().max()), err
+
+
 def test_per_tile_normalisation_is_what_breaks_tiling(dec):
     """The same tiles normalised each by itself (diffusers' tiled_decode) are far off."""
     from asymvq.models.tiled_decode import tiled_decode
@@ -298,3 +340,60 @@ def test_cli_decode_tile_and_bad_flag(tmp_path):
     bad = runner.invoke(app, base + ["--tile", "4"])
     assert bad.exit_code != 0
     assert "--tile: expected an integer >= 19" in str(bad.exception)  # tiny preset: halo 9
+
+
+# -- one forward: the tiled decode traces the decoder's own up path --------------------------------
+def test_a_new_variant_tiles_for_free(dec):
+    """A decoder whose up path gains a layer (a 5x5 conv, reach 2 latent pixels) tiles exactly with no tiling code."""
+    class Variant(AsymmetricDecoder):
+        def __init__(self, config):
+            super().__init__(config)
+            c = config.block_out_channels[-1]
+            self.pre = torch.nn.Conv2d(c, c, 5, padding=2)
+
+        def decode_up(self, h, image, mask):
+            return super().decode_up(h + self.pre(h), image, mask)
+
+    torch.manual_seed(2)
+    v = Variant(MICRO).eval().double()
+    lat, img, mask = make(20, 21)
+    with torch.inference_mode():
+        full = v(lat.double(), img.double(), mask)
+        tiled = v(lat.double(), img.double(), mask, tile=19, overlap=0)
+    torch.testing.assert_close(tiled, full, rtol=1e-9, atol=1e-9 * float(full.abs().max()))
+
+
+def test_an_unknown_layer_is_refused_not_tiled_wrongly(dec):
+    import torch.nn.functional as F
+
+    class Pooled(AsymmetricDecoder):
+        def decode_up(self, h, image, mask):
+            return super().decode_up(F.avg_pool2d(h, 3, 1, 1), image, mask)
+
+    p = Pooled(MICRO).eval()
+    lat, img, mask = make(20, 12)
+    with torch.inference_mode(), pytest.raises(NotImplementedError, match=r"^tiled decoding: .*avg_pool2d"):
+        p(lat, img, mask, tile=19)
+
+
+def test_ops_override_is_scoped_to_the_call_and_the_thread(dec):
+    import threading
+
+    from asymvq.models.ops import TORCH_OPS, TorchOps, ops_override
+
+    class Other(TorchOps):
+        name = "other"
+
+    other, seen = Other(), {}
+    block = dec.up_blocks[0].resnets[0]
+    with ops_override(other):
+        seen["here"] = (dec.ops, block.ops)
+        t = threading.Thread(target=lambda: seen.__setitem__("thread", (dec.ops, block.ops)))
+        t.start()
+        t.join()
+    assert seen["here"] == (other, other) and seen["thread"] == (TORCH_OPS, TORCH_OPS)
+    assert dec.ops is TORCH_OPS and dec.kernels == "torch"
+    lat, img, mask = make(20, 12)
+    with torch.inference_mode():
+        dec(lat, img, mask, tile=19)
+    assert all(m._ops is TORCH_OPS for m in dec.modules() if hasattr(m, "_ops"))
