@@ -184,7 +184,7 @@ def norm_count(dec) -> int:
 class TileState:
     """Whole-image tensors of the values that cross a segment boundary, each tile writing its part.
 
-    Lives on ``device`` (host memory by default: ``"cpu"``, pinned when the decode runs on CUDA);
+    Lives on ``device`` (by default host memory, pinned, when the decode runs on CUDA; else the decode's);
     a value is freed after the last segment that reads it. ``bytes`` / ``peak_bytes``: what it
     holds now / held at most (the host memory the tiled decode uses beyond the device's).
     """
@@ -244,7 +244,7 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
     every tile before the next: each layer runs once per tile, on the tile's part plus the
     segment's halo. ``per_tile_norm=True`` normalises each tile's window by itself (diffusers' way;
     kept to measure what the statistics buy). ``state``: where the values between segments live
-    (default ``TileState("cpu")``: host memory); pass one to read its ``peak_bytes`` afterwards.
+    (default: host memory on CUDA, the decode's device otherwise); pass one to read its ``peak_bytes``.
     """
     B, _, h, w = latents.shape
     ys, xs = spans(h, tile, overlap), spans(w, tile, overlap)
@@ -252,8 +252,9 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
         return dec.decode_core(latents, image, mask)
     plan = plan_up_path(dec, image is not None)
     ops = dec._ops
-    if state is None:
-        state = TileState("cpu", pin=latents.device.type == "cuda")
+    if state is None:  # host memory on an accelerator; on the CPU (or meta, to count FLOPs) the same device
+        cuda = latents.device.type == "cuda"
+        state = TileState("cpu" if cuda else latents.device, pin=cuda)
     inputs = dict(zip(plan.placeholders, (dec.decode_head(latents), image, mask)))
     stats = {}
     for node, groups in plan.norm_inputs.items():
