@@ -4,7 +4,9 @@ For each preset and size, in one process and one run:
 
 - ``full``: our full decode (``decode_core``), the reference every PSNR is taken against;
 - ``tiled``: ours (``decoder(..., tile=N)``: each up-path layer once per tile, image-wide GroupNorm
-  statistics; the values between segments in host memory on CUDA, reported as ``host_state_bytes``);
+  statistics; the values between segments in host memory on CUDA, reported as ``host_state_bytes``,
+  with the PCIe traffic they cost, ``host_traffic_bytes_per_decode``); on CUDA also
+  ``tiled_device_state``: the same with the state kept on the GPU (no traffic, more device memory);
 - ``diffusers_full`` / ``diffusers_tiled``: diffusers ``AutoencoderKL.decode`` without and with
   ``enable_tiling()`` (tiles of N latent pixels, its default 25 % overlap, per-tile GroupNorm
   statistics, seams cross-faded), on the same weights: the plain (no condition branch) decoder of
@@ -106,11 +108,15 @@ def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, rep
         "tiled": lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=state),
         "diffusers_full": diffusers_decode(False),
     }
+    dstate = TileState(device)
+    if torch.device(device).type == "cuda":  # the other side of the trade: state on the GPU, no PCIe traffic
+        methods["tiled_device_state"] = lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=dstate)
     results = point["methods"]
     for name, fn in methods.items():
         results[name] = measure(fn, device, warmup, repeats)
     results["diffusers_tiled"] = measure(diffusers_decode(True), device, warmup, repeats)
     results["tiled"]["host_state_bytes"] = state.peak_bytes
+    results["tiled"]["host_traffic_bytes_per_decode"] = state.moved_bytes // max(warmup + repeats + 1, 1)
 
     if config.has_condition:
         dec = random_decoder(preset).to(device, dtype).eval()
@@ -124,7 +130,8 @@ def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, rep
                                         device, warmup, repeats)
         results["cond_tiled"]["host_state_bytes"] = cstate.peak_bytes
 
-    for ref, names in (("full", ("tiled", "diffusers_full", "diffusers_tiled")), ("cond_full", ("cond_tiled",))):
+    for ref, names in (("full", ("tiled", "tiled_device_state", "diffusers_full", "diffusers_tiled")),
+                       ("cond_full", ("cond_tiled",))):
         base = results.get(ref, {}).get("out")
         for n in names:
             y = results.get(n, {}).get("out")
@@ -149,9 +156,12 @@ def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, rep
         counted["cond_tiled"] = flops(lambda: tiled_decode(meta_dec, mlat, mimg, mmask, tile, overlap))
     for n, f in counted.items():
         results.setdefault(n, {})["flops"] = f
-    for n, ref in (("tiled", "full"), ("diffusers_tiled", "full"), ("cond_tiled", "cond_full")):
-        if n in counted:
-            results[n]["flops_vs_full"] = counted[n] / counted[ref]
+    counted_as = {"tiled_device_state": "tiled"}
+    for n, ref in (("tiled", "full"), ("tiled_device_state", "full"), ("diffusers_tiled", "full"),
+                   ("cond_tiled", "cond_full")):
+        if n in results and counted_as.get(n, n) in counted:
+            results[n]["flops"] = counted[counted_as.get(n, n)]
+            results[n]["flops_vs_full"] = counted[counted_as.get(n, n)] / counted[ref]
             for key in ("ms", "peak_bytes"):
                 a, b = results[n].get(key), results[ref].get(key)
                 if a is not None and b is not None:

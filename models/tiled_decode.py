@@ -186,13 +186,20 @@ class TileState:
 
     Lives on ``device`` (by default host memory, pinned, when the decode runs on CUDA; else the decode's);
     a value is freed after the last segment that reads it. ``bytes`` / ``peak_bytes``: what it
-    holds now / held at most (the host memory the tiled decode uses beyond the device's).
+    holds now / held at most (the host memory the tiled decode uses beyond the device's);
+    ``moved_bytes``: what the tiles wrote to it and read from it.
     """
 
     def __init__(self, device="cpu", pin: bool = False):
         self.device, self.pin = torch.device(device), pin
         self.buffers: dict = {}
         self.bytes = self.peak_bytes = 0
+        self.moved_bytes = 0  # written + read: the host <-> device traffic when the state is in host memory
+
+    def read(self, node, s: int, wy, wx, device) -> torch.Tensor:
+        part = _crop(self.buffers[node], s, wy, wx, device)
+        self.moved_bytes += part.numel() * part.element_size()
+        return part
 
     def write(self, node, part: torch.Tensor, full_hw: tuple[int, int], at: tuple[int, int]) -> None:
         buf = self.buffers.get(node)
@@ -205,6 +212,7 @@ class TileState:
             self.buffers[node] = buf
         y, x = at
         buf[:, :, y:y + part.shape[-2], x:x + part.shape[-1]].copy_(part)
+        self.moved_bytes += part.numel() * part.element_size()
 
     def free(self, node) -> None:
         buf = self.buffers.pop(node, None)
@@ -275,8 +283,8 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
             wy = window(sy, seg)
             for sx in xs:
                 wx = window(sx, seg)
-                env = {a: _crop(inputs[a] if a in inputs else state.buffers[a], int(plan.scale[a]), wy, wx,
-                                latents.device) for a in seg.inputs}
+                env = {a: _crop(inputs[a], int(plan.scale[a]), wy, wx, latents.device) if a in inputs
+                       else state.read(a, int(plan.scale[a]), wy, wx, latents.device) for a in seg.inputs}
                 for n in seg.nodes:
                     env[n] = _run_node(n, env, plan, ops, stats, per_tile_norm)
                 for n in seg.outputs:
