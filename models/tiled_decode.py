@@ -175,11 +175,6 @@ def _norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, stats) -> torch.Tensor
     return F.silu(y)
 
 
-def norm_count(dec) -> int:
-    """GroupNorms on the up path (the ones tiling must synchronise): 2 per ResBlock, plus conv_norm_out."""
-    return 2 * sum(len(up.resnets) for up in dec.up_blocks) + 1
-
-
 # -- the state between segments ---------------------------------------------------------------------
 class TileState:
     """Whole-image tensors of the values that cross a segment boundary, each tile writing its part.
@@ -271,18 +266,17 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
             st.add(inputs[node], groups)
             stats[node] = st.finish()
 
-    def window(a, seg):
+    def window(a: Span, seg, size: int) -> tuple[int, int]:
         """The tile's part [own0, own1) grown by the segment's halo, clipped to the latent."""
-        return max(a.own0 - seg.halo, 0), min(a.own1 + seg.halo, a_size[a])
+        return max(a.own0 - seg.halo, 0), min(a.own1 + seg.halo, size)
 
-    a_size = {**{a: h for a in ys}, **{a: w for a in xs}}
     out = None
     for k, seg in enumerate(plan.segments):
         collect = {n: _Stats() for n in seg.outputs if n in plan.norm_inputs}
         for sy in ys:
-            wy = window(sy, seg)
+            wy = window(sy, seg, h)
             for sx in xs:
-                wx = window(sx, seg)
+                wx = window(sx, seg, w)
                 env = {a: _crop(inputs[a], int(plan.scale[a]), wy, wx, latents.device) if a in inputs
                        else state.read(a, int(plan.scale[a]), wy, wx, latents.device) for a in seg.inputs}
                 for n in seg.nodes:

@@ -1,5 +1,6 @@
 """Property: ``AsymmetricDecoder.forward`` either decodes (finite, (B, 3, 8h, 8w), equal to the
-fp32 reference call on the canonical inputs) or raises ValueError naming the argument."""
+fp32 reference call on the canonical inputs) or raises ValueError naming the argument; a tiled decode
+equals the full one for any size, tile and overlap."""
 from __future__ import annotations
 
 import numpy as np
