@@ -1,10 +1,14 @@
-"""Tiled and region decoding (asymvq.models.tiled_decode), tiny preset, small sizes, fp32.
+"""Tiled and region decoding (asymvq.models.tiled_decode), tiny topologies, small sizes.
 
-Tiled: against the full decode, PSNR >= 50 dB with and without mask, non-square, batch 2 over
-one image, the mask's edges crossing tile cuts; the image-wide GroupNorm statistics are what get
-it there (per-tile normalisation, diffusers' way, is measured far below). Peak tensor memory of
-the tiled decode grows only by the per-image state (output, latent-level tensors) when the
-image grows with the same tile, while the full decode's grows with the image.
+Tiled: equal to the full decode to float rounding (float64 at 1e-9 for each preset family's
+topology, several tiles, tiles not dividing the image; bf16 within its rounding; fp32 >= 50 dB),
+with and without mask, non-square, batch 2 over one image, the mask's edges crossing tile cuts;
+the image-wide GroupNorm statistics are what get it there (per-tile normalisation, diffusers'
+way, is measured far below). Every conv runs once per tile (hooks count them: the recompute of
+one pass per norm cannot come back unnoticed). The working memory grows only by the per-image
+tensors when the image grows with the same tile, the full decode's with the image; the state
+between segments is measured apart. A variant with an extra layer tiles exactly with no tiling
+code; an op of unknown reach is refused; the op override is per call and per thread.
 Region: pixels outside the box are the source exactly, the box is the crop's own decode, an
 empty mask returns the source. Bad arguments: ValueError naming the argument.
 """
