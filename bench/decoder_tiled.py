@@ -6,7 +6,9 @@ For each preset and size, in one process and one run:
 - ``tiled``: ours (``decoder(..., tile=N)``: each up-path layer once per tile, image-wide GroupNorm
   statistics; the values between segments in host memory on CUDA, reported as ``host_state_bytes``,
   with the PCIe traffic they cost, ``host_traffic_bytes_per_decode``); on CUDA also
-  ``tiled_device_state``: the same with the state kept on the GPU (no traffic, more device memory);
+  ``tiled_device_state``: the same with the state kept on the GPU (no traffic, more device memory),
+  and ``tiled_budget``: state on the GPU up to ``--state-budget`` x the full decode's peak, the rest
+  in host memory;
 - ``diffusers_full`` / ``diffusers_tiled``: diffusers ``AutoencoderKL.decode`` without and with
   ``enable_tiling()`` (tiles of N latent pixels, its default 25 % overlap, per-tile GroupNorm
   statistics, seams cross-faded), on the same weights: the plain (no condition branch) decoder of
@@ -78,7 +80,8 @@ def flops(fn) -> int:
     return count(fn)["flops"]
 
 
-def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, repeats: int) -> dict:
+def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, repeats: int,
+              state_budget: float = 0.0) -> dict:
     from asymvq.models.checkpoints import decoder_from_vae
     from asymvq.models.config import preset_config
     from asymvq.models.decoder import AsymmetricDecoder
@@ -108,12 +111,21 @@ def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, rep
         "tiled": lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=state),
         "diffusers_full": diffusers_decode(False),
     }
-    dstate = TileState(device)
+    dstate = None
     if torch.device(device).type == "cuda":  # the other side of the trade: state on the GPU, no PCIe traffic
+        dstate = TileState(device)
         methods["tiled_device_state"] = lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=dstate)
     results = point["methods"]
     for name, fn in methods.items():
         results[name] = measure(fn, device, warmup, repeats)
+    if dstate is not None and state_budget and "peak_bytes" in results["full"]:
+        # in between: as much state on the GPU as --state-budget x the full decode's peak, the rest in host memory
+        bstate = TileState("cpu", pin=True, device_bytes=int(state_budget * results["full"]["peak_bytes"]))
+        results["tiled_budget"] = measure(lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=bstate),
+                                          device, warmup, repeats)
+        results["tiled_budget"].update(state_budget=state_budget, host_state_bytes=bstate.peak_bytes,
+                                       device_state_bytes=bstate.device_peak_bytes,
+                                       host_traffic_bytes_per_decode=bstate.moved_bytes // max(warmup + repeats + 1, 1))
     results["diffusers_tiled"] = measure(diffusers_decode(True), device, warmup, repeats)
     results["tiled"]["host_state_bytes"] = state.peak_bytes
     results["tiled"]["host_traffic_bytes_per_decode"] = state.moved_bytes // max(warmup + repeats + 1, 1)
@@ -130,7 +142,7 @@ def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, rep
                                         device, warmup, repeats)
         results["cond_tiled"]["host_state_bytes"] = cstate.peak_bytes
 
-    for ref, names in (("full", ("tiled", "tiled_device_state", "diffusers_full", "diffusers_tiled")),
+    for ref, names in (("full", ("tiled", "tiled_device_state", "tiled_budget", "diffusers_full", "diffusers_tiled")),
                        ("cond_full", ("cond_tiled",))):
         base = results.get(ref, {}).get("out")
         for n in names:
@@ -156,8 +168,8 @@ def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, rep
         counted["cond_tiled"] = flops(lambda: tiled_decode(meta_dec, mlat, mimg, mmask, tile, overlap))
     for n, f in counted.items():
         results.setdefault(n, {})["flops"] = f
-    counted_as = {"tiled_device_state": "tiled"}
-    for n, ref in (("tiled", "full"), ("tiled_device_state", "full"), ("diffusers_tiled", "full"),
+    counted_as = {"tiled_device_state": "tiled", "tiled_budget": "tiled"}
+    for n, ref in (("tiled", "full"), ("tiled_device_state", "full"), ("tiled_budget", "full"), ("diffusers_tiled", "full"),
                    ("cond_tiled", "cond_full")):
         if n in results and counted_as.get(n, n) in counted:
             results[n]["flops"] = counted[counted_as.get(n, n)]
@@ -180,6 +192,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", type=int, default=64, help="latent pixels (8x image pixels)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--state-budget", type=float, default=0.15,
+                    help="CUDA: also run the tiled decode with state on the GPU up to this fraction of the full "
+                         "decode's peak, the rest in host memory (0: skip)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here (default: print it)")
     args = ap.parse_args(argv)
     dtype = DTYPES[args.dtype or ("fp16" if torch.device(args.device).type == "cuda" else "fp32")]
@@ -189,7 +204,7 @@ def main(argv=None) -> int:
         report["gpu"] = torch.cuda.get_device_name(args.device)
     for preset in args.presets:
         for size in args.sizes:
-            point = run_point(preset, size, args.tile, args.device, dtype, args.warmup, args.repeats)
+            point = run_point(preset, size, args.tile, args.device, dtype, args.warmup, args.repeats, args.state_budget)
             report["points"].append(point)
             summary = {n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
                            if k in ("psnr_db_vs_full", "flops_vs_full", "ms_vs_full", "peak_bytes_vs_full", "error")}

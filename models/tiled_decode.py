@@ -176,43 +176,67 @@ def _norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, stats) -> torch.Tensor
 
 
 # -- the state between segments ---------------------------------------------------------------------
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` alike (an index left out is the current device)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 class TileState:
     """Whole-image tensors of the values that cross a segment boundary, each tile writing its part.
 
-    Lives on ``device`` (by default host memory, pinned, when the decode runs on CUDA; else the decode's);
-    a value is freed after the last segment that reads it. ``bytes`` / ``peak_bytes``: what it
-    holds now / held at most (the host memory the tiled decode uses beyond the device's);
-    ``moved_bytes``: what the tiles wrote to it and read from it.
+    Each value lives on ``device`` (host memory by default, ``pin``-ned for fast copies to a GPU),
+    except that while the values kept on the decode's own device stay within ``device_bytes``, a new
+    one is kept there (no transfers; 0, the default, keeps everything on ``device``). A value is freed
+    after the last segment that reads it. ``bytes`` / ``peak_bytes``: what it holds on ``device`` now /
+    at most (the host memory the tiled decode uses beyond the device's); ``device_peak_bytes`` the
+    same for the decode's device; ``moved_bytes``: what went to and from ``device`` (the host <->
+    device traffic when the decode runs on a GPU).
     """
 
-    def __init__(self, device="cpu", pin: bool = False):
-        self.device, self.pin = torch.device(device), pin
+    def __init__(self, device="cpu", pin: bool = False, device_bytes: int = 0):
+        self.device, self.pin, self.device_bytes = torch.device(device), pin, device_bytes
         self.buffers: dict = {}
         self.bytes = self.peak_bytes = 0
-        self.moved_bytes = 0  # written + read: the host <-> device traffic when the state is in host memory
+        self.on_device = self.device_peak_bytes = 0
+        self.moved_bytes = 0
+
+    def _here(self, buf: torch.Tensor) -> bool:
+        return _same_device(buf.device, self.device)
 
     def read(self, node, s: int, wy, wx, device) -> torch.Tensor:
-        part = _crop(self.buffers[node], s, wy, wx, device)
-        self.moved_bytes += part.numel() * part.element_size()
+        buf = self.buffers[node]
+        part = _crop(buf, s, wy, wx, device)
+        if self._here(buf):
+            self.moved_bytes += part.numel() * part.element_size()
         return part
 
     def write(self, node, part: torch.Tensor, full_hw: tuple[int, int], at: tuple[int, int]) -> None:
         buf = self.buffers.get(node)
         if buf is None:
             nbytes = part.shape[0] * part.shape[1] * full_hw[0] * full_hw[1] * part.element_size()
-            self.bytes += nbytes  # counted before allocating: readers see the buffer as state at once
-            self.peak_bytes = max(self.peak_bytes, self.bytes)
-            pin = self.pin and self.device.type == "cpu"
-            buf = torch.empty(*part.shape[:2], *full_hw, dtype=part.dtype, device=self.device, pin_memory=pin)
+            if not _same_device(part.device, self.device) and self.on_device + nbytes <= self.device_bytes:
+                dev, pin = part.device, False
+                self.on_device += nbytes
+                self.device_peak_bytes = max(self.device_peak_bytes, self.on_device)
+            else:
+                dev, pin = self.device, self.pin and self.device.type == "cpu"
+                self.bytes += nbytes  # counted before allocating: readers see the buffer as state at once
+                self.peak_bytes = max(self.peak_bytes, self.bytes)
+            buf = torch.empty(*part.shape[:2], *full_hw, dtype=part.dtype, device=dev, pin_memory=pin)
             self.buffers[node] = buf
         y, x = at
         buf[:, :, y:y + part.shape[-2], x:x + part.shape[-1]].copy_(part)
-        self.moved_bytes += part.numel() * part.element_size()
+        if self._here(buf):
+            self.moved_bytes += part.numel() * part.element_size()
 
     def free(self, node) -> None:
         buf = self.buffers.pop(node, None)
         if buf is not None:
-            self.bytes -= buf.numel() * buf.element_size()
+            nbytes = buf.numel() * buf.element_size()
+            if self._here(buf):
+                self.bytes -= nbytes
+            else:
+                self.on_device -= nbytes
 
 
 # -- the up path tile by tile, segment by segment ---------------------------------------------------

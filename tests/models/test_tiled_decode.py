@@ -401,3 +401,21 @@ def test_ops_override_is_scoped_to_the_call_and_the_thread(dec):
     with torch.inference_mode():
         dec(lat, img, mask, tile=19)
     assert all(m._ops is TORCH_OPS for m in dec.modules() if hasattr(m, "_ops"))
+
+
+def test_state_within_a_device_budget_stays_on_the_device(dec):
+    """device_bytes: values are kept on the decode's device while they fit, the rest on ``device``; same result.
+    (Here both are CPU tensors; the state's own device is meta, so anything it holds there would not decode.)"""
+    from asymvq.models.tiled_decode import TileState, tiled_decode
+
+    lat, img, mask = make(20, 13)
+    with torch.inference_mode():
+        ref = tiled_decode(dec, lat, img, mask, 19, 4)
+        everything = TileState("meta", device_bytes=1 << 40)
+        torch.testing.assert_close(tiled_decode(dec, lat, img, mask, 19, 4, state=everything), ref, rtol=0, atol=0)
+    assert everything.peak_bytes == 0 and everything.moved_bytes == 0 and everything.device_peak_bytes > 0
+    assert everything.on_device == 0  # all freed
+    host = TileState("cpu")
+    with torch.inference_mode():
+        tiled_decode(dec, lat, img, mask, 19, 4, state=host)
+    assert host.device_peak_bytes == 0 and host.peak_bytes == everything.device_peak_bytes and host.moved_bytes > 0
