@@ -9,15 +9,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import TORCH_OPS
+from .ops import TORCH_OPS, TorchOps, active_ops
 
 EPS = 1e-6  # GroupNorm eps of every decoder norm (LDM / diffusers)
 
 
 class _UsesOps(nn.Module):
-    """A module that calls the decoder's swappable op table (set by the decoder)."""
+    """A module that calls the decoder's swappable op table (set by the decoder; a per-call
+    ``ops.ops_override`` takes precedence without changing it)."""
 
-    ops = TORCH_OPS
+    _ops: TorchOps = TORCH_OPS
+
+    @property
+    def ops(self) -> TorchOps:
+        return active_ops(self._ops)
+
+    @ops.setter
+    def ops(self, table: TorchOps) -> None:
+        self._ops = table
 
 
 class ResnetBlock(_UsesOps):

@@ -29,7 +29,7 @@ from .tiled_decode import decode_modes
 BLEND_POINTS = ((8, 4), (4, 3), (2, 2), (1, 1), (1, 0))
 
 
-class AsymmetricDecoder(nn.Module):
+class AsymmetricDecoder(_UsesOps):
     def __init__(self, config: DecoderConfig | str = "base"):
         super().__init__()
         if isinstance(config, str):
@@ -54,7 +54,7 @@ class AsymmetricDecoder(nn.Module):
         )
         self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
-        self.ops: TorchOps = TORCH_OPS
+        self.ops = TORCH_OPS
 
     # -- kernels -------------------------------------------------------------------------
     def set_ops(self, ops: TorchOps) -> "AsymmetricDecoder":
@@ -71,7 +71,7 @@ class AsymmetricDecoder(nn.Module):
 
     @property
     def kernels(self) -> str:
-        return self.ops.name
+        return self._ops.name
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, image: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
@@ -105,11 +105,20 @@ class AsymmetricDecoder(nn.Module):
 
     def decode_core(self, latents: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         """The traced graph: no input checks, no control flow on values. ``mask`` is 0/1 float, 1 channel."""
+        return self.decode_up(self.decode_head(latents), image, mask)
+
+    def decode_head(self, latents: torch.Tensor) -> torch.Tensor:
+        """post_quant_conv (where the VAE has one), conv_in and the mid block, at latent resolution: the
+        part with a global self-attention, which the tiled decode runs on the whole image."""
         if self.post_quant_conv is not None:
             latents = self.post_quant_conv(latents)
         h = self.conv_in(latents)
         h = self.mid_block(h)
-        h = h.to(self.up_blocks[0].resnets[0].conv1.weight.dtype)
+        return h.to(self.up_blocks[0].resnets[0].conv1.weight.dtype)
+
+    def decode_up(self, h: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """The up path from the mid block's output: convolutions, GroupNorms and blends only (no global
+        op), so the tiled decode can run it tile by tile, segment by segment (``tiled_decode``)."""
         if image is None:
             for up in self.up_blocks:
                 h = up(h)

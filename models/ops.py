@@ -4,8 +4,17 @@
 The Triton path (``asymvq.models.triton_ops``) overrides the same methods with fused
 kernels; the decoder's module tree and weights stay the same, so both load one checkpoint.
 ``asymvq.models.op_select`` picks the table by name.
+
+``ops_override(table)`` swaps the table for the calls made inside a ``with`` block, in this
+thread / context only (a ``ContextVar``): the tiled decode runs the decoder's one forward under
+a table of its own without mutating the live decoder, so a concurrent decode is unaffected.
+Compiled and exported graphs never see an override (``torch.compiler.is_compiling()``): they
+trace the decoder's own table.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -49,3 +58,23 @@ class TorchOps:
 
 
 TORCH_OPS = TorchOps()
+
+_OVERRIDE: ContextVar["TorchOps | None"] = ContextVar("asymvq_ops_override", default=None)
+
+
+@contextmanager
+def ops_override(ops: TorchOps):
+    """Route every ``_UsesOps`` module's ops through ``ops`` inside the block (this context only)."""
+    token = _OVERRIDE.set(ops)
+    try:
+        yield ops
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def active_ops(own: TorchOps) -> TorchOps:
+    """The table a module with ``own`` uses now: the context's override, else its own."""
+    if torch.compiler.is_compiling():  # dynamo cannot read a ContextVar; graphs take the own table
+        return own
+    override = _OVERRIDE.get()
+    return own if override is None else override

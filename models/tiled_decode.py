@@ -4,24 +4,25 @@ Two opt-in ways to run ``AsymmetricDecoder`` that ``forward`` / ``decode_scaled`
 when ``tile=`` or ``region=`` is given (docs/decoder.md, "Tiled and region decoding").
 
 Tiled (``tile=N, overlap=M``, latent pixels)
-    The mid block (two ResBlocks around a *global* self-attention over the H/8 latent) runs once
-    on the whole latent, exactly as in the full decode: it is cheap at latent resolution and
-    attention cannot be tiled exactly. Then the up path (where all the memory is) runs tile by
-    tile over N x N latent windows that step by N - M, each with its crop of the image and mask
-    for the condition branch. Neighbouring windows share M latent pixels: the outer M/2 of each
-    window is context for the receptive field, the inner part is output, cross-faded with the
-    neighbour over ``FEATHER`` latent pixels around the middle of the shared band.
+    ``decode_head`` (post_quant_conv, conv_in, the mid block with its *global* self-attention)
+    runs once on the whole latent, exactly as in the full decode: cheap at latent resolution, and
+    attention cannot be tiled exactly. The up path (where the memory is) is the decoder's own
+    ``decode_up``, traced and cut before every GroupNorm into segments (``tile_plan``). The latent
+    is partitioned into tiles (``spans``: windows of N stepping by N - M, each owning the part up
+    to the middle of the shared band), and each segment runs over every tile before the next one
+    starts: a tile reads its part plus the segment's halo (the context of that segment's convs,
+    1-2 latent pixels) from the whole-image values the previous segments wrote, and writes back
+    its part. So every layer runs once per tile, on little more than the tile.
 
     GroupNorm is what makes tiles disagree: a tile normalised by its own statistics is shifted in
-    tone against its neighbour. Here every GroupNorm of the up path is normalised with statistics
-    of the *whole image*: count, mean and M2 of its input over the part of the image each tile
-    owns (a partition), merged tile by tile with Chan's formula in float64. A norm's statistics
-    depend on every earlier norm's over the whole image, and a decoder normalised with slightly
-    wrong fixed statistics amplifies the error (measured: one statistics pass with per-tile
-    statistics, then an output pass, -7 dB; iterating diverged), so there is one statistics pass
-    per up-path norm (``norm_count``), pass j running each tile up to norm j only, then the output
-    pass. Memory stays bounded by the tile; the price is compute (docs/decoder.md). With the
-    default overlap (2 x ``receptive_halo``) the result equals the full decode to float rounding.
+    tone against its neighbour. Here every up-path norm uses the statistics of the *whole image*:
+    count, mean and M2 of its input over each tile's part (a partition), accumulated while the
+    previous segment writes them and merged with Chan's formula in float64; the norm that starts
+    the next segment normalises every tile with them. The result equals the full decode to float
+    rounding, for any overlap. Memory: the device holds one tile's working set plus the per-image
+    tensors (latents, mid block output, image, mask, output); the values between segments (a few
+    whole-image tensors: the norm's input, the ResBlock's residual, the condition features still
+    to blend) live in a ``TileState``, host memory by default (docs/decoder.md).
 
 Region (``region="mask", margin=K``, latent pixels)
     Decode only the bounding box of the mask (union over the batch), grown by K latent pixels
@@ -30,9 +31,9 @@ Region (``region="mask", margin=K``, latent pixels)
     image. Pixels outside the box are exactly the source (Pre_error 0 there by construction).
     An empty mask decodes nothing and returns the source image unchanged.
 
-Nothing here is traced or exported: ``decode_core`` stays the export graph. Only the torch
-path tiles (any ``ops`` table for the blends and the condition branch; GroupNorm+SiLU here is
-plain torch so that it can take outside statistics).
+Nothing here is exported: ``decode_core`` stays the export graph. Only the torch path tiles (the
+decoder's ``ops`` table runs the blends and the condition branch; GroupNorm+SiLU here is plain
+torch so that it can take outside statistics).
 """
 from __future__ import annotations
 
@@ -42,12 +43,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .condition import LAYER_STRIDE
+from .tile_plan import SCALE, Plan, blend_leaf, condition_leaf, norm_leaf, plan_up_path
 
-SCALE = 8  # image pixels per latent pixel
-# Latent pixels of cross-fade around the middle of the shared band. 0: a cut, exact when the
-# overlap covers the receptive field on both sides (2 x receptive_halo, the default).
-FEATHER = 0
+# Tiled mode: latent pixels shared by neighbouring tiles' windows. Any overlap is exact (each segment
+# reads its own halo, at most 2 latent pixels in these decoders); it only sets where the cuts fall.
+DEFAULT_OVERLAP = 4
 # Region mode: latent pixels of unmasked context around the mask's box (measured; docs/decoder.md).
 DEFAULT_MARGIN = 4
 REGIONS = ("mask",)
@@ -55,9 +55,10 @@ REGIONS = ("mask",)
 
 # -- arguments -----------------------------------------------------------------------------------
 def receptive_halo(config) -> int:
-    """Latent pixels of context a tile edge needs so that the pixels it keeps are exact.
+    """Latent pixels of context a window edge would need for the whole up path (a decode of a crop).
 
-    Counted back from an output pixel through the up path, in latent pixels (1 at H/8, 1/2 at
+    The tiled decode no longer crops that way (each segment reads its own halo, ``tile_plan``);
+    the number stays the floor of ``tile`` (2 x halo + 1), the tiled API's contract. Counted back from an output pixel through the up path, in latent pixels (1 at H/8, 1/2 at
     H/4, ...): 2 (L+1) 3x3 convs per level at H/8, H/4, H/2 and H (L = layers_per_block), the
     upsample convs at H/4, H/2 and H, and conv_out: 3.75 (L+1) + 1, rounded up. Measured as
     the distance beyond which a cropped decode equals the full one (tiny: 9 latent pixels,
@@ -71,20 +72,20 @@ def _is_int(v) -> bool:
 
 
 def check_tiling(tile, overlap, config) -> tuple[int, int]:
-    """(tile, overlap) validated; overlap defaults to 2 x the receptive halo (capped below the tile)."""
+    """(tile, overlap) validated; overlap defaults to ``DEFAULT_OVERLAP``."""
     halo = receptive_halo(config)
     min_tile = 2 * halo + 1
     if not _is_int(tile) or tile < min_tile:
         raise ValueError(
-            f"tile: expected an integer >= {min_tile} latent pixels for this decoder (its receptive field "
-            f"needs {halo} latent pixels of context on each side of a tile, plus output), got {tile!r}"
+            f"tile: expected an integer >= {min_tile} latent pixels for this decoder (2 x its up path's "
+            f"receptive field of {halo} latent pixels, plus 1), got {tile!r}"
         )
     if overlap is None:
-        overlap = 2 * halo
+        overlap = DEFAULT_OVERLAP
     if not _is_int(overlap) or overlap < 0 or overlap >= tile:
         raise ValueError(
             f"overlap: expected an integer in [0, tile) = [0, {tile}) latent pixels shared by neighbouring "
-            f"tiles (default {2 * halo}: the receptive field, exact), got {overlap!r}"
+            f"tiles (default {DEFAULT_OVERLAP}; any overlap is exact), got {overlap!r}"
         )
     return tile, overlap
 
@@ -127,29 +128,14 @@ def spans(size: int, tile: int, overlap: int) -> list[Span]:
     return [Span(s, s + tile, cuts[i], cuts[i + 1], i == 0, i == n - 1) for i, s in enumerate(starts)]
 
 
-def _ramp(span: Span, scale: int, feather: int, device, dtype) -> torch.Tensor:
-    """Weights along one axis at ``scale`` pixels per latent pixel: 1 on the owned part, linear
-    cross-fades of ``feather`` latent pixels centred on each cut; neighbours' weights sum to 1."""
-    n = (span.stop - span.start) * scale
-    x = torch.arange(n, device=device, dtype=torch.float64) + 0.5 + span.start * scale
-    w = torch.ones(n, device=device, dtype=torch.float64)
-    f = feather * scale
-    if not span.first:
-        c = span.own0 * scale
-        w = w * ((x - (c - f / 2)) / f).clamp(0, 1) if f else w * (x >= c)
-    if not span.last:
-        c = span.own1 * scale
-        w = w * (((c + f / 2) - x) / f).clamp(0, 1) if f else w * (x < c)
-    return w.to(dtype)
-
-
-# -- GroupNorm with outside statistics -----------------------------------------------------------
-class _Stop(Exception):
-    """Ends a tile's run at the norm whose statistics the pass collects."""
+# -- GroupNorm with image-wide statistics ------------------------------------------------------
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for half types and float32 (as torch's GroupNorm), float64 for float64."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class _Stats:
-    """One norm's (count, mean, M2) per (batch, group) in float64, merged tile by tile with Chan's formula."""
+    """One norm input's (count, mean, M2) per (batch, group) in float64, merged tile by tile with Chan's formula."""
 
     def __init__(self):
         self.n, self.mean, self.m2 = 0, None, None
@@ -159,7 +145,7 @@ class _Stats:
         n = xg.shape[-1]
         if n == 0:
             return
-        var, mean = torch.var_mean(xg.float(), dim=-1, correction=0)
+        var, mean = torch.var_mean(xg.to(_compute_dtype(x)), dim=-1, correction=0)
         mean, m2 = mean.double(), var.double() * n
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
@@ -175,127 +161,167 @@ class _Stats:
         return self.mean, self.m2 / self.n
 
 
-class _TileNorms:
-    """GroupNorm+SiLU for one tile: norm i < len(stats) normalises with the image-wide
-    ``stats[i]``; with ``collect``, norm len(stats) adds its input over the tile's owned part
-    to ``collect`` and stops the run. Without stats at all (``per_tile=True``) every norm uses
-    the tile's own statistics (diffusers' tiling; for comparison only)."""
-
-    def __init__(self, stats, collect: _Stats | None, owned: tuple[slice, slice], window: tuple[int, int],
-                 per_tile: bool = False):
-        self.stats, self.collect, self.owned, self.window, self.per_tile = stats, collect, owned, window, per_tile
-        self.i = 0
-
-    def __call__(self, x: torch.Tensor, norm: torch.nn.GroupNorm) -> torch.Tensor:
-        i, self.i = self.i, self.i + 1
-        b, c = x.shape[:2]
-        g = norm.num_groups
-        if self.collect is not None and i == len(self.stats):
-            s = x.shape[-2] // self.window[0]  # pixels per latent pixel at this level
-            ys, xs = self.owned
-            self.collect.add(x[:, :, ys.start * s:ys.stop * s, xs.start * s:xs.stop * s], g)
-            raise _Stop
-        xg = x.reshape(b, g, -1)
-        if self.per_tile:
-            var, mean = torch.var_mean(xg.float(), dim=-1, correction=0)
-        else:
-            mean, var = (t.float() for t in self.stats[i])
-        rstd = torch.rsqrt(var + norm.eps)
-        y = ((xg.float() - mean[..., None]) * rstd[..., None]).to(x.dtype).reshape(x.shape)
-        y = y * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1)
-        return F.silu(y)
+def _norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, stats) -> torch.Tensor:
+    """GroupNorm + SiLU of ``x`` with given (mean, var) per (batch, group); None: x's own (per tile)."""
+    b, c = x.shape[:2]
+    xg = x.reshape(b, norm.num_groups, -1).to(_compute_dtype(x))
+    if stats is None:
+        var, mean = torch.var_mean(xg, dim=-1, correction=0)
+    else:
+        mean, var = (t.to(x.device, xg.dtype) for t in stats)
+    rstd = torch.rsqrt(var + norm.eps)
+    y = ((xg - mean[..., None]) * rstd[..., None]).to(x.dtype).reshape(x.shape)
+    y = y * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1)
+    return F.silu(y)
 
 
-def norm_count(dec) -> int:
-    """GroupNorms on the up path (the ones tiling must synchronise): 2 per ResBlock, plus conv_norm_out."""
-    return 2 * sum(len(up.resnets) for up in dec.up_blocks) + 1
+# -- the state between segments ---------------------------------------------------------------------
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` alike (an index left out is the current device)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-# -- the up path of one tile ------------------------------------------------------------------------
-def _resnet(block, x, norm_silu):
-    h = block.conv1(norm_silu(x, block.norm1))
-    h = block.conv2(norm_silu(h, block.norm2))
-    if block.conv_shortcut is not None:
-        x = block.conv_shortcut(x)
-    return x + h
+class TileState:
+    """Whole-image tensors of the values that cross a segment boundary, each tile writing its part.
+
+    Each value lives on ``device`` (host memory by default, ``pin``-ned for fast copies to a GPU),
+    except that while the values kept on the decode's own device stay within ``device_bytes``, a new
+    one is kept there (no transfers; 0, the default, keeps everything on ``device``). A value is freed
+    after the last segment that reads it. ``bytes`` / ``peak_bytes``: what it holds on ``device`` now /
+    at most (the host memory the tiled decode uses beyond the device's); ``device_peak_bytes`` the
+    same for the decode's device; ``moved_bytes``: what went to and from ``device`` (the host <->
+    device traffic when the decode runs on a GPU).
+    """
+
+    def __init__(self, device="cpu", pin: bool = False, device_bytes: int = 0):
+        self.device, self.pin, self.device_bytes = torch.device(device), pin, device_bytes
+        self.buffers: dict = {}
+        self.bytes = self.peak_bytes = 0
+        self.on_device = self.device_peak_bytes = 0
+        self.moved_bytes = 0
+
+    def _here(self, buf: torch.Tensor) -> bool:
+        return _same_device(buf.device, self.device)
+
+    def read(self, node, s: int, wy, wx, device) -> torch.Tensor:
+        buf = self.buffers[node]
+        part = _crop(buf, s, wy, wx, device)
+        if self._here(buf):
+            self.moved_bytes += part.numel() * part.element_size()
+        return part
+
+    def write(self, node, part: torch.Tensor, full_hw: tuple[int, int], at: tuple[int, int]) -> None:
+        buf = self.buffers.get(node)
+        if buf is None:
+            nbytes = part.shape[0] * part.shape[1] * full_hw[0] * full_hw[1] * part.element_size()
+            if not _same_device(part.device, self.device) and self.on_device + nbytes <= self.device_bytes:
+                dev, pin = part.device, False
+                self.on_device += nbytes
+                self.device_peak_bytes = max(self.device_peak_bytes, self.on_device)
+            else:
+                dev, pin = self.device, self.pin and self.device.type == "cpu"
+                self.bytes += nbytes  # counted before allocating: readers see the buffer as state at once
+                self.peak_bytes = max(self.peak_bytes, self.bytes)
+            buf = torch.empty(*part.shape[:2], *full_hw, dtype=part.dtype, device=dev, pin_memory=pin)
+            self.buffers[node] = buf
+        y, x = at
+        buf[:, :, y:y + part.shape[-2], x:x + part.shape[-1]].copy_(part)
+        if self._here(buf):
+            self.moved_bytes += part.numel() * part.element_size()
+
+    def free(self, node) -> None:
+        buf = self.buffers.pop(node, None)
+        if buf is not None:
+            nbytes = buf.numel() * buf.element_size()
+            if self._here(buf):
+                self.bytes -= nbytes
+            else:
+                self.on_device -= nbytes
 
 
-def _up_path(dec, h, image, mask, norm_silu):
-    """``decode_core`` after the mid block, with ``norm_silu`` for every GroupNorm+SiLU (same order)."""
-    ops = dec.ops
-    feats = None
-    if image is not None:
-        h, feats = ops.condition_blend(dec.condition_encoder, image, mask, h)
-    for k, up in enumerate(dec.up_blocks):
-        for r in up.resnets:
-            h = _resnet(r, h, norm_silu)
-        if up.upsamplers is not None:
-            h = up.upsamplers[0](h)
-        if feats is not None and k < 3:  # decoder.BLEND_POINTS: condition layer 3 - k after level k
-            layer = 3 - k
-            stride = LAYER_STRIDE[layer]
-            h = ops.blend(h, feats[layer], dec.condition_encoder.level_mask(mask, stride))
-    if feats is not None:
-        h = ops.blend(h, feats[0], mask)
-    return dec.conv_out(norm_silu(h, dec.conv_norm_out))
+# -- the up path tile by tile, segment by segment ---------------------------------------------------
+def _run_node(node, env, plan: Plan, ops, stats, per_tile_norm):
+    args = torch.fx.node.map_arg(node.args, env.__getitem__)
+    kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
+    if node.op == "call_module":
+        return plan.root.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.target is norm_leaf:
+        return _norm_silu(args[0], plan.root.get_submodule(args[1]), None if per_tile_norm else stats[node.args[0]])
+    if node.target is blend_leaf:
+        return ops.blend(*args)
+    if node.target is condition_leaf:
+        name, image, mask, h = args
+        h, feats = ops.condition_blend(plan.root.get_submodule(name), image, mask, h)
+        return (h, *feats)
+    return node.target(*args, **kwargs)
 
 
-def _mid(dec, latents):
-    if dec.post_quant_conv is not None:
-        latents = dec.post_quant_conv(latents)
-    h = dec.conv_in(latents)
-    h = dec.mid_block(h)
-    return h.to(dec.up_blocks[0].resnets[0].conv1.weight.dtype)
+def _crop(t: torch.Tensor, s: int, wy, wx, device) -> torch.Tensor:
+    """Window (latent rows ``wy``, columns ``wx``) of a whole-image tensor at ``s`` pixels per latent pixel."""
+    return t[:, :, wy[0] * s:wy[1] * s, wx[0] * s:wx[1] * s].to(device, non_blocking=True)
 
 
-def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, feather: int = FEATHER,
-                 per_tile_norm: bool = False) -> torch.Tensor:
+def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile_norm: bool = False,
+                 state: TileState | None = None) -> torch.Tensor:
     """Decode VAE-space ``latents`` (checked) tile by tile; see the module doc.
 
-    One statistics pass per up-path GroupNorm (``norm_count``), each running every tile up to
-    that norm only, then the output pass. ``per_tile_norm=True`` skips them and normalises each
-    tile by itself (diffusers' tiling; kept to measure what the statistics buy).
+    The head (mid block) on the whole latent, then each segment of the up path (``tile_plan``) over
+    every tile before the next: each layer runs once per tile, on the tile's part plus the
+    segment's halo. ``per_tile_norm=True`` normalises each tile's window by itself (diffusers' way;
+    kept to measure what the statistics buy). ``state``: where the values between segments live
+    (default: host memory on CUDA, the decode's device otherwise); pass one to read its ``peak_bytes``.
     """
     B, _, h, w = latents.shape
     ys, xs = spans(h, tile, overlap), spans(w, tile, overlap)
     if len(ys) == len(xs) == 1:  # one tile is the whole image: the full decode, exactly
         return dec.decode_core(latents, image, mask)
-    hmid = _mid(dec, latents)
-    feather = min(feather, overlap // 2)
-    out_dtype = dec.conv_out.weight.dtype
+    plan = plan_up_path(dec, image is not None)
+    ops = dec._ops
+    if state is None:  # host memory on an accelerator; on the CPU (or meta, to count FLOPs) the same device
+        cuda = latents.device.type == "cuda"
+        state = TileState("cpu" if cuda else latents.device, pin=cuda)
+    inputs = dict(zip(plan.placeholders, (dec.decode_head(latents), image, mask)))
+    stats = {}
+    for node, groups in plan.norm_inputs.items():
+        if node in inputs:  # a placeholder (the mid block's output) is whole: its statistics directly
+            st = _Stats()
+            st.add(inputs[node], groups)
+            stats[node] = st.finish()
 
-    def crop(t, sy, sx, s):
-        if t is None:
-            return None
-        return t[:, :, sy.start * s:sy.stop * s, sx.start * s:sx.stop * s]
-
-    def run(stats, collect, sy, sx):
-        owned = (slice(sy.own0 - sy.start, sy.own1 - sy.start), slice(sx.own0 - sx.start, sx.own1 - sx.start))
-        norms = _TileNorms(stats, collect, owned, (sy.stop - sy.start, sx.stop - sx.start), per_tile=per_tile_norm)
-        return _up_path(dec, crop(hmid, sy, sx, 1), crop(image, sy, sx, SCALE), crop(mask, sy, sx, SCALE), norms)
-
-    stats: list = []
-    if not per_tile_norm:
-        for _ in range(norm_count(dec)):
-            collect = _Stats()
-            for sy in ys:
-                for sx in xs:
-                    try:
-                        run(stats, collect, sy, sx)
-                    except _Stop:
-                        pass
-            stats.append(collect.finish())
+    def window(a: Span, seg, size: int) -> tuple[int, int]:
+        """The tile's part [own0, own1) grown by the segment's halo, clipped to the latent."""
+        return max(a.own0 - seg.halo, 0), min(a.own1 + seg.halo, size)
 
     out = None
-    for sy in ys:
-        wy = _ramp(sy, SCALE, feather, latents.device, out_dtype)
-        for sx in xs:
-            t = run(stats, None, sy, sx)
-            if out is None:
-                out = t.new_zeros(t.shape[0], t.shape[1], SCALE * h, SCALE * w)
-            wx = _ramp(sx, SCALE, feather, latents.device, out_dtype)
-            y0, x0 = sy.start * SCALE, sx.start * SCALE
-            out[:, :, y0:y0 + t.shape[-2], x0:x0 + t.shape[-1]].addcmul_(t, wy.view(-1, 1) * wx.view(1, -1))
+    for k, seg in enumerate(plan.segments):
+        collect = {n: _Stats() for n in seg.outputs if n in plan.norm_inputs}
+        for sy in ys:
+            wy = window(sy, seg, h)
+            for sx in xs:
+                wx = window(sx, seg, w)
+                env = {a: _crop(inputs[a], int(plan.scale[a]), wy, wx, latents.device) if a in inputs
+                       else state.read(a, int(plan.scale[a]), wy, wx, latents.device) for a in seg.inputs}
+                for n in seg.nodes:
+                    env[n] = _run_node(n, env, plan, ops, stats, per_tile_norm)
+                for n in seg.outputs:
+                    s = int(plan.scale[n])
+                    oy, ox = (sy.own0 - wy[0]) * s, (sx.own0 - wx[0]) * s
+                    part = env[n][:, :, oy:oy + (sy.own1 - sy.own0) * s, ox:ox + (sx.own1 - sx.own0) * s]
+                    if n is plan.result:  # the image: on the decoder's device, not state
+                        if out is None:
+                            out = part.new_empty(*part.shape[:2], h * s, w * s)
+                        out[:, :, sy.own0 * s:sy.own1 * s, sx.own0 * s:sx.own1 * s] = part
+                        continue
+                    state.write(n, part, (h * s, w * s), (sy.own0 * s, sx.own0 * s))
+                    if n in collect:
+                        collect[n].add(part, plan.norm_inputs[n])
+                del env
+        stats.update({n: st.finish() for n, st in collect.items()})
+        for n in seg.inputs:
+            if plan.last_use.get(n) == k and n not in inputs:
+                state.free(n)
     return out
 
 

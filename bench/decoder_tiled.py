@@ -1,0 +1,223 @@
+"""Tiled decoding, ours against diffusers' own, against the full decode: time, peak memory, FLOPs, PSNR.
+
+For each preset and size, in one process and one run:
+
+- ``full``: our full decode (``decode_core``), the reference every PSNR is taken against;
+- ``tiled``: ours (``decoder(..., tile=N)``: each up-path layer once per tile, image-wide GroupNorm
+  statistics; the values between segments in host memory on CUDA, reported as ``host_state_bytes``,
+  with the PCIe traffic they cost, ``host_traffic_bytes_per_decode``); on CUDA also
+  ``tiled_device_state``: the same with the state kept on the GPU (no traffic, more device memory),
+  and ``tiled_budget``: state on the GPU up to ``--state-budget`` x the full decode's peak, the rest
+  in host memory;
+- ``diffusers_full`` / ``diffusers_tiled``: diffusers ``AutoencoderKL.decode`` without and with
+  ``enable_tiling()`` (tiles of N latent pixels, its default 25 % overlap, per-tile GroupNorm
+  statistics, seams cross-faded), on the same weights: the plain (no condition branch) decoder of
+  the preset's size, which is the one diffusers can tile;
+- with a condition branch (``base``, ``x1.5``, ``x2``, ``tiny``): ``cond_full`` / ``cond_tiled``,
+  ours with image and mask (diffusers' AsymmetricAutoencoderKL does not tile).
+
+Time: min / median of ``--repeats`` after ``--warmup`` (CUDA events on a GPU). Peak memory: CUDA max
+allocated (or the process's peak RSS on the CPU, which then includes the host state). FLOPs: counted
+on the meta device. Random seeded weights, random latents; PSNR over [-1, 1].
+
+    python bench/decoder_tiled.py --device cuda --presets vanilla base --sizes 1024 2048 --tile 64
+    python bench/decoder_tiled.py --device cpu --presets tiny --sizes 256 --tile 20 --warmup 0 --repeats 1  # a check
+
+Timings are only meaningful on a quiet machine (the load average is recorded). ``--out`` writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from bench_common import loadavg, package_versions, psnr, time_ms
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def plain_vae(config, seed: int):
+    """diffusers AutoencoderKL whose decoder has ``config``'s shape and no condition branch (encoder minimal)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=list(config.block_out_channels), layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups, latent_channels=config.latent_channels,
+    ).eval()
+
+
+def diffusers_tiling(vae, tile: int, on: bool) -> None:
+    if on:
+        vae.enable_tiling()
+        vae.tile_latent_min_size, vae.tile_sample_min_size = tile, 8 * tile
+    else:
+        vae.disable_tiling()
+
+
+def measure(fn, device, warmup: int, repeats: int) -> dict:
+    from asymvq.timing import PeakMemory
+
+    mem = PeakMemory(device)
+    try:
+        mem.reset()
+        with torch.inference_mode():
+            ms = time_ms(fn, device, warmup, repeats)
+            y = fn()
+        return {"ms": ms, **mem.measure(), "memory_kind": mem.kind, "out": y}
+    except torch.cuda.OutOfMemoryError as e:  # a full decode that does not fit is a result, not a crash
+        torch.cuda.empty_cache()
+        return {"error": f"out of memory: {str(e).splitlines()[0]}"}
+
+
+def flops(fn) -> int:
+    from asymvq.flops import count
+
+    return count(fn)["flops"]
+
+
+def run_point(preset: str, size: int, tile: int, device, dtype, warmup: int, repeats: int,
+              state_budget: float = 0.0) -> dict:
+    from asymvq.models.checkpoints import decoder_from_vae
+    from asymvq.models.config import preset_config
+    from asymvq.models.decoder import AsymmetricDecoder
+    from asymvq.models.sources import random_decoder
+    from asymvq.models.tiled_decode import TileState, check_tiling, spans, tiled_decode
+
+    config = preset_config(preset)
+    tile, overlap = check_tiling(tile, None, config)
+    h = size // 8
+    g = torch.Generator().manual_seed(1)
+    lat = torch.randn(1, config.latent_channels, h, h, generator=g).to(device, dtype)
+    point = {"preset": preset, "size": size, "tile": tile, "overlap": overlap,
+             "tiles": len(spans(h, tile, overlap)) ** 2, "methods": {}}
+
+    vae = plain_vae(config, seed=0).to(device, dtype)
+    plain = decoder_from_vae(vae)
+    state = TileState("cpu" if torch.device(device).type == "cuda" else device, pin=torch.device(device).type == "cuda")
+
+    def diffusers_decode(on):
+        diffusers_tiling(vae, tile, on)
+        # diffusers' tiled decode can overshoot the image when the tile does not fit its 25 % overlap
+        # (e.g. 32 latent pixels in tiles of 19: 260 pixels wide): cropped to the image
+        return lambda: vae.decode(lat, return_dict=False)[0][..., :size, :size]
+
+    methods = {
+        "full": lambda: plain.decode_core(lat, None, None),
+        "tiled": lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=state),
+        "diffusers_full": diffusers_decode(False),
+    }
+    dstate = None
+    if torch.device(device).type == "cuda":  # the other side of the trade: state on the GPU, no PCIe traffic
+        dstate = TileState(device)
+        methods["tiled_device_state"] = lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=dstate)
+    results = point["methods"]
+    for name, fn in methods.items():
+        results[name] = measure(fn, device, warmup, repeats)
+    if dstate is not None and state_budget and "peak_bytes" in results["full"]:
+        # in between: as much state on the GPU as --state-budget x the full decode's peak, the rest in host memory
+        bstate = TileState("cpu", pin=True, device_bytes=int(state_budget * results["full"]["peak_bytes"]))
+        results["tiled_budget"] = measure(lambda: tiled_decode(plain, lat, None, None, tile, overlap, state=bstate),
+                                          device, warmup, repeats)
+        results["tiled_budget"].update(state_budget=state_budget, host_state_bytes=bstate.peak_bytes,
+                                       device_state_bytes=bstate.device_peak_bytes,
+                                       host_traffic_bytes_per_decode=bstate.moved_bytes // max(warmup + repeats + 1, 1))
+    results["diffusers_tiled"] = measure(diffusers_decode(True), device, warmup, repeats)
+    results["tiled"]["host_state_bytes"] = state.peak_bytes
+    results["tiled"]["host_traffic_bytes_per_decode"] = state.moved_bytes // max(warmup + repeats + 1, 1)
+
+    if config.has_condition:
+        dec = random_decoder(preset).to(device, dtype).eval()
+        image = (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(device, dtype)
+        mask = torch.zeros(1, 1, size, size)
+        mask[..., size // 4 + 3: size * 3 // 4 - 5, size // 3 + 1: size * 5 // 6] = 1
+        mask = mask.to(device, dtype)
+        cstate = TileState(state.device, pin=state.pin)
+        results["cond_full"] = measure(lambda: dec.decode_core(lat, image, mask), device, warmup, repeats)
+        results["cond_tiled"] = measure(lambda: tiled_decode(dec, lat, image, mask, tile, overlap, state=cstate),
+                                        device, warmup, repeats)
+        results["cond_tiled"]["host_state_bytes"] = cstate.peak_bytes
+
+    for ref, names in (("full", ("tiled", "tiled_device_state", "tiled_budget", "diffusers_full", "diffusers_tiled")),
+                       ("cond_full", ("cond_tiled",))):
+        base = results.get(ref, {}).get("out")
+        for n in names:
+            y = results.get(n, {}).get("out")
+            if base is not None and y is not None:
+                results[n]["psnr_db_vs_full"] = psnr(y.float(), base.float(), 2.0)
+                results[n]["max_abs_vs_full"] = float((y.float() - base.float()).abs().max())
+
+    # FLOPs on the meta device (no weights, no memory): ours counted through the same code paths
+    with torch.device("meta"):
+        meta_plain = AsymmetricDecoder(plain.config).eval()
+        meta_vae = plain_vae(config, seed=0)
+        mlat = torch.empty(1, config.latent_channels, h, h)
+    counted = {"full": flops(lambda: meta_plain.decode_core(mlat, None, None)),
+               "tiled": flops(lambda: tiled_decode(meta_plain, mlat, None, None, tile, overlap))}
+    diffusers_tiling(meta_vae, tile, True)
+    counted["diffusers_tiled"] = flops(lambda: meta_vae.decode(mlat, return_dict=False))
+    if config.has_condition:
+        with torch.device("meta"):
+            meta_dec = AsymmetricDecoder(config).eval()
+            mimg, mmask = torch.empty(1, 3, size, size), torch.empty(1, 1, size, size)
+        counted["cond_full"] = flops(lambda: meta_dec.decode_core(mlat, mimg, mmask))
+        counted["cond_tiled"] = flops(lambda: tiled_decode(meta_dec, mlat, mimg, mmask, tile, overlap))
+    for n, f in counted.items():
+        results.setdefault(n, {})["flops"] = f
+    counted_as = {"tiled_device_state": "tiled", "tiled_budget": "tiled"}
+    for n, ref in (("tiled", "full"), ("tiled_device_state", "full"), ("tiled_budget", "full"), ("diffusers_tiled", "full"),
+                   ("cond_tiled", "cond_full")):
+        if n in results and counted_as.get(n, n) in counted:
+            results[n]["flops"] = counted[counted_as.get(n, n)]
+            results[n]["flops_vs_full"] = counted[counted_as.get(n, n)] / counted[ref]
+            for key in ("ms", "peak_bytes"):
+                a, b = results[n].get(key), results[ref].get(key)
+                if a is not None and b is not None:
+                    results[n][f"{key}_vs_full"] = (a["median"] / b["median"]) if key == "ms" else a / b
+    for r in results.values():
+        r.pop("out", None)
+    return point
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on the CPU")
+    ap.add_argument("--presets", nargs="+", default=["vanilla", "base"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[1024, 2048])
+    ap.add_argument("--tile", type=int, default=64, help="latent pixels (8x image pixels)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--state-budget", type=float, default=0.15,
+                    help="CUDA: also run the tiled decode with state on the GPU up to this fraction of the full "
+                         "decode's peak, the rest in host memory (0: skip)")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here (default: print it)")
+    args = ap.parse_args(argv)
+    dtype = DTYPES[args.dtype or ("fp16" if torch.device(args.device).type == "cuda" else "fp32")]
+    report = {"device": args.device, "dtype": str(dtype), "loadavg_before": loadavg(), "versions": package_versions(("torch", "diffusers")),
+              "points": []}
+    if torch.device(args.device).type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(args.device)
+    for preset in args.presets:
+        for size in args.sizes:
+            point = run_point(preset, size, args.tile, args.device, dtype, args.warmup, args.repeats, args.state_budget)
+            report["points"].append(point)
+            summary = {n: {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
+                           if k in ("psnr_db_vs_full", "flops_vs_full", "ms_vs_full", "peak_bytes_vs_full", "error")}
+                       for n, r in point["methods"].items()}
+            print(f"{preset} {size}: {json.dumps(summary)}", file=sys.stderr, flush=True)
+    report["loadavg_after"] = loadavg()
+    text = json.dumps(report, indent=1, default=str)
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
