@@ -227,7 +227,7 @@ install_step() {
     export PYTHONPATH="$SITE:$SHIM${PYTHONPATH:+:$PYTHONPATH}"
     "$PY" - <<'EOF'
 import importlib, sys
-import asymvq, asymvq.flops, asymvq.models, asymvq.engines, asymvq.export, asymvq.kernels
+import asymvq, asymvq.profiling.flops, asymvq.models, asymvq.engines, asymvq.export, asymvq.kernels
 print("asymvq from", asymvq.__file__)
 for name in ("torch", "triton", "diffusers", "transformers", "onnxruntime", "onnx"):
     try:

@@ -19,8 +19,8 @@ _EXPORTS = {
     "load_decoder": ".models.checkpoints",
     "save_decoder": ".models.checkpoints",
     "MissingExtraError": ".models.extras",
-    "preservation_error": ".metrics",
-    "InpaintPipeline": ".pipeline",
+    "preservation_error": ".pipeline.preservation",
+    "InpaintPipeline": ".pipeline.inpaint_pipeline",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

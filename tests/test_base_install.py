@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent('''
     PIL.Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp / "in.png")
     hole = np.zeros((32, 32), np.uint8); hole[8:24, 8:24] = 255
     PIL.Image.fromarray(hole).save(tmp / "hole.png")
-    from asymvq.latents_io import save_latents
+    from asymvq.pipeline.latents_io import save_latents
     save_latents(torch.randn(1, 4, 4, 4), tmp / "z.safetensors")
 
     out["profile"] = cli("profile", "--decoders", "tiny", "--steps", "1", "--warmup", "0", "--repeats", "1",

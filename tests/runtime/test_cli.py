@@ -10,7 +10,7 @@ import torch
 
 from asymvq import preservation_error, save_decoder
 from asymvq.cli import main, parse_size
-from asymvq.images import postprocess, prepare_image_and_mask
+from asymvq.pipeline.images import postprocess, prepare_image_and_mask
 
 from runtime_helpers import diffusers_pipeline, image_and_mask
 
@@ -44,7 +44,7 @@ def files(tmp_path_factory):
     PIL.Image.fromarray((mask * 255).astype(np.uint8)).save(root / "mask.png")
     PIL.Image.fromarray(np.zeros((48, 64), np.uint8)).save(root / "small_mask.png")
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    from asymvq.latents_io import save_latents
+    from asymvq.pipeline.latents_io import save_latents
 
     for suffix in (".pt", ".npy", ".safetensors"):
         save_latents(latents, root / f"latents{suffix}")

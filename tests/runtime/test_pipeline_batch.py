@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from asymvq.batching import batch_key, decode_jobs, denoise_jobs, finish_job
+from asymvq.serve.batching import batch_key, decode_jobs, denoise_jobs, finish_job
 
 
 def _job(seed: int, size: int = 32, **kw):
@@ -38,8 +38,8 @@ def test_a_batch_gives_each_job_its_image_alone(tiny_pipe, scheduler, strength):
         want = _alone(tiny_pipe, job)
         assert got.shape == want.shape == (1, 3, 32, 32)
         assert (got - want).abs().max() <= 1e-4, (got - want).abs().max()
-    # and the finished PNG + Pre_error equal asymvq.inpaint_run's (what `asymvq inpaint` / serve write)
-    from asymvq.inpaint_run import run_inpaint
+    # and the finished PNG + Pre_error equal asymvq.pipeline.inpaint_run's (what `asymvq inpaint` / serve write)
+    from asymvq.pipeline.inpaint_run import run_inpaint
 
     run = run_inpaint(tiny_pipe, jobs[0]["source"], jobs[0]["hole"], jobs[0]["prompt"], steps=4, strength=strength,
                       seed=3, scheduler=scheduler)

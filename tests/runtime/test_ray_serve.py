@@ -21,10 +21,10 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from asymvq.inpaint_run import run_inpaint  # noqa: E402
-from asymvq.ray_serve import RayServeConfig, build, ray_app  # noqa: E402
-from asymvq.server import create_app  # noqa: E402
-from asymvq.serving_metrics import parse_metrics  # noqa: E402
+from asymvq.pipeline.inpaint_run import run_inpaint  # noqa: E402
+from asymvq.serve.ray_serve import RayServeConfig, build, ray_app  # noqa: E402
+from asymvq.serve.server import create_app  # noqa: E402
+from asymvq.serve.metrics import parse_metrics  # noqa: E402
 
 LIMITS = dict(max_pixels=64 * 64, max_steps=20)
 SIZES = ((32, 32), (48, 32))  # (W, H): two sizes, never in one batch
@@ -112,7 +112,7 @@ def test_config_and_builder_check_their_arguments():
 
 
 def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
-    import asymvq.ray_serve as rs
+    import asymvq.serve.ray_serve as rs
     from asymvq.cli import main
 
     calls = []
@@ -137,7 +137,7 @@ def test_cli_without_the_ray_extra_says_which_extra(monkeypatch, capsys):
     real_import = builtins.__import__
 
     def no_ray(name, *args, **kwargs):
-        if name == "ray_serve" or name.startswith("ray"):
+        if name.endswith("ray_serve") or name.startswith("ray"):
             raise ImportError("No module named 'ray'")
         return real_import(name, *args, **kwargs)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .engines.contract import DECODER
-from .models.decoder import AsymmetricDecoder
+from ..engines.contract import DECODER
+from ..models.decoder import AsymmetricDecoder
 from .stages import SPAN_DECODE, pick_decoder
 
 DECODE_OPTION_KEYS = ("tile", "overlap", "region", "margin")

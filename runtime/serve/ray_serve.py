@@ -2,18 +2,18 @@
 
 The graph::
 
-    HTTP -> ingress (parse + check the form: asymvq.http_form; the FastAPI surface of asymvq.server)
+    HTTP -> ingress (parse + check the form: asymvq.serve.http_form; the FastAPI surface of asymvq.serve.server)
               -> denoise (CLIP, VAE encoder, UNet loop, scheduler; @serve.batch)
               -> decode  (asymmetric decoder with latents, image and mask, PNG, Pre_error; @serve.batch)
 
 Each stage replica builds its pipeline in its constructor from the same sources as ``asymvq serve``
-(``asymvq.cli.build_pipeline``: a preset, a diffusers folder + decoder, or an engines directory) and
+(``asymvq.cli.app.build_pipeline``: a preset, a diffusers folder + decoder, or an engines directory) and
 keeps only the engines its stage runs. Both stages batch with ``@serve.batch``: a batch is split into
-groups that can share one model call (``asymvq.batching.batch_key``: size, steps, scheduler, guidance
+groups that can share one model call (``asymvq.serve.batching.batch_key``: size, steps, scheduler, guidance
 on/off, strength, decoder); each job keeps its own seed, so its image equals the single-process one.
 
 ``ray_app(...)`` returns the Serve application (for ``serve.run``, ``serve run`` or KubeRay);
-``build(args)`` is the same as an application builder (``serve run asymvq.ray_serve:build preset=tiny``);
+``build(args)`` is the same as an application builder (``serve run asymvq.serve.ray_serve:build preset=tiny``);
 ``serve_forever(...)`` is what the CLI runs. Ray is imported here only (the ``ray`` extra).
 """
 from __future__ import annotations
@@ -32,18 +32,18 @@ import ray
 from ray import serve
 
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
-from .cli import build_pipeline
-from .engines.contract import DECODER_COMPONENTS
-from .models.devices import dtype_name, parse_device, parse_dtype
-from .models.sd_networks import PRESET_SHAPES, SD_PRESETS
-from .pipeline import InpaintPipeline
-from .pipeline_parts import random_decoder_engines
+from ..cli.app import build_pipeline
+from ..engines.contract import DECODER_COMPONENTS
+from ..models.devices import dtype_name, parse_device, parse_dtype
+from ..models.sd_networks import PRESET_SHAPES, SD_PRESETS
+from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.parts import random_decoder_engines
 from .server import JobResult, build_app
-from .serving_metrics import ServerMetrics
-from .stages import PipelineSpec
-from .timing import StageTimer
+from .metrics import ServerMetrics
+from ..pipeline.stages import PipelineSpec
+from ..profiling.timing import StageTimer
 
-log = logging.getLogger("asymvq.ray_serve")
+log = logging.getLogger("asymvq.serve.ray_serve")
 APP_NAME = "asymvq"
 
 
@@ -250,7 +250,7 @@ def _check(result: dict) -> dict:
 
 
 class Ingress:
-    """The HTTP surface of ``asymvq serve`` (``asymvq.server.build_app``) over the two stage deployments."""
+    """The HTTP surface of ``asymvq serve`` (``asymvq.serve.server.build_app``) over the two stage deployments."""
 
     def __init__(self, denoise, decode, cfg: RayServeConfig):
         self.denoise, self.decode, self.cfg = denoise, decode, cfg
@@ -335,7 +335,7 @@ def ray_app(config: RayServeConfig | None = None, **kwargs):
 
 
 def build(args: dict):
-    """Application builder for ``serve run asymvq.ray_serve:build key=value ...`` and RayService ``args``."""
+    """Application builder for ``serve run asymvq.serve.ray_serve:build key=value ...`` and RayService ``args``."""
     fields = {f.name: f for f in dataclasses.fields(RayServeConfig)}
     unknown = sorted(set(args) - set(fields))
     if unknown:

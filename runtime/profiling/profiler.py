@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .flops import count_job, probe_peak, project, scheduler_label, unet_label
-from .models.config import PRESET_ALIASES, PRESETS
-from .models.devices import parse_device, parse_dtype
-from .models.environment import package_versions
-from .pipeline import InpaintPipeline
-from .pipeline_parts import random_decoder_engines
-from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
+from ..models.config import PRESET_ALIASES, PRESETS
+from ..models.devices import parse_device, parse_dtype
+from ..models.environment import package_versions
+from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.parts import random_decoder_engines
+from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 from .timing import PeakMemory, StageTimer, summarize
 
 SCHEMA = "asymvq.profile/2"  # 2: FLOP accounting (flops, flop_accounting, peak, flop_table)
@@ -51,7 +51,7 @@ class ProfileConfig:
     nvtx: bool = False
     kernels: str = "torch"
     # Count every stage's FLOPs (meta device, seconds), probe the matmul peak at start-up and
-    # report achieved FLOP/s and the share of that peak per measured stage (asymvq.flops).
+    # report achieved FLOP/s and the share of that peak per measured stage (asymvq.profiling.flops).
     flops: bool = False
 
     def __post_init__(self):

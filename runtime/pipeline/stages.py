@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engines.contract import (
+from ..engines.contract import (
     COMPONENT_IO, DECODER, DECODER_COMPONENTS, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine,
 )
-from .models.latent_space import SD as SD_LATENTS
-from .models.latent_space import LatentSpace
+from ..models.latent_space import SD as SD_LATENTS
+from ..models.latent_space import LatentSpace
 
 # Span names, shared by the pipeline, the profiler and the JSON report.
 SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (

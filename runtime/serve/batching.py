@@ -1,6 +1,6 @@
 """Independent inpainting jobs run as one batch, each with its own seed: what a batching server needs.
 
-A *job* is the dict ``asymvq.http_form.parse_job`` returns (PIL ``source`` and ``hole``, ``prompt``,
+A *job* is the dict ``asymvq.serve.http_form.parse_job`` returns (PIL ``source`` and ``hole``, ``prompt``,
 ``negative_prompt``, ``steps``, ``guidance``, ``seed``, ``strength``, ``scheduler``). Jobs share a batch
 when ``batch_key`` says so: same size, steps, scheduler, guidance on/off, strength and decoder (what
 fixes the tensor shapes and the timesteps). Prompt, negative prompt, guidance value, seed, image and
@@ -17,9 +17,9 @@ from collections import defaultdict
 
 import torch
 
-from .images import postprocess
-from .inpaint_run import InpaintRun, finish_run
-from .pipeline import Denoised
+from ..pipeline.images import postprocess
+from ..pipeline.inpaint_run import InpaintRun, finish_run
+from ..pipeline.inpaint_pipeline import Denoised
 
 BATCH_FIELDS = ("size", "steps", "scheduler", "guidance on", "strength", "decoder")
 

@@ -1,6 +1,6 @@
 """One inpainting run from decoded images to output images and Pre_error.
 
-Shared by ``asymvq inpaint`` and the HTTP server (``asymvq.server``) so that both give the
+Shared by ``asymvq inpaint`` and the HTTP server (``asymvq.serve.server``) so that both give the
 same pixels and the same Pre_error for the same inputs and seed: the seeded CPU generator,
 the ``pt`` output and its conversion to PIL live here and nowhere else.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .images import postprocess, prepare_image_and_mask
-from .metrics import preservation_error
+from .preservation import preservation_error
 
 
 @dataclass

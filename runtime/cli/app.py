@@ -16,26 +16,26 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
-from .cli_export import register as _register_export
-from .decode_modes import as_cli_error, cli_decode_options
-from .engines.loader import BACKENDS
-from .engines.manifest import read_manifest
-from .images import load_image, postprocess, prepare_image_and_mask
-from .inpaint_run import check_same_size, run_inpaint
-from .latents_io import load_latents
-from .models import PRESETS
-from .models.checkpoints import load_decoder
-from .models.config import PRESET_ALIASES
-from .models.devices import DTYPES, parse_device, parse_dtype
-from .models.extras import missing_extra
-from .models.sd_networks import SD_PRESETS
-from .models.sources import random_decoder
-from .pipeline import InpaintPipeline
-from .profiler import ProfileConfig, default_config, flop_table_job, flops_only_report
-from .profiler import profile as run_profile
-from .report import format_flops_only, format_table, write_json
-from .report import plot as draw
-from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
+from .export import register as _register_export
+from ..pipeline.decode_modes import as_cli_error, cli_decode_options
+from ..engines.loader import BACKENDS
+from ..engines.manifest import read_manifest
+from ..pipeline.images import load_image, postprocess, prepare_image_and_mask
+from ..pipeline.inpaint_run import check_same_size, run_inpaint
+from ..pipeline.latents_io import load_latents
+from ..models import PRESETS
+from ..models.checkpoints import load_decoder
+from ..models.config import PRESET_ALIASES
+from ..models.devices import DTYPES, parse_device, parse_dtype
+from ..models.extras import missing_extra
+from ..models.sd_networks import SD_PRESETS
+from ..models.sources import random_decoder
+from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..profiling.profiler import ProfileConfig, default_config, flop_table_job, flops_only_report
+from ..profiling.profiler import profile as run_profile
+from ..profiling.report import format_flops_only, format_table, write_json
+from ..profiling.report import plot as draw
+from ..pipeline.schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
 app = typer.Typer(
     name="asymvq",
@@ -366,7 +366,7 @@ def serve(
     try:
         import uvicorn  # defers the server extra
 
-        from .server import create_app  # defers the server extra (fastapi)
+        from ..serve.server import create_app  # defers the server extra (fastapi)
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
@@ -380,9 +380,9 @@ def serve(
 
 
 def _serve_ray(opts: dict) -> None:
-    """``asymvq serve --ray``: the same HTTP API on Ray Serve (asymvq.ray_serve)."""
+    """``asymvq serve --ray``: the same HTTP API on Ray Serve (asymvq.serve.ray_serve)."""
     try:
-        from .ray_serve import RayServeConfig, serve_forever  # defers the ray extra
+        from ..serve.ray_serve import RayServeConfig, serve_forever  # defers the ray extra
     except ImportError as e:
         raise missing_extra("ray", "asymvq serve --ray", e) from None
     names = ("preset", "model", "decoder", "engines", "backend", "precision", "scheduler", "device", "dtype", "denoise_replicas",

@@ -21,7 +21,7 @@ one prompt, one source image and mask, ``batch`` images per prompt:
   the real scheduler on the latents (one FLOP per output element of each pointwise op);
 - ``Decoder <name>``: one decode of ``batch`` latents with the source image and mask.
 
-    from asymvq.flops import count_job
+    from asymvq.profiling.flops import count_job
     job = count_job("sd15", 512, 512, decoders=("vanilla", "x1.5"), steps=50)
     job["flops"]["Decoder x1.5"] / 1e12        # 8.12 TFLOP
 """
@@ -38,12 +38,12 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .models.component_modules import VaeEncoderComponent
-from .models.config import preset_config
-from .models.decoder import AsymmetricDecoder
-from .models.sd_networks import PRESET_SHAPES, SCHEDULER_CONFIG, build_text_encoder, build_unet, build_vae
-from .pipeline import _step_kwargs
-from .schedulers import make_scheduler
+from ..models.component_modules import VaeEncoderComponent
+from ..models.config import preset_config
+from ..models.decoder import AsymmetricDecoder
+from ..models.sd_networks import PRESET_SHAPES, SCHEDULER_CONFIG, build_text_encoder, build_unet, build_vae
+from ..pipeline.inpaint_pipeline import _step_kwargs
+from ..pipeline.schedulers import make_scheduler
 
 METHOD = ("torch.utils.flop_counter.FlopCounterMode on the meta device (no weights); matmul and convolution "
           "FLOPs, 1 multiply-add = 2 FLOP; attention counted explicitly as 4*B*heads*Lq*Lk*d; elementwise ops "

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from .engines.contract import UNET, precision_dtype
-from .engines.loader import load_engine_dir, load_scheduler_config, load_tokenizer
-from .engines.manifest import ManifestError, manifest_latent_space, read_manifest
-from .engines.torch_engine import torch_decoder_engines, torch_engines
-from .models import AsymmetricDecoder
-from .models import sd_networks as sd
-from .models.checkpoints import decoder_from_vae, load_decoder
-from .models.devices import parse_device, parse_dtype
-from .models.latent_space import LatentSpace
-from .models.sources import load_sd_networks, random_decoder
+from ..engines.contract import UNET, precision_dtype
+from ..engines.loader import load_engine_dir, load_scheduler_config, load_tokenizer
+from ..engines.manifest import ManifestError, manifest_latent_space, read_manifest
+from ..engines.torch_engine import torch_decoder_engines, torch_engines
+from ..models import AsymmetricDecoder
+from ..models import sd_networks as sd
+from ..models.checkpoints import decoder_from_vae, load_decoder
+from ..models.devices import parse_device, parse_dtype
+from ..models.latent_space import LatentSpace
+from ..models.sources import load_sd_networks, random_decoder
 from .schedulers import copy_scheduler, make_scheduler, switch_scheduler
 from .stages import PipelineSpec
 
@@ -89,7 +89,7 @@ def diffusers_parts(pipe, *, decoder=None, scheduler: str | None = None, compile
 
     The decoder is the pipeline's VAE decoder unless ``decoder`` (a path ``load_decoder``
     reads, or an ``AsymmetricDecoder``) replaces it. The scheduler keeps every config value the
-    pipeline's has, including values patched after construction (see ``asymvq.schedulers``).
+    pipeline's has, including values patched after construction (see ``asymvq.pipeline.schedulers``).
     """
     for name in ("unet", "vae", "scheduler"):
         if getattr(pipe, name, None) is None:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import pipeline_parts
-from .engines.contract import TEXT_ENCODER, UNET, VAE_ENCODER
+from . import parts as pipeline_parts
+from ..engines.contract import TEXT_ENCODER, UNET, VAE_ENCODER
 from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
@@ -124,7 +124,7 @@ class InpaintPipeline:
         ``SCHEDULERS``; default: the pipeline's) and ``timer`` (a ``StageTimer`` that records every
         stage). The call changes no attribute of the pipeline. ``decode_options``: tiled and/or region
         decoding, ``{"tile": N, "overlap": M, "region": "mask", "margin": K}`` (latent pixels; torch
-        decoder engines only, see ``asymvq.decode_modes`` and docs/decoder.md).
+        decoder engines only, see ``asymvq.pipeline.decode_modes`` and docs/decoder.md).
 
         A batch of independent jobs (what a server batches): ``prompt``, ``image``, ``mask_image``
         and ``negative_prompt`` as lists, ``generator`` a list with one generator per image (as in
@@ -226,7 +226,7 @@ class InpaintPipeline:
     def _vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
         """Sample the VAE posterior with the caller's generator (as diffusers), in diffusion space
         (``(x - shift_factor) * scaling_factor``)."""
-        # diffusers on first use, not at import (see asymvq.schedulers): the same draws as diffusers'
+        # diffusers on first use, not at import (see asymvq.pipeline.schedulers): the same draws as diffusers'
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         moments = self.stages.vae_encode(pixels.to(device=self.spec.device, dtype=self.spec.dtype), timer)
@@ -242,7 +242,7 @@ class InpaintPipeline:
         fresh scheduler and the timesteps; 5. draw the initial latents; 6. encode the masked image;
         7. run the UNet loop.
         """
-        from diffusers.utils.torch_utils import randn_tensor  # on first use, see asymvq.schedulers
+        from diffusers.utils.torch_utils import randn_tensor  # on first use, see asymvq.pipeline.schedulers
 
         spec, timer = self.spec, timer or NULL_TIMER
         # 1. arguments
