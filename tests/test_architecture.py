@@ -164,3 +164,84 @@ def test_cpp_host_table_is_the_vocabulary():
     names = lambda s: tuple(re.findall(r'"(\w+)"', s))  # noqa: E731
     got = {c: (names(i), names(o)) for c, i, o in rows}
     assert got == {c.name: (c.input_names, c.output_names) for c in VOCABULARY.values()}
+
+
+def _module_files() -> dict[str, Path]:
+    """Every module of the package by dotted name, as setuptools' package-dir lays it out."""
+    files = {}
+    for folder, prefix in [("runtime", "asymvq"), *((f, f"asymvq.{n}") for f, n in SUBPACKAGES.items())]:
+        for f in (ROOT / folder).rglob("*.py"):
+            parts = f.relative_to(ROOT / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            files[".".join((prefix, *parts))] = f
+    return files
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (at module level or in a function), resolved like Python."""
+    files = _module_files()
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([base] if base else [])])
+                # `from pkg import mod` imports the module pkg.mod when there is one
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:  # `import asymvq.engines.loader` -> that module
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    """No module of asymvq imports itself back through others (docs/architecture.md's table)."""
+    graph = _import_graph()
+    assert "asymvq.pipeline.source" in graph["asymvq.serve.ray_serve"]  # the graph sees the rooms' imports
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -20,6 +20,7 @@ _EXPORTS = {
     "SCHEDULERS": ".schedulers",
     "SCHEDULER_ALIASES": ".schedulers",
     "make_scheduler": ".schedulers",
+    "PipelineSource": ".source",
 }
 __all__ = sorted(_EXPORTS)
 

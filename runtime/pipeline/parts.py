@@ -106,13 +106,16 @@ def diffusers_parts(pipe, *, decoder=None, scheduler: str | None = None, compile
 
 
 def folder_parts(sd_dir, *, decoder=None, dtype="fp32", device="cpu", scheduler: str = "ddim",
-                 compile: bool = False) -> dict:
+                 compile: bool = False, kernels: str = "torch") -> dict:
     """A local diffusers-format SD (inpainting) folder: unet/, vae/ (its encoder; its decoder too
-    unless ``decoder`` is given), text_encoder/ and tokenizer/ (optional), scheduler/ (optional)."""
+    unless ``decoder`` is given), text_encoder/ and tokenizer/ (optional), scheduler/ (optional).
+    ``kernels``: the decoder's, torch or triton."""
     dtype, device = parse_dtype(dtype), parse_device(device)
     nets = load_sd_networks(sd_dir, dtype=dtype)
     unet, vae, text_encoder = nets["unet"], nets["vae"], nets["text_encoder"]
     dec = _resolve_decoder(decoder, dtype=dtype, device=device) if decoder is not None else decoder_from_vae(vae)
+    if kernels != "torch":
+        dec.set_kernels(kernels)
     vae.decoder = None  # ours decodes; keep only the encoder's memory
     engines = torch_engines(unet=unet.to(device), vae_encoder_source=vae.to(device),
                             text_encoder=None if text_encoder is None else text_encoder.to(device),

@@ -31,7 +31,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .http_form import RequestError, parse_form, parse_job
 from ..pipeline.inpaint_run import run_inpaint
 from ..models.devices import dtype_name
+from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.source import PipelineSource
 from .metrics import ServerMetrics
 from ..profiling.timing import StageTimer
 
@@ -96,9 +98,13 @@ class _Runner:
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = 32 << 20,
                max_queue: int = 8, source: str | None = None) -> FastAPI:
-    """A FastAPI app serving ``pipeline`` (an ``InpaintPipeline``, or a no-argument callable that builds one,
-    called here so a bad model fails before the port opens). ``source`` is what ``/healthz`` reports."""
-    pipe = pipeline if isinstance(pipeline, InpaintPipeline) else pipeline()
+    """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
+    model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
+    one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
+    if isinstance(pipeline, PipelineSource):
+        source, pipe = source or pipeline.label, pipeline.build()
+    else:
+        pipe = pipeline if isinstance(pipeline, InpaintPipeline) else pipeline()
     if not isinstance(pipe, InpaintPipeline):
         raise ValueError(f"pipeline: expected an InpaintPipeline or a callable returning one, got {type(pipe).__name__}")
     if not pipe.spec.inpainting:
@@ -122,8 +128,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        check_int(value, name)
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread

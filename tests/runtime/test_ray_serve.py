@@ -22,6 +22,7 @@ import ray  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from asymvq.pipeline.inpaint_run import run_inpaint  # noqa: E402
+from asymvq.pipeline.source import PipelineSource  # noqa: E402
 from asymvq.serve.ray_serve import RayServeConfig, build, ray_app  # noqa: E402
 from asymvq.serve.server import create_app  # noqa: E402
 from asymvq.serve.metrics import parse_metrics  # noqa: E402
@@ -100,7 +101,10 @@ def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_g
 
 
 def test_config_and_builder_check_their_arguments():
-    assert RayServeConfig().preset == "tiny" and RayServeConfig(model="sd").preset is None
+    assert RayServeConfig().source.preset == "tiny" and RayServeConfig.from_options(model="sd").source.preset is None
+    assert RayServeConfig.from_options(model="sd").source == PipelineSource(model="sd")  # one source, one set of rules
+    with pytest.raises(ValueError, match="--preset: give either --preset or --model"):
+        RayServeConfig.from_options(preset="tiny", model="sd")
     with pytest.raises(ValueError, match="--max-batch: expected a positive integer, got 0"):
         RayServeConfig(max_batch=0)
     with pytest.raises(ValueError, match="--gpus-per-decode: expected a number >= 0"):
@@ -122,7 +126,7 @@ def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
               "0.5", "--address", "auto"])
     assert (exc.value.code or 0) == 0, capsys.readouterr().err
     cfg, kw = calls[0]
-    assert (cfg.preset, cfg.decode_replicas, cfg.max_batch, cfg.gpus_per_decode) == ("tiny", 2, 4, 0.5)
+    assert (cfg.source.preset, cfg.decode_replicas, cfg.max_batch, cfg.gpus_per_decode) == ("tiny", 2, 4, 0.5)
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8124 and kw["address"] == "auto"
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--address", "auto"])
