@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 
-def check_int(value, name: str, *, minimum: int = 1) -> int:
-    """``value`` when it is an int (not a bool) >= ``minimum``; a ValueError naming ``name`` otherwise."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+def check_int(value, name: str, *, minimum: int | None = None) -> int:
+    """``value`` when it is an int (not a bool) >= ``minimum`` (default 1, "a positive integer"); a
+    ValueError naming ``name`` otherwise."""
+    lowest = 1 if minimum is None else minimum
+    if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+        expected = "a positive integer" if minimum is None else f"an integer >= {minimum}"
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return value

@@ -20,13 +20,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import parts as pipeline_parts
-from ..engines.contract import TEXT_ENCODER, UNET, VAE_ENCODER
+from ..engines.contract import COMPONENTS, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER, capabilities
+from .checks import check_int
 from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
     SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler, switch_scheduler,
 )
-from .stages import NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder
+from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
+    DENOISE_COMPONENTS, NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder,
+)
 
 
 @dataclass
@@ -46,43 +49,73 @@ class Denoised:
 
 class InpaintPipeline:
     """SD inpainting / text-to-image over ``{component: Engine}``; see ``from_preset``,
-    ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines."""
+    ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines.
 
-    def __init__(self, engines: dict, *, scheduler, spec: PipelineSpec, tokenizer=None):
+    ``components`` builds a pipeline of a subset: ``DENOISE_COMPONENTS`` runs ``denoise`` only,
+    ``DECODER_COMPONENTS`` ``decode`` only (what the Ray Serve stages hold; each constructor takes it)."""
+
+    def __init__(self, engines: dict, *, scheduler, spec: PipelineSpec, tokenizer=None, components=None):
         """``engines``: ``{component: Engine}``; ``scheduler``: the default diffusers scheduler (a
-        fresh copy runs each call); ``spec``: what the orchestration must know about the networks."""
+        fresh copy runs each call); ``spec``: what the orchestration must know about the networks;
+        ``components``: the component names this pipeline keeps (default: all, and it must run both halves)."""
+        if components is not None:
+            components = tuple(components)
+            unknown = sorted(set(components) - set(COMPONENTS))
+            if unknown:
+                raise ValueError(f"components: unknown {unknown}, expected names among {list(COMPONENTS)}")
+            engines = {k: v for k, v in engines.items() if k in components}
         self.stages = Stages(engines)
         self.spec = spec
         self.tokenizer = tokenizer
+        self.whole = components is None
+        self.components = tuple(self.stages.engines) if self.whole else components
         if scheduler is None or not hasattr(scheduler, "config"):
             raise ValueError(f"scheduler: expected a diffusers scheduler, got {type(scheduler).__name__}")
         self.scheduler = scheduler
-        if spec.inpainting and not self.stages.has(VAE_ENCODER):
-            raise ValueError("engines: an inpainting pipeline (9-channel UNet) needs a 'vae-encoder' engine")
-        if not self.stages.decoders():
+        if not (self.denoises or self.decodes):
+            raise ValueError(f"components: expected {UNET!r} (to denoise) and/or decoder components among them, "
+                             f"got {list(self.components)}")
+        if self.denoises:
+            if not self.stages.has(UNET):
+                raise ValueError(f"engines: a {UNET!r} engine is required")
+            if spec.inpainting and not self.stages.has(VAE_ENCODER):
+                raise ValueError("engines: an inpainting pipeline (9-channel UNet) needs a 'vae-encoder' engine")
+        if self.decodes and not self.stages.decoders():
             raise ValueError("engines: a 'decoder' and/or 'decoder-plain' engine is required")
+
+    @property
+    def denoises(self) -> bool:
+        """Whether this pipeline runs the diffusion half: a whole one, or a subset with the UNet."""
+        return self.whole or UNET in self.components
+
+    @property
+    def decodes(self) -> bool:
+        """Whether this pipeline runs the decoder: a whole one, or a subset with a decoder."""
+        return self.whole or any(c in self.components for c in DECODER_COMPONENTS)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset: str = "tiny", **kwargs) -> "InpaintPipeline":
+    def from_preset(cls, preset: str = "tiny", *, components=None, **kwargs) -> "InpaintPipeline":
         """Seeded random components, no files: "tiny" (tests) or "sd15" (real SD 1.5 shapes)."""
-        return cls(**pipeline_parts.preset_parts(preset, **kwargs))
+        return cls(**pipeline_parts.preset_parts(preset, components=components, **kwargs), components=components)
 
     @classmethod
-    def from_pretrained(cls, sd_dir, decoder=None, **kwargs) -> "InpaintPipeline":
+    def from_pretrained(cls, sd_dir, decoder=None, *, components=None, **kwargs) -> "InpaintPipeline":
         """A local diffusers-format SD (inpainting) folder; ``decoder``: any checkpoint ``load_decoder`` reads."""
-        return cls(**pipeline_parts.folder_parts(sd_dir, decoder=decoder, **kwargs))
+        return cls(**pipeline_parts.folder_parts(sd_dir, decoder=decoder, **kwargs), components=components)
 
     @classmethod
-    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "ddim", **engine_options) -> "InpaintPipeline":
+    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "ddim", components=None,
+                     **engine_options) -> "InpaintPipeline":
         """An engines directory written by ``asymvq export`` (ONNX Runtime, TensorRT, AOTInductor or torch engines)."""
         return cls(**pipeline_parts.engines_dir_parts(engines_dir, device=device, backend=backend, scheduler=scheduler,
-                                                      **engine_options))
+                                                      components=components, **engine_options),
+                   components=components)
 
     @classmethod
-    def from_diffusers(cls, pipe, decoder=None, **kwargs) -> "InpaintPipeline":
+    def from_diffusers(cls, pipe, decoder=None, *, components=None, **kwargs) -> "InpaintPipeline":
         """Take over a diffusers SD (inpainting) pipeline's networks; its VAE decoder becomes ours."""
-        return cls(**pipeline_parts.diffusers_parts(pipe, decoder=decoder, **kwargs))
+        return cls(**pipeline_parts.diffusers_parts(pipe, decoder=decoder, **kwargs), components=components)
 
     def set_scheduler(self, name: str) -> "InpaintPipeline":
         """Make "ddim", "pndm", "euler" or "dpm++" the default, with the same noise schedule.
@@ -146,6 +179,9 @@ class InpaintPipeline:
                decode_options: dict | None = None) -> torch.Tensor:
         """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some.
         ``decode_options``: tiled / region decoding (torch decoder engines only)."""
+        if decoder is None and not self.decodes:
+            raise ValueError(f"decoder: this pipeline holds only {list(self.components)}; pass decoder engines "
+                             "or build it with the decoder components")
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
         latent = self.spec.latent_space.to_vae(denoised.latents)
         options = check_decode_options(decode_options)
@@ -203,14 +239,9 @@ class InpaintPipeline:
         return self.stages.text_encode(ids.to(self.spec.device), timer)
 
     def _embed_dim(self) -> int | None:
-        """The UNet's text-embedding width, where its engine tells it (input spec or diffusers config)."""
+        """The UNet's text-embedding width, where its engine states it (``capabilities().static_dims``)."""
         engine = self.stages.engines.get(UNET)
-        spec = getattr(engine, "inputs", {}).get("encoder_hidden_states") if isinstance(getattr(engine, "inputs", None), dict) else None
-        if spec is not None and isinstance(spec.dims[-1], int):
-            return spec.dims[-1]
-        unet = getattr(getattr(engine, "module", None), "unet", None)
-        dim = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
-        return dim if isinstance(dim, int) else None
+        return None if engine is None else capabilities(engine).static_dims.get("text_dim")
 
     def _check_embeds(self, embeds, arg: str) -> torch.Tensor:
         """Any float dtype (cast to the pipeline's later); B, tokens, dim >= 1; finite."""
@@ -246,9 +277,11 @@ class InpaintPipeline:
 
         spec, timer = self.spec, timer or NULL_TIMER
         # 1. arguments
+        if not self.denoises:
+            raise ValueError(f"denoise: this pipeline holds only {list(self.components)} (it decodes); build it with "
+                             f"the {UNET!r} component to denoise")
         for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(value, name)
         if not _is_number(strength) or not 0.0 < strength <= 1.0:
             raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
         if not _is_number(eta) or not 0.0 <= eta <= 1.0:  # DDIM's variance goes negative (NaN) past 1

@@ -97,14 +97,15 @@ class PipelineSource:
             options["threads"] = self.threads
         return options
 
-    def build(self) -> InpaintPipeline:
-        """The pipeline this source describes."""
+    def build(self, components=None) -> InpaintPipeline:
+        """The pipeline this source describes; ``components``: only those (``DENOISE_COMPONENTS`` or
+        ``DECODER_COMPONENTS``: what a Ray Serve stage holds), built or loaded alone where the source allows."""
         if self.preset is not None:
             return InpaintPipeline.from_preset(self.preset, device=self.device, dtype=self.dtype,
-                                               scheduler=self.scheduler, kernels=self.kernels)
+                                               scheduler=self.scheduler, kernels=self.kernels, components=components)
         if self.engines is not None:
             return InpaintPipeline.from_engines(Path(self.engines), device=self.device, scheduler=self.scheduler,
-                                                **self.engine_options())
+                                                components=components, **self.engine_options())
         return InpaintPipeline.from_pretrained(Path(self.model), decoder=None if self.decoder is None else Path(self.decoder),
                                                device=self.device, dtype=self.dtype, scheduler=self.scheduler,
-                                               kernels=self.kernels)
+                                               kernels=self.kernels, components=components)

@@ -20,6 +20,9 @@ from ..engines.contract import (
 from ..models.latent_space import SD as SD_LATENTS
 from ..models.latent_space import LatentSpace
 
+# The components of each half: a pipeline built from one of these runs denoise() or decode() only.
+DENOISE_COMPONENTS = tuple(c for c in COMPONENT_IO if c not in DECODER_COMPONENTS)
+
 # Span names, shared by the pipeline, the profiler and the JSON report.
 SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (
     "text_encode", "vae_encode", "unet_step", "scheduler_step", "decode",
@@ -94,8 +97,6 @@ class Stages:
         unknown = sorted(set(engines) - set(COMPONENT_IO))
         if unknown:
             raise ValueError(f"engines: unknown components {unknown}, expected keys among {sorted(COMPONENT_IO)}")
-        if UNET not in engines:
-            raise ValueError(f"engines: a {UNET!r} engine is required")
         for name, engine in engines.items():
             _check_engine(name, engine)
         self.engines = dict(engines)
@@ -120,7 +121,9 @@ class Stages:
 
     def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         # No span here: the pipeline times the UNet together with the guidance mix.
-        engine = self.engines[UNET]
+        engine = self.engines.get(UNET)
+        if engine is None:
+            raise ValueError(f"this pipeline has no {UNET!r} engine")
         out = engine(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
         return out[engine.output_names[0]]
 

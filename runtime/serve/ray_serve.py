@@ -32,15 +32,13 @@ from ray import serve
 
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
 from ..engines.contract import DECODER_COMPONENTS
-from ..models.devices import dtype_name, parse_device, parse_dtype
-from ..models.sd_networks import PRESET_SHAPES, SD_PRESETS
+from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
-from ..pipeline.parts import random_decoder_engines
 from ..pipeline.source import PipelineSource
 from .server import JobResult, build_app
 from .metrics import ServerMetrics
-from ..pipeline.stages import PipelineSpec
+from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 
 log = logging.getLogger("asymvq.serve.ray_serve")
@@ -88,40 +86,13 @@ class RayServeConfig:
 
 
 # -- the stages ---------------------------------------------------------------------------------
-class _DecoderOnly:
-    """What the decode stage uses of a pipeline (``spec``, ``stages.decoders()``, ``decode``), for a preset:
-    the preset's own seeded decoder without building the UNet and encoders it would drop anyway."""
-
-    def __init__(self, cfg: RayServeConfig):
-        if cfg.source.preset not in SD_PRESETS:
-            raise ValueError(f"preset must be one of {list(SD_PRESETS)}, got {cfg.source.preset!r}")
-        shapes = PRESET_SHAPES[cfg.source.preset]
-        name = shapes["decoder_preset"]  # preset_parts' default decoder, same seed (0): the same weights
-        self.engines = random_decoder_engines([name], dtype=cfg.source.dtype, device=cfg.source.device)[name]
-        self.spec = PipelineSpec(unet_in_channels=9, latent_space=shapes["latent_space"],
-                                 sample_size=shapes["latent_size"], dtype=parse_dtype(cfg.source.dtype),
-                                 device=parse_device(cfg.source.device))
-        self.stages = self
-
-    def decoders(self) -> dict:
-        return dict(self.engines)
-
-    def decode(self, denoised, decoder=None, timer=None):
-        return InpaintPipeline.decode(self, denoised, decoder=decoder, timer=timer)
-
-
-def _stage_pipeline(cfg: RayServeConfig, keep_decoders: bool, threads: float):
-    """The pipeline ``asymvq serve`` would build, holding only this stage's engines."""
+def _stage_pipeline(cfg: RayServeConfig, components: tuple[str, ...], threads: float) -> InpaintPipeline:
+    """The pipeline ``asymvq serve`` would build, of this stage's components only (a preset builds only
+    those networks, an engines directory loads only those engines)."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
-    if keep_decoders and cfg.source.preset is not None:
-        return _DecoderOnly(cfg)
-    pipe = cfg.source.build()
-    engines = pipe.stages.engines  # this replica's own pipeline: drop what the other stage runs
-    for name in [n for n in engines if (n in DECODER_COMPONENTS) != keep_decoders]:
-        del engines[name]
-    return pipe
+    return cfg.source.build(components=components)
 
 
 def _node() -> str:
@@ -175,7 +146,7 @@ class DenoiseStage:
 
     def __init__(self, cfg: RayServeConfig):
         self.cfg = cfg
-        self.pipe = _stage_pipeline(cfg, keep_decoders=False, threads=cfg.cpus_per_denoise)
+        self.pipe = _stage_pipeline(cfg, DENOISE_COMPONENTS, threads=cfg.cpus_per_denoise)
         self.node = _node()
         _configure_batching(self.run_batch, cfg)
 
@@ -204,7 +175,7 @@ class DecodeStage:
 
     def __init__(self, cfg: RayServeConfig):
         self.cfg = cfg
-        self.pipe = _stage_pipeline(cfg, keep_decoders=True, threads=cfg.cpus_per_decode)
+        self.pipe = _stage_pipeline(cfg, DECODER_COMPONENTS, threads=cfg.cpus_per_decode)
         self.node = _node()
         _configure_batching(self.run_batch, cfg)
 

@@ -61,3 +61,18 @@ def test_build_gives_the_pipeline_the_constructor_gives():
     run = lambda p: p("a cat", image, mask, num_inference_steps=2, generator=torch.Generator().manual_seed(3),  # noqa: E731
                       output_type="pt").images
     assert torch.equal(run(built), run(direct))
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.0, "3", None])
+def test_one_integer_check_refuses_bools_everywhere(value, tiny_pipe):
+    """The server's limits, Ray's config, the profile config and the pipeline's steps share check_int."""
+    from asymvq.pipeline.checks import check_int
+    from asymvq.profiling.profiler import ProfileConfig
+
+    with pytest.raises(ValueError, match=r"^x: expected a positive integer, got "):
+        check_int(value, "x")
+    with pytest.raises(ValueError, match=r"^steps: expected an integer >= 1, got "):
+        ProfileConfig(steps=value)
+    with pytest.raises(ValueError, match=r"^num_inference_steps: expected a positive integer, got "):
+        tiny_pipe.denoise("a", torch.rand(1, 3, 32, 32), torch.ones(1, 1, 32, 32), num_inference_steps=value)
+    assert check_int(3, "x") == 3 and check_int(0, "x", minimum=0) == 0

@@ -175,6 +175,8 @@ def test_create_app_rejects_what_it_cannot_serve(pipe):
         create_app(lambda: "not a pipeline")
     with pytest.raises(ValueError, match="max_pixels: expected a positive integer"):
         create_app(lambda: pipe, max_pixels=0)
+    with pytest.raises(ValueError, match="max_steps: expected a positive integer, got True"):  # a bool is no count
+        create_app(lambda: pipe, max_steps=True)
 
 
 def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
