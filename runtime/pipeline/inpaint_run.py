@@ -1,8 +1,10 @@
-"""One inpainting run from decoded images to output images and Pre_error.
+"""One inpainting run, from PIL source and mask to output images and Pre_error.
 
-Shared by ``asymvq inpaint`` and the HTTP server (``asymvq.serve.server``) so that both give the
-same pixels and the same Pre_error for the same inputs and seed: the seeded CPU generator,
-the ``pt`` output and its conversion to PIL live here and nowhere else.
+Shared by ``asymvq inpaint``, the HTTP server (``asymvq.serve.server``) and the Ray Serve decode stage
+so that all give the same pixels and the same Pre_error for the same inputs and seed: the seeded CPU
+generator, the decoded image's way to PIL and the Pre_error live here and nowhere else. Each request's
+source is prepared once (by ``denoise``: ``Denoised.image`` and ``.mask`` are what Pre_error compares
+with) and the image goes from the decoder's [-1, 1] to PIL directly, with no [0, 1] round trip.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .images import postprocess, prepare_image_and_mask
+from .images import postprocess
 from .preservation import preservation_error
 
 
@@ -34,21 +36,24 @@ def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps:
     """Inpaint PIL ``source`` where PIL ``hole`` is white; noise from ``torch.Generator().manual_seed(seed)``.
 
     The generator is a CPU one whatever the device, so a seed gives the same noise on every machine
-    (what ``InpaintPipeline`` callers get when they pass the same generator).
+    (what ``InpaintPipeline`` callers get when they pass the same generator). The source is prepared
+    once (by ``denoise``) and the decoded image stays in [-1, 1] until it becomes PIL.
     """
     check_same_size(source, hole, mask_arg)
-    result = pipe(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
-                  guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
-                  output_type="pt", scheduler=scheduler, timer=timer, progress=progress, decode_options=decode_options)
-    return finish_run(result.images, source, hole)
+    denoised = pipe.denoise(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
+                            guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
+                            scheduler=scheduler, timer=timer, progress=progress)
+    return finish_run(pipe.decode(denoised, timer=timer, decode_options=decode_options), denoised)
 
 
-def finish_run(images, source, hole) -> InpaintRun:
-    """The pipeline's ``pt`` output (B, 3, H, W) in [0, 1] -> PIL images and Pre_error against PIL ``source``/``hole``
-    (also what the Ray Serve decode stage does with each job of a batch)."""
-    pil = postprocess(images * 2 - 1, "pil")
-    # Pre_error on the exact tensor the images come from: how well the kept region survived decoding.
-    pixels, hole_t, _, _ = prepare_image_and_mask(source, hole, None, None)
-    errors = preservation_error(images.float().cpu() * 2 - 1, pixels, hole_t)
+def finish_run(sample: torch.Tensor, denoised) -> InpaintRun:
+    """The decoder's output (B, 3, H, W) in [-1, 1] -> PIL images and Pre_error against the source and mask
+    the pipeline prepared (``denoised.image`` / ``.mask``; also what the Ray Serve decode stage does with
+    each job of a batch)."""
+    pil = postprocess(sample, "pil")
+    # Pre_error on the pixels the images hold (clamped to [-1, 1], before 8-bit rounding): how well the
+    # kept region survived decoding.
+    output = sample.float().cpu().clamp(-1.0, 1.0)
+    errors = preservation_error(output, denoised.image.float().cpu(), denoised.mask.float().cpu())
     pre_error = float(errors.mean()) if errors.numel() else math.nan
     return InpaintRun(images=pil, pre_error=pre_error)

@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..models.component_modules import VaeEncoderComponent
 from ..models.config import preset_config
@@ -54,9 +53,17 @@ METHOD = ("torch.utils.flop_counter.FlopCounterMode on the meta device (no weigh
 GPU_PEAKS = {"H100 SXM": 989e12, "H200": 989e12, "A100 80GB": 312e12}
 
 
+def _flop_counter():
+    """``torch.utils.flop_counter``, imported on the first count: it imports torch._inductor, which imports
+    triton when installed, and ``import asymvq`` / ``asymvq --help`` must load no optional toolchain."""
+    import torch.utils.flop_counter
+
+    return torch.utils.flop_counter
+
+
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     """The CPU flash-attention kernel: the same FLOPs as the math path (QK^T and P @ V)."""
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+    return _flop_counter().sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 ATTENTION_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
@@ -96,7 +103,7 @@ def count(fn, *args, attention: bool = True, **kwargs) -> dict:
 
     ``attention=False`` counts the same call with every SDPA replaced by a free stand-in.
     """
-    counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS)
+    counter = _flop_counter().FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS)
     attn = _Attention(skip=not attention)
     with torch.no_grad(), counter, attn:
         fn(*args, **kwargs)

@@ -166,8 +166,7 @@ class DenoiseStage:
         timer = StageTimer(self.pipe.spec.device)
         denoised = denoise_jobs(self.pipe, jobs, timer)
         stages = _stages_ms(timer)
-        return [dict(denoised=d, source=j["source"], hole=j["hole"], stages=stages, batch=len(jobs), node=self.node)
-                for d, j in zip(denoised, jobs)]
+        return [dict(denoised=d, stages=stages, batch=len(jobs), node=self.node) for d in denoised]
 
 
 class DecodeStage:
@@ -196,7 +195,7 @@ class DecodeStage:
         stages = _stages_ms(timer)
         out = []
         for it, image in zip(items, images):
-            run = finish_job(image, it)
+            run = finish_job(image, it["denoised"])
             buf = io.BytesIO()
             run.images[0].save(buf, format="PNG")
             out.append(dict(png=buf.getvalue(), pre_error=run.pre_error, stages=stages, batch=len(items), node=self.node))
