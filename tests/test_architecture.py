@@ -245,3 +245,13 @@ def test_no_import_cycles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_room_is_a_package_of_the_wheel():
+    """setuptools installs only the packages pyproject lists: a room missing there is missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    rooms = {f"asymvq.{d.name}" for d in (ROOT / "runtime").iterdir() if (d / "__init__.py").is_file()}
+    assert rooms and rooms <= listed, sorted(rooms - listed)
+    assert {f"asymvq.{name}" for name in SUBPACKAGES.values()} <= listed

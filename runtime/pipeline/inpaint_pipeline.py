@@ -13,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import inspect
-import math
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import parts as pipeline_parts
 from ..engines.contract import COMPONENTS, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER, capabilities
-from .checks import check_int
+from . import parts as pipeline_parts
+from .checks import check_generators, check_guidance, check_int, is_number
 from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
@@ -277,23 +275,7 @@ class InpaintPipeline:
 
         spec, timer = self.spec, timer or NULL_TIMER
         # 1. arguments
-        if not self.denoises:
-            raise ValueError(f"denoise: this pipeline holds only {list(self.components)} (it decodes); build it with "
-                             f"the {UNET!r} component to denoise")
-        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
-            check_int(value, name)
-        if not _is_number(strength) or not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
-        if not _is_number(eta) or not 0.0 <= eta <= 1.0:  # DDIM's variance goes negative (NaN) past 1
-            raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
-        inpaint = image is not None or mask_image is not None
-        if inpaint and not spec.inpainting:
-            raise ValueError("image / mask_image: this pipeline's UNet has 4 input channels (text-to-image); "
-                             "inpainting needs a 9-channel SD inpainting UNet")
-        if not inpaint and spec.inpainting:
-            raise ValueError("image / mask_image: required, this is an inpainting pipeline (9-channel UNet)")
-        if not inpaint and strength != 1.0:
-            raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
+        inpaint = self._check_denoise(image, mask_image, num_inference_steps, num_images_per_prompt, strength, eta)
 
         # 2. image and mask
         if inpaint:
@@ -305,14 +287,14 @@ class InpaintPipeline:
             pixels = mask = None
 
         # 3. prompts
-        guidance, do_cfg = _guidance(guidance_scale)
+        guidance, do_cfg = check_guidance(guidance_scale)
         embeds = self.encode_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                     num_images_per_prompt, do_cfg, timer)
         batch = embeds.shape[0] // (2 if do_cfg else 1)
         if inpaint and pixels.shape[0] not in (1, batch) and batch % pixels.shape[0]:
             raise ValueError(f"image: expected batch 1 or a divisor of {batch} (prompts x images per prompt), "
                              f"got batch {pixels.shape[0]}")
-        generator = _check_generators(generator, batch, spec.device)
+        generator = check_generators(generator, batch, spec.device)
         if isinstance(guidance, list):
             if len(guidance) * num_images_per_prompt != batch:
                 raise ValueError(f"guidance_scale: expected a number or one per prompt ({batch // num_images_per_prompt}), "
@@ -366,6 +348,28 @@ class InpaintPipeline:
         cond = [x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in (pixels, mask)]
         return Denoised(latents, *(x.to(device=spec.device, dtype=spec.dtype) for x in cond))
 
+    def _check_denoise(self, image, mask_image, num_inference_steps, num_images_per_prompt, strength, eta) -> bool:
+        """``denoise``'s scalar arguments and the kind of run (inpainting or not) against the pipeline; returns
+        whether it inpaints."""
+        if not self.denoises:
+            raise ValueError(f"denoise: this pipeline holds only {list(self.components)} (it decodes); build it with "
+                             f"the {UNET!r} component to denoise")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+            check_int(value, name)
+        if not is_number(strength) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
+        if not is_number(eta) or not 0.0 <= eta <= 1.0:  # DDIM's variance goes negative (NaN) past 1
+            raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
+        inpaint = image is not None or mask_image is not None
+        if inpaint and not self.spec.inpainting:
+            raise ValueError("image / mask_image: this pipeline's UNet has 4 input channels (text-to-image); "
+                             "inpainting needs a 9-channel SD inpainting UNet")
+        if not inpaint and self.spec.inpainting:
+            raise ValueError("image / mask_image: required, this is an inpainting pipeline (9-channel UNet)")
+        if not inpaint and strength != 1.0:
+            raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
+        return inpaint
+
     def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, timer, progress):
         stages = self.stages
         for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
@@ -383,40 +387,6 @@ class InpaintPipeline:
             with timer.span(SPAN_SCHEDULER):
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
         return latents
-
-
-def _is_number(x) -> bool:
-    """A finite real number (Python or numpy scalar), not a bool."""
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
-
-
-def _guidance(guidance_scale):
-    """(scale or list of scales, guidance on?); a batch shares on/off: the UNet batch doubles for all or none."""
-    if not isinstance(guidance_scale, (list, tuple)):
-        if not _is_number(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale: expected a finite number >= 0 (or one per prompt), got {guidance_scale!r}")
-        return float(guidance_scale), guidance_scale > 1.0
-    values = list(guidance_scale)
-    if not values or not all(_is_number(g) and g >= 0 for g in values):
-        raise ValueError(f"guidance_scale: expected a finite number >= 0 or a non-empty list of them, got {guidance_scale!r}")
-    if len({g > 1.0 for g in values}) > 1:
-        raise ValueError(f"guidance_scale: expected all values > 1 (guidance on) or all <= 1 (off) in one batch, "
-                         f"got {values}")
-    return [float(g) for g in values], values[0] > 1.0
-
-
-def _check_generators(generator, batch: int, device: torch.device | None = None):
-    """None, one generator, or a list with one per image (diffusers' convention); each on the CPU
-    (noise drawn there and moved: the same on every machine) or on the pipeline's device."""
-    gens = list(generator) if isinstance(generator, (list, tuple)) else [] if generator is None else [generator]
-    if isinstance(generator, (list, tuple)) and len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
-        kinds = f"{len(gens)} items" if isinstance(generator, (list, tuple)) else type(generator).__name__
-        raise ValueError(f"generator: expected a torch.Generator or a list of {batch} (one per image), got {kinds}")
-    for g in gens:
-        if device is not None and g.device.type != "cpu" and g.device != device:
-            raise ValueError(f"generator: expected a generator on the CPU or on the pipeline's device {device}, "
-                             f"got one on {g.device}")
-    return gens if isinstance(generator, (list, tuple)) else generator
 
 
 def _step_kwargs(scheduler, generator, eta: float) -> dict:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engines.loader import BACKENDS
-from .checks import check_int
 from ..models.sd_networks import SD_PRESETS
+from .checks import check_int
 from .inpaint_pipeline import InpaintPipeline
 
 OPENVINO_PRECISIONS = ("fp32", "bf16")

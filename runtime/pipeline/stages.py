@@ -9,7 +9,6 @@ the pipeline, so concurrent calls never share one).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +18,7 @@ from ..engines.contract import (
 )
 from ..models.latent_space import SD as SD_LATENTS
 from ..models.latent_space import LatentSpace
+from ..profiling.timing import NULL_TIMER
 
 # The components of each half: a pipeline built from one of these runs denoise() or decode() only.
 DENOISE_COMPONENTS = tuple(c for c in COMPONENT_IO if c not in DECODER_COMPONENTS)
@@ -59,16 +59,6 @@ class PipelineSpec:
     @property
     def vae_scale_factor(self) -> int:
         return self.latent_space.vae_scale_factor
-
-
-class NullTimer:
-    """The timer of a call nobody profiles: spans cost nothing."""
-
-    def span(self, name: str):
-        return contextlib.nullcontext()
-
-
-NULL_TIMER = NullTimer()
 
 
 def _check_engine(name: str, engine) -> None:

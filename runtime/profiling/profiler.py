@@ -16,7 +16,6 @@ import torch
 
 from .. import __version__
 from ..engines.contract import capabilities
-from .flops import count_job, probe_peak, project, scheduler_label, unet_label
 from ..models.config import PRESET_ALIASES, PRESETS
 from ..models.devices import parse_device, parse_dtype
 from ..models.environment import package_versions
@@ -24,6 +23,7 @@ from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
 from ..pipeline.parts import random_decoder_engines
 from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
+from .flops import count_job, probe_peak, project, scheduler_label, unet_label
 from .timing import PeakMemory, StageTimer, summarize
 
 SCHEMA = "asymvq.profile/2"  # 2: FLOP accounting (flops, flop_accounting, peak, flop_table)

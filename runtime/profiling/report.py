@@ -5,8 +5,8 @@ import json
 import math
 from pathlib import Path
 
-from .profiler import SPAN_DIFFUSION
 from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
+from .profiler import SPAN_DIFFUSION
 
 WIDTHS = (26, 16, 16, 14, 12, 14, 9)  # the last three: FLOP columns (--flops)
 SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))

@@ -18,8 +18,8 @@ from collections import defaultdict
 
 import torch
 
-from ..pipeline.inpaint_run import InpaintRun, finish_run
 from ..pipeline.inpaint_pipeline import Denoised
+from ..pipeline.inpaint_run import InpaintRun, finish_run
 
 BATCH_FIELDS = ("size", "steps", "scheduler", "guidance on", "strength", "decoder")
 

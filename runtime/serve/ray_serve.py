@@ -30,16 +30,16 @@ from dataclasses import dataclass, field
 import ray
 from ray import serve
 
-from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
 from ..engines.contract import DECODER_COMPONENTS
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
 from ..pipeline.source import PipelineSource
-from .server import JobResult, build_app
-from .metrics import ServerMetrics
 from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
+from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
+from .metrics import ServerMetrics
+from .server import JobResult, build_app
 
 log = logging.getLogger("asymvq.serve.ray_serve")
 APP_NAME = "asymvq"

@@ -28,14 +28,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .http_form import RequestError, parse_form, parse_job
-from ..pipeline.inpaint_run import run_inpaint
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.inpaint_run import run_inpaint
 from ..pipeline.source import PipelineSource
-from .metrics import ServerMetrics
 from ..profiling.timing import StageTimer
+from .http_form import RequestError, parse_form, parse_job
+from .metrics import ServerMetrics
 
 log = logging.getLogger("asymvq.serve.server")
 
