@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from asymvq.flops import count_decoder, probe_peak
-from asymvq.profiler import cpu_name
+from asymvq.profiling.flops import count_decoder, probe_peak
+from asymvq.profiling.profiler import cpu_name
 from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 HERE = Path(__file__).parent

@@ -3,7 +3,7 @@ torch.compile of the torch path; same weights, same inputs, side by side in one 
 
 Timings: CUDA events around each decode after warm-up, one synchronisation per measurement
 (perf_counter on a CPU); min / median / p90 in ms, peak memory, achieved TFLOP/s from the counted
-FLOPs (asymvq.flops), max |diff| of each variant against kernels="torch". The JSON is rewritten
+FLOPs (asymvq.profiling.flops), max |diff| of each variant against kernels="torch". The JSON is rewritten
 after every variant, so a run cut short keeps what it measured.
 
     python bench/decoder_gpu.py --out bench/results/gpu/decoder-x1.5.json          # x1.5, 512x512, fp16, CUDA
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     args = _args(argv)
     import torch
 
-    from asymvq.flops import count_decoder
+    from asymvq.profiling.flops import count_decoder
     from asymvq.models.devices import parse_device, parse_dtype
     from asymvq.models.sources import random_decoder
 

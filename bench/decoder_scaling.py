@@ -9,7 +9,7 @@ ones take minutes on this CPU); each preset runs in its own process with glibc's
 at 64 KiB, so freed tensors leave the RSS and the peak of each point (VmHWM, reset per point,
 minus the RSS before it) is that point's own. Points whose FLOPs predict more time than the budget
 has left are skipped and listed; the FLOPs (torch.utils.flop_counter on the meta device, via
-asymvq.flops) are counted for every planned size, measured or not, and the full decode's memory
+asymvq.profiling.flops) are counted for every planned size, measured or not, and the full decode's memory
 beyond the measured sizes comes from a fitted line ``peak = a + b * pixels * batch``.
 """
 from __future__ import annotations
@@ -66,12 +66,12 @@ def centred_mask(size: int, area: float) -> torch.Tensor:
 
 # -- one preset, in its own process ------------------------------------------------------------------
 def worker(preset: str, budget_s: float, rate: float) -> dict:
-    from asymvq.flops import count
+    from asymvq.profiling.flops import count
     from asymvq.models.config import preset_config
     from asymvq.models.decoder import AsymmetricDecoder
     from asymvq.models.sources import random_decoder
     from asymvq.models.tiled_decode import DEFAULT_MARGIN, check_tiling, mask_box, receptive_halo
-    from asymvq.timing import PeakMemory
+    from asymvq.profiling.timing import PeakMemory
 
     t_start = time.perf_counter()
     torch.manual_seed(0)

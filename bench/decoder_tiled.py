@@ -60,7 +60,7 @@ def diffusers_tiling(vae, tile: int, on: bool) -> None:
 
 
 def measure(fn, device, warmup: int, repeats: int) -> dict:
-    from asymvq.timing import PeakMemory
+    from asymvq.profiling.timing import PeakMemory
 
     mem = PeakMemory(device)
     try:
@@ -75,7 +75,7 @@ def measure(fn, device, warmup: int, repeats: int) -> dict:
 
 
 def flops(fn) -> int:
-    from asymvq.flops import count
+    from asymvq.profiling.flops import count
 
     return count(fn)["flops"]
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from asymvq.profiler import cpu_name
+from asymvq.profiling.profiler import cpu_name
 from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 HERE = Path(__file__).parent
@@ -181,8 +181,8 @@ def main() -> None:
 
     from asymvq.models import sd_networks as sd
     from asymvq.pipeline import InpaintPipeline
-    from asymvq.schedulers import make_scheduler
-    from asymvq.stages import PipelineSpec
+    from asymvq.pipeline.schedulers import make_scheduler
+    from asymvq.pipeline.stages import PipelineSpec
 
     pipe = build_diffusers(args.seed, args.decoder)
     modules = component_modules(pipe, args.decoder)

@@ -77,7 +77,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx, numpy as np, PIL.Image, ray
 from ray import serve
 
-from asymvq.ray_serve import ray_app
+from asymvq.serve.ray_serve import ray_app
 
 head_ip, n = sys.argv[1], int(sys.argv[2])
 ray.init(address=f"{head_ip}:6379", log_to_driver=False)

@@ -87,7 +87,7 @@ class Server:
         self.startup_s = time.monotonic() - t0
 
     def metrics(self) -> dict:
-        from asymvq.serving_metrics import parse_metrics
+        from asymvq.serve.metrics import parse_metrics
 
         return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=30).text)
 

@@ -10,22 +10,21 @@ from pathlib import Path
 import torch
 
 from .contract import TensorSpec
-from .feeds import check_tied_dims, conform_feeds, init_engine_io
+from .feeds import ExportedEngine
 
 
-class AOTIEngine:
+class AOTIEngine(ExportedEngine):
     """``engine(**feeds) -> {name: tensor}`` over an AOTInductor package (see ``asymvq.engines.Engine``)."""
 
     backend = "aoti"
 
     def __init__(self, component: str, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  device: str | torch.device = "cpu"):
-        init_engine_io(self, component, inputs, outputs, device)
+        super().__init__(component, inputs, outputs, device)
         self.runner = torch._inductor.aoti_load_package(str(path))
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = conform_feeds(self.component, self.inputs, feeds, self.device)
-        check_tied_dims(self.component, self.inputs, feeds)  # compiled code does not check them
+        feeds = self.conform(feeds, tied=True)  # compiled code does not check tied dims
         with torch.inference_mode():
             out = self.runner(*feeds.values())  # conform_feeds returns them in input order
         outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)

@@ -12,13 +12,13 @@ TensorRT plans and AOTInductor packages all look the same from there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from asymvq.models.components import (  # noqa: F401 (split_dim and VOCABULARY are re-exported)
-    DECODER, DECODER_COMPONENTS, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, VOCABULARY, split_dim,
+    DECODER, DECODER_COMPONENTS, DECODER_PLAIN, STATIC_DIMS, TEXT_ENCODER, UNET, VAE_ENCODER, VOCABULARY, split_dim,
 )
 
 # component -> (input names, output names), in pipeline order; dims and dtypes in VOCABULARY.
@@ -76,10 +76,68 @@ def check_io(component: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
 
 @runtime_checkable
 class Engine(Protocol):
-    """A compiled or wrapped network: ``engine(**feeds) -> {output_name: tensor}``."""
+    """A compiled or wrapped network: ``engine(**feeds) -> {output_name: tensor}``.
+
+    Optionally it states its ``capabilities`` (a ``Capabilities``) and, when they say tiles or regions,
+    runs ``decode_with_modes``; ``EngineBase`` gives every asymvq engine both, and ``capabilities(engine)``
+    reads them with the defaults for an engine that states none."""
 
     component: str
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine states about itself beyond ``engine(**feeds)``, so that callers ask instead of probing
+    its insides. An engine that states nothing (any object meeting ``Engine``) has ``Capabilities.of(component)``."""
+
+    condition: bool = False  # a decoder that takes the source image and mask (the "decoder" component)
+    tiles: bool = False  # decodes tile by tile: ``engine.decode_with_modes(options, **feeds)`` takes tile/overlap
+    regions: bool = False  # decodes only the mask's box: ``decode_with_modes`` takes region/margin
+    static_dims: dict[str, int] = field(default_factory=dict)  # the vocabulary's STATIC_DIMS it is bound to
+    parameters: int | None = None  # how many weights it holds, where it knows (torch modules)
+
+    @classmethod
+    def of(cls, component: str, **stated) -> "Capabilities":
+        return cls(condition=component == DECODER, **stated)
+
+
+def capabilities(engine) -> Capabilities:
+    """What ``engine`` states (``engine.capabilities``), or its component's defaults when it states nothing."""
+    stated = getattr(engine, "capabilities", None)  # optional in the Engine protocol: foreign engines may omit it
+    return stated if isinstance(stated, Capabilities) else Capabilities.of(engine.component)
+
+
+class EngineBase:
+    """What every asymvq engine shares: its component's I/O names and its ``capabilities``.
+    Subclasses set ``backend`` and implement ``__call__``."""
+
+    backend = "base"
+
+    def __init__(self, component: str):
+        self.component = check_component(component)
+        self.input_names, self.output_names = COMPONENT_IO[component]
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities.of(self.component)
+
+    def decode_with_modes(self, options: dict, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Tiled / region decoding (``capabilities.tiles`` / ``.regions``); engines that state neither refuse it."""
+        raise ValueError(f"decode_options: the {self.component} engine ({self.backend}) decodes the whole image only")
+
+
+def bound_static_dims(component: str, inputs: dict[str, TensorSpec], outputs: list[TensorSpec]) -> dict[str, int]:
+    """The vocabulary's static dims (``STATIC_DIMS``) that exported I/O specs bind to a number."""
+    specs = {**inputs, **{s.name: s for s in outputs}}
+    dims: dict[str, int] = {}
+    c = VOCABULARY[component]
+    for tensor in c.inputs + c.outputs:
+        spec = specs.get(tensor.name)
+        for name, size in zip(tensor.dims, spec.dims if spec is not None else ()):
+            if name in STATIC_DIMS and isinstance(size, int):
+                dims[name] = size
+    return dims

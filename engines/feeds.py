@@ -1,4 +1,4 @@
-"""Checks and conversions of the feeds an exported engine gets, shared by ONNX Runtime and TensorRT.
+"""The base of the exported engines, and the checks and conversions of the feeds they get.
 
 The torch modules accept what COMPONENT_IO's conventions allow (a scalar timestep, an
 image/mask of batch 1 for a batch of latents); an exported graph has one fixed rank and a
@@ -10,21 +10,37 @@ from __future__ import annotations
 import torch
 
 
-from .contract import COMPONENT_IO, TensorSpec, check_io, split_dim
+from .contract import Capabilities, EngineBase, TensorSpec, bound_static_dims, check_io, split_dim
 
 
-def init_engine_io(engine, component: str, inputs: list[TensorSpec], outputs: list[TensorSpec], device) -> None:
-    """Set the fields every exported engine has, from its manifest specs.
+class ExportedEngine(EngineBase):
+    """The one base of the engines that run an exported artifact (ONNX Runtime, OpenVINO, TensorRT,
+    AOTInductor): the manifest's I/O specs, one device, and the feeds conformed to the exported ranges.
 
     Refuses specs that do not name ``component``'s inputs and outputs (COMPONENT_IO), so a
     manifest entry can never bind one network's file under another's name.
     """
-    check_io(component, inputs, outputs, f"{component} engine")
-    engine.component = component
-    engine.input_names, engine.output_names = COMPONENT_IO[component]
-    engine.inputs, engine.outputs = {s.name: s for s in inputs}, outputs
-    engine.device = torch.device(device)
-    engine.dtype = getattr(torch, inputs[0].dtype)
+
+    def __init__(self, component: str, inputs: list[TensorSpec], outputs: list[TensorSpec], device):
+        super().__init__(component)
+        check_io(component, inputs, outputs, f"{component} engine")
+        self.inputs, self.outputs = {s.name: s for s in inputs}, outputs
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, inputs[0].dtype)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """An exported graph decodes the whole image (no tiles, no regions); its specs bind the static dims."""
+        dims = bound_static_dims(self.component, self.inputs, self.outputs)
+        return Capabilities.of(self.component, static_dims=dims)
+
+    def conform(self, feeds: dict, dtypes: dict[str, torch.dtype] | None = None, *,
+                tied: bool = False) -> dict[str, torch.Tensor]:
+        """``conform_feeds`` for this engine; ``tied``: also ``check_tied_dims`` (for compiled code that does not)."""
+        out = conform_feeds(self.component, self.inputs, feeds, self.device, dtypes)
+        if tied:
+            check_tied_dims(self.component, self.inputs, out)
+        return out
 
 
 def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, device: torch.device,

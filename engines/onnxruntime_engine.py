@@ -16,7 +16,7 @@ import torch
 
 
 from .contract import TensorSpec
-from .feeds import conform_feeds, init_engine_io
+from .feeds import ExportedEngine
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
 
@@ -35,14 +35,14 @@ def providers_for(device: torch.device) -> list:
     return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(ExportedEngine):
     """``engine(**feeds) -> {name: tensor}`` over an ONNX file (see ``asymvq.engines.Engine``)."""
 
     backend = "onnxruntime"
 
     def __init__(self, component: str, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  device: str | torch.device = "cpu", reuse_outputs: bool = False, threads: int | None = None):
-        init_engine_io(self, component, inputs, outputs, device)
+        super().__init__(component, inputs, outputs, device)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -62,7 +62,7 @@ class OnnxRuntimeEngine:
                             t.data_ptr())
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = conform_feeds(self.component, self.inputs, feeds, self.device)
+        feeds = self.conform(feeds)
         binding = self.session.io_binding()
         for name, t in feeds.items():
             binding.bind_input(name, self.device.type, self.device.index or 0, _NUMPY[t.dtype], tuple(t.shape),

@@ -25,7 +25,7 @@ import openvino as ov
 import torch
 
 from .contract import TensorSpec
-from .feeds import check_tied_dims, conform_feeds, init_engine_io
+from .feeds import ExportedEngine
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def default_cache_dir(root: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "asymvq" / "openvino"
 
 
-class OpenVINOEngine:
+class OpenVINOEngine(ExportedEngine):
     """``engine(**feeds) -> {name: tensor}`` over an OpenVINO IR (see ``asymvq.engines.Engine``)."""
 
     backend = "openvino"
@@ -84,7 +84,7 @@ class OpenVINOEngine:
                  device: str | torch.device = "cpu", precision: str | None = None,
                  cache_dir: str | Path | bool | None = None, threads: int | None = None,
                  static_shapes: bool = False):
-        init_engine_io(self, component, inputs, outputs, device)
+        super().__init__(component, inputs, outputs, device)
         if self.device.type != "cpu":
             raise ValueError(f"device: the OpenVINO engine runs on the CPU here, got {self.device}; "
                              "use backend='onnxruntime' or 'tensorrt' on CUDA")
@@ -132,8 +132,7 @@ class OpenVINOEngine:
         return request
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = conform_feeds(self.component, self.inputs, feeds, self.device)
-        check_tied_dims(self.component, self.inputs, feeds)
+        feeds = self.conform(feeds, tied=True)
         key = tuple(tuple(t.shape) for t in feeds.values()) if self.static_shapes else None
         request = self._requests.get(key) or self._compile(key)
         # Inputs are shared with OpenVINO (no copy); outputs are copied out of the request's buffers,

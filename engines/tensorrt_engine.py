@@ -23,7 +23,7 @@ import torch
 from asymvq.models.extras import missing_extra
 
 from .contract import TensorSpec
-from .feeds import conform_feeds, init_engine_io
+from .feeds import ExportedEngine
 from .manifest import artifact_entry, read_manifest, toolchain_versions, verify_artifact, write_manifest
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def build_plans(root: str | Path, *, components: list[str] | None = None, fp16: 
     return manifest
 
 
-class TensorRTEngine:
+class TensorRTEngine(ExportedEngine):
     """``engine(**feeds) -> {name: tensor}`` over a TensorRT plan (see ``asymvq.engines.Engine``).
 
     ``cuda_graph=True`` (static shapes only: min == max for every input) captures the
@@ -112,7 +112,7 @@ class TensorRTEngine:
     def __init__(self, component: str, plan_path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  device: str | torch.device = "cuda", cuda_graph: bool = False, reuse_outputs: bool = False):
         trt = _trt()
-        init_engine_io(self, component, inputs, outputs, device)
+        super().__init__(component, inputs, outputs, device)
         if self.device.type != "cuda":
             raise ValueError(f"device: TensorRT engines run on 'cuda', got {str(device)!r}")
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -144,7 +144,7 @@ class TensorRTEngine:
         return outputs
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = conform_feeds(self.component, self.inputs, feeds, self.device, self._torch_dtype)
+        feeds = self.conform(feeds, self._torch_dtype)
         stream = torch.cuda.current_stream(self.device)
         if not self.cuda_graph:
             key = tuple(tuple(t.shape) for t in feeds.values())

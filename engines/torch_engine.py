@@ -6,14 +6,16 @@ import torch
 from torch import nn
 
 from asymvq.models.component_modules import (
-    DecoderComponent, PlainDecoderComponent, TextEncoderComponent, UNetComponent, VaeEncoderComponent,
+    WRAPPERS, DecoderComponent, PlainDecoderComponent, TextEncoderComponent, UNetComponent, VaeEncoderComponent,
 )
 from asymvq.models.cpu_bf16 import is_cpu_bf16, to_cpu_bf16
 
-from .contract import COMPONENT_IO, DECODER, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine, check_component
+from .contract import DECODER, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Capabilities, Engine, EngineBase
+
+_DECODER_WRAPPERS = (DecoderComponent, PlainDecoderComponent)
 
 
-class TorchEngine:
+class TorchEngine(EngineBase):
     """Runs a component wrapper (``asymvq.models.component_modules``) behind the ``Engine`` interface.
 
     ``compile=True`` wraps the module in ``torch.compile`` (the diffusers recipe); the
@@ -23,8 +25,7 @@ class TorchEngine:
     backend = "torch"
 
     def __init__(self, component: str, module: nn.Module, *, compile: bool = False, compile_mode: str | None = None):
-        self.component = check_component(component)
-        self.input_names, self.output_names = COMPONENT_IO[component]
+        super().__init__(component)
         self.module = module.eval()
         self._run = torch.compile(self.module, mode=compile_mode, fullgraph=True) if compile else self.module
         if compile:
@@ -39,6 +40,25 @@ class TorchEngine:
     def dtype(self) -> torch.dtype:
         p = next(self.module.parameters(), None)
         return p.dtype if p is not None else torch.float32
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A wrapped ``AsymmetricDecoder`` tiles and decodes regions (Python around its modules, so a
+        torch-compile engine runs them eagerly); a component wrapper names its static dims."""
+        modes = isinstance(self.module, _DECODER_WRAPPERS)
+        wrapper = isinstance(self.module, tuple(WRAPPERS.values()))  # a bare module names no static dims
+        return Capabilities.of(self.component, tiles=modes, regions=modes,
+                               static_dims=self.module.static_dims() if wrapper else {},
+                               parameters=sum(p.numel() for p in self.module.parameters()))
+
+    def decode_with_modes(self, options: dict, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decoder's own call with tile / region ``options`` (``asymvq.models.tiled_decode``)."""
+        if not isinstance(self.module, _DECODER_WRAPPERS):
+            return super().decode_with_modes(options, **feeds)
+        latent, *condition = (feeds[n] for n in self.input_names)
+        image, mask = condition or (None, None)  # the plain decoder: no condition branch
+        with torch.inference_mode():
+            return {self.output_names[0]: self.module.decoder(latent, image, mask, **options)}
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         missing = [n for n in self.input_names if n not in feeds]

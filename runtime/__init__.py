@@ -20,8 +20,8 @@ _EXPORTS = {
     "save_decoder": ".models.checkpoints",
     "MissingExtraError": ".models.extras",
     "unpack_flux_latents": ".models.flux_packing",
-    "preservation_error": ".metrics",
-    "InpaintPipeline": ".pipeline",
+    "preservation_error": ".pipeline.preservation",
+    "InpaintPipeline": ".pipeline.inpaint_pipeline",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

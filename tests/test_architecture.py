@@ -23,12 +23,12 @@ LAYER_ORDER = ["kernels", "models", "engines", "export"]  # bottom to top; runti
 
 
 def _package_view(tmp: Path) -> Path:
-    """A folder holding ``asymvq/`` laid out as imported: runtime/'s files plus the four subpackages."""
+    """A folder holding ``asymvq/`` laid out as imported: runtime/'s files and rooms plus the four subpackages."""
     pkg = tmp / "asymvq"
     pkg.mkdir()
     for f in (ROOT / "runtime").iterdir():
-        if f.suffix == ".py":
-            (pkg / f.name).symlink_to(f)
+        if f.suffix == ".py" or (f.is_dir() and (f / "__init__.py").is_file()):
+            (pkg / f.name).symlink_to(f, target_is_directory=f.is_dir())
     for folder, name in SUBPACKAGES.items():
         (pkg / name).symlink_to(ROOT / folder, target_is_directory=True)
     return tmp
@@ -44,14 +44,30 @@ def test_import_contracts_hold(tmp_path):
     assert "Contracts: 3 kept, 0 broken." in r.stdout, r.stdout[-2000:]
 
 
+def runtime_modules() -> set[str]:
+    """Every module of runtime/ (package asymvq) by its dotted name, rooms included."""
+    names = set()
+    for f in (ROOT / "runtime").rglob("*.py"):
+        parts = f.relative_to(ROOT / "runtime").with_suffix("").parts
+        names.add(".".join(("asymvq", *(parts[:-1] if parts[-1] == "__init__" else parts))))
+    return names
+
+
 def test_every_runtime_module_has_a_layer():
+    """runtime/ is rooms (docs/architecture.md): no module at its top but ``__init__``, and every module
+    of a room sits in a layer of .importlinter (itself or the room that holds it)."""
     config = configparser.ConfigParser()
     config.read(ROOT / ".importlinter")
     layers = config["importlinter:contract:layers"]["layers"].split("\n")
-    listed = {m.strip() for line in layers for m in line.split(":") if m.strip()}
-    modules = {f"asymvq.{f.stem}" for f in (ROOT / "runtime").glob("*.py") if f.stem != "__init__"}
-    assert modules - listed == set(), f"runtime modules without a layer in .importlinter: {sorted(modules - listed)}"
-    assert {m for m in listed if m.count(".") == 1 and m.split(".")[1] not in SUBPACKAGES} <= modules
+    listed = {m.strip() for line in layers for m in line.replace("|", ":").split(":") if m.strip()}
+    loose = sorted(f.name for f in (ROOT / "runtime").glob("*.py") if f.stem != "__init__")
+    assert loose == [], f"modules outside a room of runtime/: {loose}"
+    rooms = {m for m in runtime_modules() if m.count(".") == 1}
+    unlisted = {m for m in runtime_modules() - {"asymvq"} - rooms
+                if not any(m == layer or m.startswith(layer + ".") for layer in listed)}
+    assert unlisted == set(), f"runtime modules without a layer in .importlinter: {sorted(unlisted)}"
+    stale = {m for m in listed if m.split(".")[1] not in SUBPACKAGES and m not in runtime_modules()}
+    assert stale == set(), f".importlinter names modules that do not exist: {sorted(stale)}"
 
 
 def _function_level_imports(path: Path):
@@ -77,7 +93,7 @@ def test_internal_imports_inside_functions_only_defer_an_extra():
     layering intent; the only accepted reason is deferring an optional extra, said on the line."""
     offenders = []
     for folder in ["runtime", *SUBPACKAGES]:
-        for path in sorted((ROOT / folder).glob("*.py")):
+        for path in sorted((ROOT / folder).rglob("*.py")):
             for lineno, line in _function_level_imports(path):
                 if "defers the" not in line or "extra" not in line:
                     offenders.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
@@ -118,7 +134,7 @@ def test_component_names_are_written_once(needle):
 CONTRACT_ONLY = ("text-encoder", "vae-encoder", "decoder-plain", "input_ids", "last_hidden_state", "moments",
                  "timestep", "encoder_hidden_states", "noise_pred")
 # Where a literal is still known to be spelled, with the reason; to be emptied, never grown.
-KNOWN_SPELLINGS = {("runtime/pipeline.py", "encoder_hidden_states")}  # _embed_dim probes engine.inputs (issue 18, 5)
+KNOWN_SPELLINGS: set = set()  # emptied by issue 18 part 5 (engines state their static dims)
 
 
 def test_contract_names_appear_only_in_the_vocabulary():
@@ -148,3 +164,94 @@ def test_cpp_host_table_is_the_vocabulary():
     names = lambda s: tuple(re.findall(r'"(\w+)"', s))  # noqa: E731
     got = {c: (names(i), names(o)) for c, i, o in rows}
     assert got == {c.name: (c.input_names, c.output_names) for c in VOCABULARY.values()}
+
+
+def _module_files() -> dict[str, Path]:
+    """Every module of the package by dotted name, as setuptools' package-dir lays it out."""
+    files = {}
+    for folder, prefix in [("runtime", "asymvq"), *((f, f"asymvq.{n}") for f, n in SUBPACKAGES.items())]:
+        for f in (ROOT / folder).rglob("*.py"):
+            parts = f.relative_to(ROOT / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            files[".".join((prefix, *parts))] = f
+    return files
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (at module level or in a function), resolved like Python."""
+    files = _module_files()
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([base] if base else [])])
+                # `from pkg import mod` imports the module pkg.mod when there is one
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:  # `import asymvq.engines.loader` -> that module
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    """No module of asymvq imports itself back through others (docs/architecture.md's table)."""
+    graph = _import_graph()
+    assert "asymvq.pipeline.source" in graph["asymvq.serve.ray_serve"]  # the graph sees the rooms' imports
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_room_is_a_package_of_the_wheel():
+    """setuptools installs only the packages pyproject lists: a room missing there is missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    rooms = {f"asymvq.{d.name}" for d in (ROOT / "runtime").iterdir() if (d / "__init__.py").is_file()}
+    assert rooms and rooms <= listed, sorted(rooms - listed)
+    assert {f"asymvq.{name}" for name in SUBPACKAGES.values()} <= listed

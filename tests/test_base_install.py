@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent('''
     PIL.Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp / "in.png")
     hole = np.zeros((32, 32), np.uint8); hole[8:24, 8:24] = 255
     PIL.Image.fromarray(hole).save(tmp / "hole.png")
-    from asymvq.latents_io import save_latents
+    from asymvq.pipeline.latents_io import save_latents
     save_latents(torch.randn(1, 4, 4, 4), tmp / "z.safetensors")
 
     out["profile"] = cli("profile", "--decoders", "tiny", "--steps", "1", "--warmup", "0", "--repeats", "1",
@@ -115,3 +115,13 @@ def test_base_install_runs_the_main_job_and_names_missing_extras(tmp_path):
         kind, message = out[key]
         assert kind == "MissingExtraError" and f"pip install 'asymvq[{extra}]'" in message, out[key]
     assert out["imported"] == [], out["imported"]
+
+
+def test_importing_the_cli_loads_no_optional_toolchain():
+    """With the extras installed (triton among them), ``import asymvq.cli`` (what ``asymvq --help`` pays)
+    still imports none of them: torch.utils.flop_counter, which pulls triton in, loads on the first count."""
+    code = ("import sys, asymvq.cli; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {list(EXTRAS)!r}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]", r.stdout

@@ -91,7 +91,7 @@ def test_corrupted_package_is_refused(engine_dir, tmp_path):
 
 
 def test_cli_accepts_aoti_formats():
-    from asymvq.cli_export import parse_formats
+    from asymvq.cli.export import parse_formats
 
     assert parse_formats("aoti") == ["aoti"]
     assert parse_formats("onnx,trt,aoti") == ["onnx", "trt", "aoti"]

@@ -19,7 +19,7 @@ from asymvq.export.specs import DEFAULT_SHAPES, io_specs
 from asymvq.models.latent_space import SD, LatentSpace
 from asymvq.models.sources import Source, build_module
 from asymvq.pipeline import Denoised
-from asymvq.stages import NULL_TIMER
+from asymvq.pipeline.stages import NULL_TIMER
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_an_engines_directory_is_read_once_per_load(engines_dir, monkeypatch):
         return real(path)
 
     monkeypatch.setattr(loader, "read_manifest", counting)
-    import asymvq.pipeline_parts as parts
+    import asymvq.pipeline.parts as parts
     monkeypatch.setattr(parts, "read_manifest", counting)
     InpaintPipeline.from_engines(engines_dir, backend="torch")
     assert len(reads) == 1

@@ -7,7 +7,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from asymvq.cli_export import register
+from asymvq.cli.export import register
 from asymvq.engines import load_engine_dir
 from asymvq.export import DEFAULT_SHAPES, Source, build_module, export_directory
 

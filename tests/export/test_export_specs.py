@@ -153,7 +153,7 @@ def test_onnxruntime_engine_binds_and_checks(tmp_path):
 
 
 def test_cli_format_and_precision_are_checked():
-    from asymvq.cli_export import parse_formats
+    from asymvq.cli.export import parse_formats
 
     assert parse_formats("onnx,trt") == ["onnx", "trt"]
     for bad in ("trt", "onnx,plan", ""):

@@ -25,7 +25,7 @@ _mod = None
 def _form():
     global _mod
     if _mod is None:
-        from asymvq import http_form
+        from asymvq.serve import http_form
 
         _mod = http_form
     return _mod
@@ -89,13 +89,13 @@ def main() -> None:
         return
     import atheris
 
-    import asymvq.inpaint_run  # noqa: F401  (torch and the rest, uninstrumented: only the parsers are)
+    import asymvq.pipeline.inpaint_run  # noqa: F401  (torch and the rest, uninstrumented: only the parsers are)
 
     for m in [m for m in sys.modules if m == "email" or m.startswith("email.")]:
         del sys.modules[m]  # loaded by torch already: reload them under instrumentation
-    with atheris.instrument_imports(include=["asymvq.http_form", "email", "PIL.PngImagePlugin",
+    with atheris.instrument_imports(include=["asymvq.serve.http_form", "email", "PIL.PngImagePlugin",
                                              "PIL.JpegImagePlugin", "PIL.ImageFile"]):
-        from asymvq import http_form  # noqa: F401
+        from asymvq.serve import http_form  # noqa: F401
         import PIL.JpegImagePlugin, PIL.PngImagePlugin  # noqa: E401,F401
     _form()
     atheris.Setup(sys.argv, check)

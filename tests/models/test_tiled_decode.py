@@ -290,9 +290,9 @@ def test_region_without_mask_is_refused(dec):
 
 # -- pipeline and CLI -----------------------------------------------------------------------------
 def test_pipeline_decode_options_torch_only(dec):
-    from asymvq.decode_modes import run_decoder_with_modes
+    from asymvq.pipeline.decode_modes import run_decoder_with_modes
     from asymvq.engines.torch_engine import torch_decoder_engines
-    from asymvq.stages import NULL_TIMER
+    from asymvq.pipeline.stages import NULL_TIMER
 
     lat, img, mask = make(20, 12)
     engines = torch_decoder_engines(dec)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asymvq.http_form import FIELDS, RequestError, parse_form, parse_job
+from asymvq.serve.http_form import FIELDS, RequestError, parse_form, parse_job
 from props_settings import examples
 
 import fuzz_form  # tests/fuzz: the form fuzzer's check(), body() and seed images

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asymvq.images import pil_convert, prepare_image_and_mask
+from asymvq.pipeline.images import pil_convert, prepare_image_and_mask
 from props_settings import examples
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "HSV", "I", "I;16", "I;16B", "LA", "PA", "RGBX", "RGBa",

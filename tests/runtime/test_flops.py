@@ -1,4 +1,4 @@
-"""FLOP accounting (asymvq.flops): published anchors, attention counted, the job, the CLI and the profile columns.
+"""FLOP accounting (asymvq.profiling.flops): published anchors, attention counted, the job, the CLI and the profile columns.
 
 Everything is counted on the meta device (no weights, no arithmetic), so SD 1.5 at 512x512 takes
 seconds. Published figures: the SD VAE decoder is about 2.5 TFLOP at 512x512 and the SD 1.5 UNet
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asymvq import flops
+from asymvq.profiling import flops
 from asymvq.cli import main
 
 TFLOP = 1e12

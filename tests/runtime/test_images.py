@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from asymvq.images import load_image, postprocess, prepare_image_and_mask
+from asymvq.pipeline.images import load_image, postprocess, prepare_image_and_mask
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 
 from asymvq.engines import COMPONENT_IO
 from asymvq.pipeline import InpaintPipeline
-from asymvq.stages import PipelineSpec
+from asymvq.pipeline.stages import PipelineSpec
 
 from runtime_helpers import image_and_mask
 

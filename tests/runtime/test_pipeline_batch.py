@@ -6,7 +6,8 @@ import PIL.Image
 import pytest
 import torch
 
-from asymvq.batching import batch_key, decode_jobs, denoise_jobs, finish_job
+from asymvq.pipeline.images import postprocess
+from asymvq.serve.batching import batch_key, decode_jobs, denoise_jobs, finish_job
 
 
 def _job(seed: int, size: int = 32, **kw):
@@ -35,15 +36,15 @@ def test_a_batch_gives_each_job_its_image_alone(tiny_pipe, scheduler, strength):
     denoised = denoise_jobs(tiny_pipe, jobs)
     images = decode_jobs(tiny_pipe, denoised)
     for job, got in zip(jobs, images):
-        want = _alone(tiny_pipe, job)
+        got, want = postprocess(got, "pt"), _alone(tiny_pipe, job)  # decode_jobs gives the decoder's [-1, 1]
         assert got.shape == want.shape == (1, 3, 32, 32)
         assert (got - want).abs().max() <= 1e-4, (got - want).abs().max()
-    # and the finished PNG + Pre_error equal asymvq.inpaint_run's (what `asymvq inpaint` / serve write)
-    from asymvq.inpaint_run import run_inpaint
+    # and the finished PNG + Pre_error equal asymvq.pipeline.inpaint_run's (what `asymvq inpaint` / serve write)
+    from asymvq.pipeline.inpaint_run import run_inpaint
 
     run = run_inpaint(tiny_pipe, jobs[0]["source"], jobs[0]["hole"], jobs[0]["prompt"], steps=4, strength=strength,
                       seed=3, scheduler=scheduler)
-    fin = finish_job(images[0], jobs[0])
+    fin = finish_job(images[0], denoised[0])
     diff = np.abs(np.asarray(fin.images[0], np.int16) - np.asarray(run.images[0], np.int16))
     assert diff.max() <= 1 and fin.pre_error == pytest.approx(run.pre_error, rel=1e-4, abs=1e-4)
 

@@ -5,7 +5,7 @@ import threading
 
 import torch
 
-from asymvq.timing import StageTimer
+from asymvq.profiling.timing import StageTimer
 
 from runtime_helpers import image_and_mask
 

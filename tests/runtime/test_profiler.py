@@ -11,9 +11,9 @@ import PIL.Image
 import pytest
 import torch
 
-from asymvq.profiler import SCHEMA, ProfileConfig, default_config, profile
-from asymvq.report import format_table, plot, write_json
-from asymvq.timing import PeakMemory, StageTimer, percentile, summarize
+from asymvq.profiling.profiler import SCHEMA, ProfileConfig, default_config, profile
+from asymvq.profiling.report import format_table, plot, write_json
+from asymvq.profiling.timing import PeakMemory, StageTimer, percentile, summarize
 
 STEPS, REPEATS = 2, 2
 
@@ -112,7 +112,7 @@ def test_cpu_peak_memory_sees_a_large_allocation():
     # already resident (freed but not returned to the OS), which adds nothing to the RSS.
     code = """
 import json, numpy as np
-from asymvq.timing import PeakMemory
+from asymvq.profiling.timing import PeakMemory
 memory = PeakMemory("cpu")
 memory.reset()
 block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched

@@ -21,10 +21,11 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from asymvq.inpaint_run import run_inpaint  # noqa: E402
-from asymvq.ray_serve import RayServeConfig, build, ray_app  # noqa: E402
-from asymvq.server import create_app  # noqa: E402
-from asymvq.serving_metrics import parse_metrics  # noqa: E402
+from asymvq.pipeline.inpaint_run import run_inpaint  # noqa: E402
+from asymvq.pipeline.source import PipelineSource  # noqa: E402
+from asymvq.serve.ray_serve import RayServeConfig, build, ray_app  # noqa: E402
+from asymvq.serve.server import create_app  # noqa: E402
+from asymvq.serve.metrics import parse_metrics  # noqa: E402
 
 LIMITS = dict(max_pixels=64 * 64, max_steps=20)
 SIZES = ((32, 32), (48, 32))  # (W, H): two sizes, never in one batch
@@ -100,7 +101,10 @@ def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_g
 
 
 def test_config_and_builder_check_their_arguments():
-    assert RayServeConfig().preset == "tiny" and RayServeConfig(model="sd").preset is None
+    assert RayServeConfig().source.preset == "tiny" and RayServeConfig.from_options(model="sd").source.preset is None
+    assert RayServeConfig.from_options(model="sd").source == PipelineSource(model="sd")  # one source, one set of rules
+    with pytest.raises(ValueError, match="--preset: give either --preset or --model"):
+        RayServeConfig.from_options(preset="tiny", model="sd")
     with pytest.raises(ValueError, match="--max-batch: expected a positive integer, got 0"):
         RayServeConfig(max_batch=0)
     with pytest.raises(ValueError, match="--gpus-per-decode: expected a number >= 0"):
@@ -112,7 +116,7 @@ def test_config_and_builder_check_their_arguments():
 
 
 def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
-    import asymvq.ray_serve as rs
+    import asymvq.serve.ray_serve as rs
     from asymvq.cli import main
 
     calls = []
@@ -122,7 +126,7 @@ def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
               "0.5", "--address", "auto"])
     assert (exc.value.code or 0) == 0, capsys.readouterr().err
     cfg, kw = calls[0]
-    assert (cfg.preset, cfg.decode_replicas, cfg.max_batch, cfg.gpus_per_decode) == ("tiny", 2, 4, 0.5)
+    assert (cfg.source.preset, cfg.decode_replicas, cfg.max_batch, cfg.gpus_per_decode) == ("tiny", 2, 4, 0.5)
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8124 and kw["address"] == "auto"
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--address", "auto"])
@@ -137,7 +141,7 @@ def test_cli_without_the_ray_extra_says_which_extra(monkeypatch, capsys):
     real_import = builtins.__import__
 
     def no_ray(name, *args, **kwargs):
-        if name == "ray_serve" or name.startswith("ray"):
+        if name.endswith("ray_serve") or name.startswith("ray"):
             raise ImportError("No module named 'ray'")
         return real_import(name, *args, **kwargs)
 

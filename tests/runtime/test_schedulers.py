@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from diffusers.configuration_utils import FrozenDict
 
 from asymvq.pipeline import InpaintPipeline
-from asymvq.schedulers import (
+from asymvq.pipeline.schedulers import (
     SCHEDULERS, copy_scheduler, make_scheduler, scheduler_config, scheduler_name, switch_scheduler,
 )
 

@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from asymvq.inpaint_run import run_inpaint  # noqa: E402
+from asymvq.pipeline.inpaint_run import run_inpaint  # noqa: E402
 from asymvq.pipeline import InpaintPipeline  # noqa: E402
-from asymvq.server import create_app  # noqa: E402
+from asymvq.serve.server import create_app  # noqa: E402
 
 SIZE = 32
 
@@ -175,6 +175,8 @@ def test_create_app_rejects_what_it_cannot_serve(pipe):
         create_app(lambda: "not a pipeline")
     with pytest.raises(ValueError, match="max_pixels: expected a positive integer"):
         create_app(lambda: pipe, max_pixels=0)
+    with pytest.raises(ValueError, match="max_steps: expected a positive integer, got True"):  # a bool is no count
+        create_app(lambda: pipe, max_steps=True)
 
 
 def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
@@ -202,7 +204,7 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
 
 
 def test_metrics_count_requests_by_status_and_stage_latencies(client):
-    from asymvq.serving_metrics import parse_metrics
+    from asymvq.serve.metrics import parse_metrics
 
     before = parse_metrics(client.get("/metrics").text)
     assert post(client).status_code == 200

@@ -14,14 +14,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import __version__
+from .. import __version__
+from ..engines.contract import capabilities
+from ..models.config import PRESET_ALIASES, PRESETS
+from ..models.devices import parse_device, parse_dtype
+from ..models.environment import package_versions
+from ..pipeline.checks import check_int
+from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.parts import random_decoder_engines
+from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 from .flops import count_job, probe_peak, project, scheduler_label, unet_label
-from .models.config import PRESET_ALIASES, PRESETS
-from .models.devices import parse_device, parse_dtype
-from .models.environment import package_versions
-from .pipeline import InpaintPipeline
-from .pipeline_parts import random_decoder_engines
-from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 from .timing import PeakMemory, StageTimer, summarize
 
 SCHEMA = "asymvq.profile/2"  # 2: FLOP accounting (flops, flop_accounting, peak, flop_table)
@@ -51,7 +53,7 @@ class ProfileConfig:
     nvtx: bool = False
     kernels: str = "torch"
     # Count every stage's FLOPs (meta device, seconds), probe the matmul peak at start-up and
-    # report achieved FLOP/s and the share of that peak per measured stage (asymvq.flops).
+    # report achieved FLOP/s and the share of that peak per measured stage (asymvq.profiling.flops).
     flops: bool = False
 
     def __post_init__(self):
@@ -60,8 +62,7 @@ class ProfileConfig:
             raise ValueError(f"decoders: expected distinct preset names, got {list(self.decoders)}")
         for name, v, lo in (("steps", self.steps, 1), ("batch", self.batch, 1), ("repeats", self.repeats, 1),
                             ("warmup", self.warmup, 0)):
-            if not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+            check_int(v, name, minimum=lo)
 
 
 def default_config(cuda: bool | None = None) -> ProfileConfig:
@@ -84,8 +85,8 @@ def synthetic_inputs(height: int, width: int, seed: int):
 
 
 def _params(engines: dict) -> int | None:
-    module = getattr(next(iter(engines.values())), "module", None)
-    return sum(p.numel() for p in module.parameters()) if module is not None else None
+    """The decoder's weight count, where its engine states it (torch engines do, exported ones do not)."""
+    return capabilities(next(iter(engines.values()))).parameters
 
 
 def cpu_name() -> str:

@@ -9,16 +9,19 @@ the pipeline, so concurrent calls never share one).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
-from .engines.contract import (
+from ..engines.contract import (
     COMPONENT_IO, DECODER, DECODER_COMPONENTS, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine,
 )
-from .models.latent_space import SD as SD_LATENTS
-from .models.latent_space import LatentSpace
+from ..models.latent_space import SD as SD_LATENTS
+from ..models.latent_space import LatentSpace
+from ..profiling.timing import NULL_TIMER
+
+# The components of each half: a pipeline built from one of these runs denoise() or decode() only.
+DENOISE_COMPONENTS = tuple(c for c in COMPONENT_IO if c not in DECODER_COMPONENTS)
 
 # Span names, shared by the pipeline, the profiler and the JSON report.
 SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (
@@ -58,16 +61,6 @@ class PipelineSpec:
         return self.latent_space.vae_scale_factor
 
 
-class NullTimer:
-    """The timer of a call nobody profiles: spans cost nothing."""
-
-    def span(self, name: str):
-        return contextlib.nullcontext()
-
-
-NULL_TIMER = NullTimer()
-
-
 def _check_engine(name: str, engine) -> None:
     if not callable(engine) or getattr(engine, "component", None) != name:
         raise ValueError(
@@ -94,8 +87,6 @@ class Stages:
         unknown = sorted(set(engines) - set(COMPONENT_IO))
         if unknown:
             raise ValueError(f"engines: unknown components {unknown}, expected keys among {sorted(COMPONENT_IO)}")
-        if UNET not in engines:
-            raise ValueError(f"engines: a {UNET!r} engine is required")
         for name, engine in engines.items():
             _check_engine(name, engine)
         self.engines = dict(engines)
@@ -120,7 +111,9 @@ class Stages:
 
     def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         # No span here: the pipeline times the UNet together with the guidance mix.
-        engine = self.engines[UNET]
+        engine = self.engines.get(UNET)
+        if engine is None:
+            raise ValueError(f"this pipeline has no {UNET!r} engine")
         out = engine(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states)
         return out[engine.output_names[0]]
 

@@ -21,7 +21,7 @@ one prompt, one source image and mask, ``batch`` images per prompt:
   the real scheduler on the latents (one FLOP per output element of each pointwise op);
 - ``Decoder <name>``: one decode of ``batch`` latents with the source image and mask.
 
-    from asymvq.flops import count_job
+    from asymvq.profiling.flops import count_job
     job = count_job("sd15", 512, 512, decoders=("vanilla", "x1.5"), steps=50)
     job["flops"]["Decoder x1.5"] / 1e12        # 8.12 TFLOP
 """
@@ -36,14 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .models.component_modules import VaeEncoderComponent
-from .models.config import preset_config
-from .models.decoder import AsymmetricDecoder
-from .models.sd_networks import PRESET_SHAPES, SCHEDULER_CONFIG, build_text_encoder, build_unet, build_vae
-from .pipeline import _step_kwargs
-from .schedulers import make_scheduler
+from ..models.component_modules import VaeEncoderComponent
+from ..models.config import preset_config
+from ..models.decoder import AsymmetricDecoder
+from ..models.sd_networks import PRESET_SHAPES, SCHEDULER_CONFIG, build_text_encoder, build_unet, build_vae
+from ..pipeline.inpaint_pipeline import _step_kwargs
+from ..pipeline.schedulers import make_scheduler
 
 METHOD = ("torch.utils.flop_counter.FlopCounterMode on the meta device (no weights); matmul and convolution "
           "FLOPs, 1 multiply-add = 2 FLOP; attention counted explicitly as 4*B*heads*Lq*Lk*d; elementwise ops "
@@ -54,9 +53,17 @@ METHOD = ("torch.utils.flop_counter.FlopCounterMode on the meta device (no weigh
 GPU_PEAKS = {"H100 SXM": 989e12, "H200": 989e12, "A100 80GB": 312e12}
 
 
+def _flop_counter():
+    """``torch.utils.flop_counter``, imported on the first count: it imports torch._inductor, which imports
+    triton when installed, and ``import asymvq`` / ``asymvq --help`` must load no optional toolchain."""
+    import torch.utils.flop_counter
+
+    return torch.utils.flop_counter
+
+
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     """The CPU flash-attention kernel: the same FLOPs as the math path (QK^T and P @ V)."""
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
+    return _flop_counter().sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 ATTENTION_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
@@ -96,7 +103,7 @@ def count(fn, *args, attention: bool = True, **kwargs) -> dict:
 
     ``attention=False`` counts the same call with every SDPA replaced by a free stand-in.
     """
-    counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS)
+    counter = _flop_counter().FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS)
     attn = _Attention(skip=not attention)
     with torch.no_grad(), counter, attn:
         fn(*args, **kwargs)

@@ -10,53 +10,58 @@ from __future__ import annotations
 
 import torch
 
-from .engines.contract import UNET, precision_dtype
-from .engines.loader import load_engine_dir, load_scheduler_config, load_tokenizer
-from .engines.manifest import ManifestError, manifest_latent_space, read_manifest
-from .engines.torch_engine import torch_decoder_engines, torch_engines
-from .models import AsymmetricDecoder
-from .models import sd_networks as sd
-from .models.checkpoints import decoder_from_vae, load_decoder
-from .models.devices import parse_device, parse_dtype
-from .models.latent_space import LatentSpace
-from .models.sources import load_sd_networks, random_decoder
+from ..engines.contract import COMPONENT_IO, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER, precision_dtype
+from ..engines.loader import load_engine_dir, load_scheduler_config, load_tokenizer
+from ..engines.manifest import ManifestError, manifest_latent_space, read_manifest
+from ..engines.torch_engine import torch_decoder_engines, torch_engines
+from ..models import AsymmetricDecoder
+from ..models import sd_networks as sd
+from ..models.checkpoints import decoder_from_vae, load_decoder
+from ..models.devices import parse_device, parse_dtype
+from ..models.latent_space import LatentSpace
+from ..models.sources import load_sd_networks, random_decoder
 from .schedulers import copy_scheduler, make_scheduler, switch_scheduler
 from .stages import PipelineSpec
 
 
 def preset_parts(preset: str = "tiny", *, decoder: str | AsymmetricDecoder | None = None, in_channels: int = 9,
                  dtype="fp32", device="cpu", seed: int = 0, scheduler: str = "ddim", compile: bool = False,
-                 kernels: str = "torch") -> dict:
+                 kernels: str = "torch", components=None) -> dict:
     """A random ``preset`` ("tiny" or "sd15"). ``in_channels`` 9 builds the inpainting UNet, 4 a
-    text-to-image one. ``decoder``: a preset name or a decoder; default: the preset's own width."""
+    text-to-image one. ``decoder``: a preset name or a decoder; default: the preset's own width.
+    ``components``: build only these (each network has its own seed: the same weights as in a whole one)."""
     if preset not in sd.SD_PRESETS:
         raise ValueError(f"preset must be one of {list(sd.SD_PRESETS)}, got {preset!r}")
     dtype, device = parse_dtype(dtype), parse_device(device)
     shapes = sd.PRESET_SHAPES[preset]
+    wanted = set(COMPONENT_IO if components is None else components)
     if decoder is None or isinstance(decoder, str):
         decoder = random_decoder(decoder or shapes["decoder_preset"], seed=seed, dtype=dtype, device=device,
-                                 kernels=kernels)
+                                 kernels=kernels) if wanted & set(DECODER_COMPONENTS) else None
 
     def ready(module):
         # diffusers warns on any .to(dtype=...), even a no-op: cast only when it changes something
         module = module.to(device)
         return (module if next(module.parameters()).dtype == dtype else module.to(dtype=dtype)).eval()
 
-    vae = sd.build_vae(preset, seed=seed)
-    vae.decoder = None  # only the encoder runs here; the asymmetric decoder replaces this one
-    engines = torch_engines(
-        unet=ready(sd.build_unet(preset, in_channels=in_channels, seed=seed)),
-        vae_encoder_source=ready(vae) if in_channels == 9 else None,
-        text_encoder=ready(sd.build_text_encoder(preset, seed=seed)),
-        decoder=decoder,
-        compile=compile,
-    )
+    if UNET in wanted:
+        vae = sd.build_vae(preset, seed=seed)
+        vae.decoder = None  # only the encoder runs here; the asymmetric decoder replaces this one
+        engines = torch_engines(
+            unet=ready(sd.build_unet(preset, in_channels=in_channels, seed=seed)),
+            vae_encoder_source=ready(vae) if in_channels == 9 and VAE_ENCODER in wanted else None,
+            text_encoder=ready(sd.build_text_encoder(preset, seed=seed)) if TEXT_ENCODER in wanted else None,
+            decoder=decoder,
+            compile=compile,
+        )
+    else:  # a decoding subset: no UNet, no encoders built
+        engines = torch_decoder_engines(decoder, compile=compile) if decoder is not None else {}
     spec = PipelineSpec(
         unet_in_channels=in_channels, latent_space=shapes["latent_space"],
         sample_size=shapes["latent_size"], dtype=dtype, device=device,
     )
     return dict(engines=engines, scheduler=make_scheduler(scheduler, sd.SCHEDULER_CONFIG), spec=spec,
-                tokenizer=sd.build_tokenizer(preset))
+                tokenizer=sd.build_tokenizer(preset) if TEXT_ENCODER in wanted else None)
 
 
 def random_decoder_engines(names, *, seed: int = 0, dtype="fp32", device="cpu", compile: bool = False,
@@ -89,7 +94,7 @@ def diffusers_parts(pipe, *, decoder=None, scheduler: str | None = None, compile
 
     The decoder is the pipeline's VAE decoder unless ``decoder`` (a path ``load_decoder``
     reads, or an ``AsymmetricDecoder``) replaces it. The scheduler keeps every config value the
-    pipeline's has, including values patched after construction (see ``asymvq.schedulers``).
+    pipeline's has, including values patched after construction (see ``asymvq.pipeline.schedulers``).
     """
     for name in ("unet", "vae", "scheduler"):
         if getattr(pipe, name, None) is None:
@@ -106,13 +111,16 @@ def diffusers_parts(pipe, *, decoder=None, scheduler: str | None = None, compile
 
 
 def folder_parts(sd_dir, *, decoder=None, dtype="fp32", device="cpu", scheduler: str = "ddim",
-                 compile: bool = False) -> dict:
+                 compile: bool = False, kernels: str = "torch") -> dict:
     """A local diffusers-format SD (inpainting) folder: unet/, vae/ (its encoder; its decoder too
-    unless ``decoder`` is given), text_encoder/ and tokenizer/ (optional), scheduler/ (optional)."""
+    unless ``decoder`` is given), text_encoder/ and tokenizer/ (optional), scheduler/ (optional).
+    ``kernels``: the decoder's, torch or triton."""
     dtype, device = parse_dtype(dtype), parse_device(device)
     nets = load_sd_networks(sd_dir, dtype=dtype)
     unet, vae, text_encoder = nets["unet"], nets["vae"], nets["text_encoder"]
     dec = _resolve_decoder(decoder, dtype=dtype, device=device) if decoder is not None else decoder_from_vae(vae)
+    if kernels != "torch":
+        dec.set_kernels(kernels)
     vae.decoder = None  # ours decodes; keep only the encoder's memory
     engines = torch_engines(unet=unet.to(device), vae_encoder_source=vae.to(device),
                             text_encoder=None if text_encoder is None else text_encoder.to(device),
@@ -122,13 +130,16 @@ def folder_parts(sd_dir, *, decoder=None, dtype="fp32", device="cpu", scheduler:
 
 
 def engines_dir_parts(path, *, device="cpu", backend: str | None = None, scheduler: str = "ddim",
-                      **engine_options) -> dict:
-    """An engines directory written by ``asymvq export`` (any backend ``load_engine_dir`` knows)."""
+                      components=None, **engine_options) -> dict:
+    """An engines directory written by ``asymvq export`` (any backend ``load_engine_dir`` knows);
+    ``components``: load only these engines."""
     manifest = read_manifest(path)  # once: the loaders below take it
     unet = manifest["components"].get(UNET)
     if unet is None:
         raise ManifestError(f"engines: {path} has no 'unet' engine; export with --component all")
-    engines = load_engine_dir(path, device=device, backend=backend, manifest=manifest, **engine_options)
+    names = None if components is None else [c for c in manifest["components"] if c in components]
+    engines = load_engine_dir(path, device=device, backend=backend, components=names, manifest=manifest,
+                              **engine_options)
     sample = unet["inputs"][0]  # COMPONENT_IO order, checked on load
     spec = PipelineSpec(unet_in_channels=sample["opt"][1], latent_space=manifest_latent_space(manifest),
                         sample_size=sample["opt"][2], dtype=precision_dtype(manifest["precision"]),

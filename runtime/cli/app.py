@@ -1,4 +1,4 @@
-"""The ``asymvq`` command line: ``profile``, ``inpaint``, ``decode``, ``serve`` and ``export``.
+"""The ``asymvq`` command line: ``profile``, ``inpaint`` and ``decode`` here, ``serve`` and ``export`` registered.
 
 Errors a user can fix (missing files, wrong formats, mismatched sizes, a missing extra) print
 one line and exit 1; ``--debug`` anywhere on the line shows the traceback instead. The project's
@@ -16,26 +16,29 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
-from .cli_export import register as _register_export
-from .decode_modes import as_cli_error, cli_decode_options
-from .engines.loader import BACKENDS
-from .engines.manifest import read_manifest
-from .images import load_image, postprocess, prepare_image_and_mask
-from .inpaint_run import check_same_size, run_inpaint
-from .latents_io import load_latents
-from .models import PRESETS
-from .models.checkpoints import load_decoder
-from .models.config import PRESET_ALIASES
-from .models.devices import DTYPES, parse_device, parse_dtype
-from .models.extras import missing_extra
-from .models.sd_networks import SD_PRESETS
-from .models.sources import random_decoder
-from .pipeline import InpaintPipeline
-from .profiler import ProfileConfig, default_config, flop_table_job, flops_only_report
-from .profiler import profile as run_profile
-from .report import format_flops_only, format_table, write_json
-from .report import plot as draw
-from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
+from ..engines.manifest import read_manifest
+from ..models import PRESETS
+from ..models.checkpoints import load_decoder
+from ..models.config import PRESET_ALIASES
+from ..models.devices import DTYPES, parse_device, parse_dtype
+from ..models.sd_networks import SD_PRESETS
+from ..models.sources import random_decoder
+from ..pipeline.decode_modes import as_cli_error, cli_decode_options
+from ..pipeline.images import load_image, postprocess, prepare_image_and_mask
+from ..pipeline.inpaint_run import check_same_size, run_inpaint
+from ..pipeline.latents_io import load_latents
+from ..pipeline.schedulers import SCHEDULER_ALIASES, SCHEDULERS
+from ..pipeline.source import PipelineSource
+from ..profiling.profiler import ProfileConfig, default_config, flop_table_job, flops_only_report
+from ..profiling.profiler import profile as run_profile
+from ..profiling.report import format_flops_only, format_table, write_json
+from ..profiling.report import plot as draw
+from .export import register as _register_export
+from .options import (
+    BACKEND_HELP, DECODE_REGION_OPTION, MARGIN_OPTION, OVERLAP_OPTION, PRECISION_HELP, SCHEDULER_HELP, TILE_OPTION,
+    parse_size,
+)
+from .serve import register as _register_serve
 
 app = typer.Typer(
     name="asymvq",
@@ -45,51 +48,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # main() prints one line unless --debug
 )
 
-SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
-BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "
-                "CUDA when built, OpenVINO on the CPU when the directory has its IR, else ONNX Runtime).")
-# The decode modes of `inpaint` and `decode` (docs/decoder.md), one definition for both commands.
-TILE_OPTION = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory bounded by the "
-                           "tile (docs/decoder.md). Torch decoders only.")
-OVERLAP_OPTION = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default: the receptive field, exact).")
-DECODE_REGION_OPTION = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box (plus --margin), "
-                                    "copy the rest from the source; 'full' (default).")
-MARGIN_OPTION = typer.Option(None, help="Latent pixels of context around the mask's box (default 4).")
-PRECISION_HELP = ("With --engines --backend openvino: the precision OpenVINO computes in, fp32 or bf16 (default: bf16 "
-                  "where the CPU has native bf16, avx512_bf16 or AMX; fp32 otherwise). Not the export's precision.")
-
-
-def engine_choice(backend: Optional[str], precision: Optional[str], threads: Optional[int] = None) -> dict:
-    """``from_engines`` keyword arguments for --backend / --precision (and --threads for exported engines)."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"--backend: expected one of {list(BACKENDS)}, got {backend!r}")
-    options: dict = {"backend": backend}
-    if precision is not None:
-        if backend != "openvino":
-            raise ValueError("--precision: chooses OpenVINO's inference precision; use it with --backend openvino")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"--precision: expected fp32 or bf16, got {precision!r}")
-        options["precision"] = precision
-    if threads is not None and backend in ("onnxruntime", "openvino"):
-        options["threads"] = threads
-    return options
-
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="On errors, show the full traceback (accepted anywhere).")):
     """asymvq: the runtime for SD inpainting with asymmetric decoders."""
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """'512x768' -> (512, 768) (height x width); '512' -> (512, 512)."""
-    parts = size.lower().split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    except ValueError:
-        h = w = -1
-    if len(parts) > 2 or h <= 0 or w <= 0 or h % 8 or w % 8:
-        raise ValueError(f"--size: expected HxW with positive multiples of 8, e.g. 512x512, got {size!r}")
-    return h, w
 
 
 # -- profile ----------------------------------------------------------------------------------
@@ -153,17 +115,13 @@ def profile(
         typer.echo(format_flops_only(report))
         typer.echo(f"wrote {write_json(report, json_path)}")
         return
-    # 3. threads, and the pipeline of an engines directory (the presets are built by the profiler)
+    # 3. the engines directory's pipeline (the presets are built by the profiler), after threads are set
+    source = PipelineSource(engines=engines, preset=None if engines is not None else config.preset,
+                            device=config.device, dtype=config.dtype, scheduler=config.scheduler, backend=backend,
+                            precision=precision, threads=threads)
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads: expected a positive integer, got {threads}")
         torch.set_num_threads(threads)
-    pipeline = None
-    if engines is not None:
-        pipeline = InpaintPipeline.from_engines(engines, device=config.device, scheduler=config.scheduler,
-                                                **engine_choice(backend, precision, threads))
-    elif backend is not None or precision is not None:
-        raise ValueError("--backend / --precision: they choose how an engines directory runs; give --engines DIR")
+    pipeline = source.build() if engines is not None else None
     # 4. the measured runs
     report = _run_profile(config, pipeline)
     # 5. the counted decoder-versus-diffusion table (meta device: seconds), next to the measured run
@@ -202,30 +160,6 @@ def _run_profile(config, pipeline=None) -> dict:
 
 
 # -- inpaint ----------------------------------------------------------------------------------
-def build_pipeline(*, model: Optional[Path], decoder: Optional[Path], device: str, dtype: str, scheduler: str,
-                   engines: Optional[Path] = None, preset: Optional[str] = None, backend: Optional[str] = None,
-                   precision: Optional[str] = None):
-    """The one place a command turns its options into a pipeline (engine directories plug in here).
-
-    ``preset`` (tiny or sd15: seeded random networks, no files) is for demos and the server's tests.
-    """
-    if preset is not None:
-        if model is not None or engines is not None or decoder is not None:
-            raise ValueError("--preset: give either --preset or --model/--engines (with --decoder), not both")
-        return InpaintPipeline.from_preset(preset, device=device, dtype=dtype, scheduler=scheduler)
-    if (model is None) == (engines is None):
-        raise ValueError("--model / --engines: give exactly one (a diffusers SD folder, or an `asymvq export` directory)")
-    if engines is not None:
-        if decoder is not None:
-            raise ValueError("--decoder: an engines directory brings its own decoder; re-export with --decoder instead")
-        return InpaintPipeline.from_engines(engines, device=device, scheduler=scheduler,
-                                            **engine_choice(backend, precision))
-    if backend is not None or precision is not None:
-        raise ValueError("--backend / --precision: they choose how an engines directory runs; give --engines DIR")
-
-    return InpaintPipeline.from_pretrained(model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler)
-
-
 @app.command()
 def inpaint(
     preset: Optional[str] = typer.Option(None, help="Or seeded random networks, no files: tiny or sd15 (a demo, not real images)."),
@@ -255,8 +189,8 @@ def inpaint(
     options = cli_decode_options(tile, overlap, decode_region, margin)
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
-    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines,
-                          preset=preset, backend=backend, precision=precision)
+    pipe = PipelineSource(preset=preset, model=model, decoder=decoder, engines=engines, device=device, dtype=dtype,
+                          scheduler=scheduler, backend=backend, precision=precision).build()
     try:
         run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                           strength=strength, seed=seed, progress=True, mask_arg="--mask", decode_options=options)
@@ -326,76 +260,8 @@ def decode(
     _save_images(postprocess(sample, "pil"), out)
 
 
-# -- serve ------------------------------------------------------------------------------------
-@app.command()
-def serve(
-    model: Optional[Path] = typer.Option(None, help="Local diffusers-format SD inpainting folder."),
-    engines: Optional[Path] = typer.Option(None, help="Or an engines directory from `asymvq export`."),
-    decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (with --model)."),
-    preset: Optional[str] = typer.Option(None, help="Or seeded random networks: tiny or sd15 (default: tiny "
-                                         "when neither --model nor --engines is given; a demo, not real images)."),
-    scheduler: str = typer.Option("ddim", help=f"Default scheduler of requests that name none: {SCHEDULER_HELP}."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
-    port: int = typer.Option(8000, help="TCP port."),
-    max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
-    max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
-    ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
-                             "dynamic batching (the `ray` extra; docs/server.md)."),
-    address: Optional[str] = typer.Option(None, help="--ray: join this Ray cluster (auto, ray://host:10001); "
-                                          "default: start a local Ray."),
-    denoise_replicas: int = typer.Option(1, help="--ray: replicas of the denoise stage (CLIP, VAE encoder, UNet)."),
-    decode_replicas: int = typer.Option(1, help="--ray: replicas of the decode stage (asymmetric decoder)."),
-    gpus_per_denoise: float = typer.Option(0.0, help="--ray: GPUs per denoise replica (fractions share a GPU)."),
-    gpus_per_decode: float = typer.Option(0.0, help="--ray: GPUs per decode replica."),
-    cpus_per_denoise: float = typer.Option(1.0, help="--ray: CPUs per denoise replica (also its torch threads)."),
-    cpus_per_decode: float = typer.Option(1.0, help="--ray: CPUs per decode replica (also its torch threads)."),
-    max_batch: int = typer.Option(8, help="--ray: most requests in one batch, per stage."),
-    batch_wait_ms: float = typer.Option(20.0, help="--ray: how long a stage waits to fill a batch."),
-    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
-    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
-):
-    """Serve POST /v1/inpaint, GET /healthz and GET /metrics over HTTP (docs/server.md): one request at a
-    time in this process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
-    if ray:
-        return _serve_ray(locals())
-    if address is not None:
-        raise ValueError("--address: joins a Ray cluster; add --ray")
-
-    try:
-        import uvicorn  # defers the server extra
-
-        from .server import create_app  # defers the server extra (fastapi)
-    except ImportError as e:
-        raise missing_extra("server", "asymvq serve", e) from None
-
-    if preset is None and model is None and engines is None and decoder is None:
-        preset = "tiny"
-    source = f"preset:{preset}" if preset else str(model or engines)
-    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler,
-                          engines=engines, preset=preset, backend=backend, precision=precision)
-    uvicorn.run(create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source),
-                host=host, port=port, workers=1)
-
-
-def _serve_ray(opts: dict) -> None:
-    """``asymvq serve --ray``: the same HTTP API on Ray Serve (asymvq.ray_serve)."""
-    try:
-        from .ray_serve import RayServeConfig, serve_forever  # defers the ray extra
-    except ImportError as e:
-        raise missing_extra("ray", "asymvq serve --ray", e) from None
-    names = ("preset", "model", "decoder", "engines", "backend", "precision", "scheduler", "device", "dtype", "denoise_replicas",
-             "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode",
-             "max_batch", "batch_wait_ms", "max_pixels", "max_steps")
-    cfg = RayServeConfig(**{k: (str(opts[k]) if isinstance(opts[k], Path) else opts[k]) for k in names})
-    if cfg.preset is not None and (cfg.model or cfg.engines or cfg.decoder):
-        raise ValueError("--preset: give either --preset or --model/--engines (with --decoder), not both")
-    serve_forever(cfg, host=opts["host"], port=opts["port"], address=opts["address"],
-                  ready=lambda url: typer.echo(f"asymvq serve --ray: serving on {url} (Ctrl-C stops)"))
-
-
-# -- export: its own file (runtime/cli_export.py), registered here --------------------------
+# -- serve and export: their own files (cli/serve.py, cli/export.py), registered here ----------
+_register_serve(app)
 _register_export(app)
 
 

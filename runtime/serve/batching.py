@@ -1,6 +1,6 @@
 """Independent inpainting jobs run as one batch, each with its own seed: what a batching server needs.
 
-A *job* is the dict ``asymvq.http_form.parse_job`` returns (PIL ``source`` and ``hole``, ``prompt``,
+A *job* is the dict ``asymvq.serve.http_form.parse_job`` returns (PIL ``source`` and ``hole``, ``prompt``,
 ``negative_prompt``, ``steps``, ``guidance``, ``seed``, ``strength``, ``scheduler``). Jobs share a batch
 when ``batch_key`` says so: same size, steps, scheduler, guidance on/off, strength and decoder (what
 fixes the tensor shapes and the timesteps). Prompt, negative prompt, guidance value, seed, image and
@@ -9,7 +9,8 @@ one per image), so its image equals the one it gets alone and from ``asymvq inpa
 
 The two halves are separate so that a server can run them in separate stages (Ray Serve's denoise
 and decode deployments): ``denoise_jobs`` -> one ``Denoised`` per job -> ``decode_jobs`` (any
-grouping of equally sized items) -> ``finish_job`` (PIL image and Pre_error).
+grouping of equally sized items, images in [-1, 1]) -> ``finish_job`` (PIL image and Pre_error against
+the source and mask the ``Denoised`` carries: the request's images are prepared once).
 """
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from collections import defaultdict
 
 import torch
 
-from .images import postprocess
-from .inpaint_run import InpaintRun, finish_run
-from .pipeline import Denoised
+from ..pipeline.inpaint_pipeline import Denoised
+from ..pipeline.inpaint_run import InpaintRun, finish_run
 
 BATCH_FIELDS = ("size", "steps", "scheduler", "guidance on", "strength", "decoder")
 
@@ -58,16 +58,16 @@ def denoise_jobs(pipe, jobs: list[dict], timer=None) -> list[Denoised]:
 
 
 def decode_jobs(pipe, items: list[Denoised], timer=None, decoder: dict | None = None) -> list[torch.Tensor]:
-    """Equally sized ``Denoised`` items decoded in one batch -> one (1, 3, H, W) image in [0, 1] each
-    (the pipeline's ``output_type="pt"``)."""
+    """Equally sized ``Denoised`` items decoded in one batch -> one (1, 3, H, W) image in [-1, 1] each
+    (the decoder's output, as ``finish_job`` takes it)."""
     if len({tuple(d.latents.shape[1:]) for d in items}) != 1:
         raise ValueError("items: expected latents of one shape in a decode batch")
     batch = Denoised(*(torch.cat([getattr(d, f).expand(d.latents.shape[0], *getattr(d, f).shape[1:]) for d in items])
                        for f in ("latents", "image", "mask")))
-    images = postprocess(pipe.decode(batch, decoder=decoder, timer=timer), "pt")
-    return [images[i:i + 1].clone() for i in range(len(items))]
+    samples = pipe.decode(batch, decoder=decoder, timer=timer)
+    return [samples[i:i + 1].clone() for i in range(len(items))]
 
 
-def finish_job(images: torch.Tensor, job: dict) -> InpaintRun:
-    """One job's ``pt`` image -> PIL and Pre_error, exactly as ``asymvq inpaint`` and ``asymvq serve`` finish it."""
-    return finish_run(images, job["source"], job["hole"])
+def finish_job(sample: torch.Tensor, denoised: Denoised) -> InpaintRun:
+    """One job's decoded image -> PIL and Pre_error, exactly as ``asymvq inpaint`` and ``asymvq serve`` finish it."""
+    return finish_run(sample, denoised)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .models.inputs import check_condition
+from ..models.inputs import check_condition
 
 
 def preservation_error(output: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,

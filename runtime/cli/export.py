@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-from .engines.tensorrt_engine import build_plans
-from .export import Source, export_directory, parse_shapes
+from ..engines.tensorrt_engine import build_plans
+from ..export import Source, export_directory, parse_shapes
 
 FORMATS = ("onnx", "trt", "aoti", "openvino")
 

@@ -13,20 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import inspect
-import math
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import pipeline_parts
-from .engines.contract import TEXT_ENCODER, UNET, VAE_ENCODER
+from ..engines.contract import COMPONENTS, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER, capabilities
+from . import parts as pipeline_parts
+from .checks import check_generators, check_guidance, check_int, is_number
 from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
     SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler, switch_scheduler,
 )
-from .stages import NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder
+from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
+    DENOISE_COMPONENTS, NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder,
+)
 
 
 @dataclass
@@ -46,43 +47,73 @@ class Denoised:
 
 class InpaintPipeline:
     """SD inpainting / text-to-image over ``{component: Engine}``; see ``from_preset``,
-    ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines."""
+    ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines.
 
-    def __init__(self, engines: dict, *, scheduler, spec: PipelineSpec, tokenizer=None):
+    ``components`` builds a pipeline of a subset: ``DENOISE_COMPONENTS`` runs ``denoise`` only,
+    ``DECODER_COMPONENTS`` ``decode`` only (what the Ray Serve stages hold; each constructor takes it)."""
+
+    def __init__(self, engines: dict, *, scheduler, spec: PipelineSpec, tokenizer=None, components=None):
         """``engines``: ``{component: Engine}``; ``scheduler``: the default diffusers scheduler (a
-        fresh copy runs each call); ``spec``: what the orchestration must know about the networks."""
+        fresh copy runs each call); ``spec``: what the orchestration must know about the networks;
+        ``components``: the component names this pipeline keeps (default: all, and it must run both halves)."""
+        if components is not None:
+            components = tuple(components)
+            unknown = sorted(set(components) - set(COMPONENTS))
+            if unknown:
+                raise ValueError(f"components: unknown {unknown}, expected names among {list(COMPONENTS)}")
+            engines = {k: v for k, v in engines.items() if k in components}
         self.stages = Stages(engines)
         self.spec = spec
         self.tokenizer = tokenizer
+        self.whole = components is None
+        self.components = tuple(self.stages.engines) if self.whole else components
         if scheduler is None or not hasattr(scheduler, "config"):
             raise ValueError(f"scheduler: expected a diffusers scheduler, got {type(scheduler).__name__}")
         self.scheduler = scheduler
-        if spec.inpainting and not self.stages.has(VAE_ENCODER):
-            raise ValueError("engines: an inpainting pipeline (9-channel UNet) needs a 'vae-encoder' engine")
-        if not self.stages.decoders():
+        if not (self.denoises or self.decodes):
+            raise ValueError(f"components: expected {UNET!r} (to denoise) and/or decoder components among them, "
+                             f"got {list(self.components)}")
+        if self.denoises:
+            if not self.stages.has(UNET):
+                raise ValueError(f"engines: a {UNET!r} engine is required")
+            if spec.inpainting and not self.stages.has(VAE_ENCODER):
+                raise ValueError("engines: an inpainting pipeline (9-channel UNet) needs a 'vae-encoder' engine")
+        if self.decodes and not self.stages.decoders():
             raise ValueError("engines: a 'decoder' and/or 'decoder-plain' engine is required")
+
+    @property
+    def denoises(self) -> bool:
+        """Whether this pipeline runs the diffusion half: a whole one, or a subset with the UNet."""
+        return self.whole or UNET in self.components
+
+    @property
+    def decodes(self) -> bool:
+        """Whether this pipeline runs the decoder: a whole one, or a subset with a decoder."""
+        return self.whole or any(c in self.components for c in DECODER_COMPONENTS)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset: str = "tiny", **kwargs) -> "InpaintPipeline":
+    def from_preset(cls, preset: str = "tiny", *, components=None, **kwargs) -> "InpaintPipeline":
         """Seeded random components, no files: "tiny" (tests) or "sd15" (real SD 1.5 shapes)."""
-        return cls(**pipeline_parts.preset_parts(preset, **kwargs))
+        return cls(**pipeline_parts.preset_parts(preset, components=components, **kwargs), components=components)
 
     @classmethod
-    def from_pretrained(cls, sd_dir, decoder=None, **kwargs) -> "InpaintPipeline":
+    def from_pretrained(cls, sd_dir, decoder=None, *, components=None, **kwargs) -> "InpaintPipeline":
         """A local diffusers-format SD (inpainting) folder; ``decoder``: any checkpoint ``load_decoder`` reads."""
-        return cls(**pipeline_parts.folder_parts(sd_dir, decoder=decoder, **kwargs))
+        return cls(**pipeline_parts.folder_parts(sd_dir, decoder=decoder, **kwargs), components=components)
 
     @classmethod
-    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "ddim", **engine_options) -> "InpaintPipeline":
+    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "ddim", components=None,
+                     **engine_options) -> "InpaintPipeline":
         """An engines directory written by ``asymvq export`` (ONNX Runtime, TensorRT, AOTInductor or torch engines)."""
         return cls(**pipeline_parts.engines_dir_parts(engines_dir, device=device, backend=backend, scheduler=scheduler,
-                                                      **engine_options))
+                                                      components=components, **engine_options),
+                   components=components)
 
     @classmethod
-    def from_diffusers(cls, pipe, decoder=None, **kwargs) -> "InpaintPipeline":
+    def from_diffusers(cls, pipe, decoder=None, *, components=None, **kwargs) -> "InpaintPipeline":
         """Take over a diffusers SD (inpainting) pipeline's networks; its VAE decoder becomes ours."""
-        return cls(**pipeline_parts.diffusers_parts(pipe, decoder=decoder, **kwargs))
+        return cls(**pipeline_parts.diffusers_parts(pipe, decoder=decoder, **kwargs), components=components)
 
     def set_scheduler(self, name: str) -> "InpaintPipeline":
         """Make "ddim", "pndm", "euler" or "dpm++" the default, with the same noise schedule.
@@ -124,7 +155,7 @@ class InpaintPipeline:
         ``SCHEDULERS``; default: the pipeline's) and ``timer`` (a ``StageTimer`` that records every
         stage). The call changes no attribute of the pipeline. ``decode_options``: tiled and/or region
         decoding, ``{"tile": N, "overlap": M, "region": "mask", "margin": K}`` (latent pixels; torch
-        decoder engines only, see ``asymvq.decode_modes`` and docs/decoder.md).
+        decoder engines only, see ``asymvq.pipeline.decode_modes`` and docs/decoder.md).
 
         A batch of independent jobs (what a server batches): ``prompt``, ``image``, ``mask_image``
         and ``negative_prompt`` as lists, ``generator`` a list with one generator per image (as in
@@ -146,6 +177,9 @@ class InpaintPipeline:
                decode_options: dict | None = None) -> torch.Tensor:
         """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some.
         ``decode_options``: tiled / region decoding (torch decoder engines only)."""
+        if decoder is None and not self.decodes:
+            raise ValueError(f"decoder: this pipeline holds only {list(self.components)}; pass decoder engines "
+                             "or build it with the decoder components")
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
         latent = self.spec.latent_space.to_vae(denoised.latents)
         options = check_decode_options(decode_options)
@@ -203,14 +237,9 @@ class InpaintPipeline:
         return self.stages.text_encode(ids.to(self.spec.device), timer)
 
     def _embed_dim(self) -> int | None:
-        """The UNet's text-embedding width, where its engine tells it (input spec or diffusers config)."""
+        """The UNet's text-embedding width, where its engine states it (``capabilities().static_dims``)."""
         engine = self.stages.engines.get(UNET)
-        spec = getattr(engine, "inputs", {}).get("encoder_hidden_states") if isinstance(getattr(engine, "inputs", None), dict) else None
-        if spec is not None and isinstance(spec.dims[-1], int):
-            return spec.dims[-1]
-        unet = getattr(getattr(engine, "module", None), "unet", None)
-        dim = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
-        return dim if isinstance(dim, int) else None
+        return None if engine is None else capabilities(engine).static_dims.get("text_dim")
 
     def _check_embeds(self, embeds, arg: str) -> torch.Tensor:
         """Any float dtype (cast to the pipeline's later); B, tokens, dim >= 1; finite."""
@@ -226,7 +255,7 @@ class InpaintPipeline:
     def _vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
         """Sample the VAE posterior with the caller's generator (as diffusers), in diffusion space
         (``(x - shift_factor) * scaling_factor``)."""
-        # diffusers on first use, not at import (see asymvq.schedulers): the same draws as diffusers'
+        # diffusers on first use, not at import (see asymvq.pipeline.schedulers): the same draws as diffusers'
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         moments = self.stages.vae_encode(pixels.to(device=self.spec.device, dtype=self.spec.dtype), timer)
@@ -242,25 +271,11 @@ class InpaintPipeline:
         fresh scheduler and the timesteps; 5. draw the initial latents; 6. encode the masked image;
         7. run the UNet loop.
         """
-        from diffusers.utils.torch_utils import randn_tensor  # on first use, see asymvq.schedulers
+        from diffusers.utils.torch_utils import randn_tensor  # on first use, see asymvq.pipeline.schedulers
 
         spec, timer = self.spec, timer or NULL_TIMER
         # 1. arguments
-        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if not _is_number(strength) or not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
-        if not _is_number(eta) or not 0.0 <= eta <= 1.0:  # DDIM's variance goes negative (NaN) past 1
-            raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
-        inpaint = image is not None or mask_image is not None
-        if inpaint and not spec.inpainting:
-            raise ValueError("image / mask_image: this pipeline's UNet has 4 input channels (text-to-image); "
-                             "inpainting needs a 9-channel SD inpainting UNet")
-        if not inpaint and spec.inpainting:
-            raise ValueError("image / mask_image: required, this is an inpainting pipeline (9-channel UNet)")
-        if not inpaint and strength != 1.0:
-            raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
+        inpaint = self._check_denoise(image, mask_image, num_inference_steps, num_images_per_prompt, strength, eta)
 
         # 2. image and mask
         if inpaint:
@@ -272,14 +287,14 @@ class InpaintPipeline:
             pixels = mask = None
 
         # 3. prompts
-        guidance, do_cfg = _guidance(guidance_scale)
+        guidance, do_cfg = check_guidance(guidance_scale)
         embeds = self.encode_prompt(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                     num_images_per_prompt, do_cfg, timer)
         batch = embeds.shape[0] // (2 if do_cfg else 1)
         if inpaint and pixels.shape[0] not in (1, batch) and batch % pixels.shape[0]:
             raise ValueError(f"image: expected batch 1 or a divisor of {batch} (prompts x images per prompt), "
                              f"got batch {pixels.shape[0]}")
-        generator = _check_generators(generator, batch, spec.device)
+        generator = check_generators(generator, batch, spec.device)
         if isinstance(guidance, list):
             if len(guidance) * num_images_per_prompt != batch:
                 raise ValueError(f"guidance_scale: expected a number or one per prompt ({batch // num_images_per_prompt}), "
@@ -333,6 +348,28 @@ class InpaintPipeline:
         cond = [x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in (pixels, mask)]
         return Denoised(latents, *(x.to(device=spec.device, dtype=spec.dtype) for x in cond))
 
+    def _check_denoise(self, image, mask_image, num_inference_steps, num_images_per_prompt, strength, eta) -> bool:
+        """``denoise``'s scalar arguments and the kind of run (inpainting or not) against the pipeline; returns
+        whether it inpaints."""
+        if not self.denoises:
+            raise ValueError(f"denoise: this pipeline holds only {list(self.components)} (it decodes); build it with "
+                             f"the {UNET!r} component to denoise")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+            check_int(value, name)
+        if not is_number(strength) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
+        if not is_number(eta) or not 0.0 <= eta <= 1.0:  # DDIM's variance goes negative (NaN) past 1
+            raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
+        inpaint = image is not None or mask_image is not None
+        if inpaint and not self.spec.inpainting:
+            raise ValueError("image / mask_image: this pipeline's UNet has 4 input channels (text-to-image); "
+                             "inpainting needs a 9-channel SD inpainting UNet")
+        if not inpaint and self.spec.inpainting:
+            raise ValueError("image / mask_image: required, this is an inpainting pipeline (9-channel UNet)")
+        if not inpaint and strength != 1.0:
+            raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
+        return inpaint
+
     def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, timer, progress):
         stages = self.stages
         for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
@@ -350,40 +387,6 @@ class InpaintPipeline:
             with timer.span(SPAN_SCHEDULER):
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
         return latents
-
-
-def _is_number(x) -> bool:
-    """A finite real number (Python or numpy scalar), not a bool."""
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) and math.isfinite(x)
-
-
-def _guidance(guidance_scale):
-    """(scale or list of scales, guidance on?); a batch shares on/off: the UNet batch doubles for all or none."""
-    if not isinstance(guidance_scale, (list, tuple)):
-        if not _is_number(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale: expected a finite number >= 0 (or one per prompt), got {guidance_scale!r}")
-        return float(guidance_scale), guidance_scale > 1.0
-    values = list(guidance_scale)
-    if not values or not all(_is_number(g) and g >= 0 for g in values):
-        raise ValueError(f"guidance_scale: expected a finite number >= 0 or a non-empty list of them, got {guidance_scale!r}")
-    if len({g > 1.0 for g in values}) > 1:
-        raise ValueError(f"guidance_scale: expected all values > 1 (guidance on) or all <= 1 (off) in one batch, "
-                         f"got {values}")
-    return [float(g) for g in values], values[0] > 1.0
-
-
-def _check_generators(generator, batch: int, device: torch.device | None = None):
-    """None, one generator, or a list with one per image (diffusers' convention); each on the CPU
-    (noise drawn there and moved: the same on every machine) or on the pipeline's device."""
-    gens = list(generator) if isinstance(generator, (list, tuple)) else [] if generator is None else [generator]
-    if isinstance(generator, (list, tuple)) and len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
-        kinds = f"{len(gens)} items" if isinstance(generator, (list, tuple)) else type(generator).__name__
-        raise ValueError(f"generator: expected a torch.Generator or a list of {batch} (one per image), got {kinds}")
-    for g in gens:
-        if device is not None and g.device.type != "cpu" and g.device != device:
-            raise ValueError(f"generator: expected a generator on the CPU or on the pipeline's device {device}, "
-                             f"got one on {g.device}")
-    return gens if isinstance(generator, (list, tuple)) else generator
 
 
 def _step_kwargs(scheduler, generator, eta: float) -> dict:

@@ -5,8 +5,8 @@ import json
 import math
 from pathlib import Path
 
+from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 from .profiler import SPAN_DIFFUSION
-from .stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
 
 WIDTHS = (26, 16, 16, 14, 12, 14, 9)  # the last three: FLOP columns (--flops)
 SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
@@ -118,7 +118,7 @@ FLOP_WIDTHS = (26, 18, 18, 18, 18)
 
 
 def format_flop_table(job: dict) -> str:
-    """The counted decoder-versus-diffusion table, and its floor on named GPUs (``asymvq.flops.project``)."""
+    """The counted decoder-versus-diffusion table, and its floor on named GPUs (``asymvq.profiling.flops.project``)."""
     f, steps = job["flops"], job["steps"]
     cfg = ", CFG" if job["unet_batch"] > job["batch"] else ""
     unet_all = next(k for k in f if k.startswith(f"UNet x {steps}"))

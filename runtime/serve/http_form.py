@@ -20,9 +20,9 @@ from email.utils import collapse_rfc2231_value
 
 import PIL.Image
 
-from .images import pil_convert
-from .inpaint_run import check_same_size
-from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
+from ..pipeline.images import pil_convert
+from ..pipeline.inpaint_run import check_same_size
+from ..pipeline.schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
 IMAGE_FORMATS = ("PNG", "JPEG")  # only these decoders face the network: less attack surface than all of PIL's
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 bchars

@@ -1,5 +1,8 @@
 """Stage timing and peak memory, the way the TensorRT demo measures: events per span, one sync per measurement.
 
+Below the pipeline (which records into whatever timer its caller passes, ``NULL_TIMER`` by default), so
+the pipeline, the servers and the profiler share these primitives.
+
 On a GPU each span records a pair of CUDA events on the current stream and nothing waits
 until ``collect()``, which synchronizes once for the whole measurement (a full diffusion
 run, or one decode); on the CPU each span reads ``perf_counter``. Optional NVTX ranges
@@ -14,6 +17,16 @@ import time
 from pathlib import Path
 
 import torch
+
+
+class NullTimer:
+    """The timer of a call nobody profiles (the pipeline's default): spans cost nothing."""
+
+    def span(self, name: str):
+        return contextlib.nullcontext()
+
+
+NULL_TIMER = NullTimer()
 
 
 class StageTimer:

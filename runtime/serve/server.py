@@ -7,13 +7,13 @@ model run at a time per device is what keeps latency predictable, so the lock st
 event loop keeps answering ``/healthz``, and past ``max_queue`` waiting requests the server
 answers 503 at once rather than holding connections for minutes. Run one process per GPU.
 
-Bad input never reaches the GPU: the form is parsed and checked first (``asymvq.http_form``),
+Bad input never reaches the GPU: the form is parsed and checked first (``asymvq.serve.http_form``),
 and every error a client can fix is a 4xx ``{"error": "<argument>: expected ..., got ..."}``,
 the same words the pipeline's own ValueErrors use. Anything else is a 500 ``{"error": ...}``
 with the traceback in the server log only. The body is read under ``max_body_bytes``.
 
 ``build_app(run_job, ...)`` is that HTTP surface (routes, limits, errors, headers, ``GET /metrics``)
-around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``asymvq.ray_serve``.
+around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``.
 """
 from __future__ import annotations
 
@@ -28,14 +28,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..models.devices import dtype_name
+from ..pipeline.checks import check_int
+from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.inpaint_run import run_inpaint
+from ..pipeline.source import PipelineSource
+from ..profiling.timing import StageTimer
 from .http_form import RequestError, parse_form, parse_job
-from .inpaint_run import run_inpaint
-from .models.devices import dtype_name
-from .pipeline import InpaintPipeline
-from .serving_metrics import ServerMetrics
-from .timing import StageTimer
+from .metrics import ServerMetrics
 
-log = logging.getLogger("asymvq.server")
+log = logging.getLogger("asymvq.serve.server")
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -61,7 +63,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 # -- the app --------------------------------------------------------------------------------
 @dataclass
 class JobResult:
-    """What a back end returns for one parsed job (``asymvq.http_form.parse_job``)."""
+    """What a back end returns for one parsed job (``asymvq.serve.http_form.parse_job``)."""
 
     png: bytes
     pre_error: float
@@ -96,9 +98,13 @@ class _Runner:
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = 32 << 20,
                max_queue: int = 8, source: str | None = None) -> FastAPI:
-    """A FastAPI app serving ``pipeline`` (an ``InpaintPipeline``, or a no-argument callable that builds one,
-    called here so a bad model fails before the port opens). ``source`` is what ``/healthz`` reports."""
-    pipe = pipeline if isinstance(pipeline, InpaintPipeline) else pipeline()
+    """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
+    model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
+    one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
+    if isinstance(pipeline, PipelineSource):
+        source, pipe = source or pipeline.label, pipeline.build()
+    else:
+        pipe = pipeline if isinstance(pipeline, InpaintPipeline) else pipeline()
     if not isinstance(pipe, InpaintPipeline):
         raise ValueError(f"pipeline: expected an InpaintPipeline or a callable returning one, got {type(pipe).__name__}")
     if not pipe.spec.inpainting:
@@ -119,11 +125,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
     ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
-    runner here, the Ray Serve ingress in ``asymvq.ray_serve``); ``health`` is the ``/healthz`` dict
+    runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        check_int(value, name)
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread

@@ -3,19 +3,20 @@
 ``decode_options`` = ``{"tile": N, "overlap": M, "region": "mask", "margin": K}`` (any subset;
 latent pixels; see docs/decoder.md). The modes are Python around the decoder's modules
 (``asymvq.models.tiled_decode``), not part of an exported graph, so only the torch backend runs
-them: a ``TorchEngine`` whose module wraps an ``AsymmetricDecoder`` (a ``torch-compile`` engine
-runs them eagerly). ONNX Runtime, OpenVINO, TensorRT and AOTInductor engines, the Triton kernels'
-fused ops aside, and the C++ host decode the whole image: asking them to tile is a ValueError.
+them: an engine whose ``capabilities`` say ``tiles`` / ``regions``, which is a ``TorchEngine`` whose
+module wraps an ``AsymmetricDecoder`` (a ``torch-compile`` engine runs them eagerly). ONNX Runtime,
+OpenVINO, TensorRT and AOTInductor engines, the Triton kernels' fused ops aside, and the C++ host
+decode the whole image: asking them to tile is a ValueError.
 """
 from __future__ import annotations
 
 import torch
 
-from .engines.contract import DECODER
-from .models.decoder import AsymmetricDecoder
+from ..engines.contract import DECODER, capabilities
 from .stages import SPAN_DECODE, pick_decoder
 
-DECODE_OPTION_KEYS = ("tile", "overlap", "region", "margin")
+TILE_KEYS, REGION_KEYS = ("tile", "overlap"), ("region", "margin")  # what capabilities.tiles / .regions allow
+DECODE_OPTION_KEYS = TILE_KEYS + REGION_KEYS
 
 
 def check_decode_options(options) -> dict:
@@ -31,18 +32,14 @@ def check_decode_options(options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def torch_decoder(engine):
-    """The ``AsymmetricDecoder`` behind a torch decoder engine, or None for any other backend."""
-    dec = getattr(getattr(engine, "module", None), "decoder", None)
-    return dec if isinstance(dec, AsymmetricDecoder) else None
-
-
 def run_decoder_with_modes(engines: dict, timer, latent: torch.Tensor, image, mask, options: dict) -> torch.Tensor:
-    """``stages.run_decoder`` with tile/region options: the same engine choice, the decoder's own call."""
+    """``stages.run_decoder`` with tile/region options: the same engine choice, run by an engine whose
+    ``capabilities`` say it tiles / decodes regions (``engine.decode_with_modes``)."""
     name = pick_decoder(engines, image)
     use_cond, engine = name == DECODER, engines[name]
-    dec = torch_decoder(engine)
-    if dec is None:
+    caps = capabilities(engine)
+    if (any(k in options for k in TILE_KEYS) and not caps.tiles) or (any(k in options for k in REGION_KEYS)
+                                                                    and not caps.regions):
         raise ValueError(
             f"decode_options: tiled and region decoding run on the torch backend only; this pipeline's "
             f"{name!r} engine is {getattr(engine, 'backend', type(engine).__name__)!r} (drop the options, "
@@ -50,8 +47,9 @@ def run_decoder_with_modes(engines: dict, timer, latent: torch.Tensor, image, ma
         )
     if not use_cond and options.get("region") is not None:
         raise ValueError("decode_options: region='mask' needs an inpainting run (image and mask)")
-    with timer.span(SPAN_DECODE), torch.inference_mode():
-        return dec(latent, image if use_cond else None, mask if use_cond else None, **options)
+    feeds = dict(latent=latent, image=image, mask=mask) if use_cond else dict(latent=latent)
+    with timer.span(SPAN_DECODE):
+        return engine.decode_with_modes(options, **feeds)[engine.output_names[0]]
 
 
 CLI_FLAGS = {"tile": "--tile", "overlap": "--overlap", "region": "--decode-region", "margin": "--margin"}

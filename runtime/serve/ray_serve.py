@@ -2,18 +2,18 @@
 
 The graph::
 
-    HTTP -> ingress (parse + check the form: asymvq.http_form; the FastAPI surface of asymvq.server)
+    HTTP -> ingress (parse + check the form: asymvq.serve.http_form; the FastAPI surface of asymvq.serve.server)
               -> denoise (CLIP, VAE encoder, UNet loop, scheduler; @serve.batch)
               -> decode  (asymmetric decoder with latents, image and mask, PNG, Pre_error; @serve.batch)
 
-Each stage replica builds its pipeline in its constructor from the same sources as ``asymvq serve``
-(``asymvq.cli.build_pipeline``: a preset, a diffusers folder + decoder, or an engines directory) and
+Each stage replica builds its pipeline in its constructor from the same ``PipelineSource`` as ``asymvq serve``
+(``asymvq.pipeline.source``: a preset, a diffusers folder + decoder, or an engines directory) and
 keeps only the engines its stage runs. Both stages batch with ``@serve.batch``: a batch is split into
-groups that can share one model call (``asymvq.batching.batch_key``: size, steps, scheduler, guidance
+groups that can share one model call (``asymvq.serve.batching.batch_key``: size, steps, scheduler, guidance
 on/off, strength, decoder); each job keeps its own seed, so its image equals the single-process one.
 
 ``ray_app(...)`` returns the Serve application (for ``serve.run``, ``serve run`` or KubeRay);
-``build(args)`` is the same as an application builder (``serve run asymvq.ray_serve:build preset=tiny``);
+``build(args)`` is the same as an application builder (``serve run asymvq.serve.ray_serve:build preset=tiny``);
 ``serve_forever(...)`` is what the CLI runs. Ray is imported here only (the ``ray`` extra).
 """
 from __future__ import annotations
@@ -25,25 +25,23 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import ray
 from ray import serve
 
+from ..engines.contract import DECODER_COMPONENTS
+from ..models.devices import dtype_name
+from ..pipeline.checks import check_int
+from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.source import PipelineSource
+from ..pipeline.stages import DENOISE_COMPONENTS
+from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
-from .cli import build_pipeline
-from .engines.contract import DECODER_COMPONENTS
-from .models.devices import dtype_name, parse_device, parse_dtype
-from .models.sd_networks import PRESET_SHAPES, SD_PRESETS
-from .pipeline import InpaintPipeline
-from .pipeline_parts import random_decoder_engines
+from .metrics import ServerMetrics
 from .server import JobResult, build_app
-from .serving_metrics import ServerMetrics
-from .stages import PipelineSpec
-from .timing import StageTimer
 
-log = logging.getLogger("asymvq.ray_serve")
+log = logging.getLogger("asymvq.serve.ray_serve")
 APP_NAME = "asymvq"
 
 
@@ -51,15 +49,7 @@ APP_NAME = "asymvq"
 class RayServeConfig:
     """Everything the graph is built from; plain values, so it travels to every replica."""
 
-    preset: str | None = None  # tiny or sd15; the default when no model/engines is given: tiny
-    model: str | None = None
-    decoder: str | None = None
-    engines: str | None = None
-    backend: str | None = None  # with engines: as `asymvq serve --backend`
-    precision: str | None = None  # with engines and backend openvino
-    scheduler: str = "ddim"
-    device: str = "cpu"
-    dtype: str = "fp32"
+    source: PipelineSource = field(default_factory=PipelineSource.serving)  # as `asymvq serve`: tiny by default
     denoise_replicas: int = 1
     decode_replicas: int = 1
     gpus_per_denoise: float = 0.0
@@ -76,61 +66,33 @@ class RayServeConfig:
     max_queue: int = 64  # requests one ingress replica holds before answering 503
 
     def __post_init__(self):
-        if self.preset is None and self.model is None and self.engines is None and self.decoder is None:
-            object.__setattr__(self, "preset", "tiny")
+        if not isinstance(self.source, PipelineSource):
+            raise ValueError(f"source: expected a PipelineSource, got {type(self.source).__name__}")
         for name in ("denoise_replicas", "decode_replicas", "max_batch", "max_pixels", "max_steps", "max_body_bytes",
                      "max_queue"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {value!r}")
+            check_int(getattr(self, name), f"--{name.replace('_', '-')}")
         for name in ("gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode", "batch_wait_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value!r}")
 
-    @property
-    def source(self) -> str:
-        return f"preset:{self.preset}" if self.preset else str(self.model or self.engines)
+    @classmethod
+    def from_options(cls, **options) -> "RayServeConfig":
+        """One flat set of options (``preset="tiny", max_batch=4``): the ``PipelineSource`` fields build the
+        source (``PipelineSource.serving``), the rest are this config's."""
+        names = PipelineSource.field_names()
+        source = PipelineSource.serving(**{k: v for k, v in options.items() if k in names})
+        return cls(source=source, **{k: v for k, v in options.items() if k not in names})
 
 
 # -- the stages ---------------------------------------------------------------------------------
-class _DecoderOnly:
-    """What the decode stage uses of a pipeline (``spec``, ``stages.decoders()``, ``decode``), for a preset:
-    the preset's own seeded decoder without building the UNet and encoders it would drop anyway."""
-
-    def __init__(self, cfg: RayServeConfig):
-        if cfg.preset not in SD_PRESETS:
-            raise ValueError(f"preset must be one of {list(SD_PRESETS)}, got {cfg.preset!r}")
-        shapes = PRESET_SHAPES[cfg.preset]
-        name = shapes["decoder_preset"]  # preset_parts' default decoder, same seed (0): the same weights
-        self.engines = random_decoder_engines([name], dtype=cfg.dtype, device=cfg.device)[name]
-        self.spec = PipelineSpec(unet_in_channels=9, latent_space=shapes["latent_space"],
-                                 sample_size=shapes["latent_size"], dtype=parse_dtype(cfg.dtype),
-                                 device=parse_device(cfg.device))
-        self.stages = self
-
-    def decoders(self) -> dict:
-        return dict(self.engines)
-
-    def decode(self, denoised, decoder=None, timer=None):
-        return InpaintPipeline.decode(self, denoised, decoder=decoder, timer=timer)
-
-
-def _stage_pipeline(cfg: RayServeConfig, keep_decoders: bool, threads: float):
-    """The pipeline ``asymvq serve`` would build, holding only this stage's engines."""
+def _stage_pipeline(cfg: RayServeConfig, components: tuple[str, ...], threads: float) -> InpaintPipeline:
+    """The pipeline ``asymvq serve`` would build, of this stage's components only (a preset builds only
+    those networks, an engines directory loads only those engines)."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
-    if keep_decoders and cfg.preset is not None:
-        return _DecoderOnly(cfg)
-    path = (lambda p: None if p is None else Path(p))
-    pipe = build_pipeline(model=path(cfg.model), decoder=path(cfg.decoder), device=cfg.device, dtype=cfg.dtype,
-                          scheduler=cfg.scheduler, engines=path(cfg.engines), preset=cfg.preset, backend=cfg.backend,
-                          precision=cfg.precision)
-    engines = pipe.stages.engines  # this replica's own pipeline: drop what the other stage runs
-    for name in [n for n in engines if (n in DECODER_COMPONENTS) != keep_decoders]:
-        del engines[name]
-    return pipe
+    return cfg.source.build(components=components)
 
 
 def _node() -> str:
@@ -184,7 +146,7 @@ class DenoiseStage:
 
     def __init__(self, cfg: RayServeConfig):
         self.cfg = cfg
-        self.pipe = _stage_pipeline(cfg, keep_decoders=False, threads=cfg.cpus_per_denoise)
+        self.pipe = _stage_pipeline(cfg, DENOISE_COMPONENTS, threads=cfg.cpus_per_denoise)
         self.node = _node()
         _configure_batching(self.run_batch, cfg)
 
@@ -204,8 +166,7 @@ class DenoiseStage:
         timer = StageTimer(self.pipe.spec.device)
         denoised = denoise_jobs(self.pipe, jobs, timer)
         stages = _stages_ms(timer)
-        return [dict(denoised=d, source=j["source"], hole=j["hole"], stages=stages, batch=len(jobs), node=self.node)
-                for d, j in zip(denoised, jobs)]
+        return [dict(denoised=d, stages=stages, batch=len(jobs), node=self.node) for d in denoised]
 
 
 class DecodeStage:
@@ -213,7 +174,7 @@ class DecodeStage:
 
     def __init__(self, cfg: RayServeConfig):
         self.cfg = cfg
-        self.pipe = _stage_pipeline(cfg, keep_decoders=True, threads=cfg.cpus_per_decode)
+        self.pipe = _stage_pipeline(cfg, DECODER_COMPONENTS, threads=cfg.cpus_per_decode)
         self.node = _node()
         _configure_batching(self.run_batch, cfg)
 
@@ -234,7 +195,7 @@ class DecodeStage:
         stages = _stages_ms(timer)
         out = []
         for it, image in zip(items, images):
-            run = finish_job(image, it)
+            run = finish_job(image, it["denoised"])
             buf = io.BytesIO()
             run.images[0].save(buf, format="PNG")
             out.append(dict(png=buf.getvalue(), pre_error=run.pre_error, stages=stages, batch=len(items), node=self.node))
@@ -250,7 +211,7 @@ def _check(result: dict) -> dict:
 
 
 class Ingress:
-    """The HTTP surface of ``asymvq serve`` (``asymvq.server.build_app``) over the two stage deployments."""
+    """The HTTP surface of ``asymvq serve`` (``asymvq.serve.server.build_app``) over the two stage deployments."""
 
     def __init__(self, denoise, decode, cfg: RayServeConfig):
         self.denoise, self.decode, self.cfg = denoise, decode, cfg
@@ -268,7 +229,7 @@ class Ingress:
         if self._health is None:  # asked of the stages once: the ingress builds no model
             den, dec = await asyncio.gather(self.denoise.describe.remote(), self.decode.describe.remote())
             cfg = self.cfg
-            self._health = {"status": "ok", "source": cfg.source, "device": den["device"], "dtype": den["dtype"],
+            self._health = {"status": "ok", "source": cfg.source.label, "device": den["device"], "dtype": den["dtype"],
                             "decoders": dec["decoders"], "scheduler": den["scheduler"],
                             "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps,
                             "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
@@ -317,10 +278,10 @@ def _actor_options(cpus: float, gpus: float, resources: dict | None) -> dict:
 def ray_app(config: RayServeConfig | None = None, **kwargs):
     """The Serve application (ingress -> denoise -> decode), for ``serve.run`` or a RayService.
 
-    ``ray_app(preset="tiny", max_batch=8)`` or ``ray_app(RayServeConfig(...))``."""
+    ``ray_app(preset="tiny", max_batch=8)`` (``RayServeConfig.from_options``) or ``ray_app(RayServeConfig(...))``."""
     if config is not None and kwargs:
         raise ValueError("ray_app: pass a RayServeConfig or keyword arguments, not both")
-    cfg = config or RayServeConfig(**kwargs)
+    cfg = config or RayServeConfig.from_options(**kwargs)
     ongoing = 2 * cfg.max_batch  # a full batch computing and the next one gathering
     denoise = DENOISE.options(
         num_replicas=cfg.denoise_replicas, max_ongoing_requests=ongoing,
@@ -335,20 +296,22 @@ def ray_app(config: RayServeConfig | None = None, **kwargs):
 
 
 def build(args: dict):
-    """Application builder for ``serve run asymvq.ray_serve:build key=value ...`` and RayService ``args``."""
-    fields = {f.name: f for f in dataclasses.fields(RayServeConfig)}
+    """Application builder for ``serve run asymvq.serve.ray_serve:build key=value ...`` and RayService ``args``:
+    the ``PipelineSource`` and ``RayServeConfig`` field names, strings converted to the fields' types."""
+    fields = {f.name: f for cls in (PipelineSource, RayServeConfig) for f in dataclasses.fields(cls)
+              if f.name != "source"}
     unknown = sorted(set(args) - set(fields))
     if unknown:
         raise ValueError(f"args: unknown {unknown}, expected names among {sorted(fields)}")
     typed = {}
     for name, value in args.items():
         kind = fields[name].type
-        if isinstance(value, str) and "int" in kind and "None" not in kind:
+        if isinstance(value, str) and "int" in kind:
             value = int(value)
         elif isinstance(value, str) and "float" in kind:
             value = float(value)
         typed[name] = value
-    return ray_app(RayServeConfig(**typed))
+    return ray_app(RayServeConfig.from_options(**typed))
 
 
 def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,

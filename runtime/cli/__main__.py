@@ -1,0 +1,4 @@
+"""``python -m asymvq.cli``: the console entry point."""
+from .app import main
+
+main()

@@ -1,0 +1,29 @@
+"""What the commands of ``asymvq`` share: option help texts, the decode-mode options, ``--size``."""
+from __future__ import annotations
+
+import typer
+
+SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
+BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "
+                "CUDA when built, OpenVINO on the CPU when the directory has its IR, else ONNX Runtime).")
+# The decode modes of `inpaint` and `decode` (docs/decoder.md), one definition for both commands.
+TILE_OPTION = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory bounded by the "
+                           "tile (docs/decoder.md). Torch decoders only.")
+OVERLAP_OPTION = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default 4; any overlap is exact).")
+DECODE_REGION_OPTION = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box (plus --margin), "
+                                    "copy the rest from the source; 'full' (default).")
+MARGIN_OPTION = typer.Option(None, help="Latent pixels of context around the mask's box (default 4).")
+PRECISION_HELP = ("With --engines --backend openvino: the precision OpenVINO computes in, fp32 or bf16 (default: bf16 "
+                  "where the CPU has native bf16, avx512_bf16 or AMX; fp32 otherwise). Not the export's precision.")
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768) (height x width); '512' -> (512, 512)."""
+    parts = size.lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except ValueError:
+        h = w = -1
+    if len(parts) > 2 or h <= 0 or w <= 0 or h % 8 or w % 8:
+        raise ValueError(f"--size: expected HxW with positive multiples of 8, e.g. 512x512, got {size!r}")
+    return h, w

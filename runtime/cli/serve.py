@@ -1,0 +1,82 @@
+"""``asymvq serve``: the HTTP server of ``asymvq.serve`` in this process, or on Ray Serve with ``--ray``.
+
+The one place the CLI reaches the other front end: inside the command, through imports that defer
+the server and ray extras (.importlinter names these two edges). Registered on the main ``app`` by
+``asymvq.cli.app``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..models.extras import missing_extra
+from ..pipeline.source import PipelineSource
+from .options import BACKEND_HELP, PRECISION_HELP, SCHEDULER_HELP
+
+
+def serve(
+    model: Optional[Path] = typer.Option(None, help="Local diffusers-format SD inpainting folder."),
+    engines: Optional[Path] = typer.Option(None, help="Or an engines directory from `asymvq export`."),
+    decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (with --model)."),
+    preset: Optional[str] = typer.Option(None, help="Or seeded random networks: tiny or sd15 (default: tiny "
+                                         "when neither --model nor --engines is given; a demo, not real images)."),
+    scheduler: str = typer.Option("ddim", help=f"Default scheduler of requests that name none: {SCHEDULER_HELP}."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
+    max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+    ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
+                             "dynamic batching (the `ray` extra; docs/server.md)."),
+    address: Optional[str] = typer.Option(None, help="--ray: join this Ray cluster (auto, ray://host:10001); "
+                                          "default: start a local Ray."),
+    denoise_replicas: int = typer.Option(1, help="--ray: replicas of the denoise stage (CLIP, VAE encoder, UNet)."),
+    decode_replicas: int = typer.Option(1, help="--ray: replicas of the decode stage (asymmetric decoder)."),
+    gpus_per_denoise: float = typer.Option(0.0, help="--ray: GPUs per denoise replica (fractions share a GPU)."),
+    gpus_per_decode: float = typer.Option(0.0, help="--ray: GPUs per decode replica."),
+    cpus_per_denoise: float = typer.Option(1.0, help="--ray: CPUs per denoise replica (also its torch threads)."),
+    cpus_per_decode: float = typer.Option(1.0, help="--ray: CPUs per decode replica (also its torch threads)."),
+    max_batch: int = typer.Option(8, help="--ray: most requests in one batch, per stage."),
+    batch_wait_ms: float = typer.Option(20.0, help="--ray: how long a stage waits to fill a batch."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+):
+    """Serve POST /v1/inpaint, GET /healthz and GET /metrics over HTTP (docs/server.md): one request at a
+    time in this process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
+    source = PipelineSource.serving(preset=preset, model=model, decoder=decoder, engines=engines, device=device,
+                                    dtype=dtype, scheduler=scheduler, backend=backend, precision=precision)
+    if ray:
+        return _serve_ray(source, locals())
+    if address is not None:
+        raise ValueError("--address: joins a Ray cluster; add --ray")
+
+    try:
+        import uvicorn  # defers the server extra
+
+        from ..serve.server import create_app  # defers the server extra (fastapi)
+    except ImportError as e:
+        raise missing_extra("server", "asymvq serve", e) from None
+
+    uvicorn.run(create_app(source, max_pixels=max_pixels, max_steps=max_steps), host=host, port=port, workers=1)
+
+
+RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",
+               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps")
+
+
+def _serve_ray(source: PipelineSource, opts: dict) -> None:
+    """``asymvq serve --ray``: the same HTTP API on Ray Serve (asymvq.serve.ray_serve)."""
+    try:
+        from ..serve.ray_serve import RayServeConfig, serve_forever  # defers the ray extra
+    except ImportError as e:
+        raise missing_extra("ray", "asymvq serve --ray", e) from None
+    cfg = RayServeConfig(source=source, **{k: opts[k] for k in RAY_OPTIONS})
+    serve_forever(cfg, host=opts["host"], port=opts["port"], address=opts["address"],
+                  ready=lambda url: typer.echo(f"asymvq serve --ray: serving on {url} (Ctrl-C stops)"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

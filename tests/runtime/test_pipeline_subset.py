@@ -1,0 +1,38 @@
+"""A pipeline of a subset of components (what each Ray Serve stage holds): the denoise half or the decode
+half alone, with the same weights and the same numbers as the whole pipeline."""
+import pytest
+import torch
+
+from asymvq.engines.contract import DECODER_COMPONENTS, TEXT_ENCODER, UNET
+from asymvq.pipeline import InpaintPipeline, PipelineSource
+from asymvq.pipeline.stages import DENOISE_COMPONENTS
+
+from runtime_helpers import image_and_mask
+
+
+def _denoise(pipe):
+    image, mask = image_and_mask(seed=4)
+    return pipe.denoise("a cat", image, mask, num_inference_steps=2, generator=torch.Generator().manual_seed(2))
+
+
+def test_the_halves_alone_give_the_whole_pipelines_numbers(tiny_pipe):
+    denoiser = InpaintPipeline.from_preset("tiny", components=DENOISE_COMPONENTS)
+    decoder = PipelineSource(preset="tiny").build(components=DECODER_COMPONENTS)
+    assert set(denoiser.stages.engines) == set(DENOISE_COMPONENTS) and not denoiser.stages.decoders()
+    assert set(decoder.stages.engines) == set(tiny_pipe.stages.decoders())  # no UNet, no encoders built
+    whole, half = _denoise(tiny_pipe), _denoise(denoiser)
+    assert torch.equal(whole.latents, half.latents)
+    assert torch.equal(tiny_pipe.decode(whole), decoder.decode(half))
+
+
+def test_a_half_refuses_the_other_halfs_work():
+    decoder = InpaintPipeline.from_preset("tiny", components=DECODER_COMPONENTS)
+    with pytest.raises(ValueError, match=r"^denoise: this pipeline holds only \['decoder', 'decoder-plain'\]"):
+        _denoise(decoder)
+    denoiser = InpaintPipeline.from_preset("tiny", components=DENOISE_COMPONENTS)
+    with pytest.raises(ValueError, match=r"^decoder: this pipeline holds only "):
+        denoiser.decode(_denoise(denoiser))
+    with pytest.raises(ValueError, match=r"^components: expected 'unet' \(to denoise\) and/or decoder"):
+        InpaintPipeline.from_preset("tiny", components=(TEXT_ENCODER,))
+    with pytest.raises(ValueError, match=r"^components: unknown \['vae'\]"):
+        InpaintPipeline.from_preset("tiny", components=("vae", UNET))
