@@ -2,8 +2,14 @@
 
 The torch modules accept what COMPONENT_IO's conventions allow (a scalar timestep, an
 image/mask of batch 1 for a batch of latents); an exported graph has one fixed rank and a
-shared ``batch`` dim, so those feeds are expanded here, and anything outside the shape
-ranges it was exported for is refused with the range, instead of failing deep in the runtime.
+shared ``batch`` dim, so those feeds are expanded here, and a feed of another rank or fixed dim
+is refused, instead of failing deep in the runtime.
+
+The specs' min..max ranges bind only where the format was compiled for them (``bound=True``):
+TensorRT's optimization profile and AOTInductor's dynamic dims, which refuse or misread other
+sizes; a feed outside is refused with the range and how to widen it. ONNX Runtime and OpenVINO run
+the graph at any batch, height and width (a 48x64 image, a 1x1 latent crop, a tile), so they check
+only the rank and the fixed dims.
 """
 from __future__ import annotations
 
@@ -28,8 +34,10 @@ def init_engine_io(engine, component: str, inputs: list[TensorSpec], outputs: li
 
 
 def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, device: torch.device,
-                  dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
-    """``feeds`` as contiguous tensors on ``device`` in each input's dtype, in ``specs`` order."""
+                  dtypes: dict[str, torch.dtype] | None = None, *, bound: bool) -> dict[str, torch.Tensor]:
+    """``feeds`` as contiguous tensors on ``device`` in each input's dtype, in ``specs`` order.
+
+    ``bound``: the specs' min..max ranges bind (TensorRT, AOTInductor); otherwise only rank and fixed dims."""
     names = list(specs)
     missing = [n for n in names if n not in feeds]
     extra = [n for n in feeds if n not in specs]
@@ -43,11 +51,15 @@ def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, dev
             t = t.reshape(1)
         if t.ndim == len(spec.dims) and spec.dims[0] == "batch" and t.shape[0] == 1 and batch > 1:
             t = t.expand(batch, *t.shape[1:])
-        if t.ndim != len(spec.dims) or any(not lo <= n <= hi for n, lo, hi in zip(t.shape, spec.min, spec.max)):
+        if bound and (t.ndim != len(spec.dims) or any(not lo <= n <= hi for n, lo, hi in zip(t.shape, spec.min, spec.max))):
             raise ValueError(
                 f"{component} engine: {name} must have shape {list(spec.dims)} within {list(spec.min)}..{list(spec.max)} "
                 f"(the ranges it was exported for; re-export with --shapes to widen them), got {tuple(t.shape)}"
             )
+        if not bound and (t.ndim != len(spec.dims) or any(
+                isinstance(d, int) and n != d or n < 1 for d, n in zip(spec.dims, t.shape))):
+            raise ValueError(f"{component} engine: {name} must have shape {list(spec.dims)} (any positive size "
+                             f"where a dim is named), got {tuple(t.shape)}")
         if spec.dims[0] == "batch" and t.shape[0] != batch:
             raise ValueError(f"{component} engine: {name} has batch {t.shape[0]}, expected {batch} (or 1)")
         dtype = dtypes[name] if dtypes else getattr(torch, spec.dtype)

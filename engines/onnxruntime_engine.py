@@ -62,7 +62,8 @@ class OnnxRuntimeEngine:
                             t.data_ptr())
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = conform_feeds(self.component, self.inputs, feeds, self.device)
+        # ranges: the graph runs at any batch, height and width
+        feeds = conform_feeds(self.component, self.inputs, feeds, self.device, bound=False)
         binding = self.session.io_binding()
         for name, t in feeds.items():
             binding.bind_input(name, self.device.type, self.device.index or 0, _NUMPY[t.dtype], tuple(t.shape),

@@ -132,7 +132,8 @@ class OpenVINOEngine:
         return request
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = conform_feeds(self.component, self.inputs, feeds, self.device)
+        # ranges: the graph runs at any batch, height and width
+        feeds = conform_feeds(self.component, self.inputs, feeds, self.device, bound=False)
         check_tied_dims(self.component, self.inputs, feeds)
         key = tuple(tuple(t.shape) for t in feeds.values()) if self.static_shapes else None
         request = self._requests.get(key) or self._compile(key)

@@ -150,7 +150,8 @@ class TensorRTEngine:
         return outputs
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = conform_feeds(self.component, self.inputs, feeds, self.device, self._torch_dtype)
+        # ranges: the optimization profile binds
+        feeds = conform_feeds(self.component, self.inputs, feeds, self.device, self._torch_dtype, bound=True)
         stream = torch.cuda.current_stream(self.device)
         if not self.cuda_graph:
             key = tuple(tuple(t.shape) for t in feeds.values())
