@@ -9,7 +9,8 @@ The specs' min..max ranges bind only where the format was compiled for them (``b
 TensorRT's optimization profile and AOTInductor's dynamic dims, which refuse or misread other
 sizes; a feed outside is refused with the range and how to widen it. ONNX Runtime and OpenVINO run
 the graph at any batch, height and width (a 48x64 image, a 1x1 latent crop, a tile), so they check
-only the rank and the fixed dims.
+only the rank and the fixed dims (numbers, and named dims exported at one size, min == max: those
+are static in the graph).
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, dev
                 f"{component} engine: {name} must have shape {list(spec.dims)} within {list(spec.min)}..{list(spec.max)} "
                 f"(the ranges it was exported for; re-export with --shapes to widen them), got {tuple(t.shape)}"
             )
-        if not bound and (t.ndim != len(spec.dims) or any(
-                isinstance(d, int) and n != d or n < 1 for d, n in zip(spec.dims, t.shape))):
-            raise ValueError(f"{component} engine: {name} must have shape {list(spec.dims)} (any positive size "
-                             f"where a dim is named), got {tuple(t.shape)}")
+        if not bound:
+            # a named dim exported at one size (min == max) is static in the graph, like a number
+            want = [lo if isinstance(d, int) or lo == hi else d for d, lo, hi in zip(spec.dims, spec.min, spec.max)]
+            if t.ndim != len(want) or any(n != w if isinstance(w, int) else n < 1 for w, n in zip(want, t.shape)):
+                raise ValueError(f"{component} engine: {name} must have shape {want} (any positive size where a dim "
+                                 f"is named), got {tuple(t.shape)}")
         if spec.dims[0] == "batch" and t.shape[0] != batch:
             raise ValueError(f"{component} engine: {name} has batch {t.shape[0]}, expected {batch} (or 1)")
         dtype = dtypes[name] if dtypes else getattr(torch, spec.dtype)

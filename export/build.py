@@ -19,10 +19,9 @@ import tempfile
 from pathlib import Path
 
 from asymvq.engines.contract import COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER
-from asymvq.engines.manifest import (
-    artifact_entry, manifest_latent_space, new_manifest, weights_sha256, write_manifest,
-)
+from asymvq.engines.manifest import artifact_entry, new_manifest, weights_sha256, write_manifest
 from asymvq.models.extras import missing_extra
+from asymvq.models.latent_space import LatentSpace
 from asymvq.models.sd_networks import SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_tokenizer
 from asymvq.models.sources import Source, build_module
 
@@ -126,7 +125,7 @@ def export_directory(
     staged = staging_dir(out)
     try:
         _export_into(staged, names, source, manifest, exporters, old=old, old_root=out, precision=precision,
-                     shapes=shapes, opset=opset, formats=formats)
+                     shapes=shapes, latent_space=latent_space, opset=opset, formats=formats)
         write_manifest(staged, manifest)  # last: a staged directory with a manifest is complete
         publish(staged, out)
     except BaseException:
@@ -136,9 +135,9 @@ def export_directory(
 
 
 def _export_into(staged: Path, names: list[str], source: Source, manifest: dict, exporters: dict, *,
-                 old: dict | None, old_root: Path, precision: str, shapes: Shapes, opset: int, formats) -> None:
+                 old: dict | None, old_root: Path, precision: str, shapes: Shapes, latent_space: LatentSpace,
+                 opset: int, formats) -> None:
     """Write the components ``names`` into ``staged`` and their entries into ``manifest``; link what is kept of ``old``."""
-    latent_space = manifest_latent_space(manifest)
     if any(n in SD_COMPONENTS for n in names):
         manifest.update(_write_tokenizer_and_scheduler(staged, source))
     if old is not None:

@@ -75,3 +75,9 @@ def test_a_binding_range_is_still_a_clear_error():
     assert conform_feeds("decoder-plain", spec, big, torch.device("cpu"), bound=False)["latent"].shape == (1, 4, 17, 8)
     with pytest.raises(ValueError, match=r"\(any positive size where a dim is named\), got \(1, 4, 0, 8\)"):
         conform_feeds("decoder-plain", spec, {"latent": torch.zeros(1, 4, 0, 8)}, torch.device("cpu"), bound=False)
+    # a dim exported at one size is static in the graph: it binds every format
+    static = {"latent": TensorSpec("latent", "float32", ("batch", 4, "h", "w"), (1, 4, 8, 8), (1, 4, 8, 8), (4, 4, 8, 8))}
+    with pytest.raises(ValueError, match=r"latent must have shape \['batch', 4, 8, 8\] \(any positive size"):
+        conform_feeds("decoder-plain", static, big, torch.device("cpu"), bound=False)
+    assert conform_feeds("decoder-plain", static, {"latent": torch.zeros(7, 4, 8, 8)}, torch.device("cpu"),
+                         bound=False)["latent"].shape == (7, 4, 8, 8)
