@@ -1,19 +1,23 @@
 """What the benchmarks share: the PSNR they report, the load average they record, their timing
 loops (CUDA events or perf_counter; round-robin for CPU comparisons), the common arguments of the
-CPU comparisons and the package versions they write down.
+CPU comparisons, the package versions and the CPU they write down.
 
-Imported by the scripts in this folder (``python bench/<name>.py`` puts it on the path).
+Imported by the scripts in this folder (``python bench/<name>.py`` puts it on the path). Importing
+it prints the CPU's model and the features that decide its default precision (``cpu_record``), so
+every benchmark's log says which CPU made its numbers (the CPU changes between sessions).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from asymvq.models.cpu_features import cpu_features
 from asymvq.models.environment import package_versions
 
 
@@ -92,3 +96,12 @@ def interleaved(runs: dict, warmup: int, repeats: int, log, *, before=None, meas
 def versions(*distributions: str) -> dict:
     """Installed versions of ``distributions`` (None for one not installed), for the result JSON."""
     return package_versions(distributions)
+
+
+def cpu_record() -> dict:
+    """This CPU for a result JSON: model, avx2/avx512f/avx512_bf16/amx_bf16/vnni, torch's capability and
+    the default CPU dtype those features give (bf16 only with avx512_bf16 or AMX)."""
+    return cpu_features().to_dict()
+
+
+print(f"cpu: {cpu_features().describe()}", file=sys.stderr, flush=True)

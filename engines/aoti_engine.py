@@ -24,7 +24,8 @@ class AOTIEngine(ExportedEngine):
         self.runner = torch._inductor.aoti_load_package(str(path))
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = self.conform(feeds, tied=True)  # compiled code does not check tied dims
+        # the package is compiled for the exported dims only, and does not check tied dims
+        feeds = self.conform(feeds, bound=True, tied=True)
         with torch.inference_mode():
             out = self.runner(*feeds.values())  # conform_feeds returns them in input order
         outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)

@@ -2,8 +2,15 @@
 
 The torch modules accept what COMPONENT_IO's conventions allow (a scalar timestep, an
 image/mask of batch 1 for a batch of latents); an exported graph has one fixed rank and a
-shared ``batch`` dim, so those feeds are expanded here, and anything outside the shape
-ranges it was exported for is refused with the range, instead of failing deep in the runtime.
+shared ``batch`` dim, so those feeds are expanded here, and a feed of another rank or fixed dim
+is refused, instead of failing deep in the runtime.
+
+The specs' min..max ranges bind only where the format was compiled for them (``bound=True``):
+TensorRT's optimization profile and AOTInductor's dynamic dims, which refuse or misread other
+sizes; a feed outside is refused with the range and how to widen it. ONNX Runtime and OpenVINO run
+the graph at any batch, height and width (a 48x64 image, a 1x1 latent crop, a tile), so they check
+only the rank and the fixed dims (numbers, and named dims exported at one size, min == max: those
+are static in the graph).
 """
 from __future__ import annotations
 
@@ -34,18 +41,21 @@ class ExportedEngine(EngineBase):
         dims = bound_static_dims(self.component, self.inputs, self.outputs)
         return Capabilities.of(self.component, static_dims=dims)
 
-    def conform(self, feeds: dict, dtypes: dict[str, torch.dtype] | None = None, *,
+    def conform(self, feeds: dict, dtypes: dict[str, torch.dtype] | None = None, *, bound: bool,
                 tied: bool = False) -> dict[str, torch.Tensor]:
-        """``conform_feeds`` for this engine; ``tied``: also ``check_tied_dims`` (for compiled code that does not)."""
-        out = conform_feeds(self.component, self.inputs, feeds, self.device, dtypes)
+        """``conform_feeds`` for this engine (``bound``: its format was compiled for the specs' ranges);
+        ``tied``: also ``check_tied_dims`` (for compiled code that does not)."""
+        out = conform_feeds(self.component, self.inputs, feeds, self.device, dtypes, bound=bound)
         if tied:
             check_tied_dims(self.component, self.inputs, out)
         return out
 
 
 def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, device: torch.device,
-                  dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
-    """``feeds`` as contiguous tensors on ``device`` in each input's dtype, in ``specs`` order."""
+                  dtypes: dict[str, torch.dtype] | None = None, *, bound: bool) -> dict[str, torch.Tensor]:
+    """``feeds`` as contiguous tensors on ``device`` in each input's dtype, in ``specs`` order.
+
+    ``bound``: the specs' min..max ranges bind (TensorRT, AOTInductor); otherwise only rank and fixed dims."""
     names = list(specs)
     missing = [n for n in names if n not in feeds]
     extra = [n for n in feeds if n not in specs]
@@ -59,11 +69,17 @@ def conform_feeds(component: str, specs: dict[str, TensorSpec], feeds: dict, dev
             t = t.reshape(1)
         if t.ndim == len(spec.dims) and spec.dims[0] == "batch" and t.shape[0] == 1 and batch > 1:
             t = t.expand(batch, *t.shape[1:])
-        if t.ndim != len(spec.dims) or any(not lo <= n <= hi for n, lo, hi in zip(t.shape, spec.min, spec.max)):
+        if bound and (t.ndim != len(spec.dims) or any(not lo <= n <= hi for n, lo, hi in zip(t.shape, spec.min, spec.max))):
             raise ValueError(
                 f"{component} engine: {name} must have shape {list(spec.dims)} within {list(spec.min)}..{list(spec.max)} "
                 f"(the ranges it was exported for; re-export with --shapes to widen them), got {tuple(t.shape)}"
             )
+        if not bound:
+            # a named dim exported at one size (min == max) is static in the graph, like a number
+            want = [lo if isinstance(d, int) or lo == hi else d for d, lo, hi in zip(spec.dims, spec.min, spec.max)]
+            if t.ndim != len(want) or any(n != w if isinstance(w, int) else n < 1 for w, n in zip(want, t.shape)):
+                raise ValueError(f"{component} engine: {name} must have shape {want} (any positive size where a dim "
+                                 f"is named), got {tuple(t.shape)}")
         if spec.dims[0] == "batch" and t.shape[0] != batch:
             raise ValueError(f"{component} engine: {name} has batch {t.shape[0]}, expected {batch} (or 1)")
         dtype = dtypes[name] if dtypes else getattr(torch, spec.dtype)

@@ -20,11 +20,17 @@ it, and the specs' channel dims must agree with it. Format 1 did not record it a
 
 Every file an artifact needs is hashed; ``verify_artifact`` recomputes the hashes and
 refuses a missing, truncated or swapped file with a ``ManifestError`` (a ValueError).
+
+Crash safety: ``write_manifest`` replaces the file in one rename after an fsync (a kill leaves the
+old manifest or the new one, never an empty one), and ``asymvq export`` builds the whole directory
+in a hidden sibling (``staging_name``) that it renames into place; ``read_manifest`` refuses such a
+sibling by name, so an unfinished export is never loaded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -89,10 +95,56 @@ def new_manifest(*, precision: str, source: dict, shapes: dict, latent_space: La
     }
 
 
-def write_manifest(root: str | Path, manifest: dict) -> Path:
-    path = Path(root) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def fsync_dir(path: str | Path) -> None:
+    """Make the entries of directory ``path`` (files created or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; their renames are as durable as they get
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: str | Path, data: bytes) -> Path:
+    """``path`` holding ``data``, replaced atomically: written beside, fsync'd, renamed over, directory fsync'd
+    (a kill leaves the old file or the new one, never a truncated one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
     return path
+
+
+def write_manifest(root: str | Path, manifest: dict) -> Path:
+    """``root/manifest.json``, replaced atomically (``replace_file``)."""
+    return replace_file(Path(root) / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+# An export of DIR is built in DIR's sibling ".DIR.export-<pid>-<random>" and renamed over DIR when
+# complete; a swap that cannot exchange the two moves the old DIR aside to ".DIR.replaced-<pid>-<random>".
+STAGING_KINDS = ("export", "replaced")
+_STAGING = re.compile(r"^\.(?P<target>.+)\.(?P<kind>export|replaced)-(?P<pid>\d+)-[^.]+$")
+
+
+def staging_name(target: str, kind: str) -> str:
+    """The name prefix of a sibling of the engines directory ``target`` (a name) that an export writes."""
+    if kind not in STAGING_KINDS:
+        raise ValueError(f"kind must be one of {list(STAGING_KINDS)}, got {kind!r}")
+    return f".{target}.{kind}-{os.getpid()}-"
+
+
+def parse_staging_name(name: str) -> tuple[str, str, int] | None:
+    """(target name, kind, pid of the export) of a staging sibling's ``name``; None for any other name."""
+    m = _STAGING.match(name)
+    return None if m is None else (m["target"], m["kind"], int(m["pid"]))
 
 
 def read_manifest(root: str | Path) -> dict:
@@ -102,6 +154,11 @@ def read_manifest(root: str | Path) -> dict:
     path = root / MANIFEST
     if not root.is_dir():
         raise ManifestError(f"engines: expected a directory written by `asymvq export`, got {str(root)!r}")
+    staging = parse_staging_name(root.name)
+    if staging is not None:
+        raise ManifestError(f"engines: {root} is a temporary directory of an `asymvq export` of "
+                            f"{str(root.parent / staging[0])!r} that did not finish (the next export removes it); "
+                            "load the engines directory itself")
     if not path.is_file():
         raise ManifestError(f"engines: {path} is missing; build the directory with `asymvq export --out {root}`")
     try:

@@ -62,7 +62,7 @@ class OnnxRuntimeEngine(ExportedEngine):
                             t.data_ptr())
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = self.conform(feeds)
+        feeds = self.conform(feeds, bound=False)  # the graph runs at any batch, height and width
         binding = self.session.io_binding()
         for name, t in feeds.items():
             binding.bind_input(name, self.device.type, self.device.index or 0, _NUMPY[t.dtype], tuple(t.shape),

@@ -2,7 +2,8 @@
 openvino``) compiled for the CPU with an inference-precision hint.
 
 Precision: ``bf16`` where the CPU computes bf16 natively (avx512_bf16 or AMX: the flags in
-/proc/cpuinfo, or OpenVINO's ``OPTIMIZATION_CAPABILITIES``), ``fp32`` otherwise; ``precision=``
+/proc/cpuinfo, ``asymvq.models.cpu_features``, the rule of the torch path too; OpenVINO's
+``OPTIMIZATION_CAPABILITIES`` where no flag can be read), ``fp32`` otherwise; ``precision=``
 overrides it. This is a load-time choice, not the export's precision: one fp32 IR serves both.
 bf16 keeps OpenVINO's own fp32 islands (normalisation statistics, softmax accumulation).
 
@@ -24,6 +25,8 @@ from pathlib import Path
 import openvino as ov
 import torch
 
+from asymvq.models.cpu_features import cpu_features
+
 from .contract import TensorSpec
 from .feeds import ExportedEngine
 
@@ -43,20 +46,16 @@ def core() -> ov.Core:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """This CPU's /proc/cpuinfo flags (``asymvq.models.cpu_features``)."""
+    return set(cpu_features().flags)
 
 
 def native_bf16() -> bool:
-    """True where the CPU has bf16 arithmetic (avx512_bf16 or AMX), by /proc/cpuinfo or OpenVINO."""
-    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
-        return True
+    """True where the CPU has bf16 arithmetic (avx512_bf16 or AMX): by /proc/cpuinfo, the same rule as the
+    torch path (``asymvq.models.cpu_features``); OpenVINO's own capabilities only where no flag is known."""
+    cpu = cpu_features()
+    if cpu.flags:
+        return cpu.native_bf16
     try:
         return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except RuntimeError:
@@ -132,7 +131,7 @@ class OpenVINOEngine(ExportedEngine):
         return request
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = self.conform(feeds, tied=True)
+        feeds = self.conform(feeds, bound=False, tied=True)  # the graph runs at any batch, height and width
         key = tuple(tuple(t.shape) for t in feeds.values()) if self.static_shapes else None
         request = self._requests.get(key) or self._compile(key)
         # Inputs are shared with OpenVINO (no copy); outputs are copied out of the request's buffers,

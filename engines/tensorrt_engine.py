@@ -24,7 +24,7 @@ from asymvq.models.extras import missing_extra
 
 from .contract import TensorSpec
 from .feeds import ExportedEngine
-from .manifest import artifact_entry, read_manifest, toolchain_versions, verify_artifact, write_manifest
+from .manifest import artifact_entry, read_manifest, replace_file, toolchain_versions, verify_artifact, write_manifest
 
 log = logging.getLogger(__name__)
 TIMING_CACHE = "timing.cache"
@@ -68,9 +68,9 @@ def build_plan(onnx_path: Path, plan_path: Path, inputs: list[TensorSpec], *, fp
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build a plan for {onnx_path} (see the log above)")
-    plan_path.write_bytes(bytes(plan))
+    replace_file(plan_path, bytes(plan))
     if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        replace_file(timing_cache, bytes(config.get_timing_cache().serialize()))
     return plan_path
 
 
@@ -87,6 +87,10 @@ def build_plans(root: str | Path, *, components: list[str] | None = None, fp16: 
             continue
         onnx_path = verify_artifact(root, name, entry, "onnx")
         inputs = [TensorSpec.from_dict(s) for s in entry["inputs"]]
+        if entry["artifacts"].pop("trt", None) is not None:
+            # The old plan leaves the manifest before its file is replaced: a kill mid-build then leaves a
+            # directory without this plan (its ONNX still loads), never a manifest hashing a file that changed.
+            write_manifest(root, manifest)
         plan = build_plan(onnx_path, root / f"{name}.plan", inputs, fp16=fp16, strongly_typed=precision == "fp16",
                           refit=refit, timing_cache=root / TIMING_CACHE, workspace_gb=workspace_gb)
         entry["artifacts"]["trt"] = artifact_entry(
@@ -144,7 +148,7 @@ class TensorRTEngine(ExportedEngine):
         return outputs
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        feeds = self.conform(feeds, self._torch_dtype)
+        feeds = self.conform(feeds, self._torch_dtype, bound=True)  # the optimization profile binds
         stream = torch.cuda.current_stream(self.device)
         if not self.cuda_graph:
             key = tuple(tuple(t.shape) for t in feeds.values())

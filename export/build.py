@@ -1,6 +1,11 @@
 """Write an engines directory: one ONNX file, OpenVINO IR and/or AOTInductor package per component, the
 tokenizer and scheduler the pipeline needs, and ``manifest.json`` describing and hashing all of it.
 
+The directory is replaced in one step (``atomic_dir``): everything is written into a hidden sibling,
+the old directory's components that this export does not rewrite are linked in (``carry_over``), the
+manifest is written last, and the sibling is swapped in. A kill at any moment leaves the old complete
+directory or the new complete one.
+
 The directory is self-contained: ``asymvq.engines.load_engine_dir`` and the runtime read
 nothing else. TensorRT plans are added to it afterwards by
 ``asymvq.engines.tensorrt_engine.build_plans`` (engines sit above export in the data flow).
@@ -16,10 +21,13 @@ from pathlib import Path
 from asymvq.engines.contract import COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER
 from asymvq.engines.manifest import artifact_entry, new_manifest, weights_sha256, write_manifest
 from asymvq.models.extras import missing_extra
+from asymvq.models.latent_space import LatentSpace
 from asymvq.models.sd_networks import SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_tokenizer
 from asymvq.models.sources import Source, build_module
 
 from .aoti_export import export_aoti
+from .atomic_dir import clean_stale, export_target, publish, staging_dir
+from .carry_over import keep_artifacts, keep_components, previous_manifest
 from .specs import DEFAULT_OPSET, Shapes, io_specs, spatial_multiple
 
 log = logging.getLogger(__name__)
@@ -94,22 +102,46 @@ def export_directory(
     opset: int = DEFAULT_OPSET,
     formats: tuple[str, ...] | list[str] = ("onnx",),
 ) -> dict:
-    """Export ``components`` of ``source`` under ``out`` in ``formats`` (onnx, aoti, openvino); returns the manifest."""
+    """Export ``components`` of ``source`` to the directory ``out`` in ``formats`` (onnx, aoti, openvino);
+    returns the manifest.
+
+    ``out`` is replaced atomically. When it is an engines directory of the same precision, source,
+    shapes and latent space, its other components (and their files) are kept.
+    """
     names = parse_components(components)
     if not formats or any(f not in EXPORT_FORMATS for f in formats):
         raise ValueError(f"formats: expected some of {list(EXPORT_FORMATS)}, got {list(formats)}")
     exporters = _exporters(formats)  # before any work: a missing extra is named at once
     latent_space = source.latent_space(names)  # before any work: a decoder of another latent space is refused
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = export_target(out)
+    clean_stale(out)  # what killed exports of out left beside it
     manifest = new_manifest(
         precision=precision,
         source=source.to_dict(),
         shapes={"batch": list(shapes.batch), "height": list(shapes.height), "width": list(shapes.width)},
         latent_space=latent_space,
     )
+    old = previous_manifest(out, manifest)
+    staged = staging_dir(out)
+    try:
+        _export_into(staged, names, source, manifest, exporters, old=old, old_root=out, precision=precision,
+                     shapes=shapes, latent_space=latent_space, opset=opset, formats=formats)
+        write_manifest(staged, manifest)  # last: a staged directory with a manifest is complete
+        publish(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # an error or Ctrl-C: the old directory stays as it was
+        raise
+    return manifest
+
+
+def _export_into(staged: Path, names: list[str], source: Source, manifest: dict, exporters: dict, *,
+                 old: dict | None, old_root: Path, precision: str, shapes: Shapes, latent_space: LatentSpace,
+                 opset: int, formats) -> None:
+    """Write the components ``names`` into ``staged`` and their entries into ``manifest``; link what is kept of ``old``."""
     if any(n in SD_COMPONENTS for n in names):
-        manifest.update(_write_tokenizer_and_scheduler(out, source))
+        manifest.update(_write_tokenizer_and_scheduler(staged, source))
+    if old is not None:
+        keep_components(old, old_root, staged, manifest, names)
     for name in names:
         log.info("exporting %s (%s)", name, precision)
         module = build_module(name, source)
@@ -122,26 +154,25 @@ def export_directory(
         entry["artifacts"] = {}
         if "onnx" in formats or "openvino" in formats:
             # OpenVINO alone: its IR is converted from an ONNX file that is not kept
-            onnx_dir = out if "onnx" in formats else Path(tempfile.mkdtemp(prefix=f".{name}-onnx-", dir=out))
+            onnx_dir = staged if "onnx" in formats else Path(tempfile.mkdtemp(prefix=f".{name}-onnx-", dir=staged))
             try:
                 files = exporters["onnx"](module, inputs, outputs, onnx_dir / f"{name}.onnx", precision=precision,
-                                    multiple=spatial_multiple(name, module), opset=opset)
+                                          multiple=spatial_multiple(name, module), opset=opset)
                 if "onnx" in formats:
-                    entry["artifacts"]["onnx"] = artifact_entry(out, files, opset=opset)
+                    entry["artifacts"]["onnx"] = artifact_entry(staged, files, opset=opset)
                 if "openvino" in formats:
                     export_openvino, openvino_version = exporters["openvino"]
-                    ir = export_openvino(files[0], out / f"{name}.xml", precision=precision)
-                    entry["artifacts"]["openvino"] = artifact_entry(out, ir, converted_from="onnx",
+                    ir = export_openvino(files[0], staged / f"{name}.xml", precision=precision)
+                    entry["artifacts"]["openvino"] = artifact_entry(staged, ir, converted_from="onnx",
                                                                     openvino=openvino_version)
             finally:
-                if onnx_dir != out:
+                if onnx_dir != staged:
                     shutil.rmtree(onnx_dir, ignore_errors=True)
         if "aoti" in formats:
             if "onnx" in formats:  # export_onnx converted the module in place (fp16); start from the source again
                 module = build_module(name, source)
-            files = export_aoti(module, inputs, out / f"{name}.pt2", precision=precision,
+            files = export_aoti(module, inputs, staged / f"{name}.pt2", precision=precision,
                                 multiple=spatial_multiple(name, module))
-            entry["artifacts"]["aoti"] = artifact_entry(out, files, device="cpu")  # compiled where built: the CPU
+            entry["artifacts"]["aoti"] = artifact_entry(staged, files, device="cpu")  # compiled where built: the CPU
+        keep_artifacts(old, old_root, staged, name, entry, formats)
         manifest["components"][name] = entry
-        write_manifest(out, manifest)  # after each component, so an interrupted build shows progress
-    return manifest

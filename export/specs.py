@@ -2,7 +2,8 @@
 
 Shape ranges are given in image pixels (batch, height, width) and turned into per-input
 min/opt/max shapes here, once, for the manifest, the ONNX dynamic axes and TensorRT's
-optimization profiles alike. The names, dtype kinds and dims come from the component vocabulary
+optimization profiles alike. They bind only the formats compiled for them (TensorRT, AOTInductor);
+ONNX Runtime and OpenVINO run any size (``asymvq.engines.feeds``). The names, dtype kinds and dims come from the component vocabulary
 (``asymvq.models.components.VOCABULARY``, re-exported by ``asymvq.engines.contract``); only the sizes
 are bound here.
 """
@@ -43,9 +44,13 @@ class Shapes:
                                  f"got {getattr(self, name)}")
 
 
+# The smallest default height and width: one latent pixel (the UNet's spec rounds it up to its multiple,
+# ``io_specs``), so a crop, a region decode or a tile of any size fits the formats that bind a range
+# (TensorRT profiles, AOTInductor's dims). ONNX Runtime and OpenVINO take any size (engines/feeds.py).
+MIN_SIDE = VAE_SCALE_FACTOR
 DEFAULT_SHAPES = {
-    "tiny": Shapes((1, 2, 4), (32, 64, 128), (32, 64, 128)),
-    "sd15": Shapes((1, 1, 4), (256, 512, 1024), (256, 512, 1024)),
+    "tiny": Shapes((1, 2, 4), (MIN_SIDE, 64, 128), (MIN_SIDE, 64, 128)),
+    "sd15": Shapes((1, 1, 4), (MIN_SIDE, 512, 1024), (MIN_SIDE, 512, 1024)),
 }
 
 
@@ -88,10 +93,13 @@ def io_specs(component: str, module: nn.Module, shapes: Shapes, precision: str,
     batch = shapes.batch
     if component == UNET:  # classifier-free guidance runs the UNet on twice the batch
         batch = (batch[0], 2 * batch[1], 2 * batch[2])
-    lat = [tuple(v // VAE_SCALE_FACTOR for v in shapes.height), tuple(v // VAE_SCALE_FACTOR for v in shapes.width)]
     m = spatial_multiple(component, module)
-    if any(v % m for v in lat[0] + lat[1]):
-        raise ValueError(f"shapes: the {component} needs height and width multiples of {VAE_SCALE_FACTOR * m}, got {shapes}")
+    # min is a lower bound: rounded up to the network's multiple (the smallest latent its down-sampling takes)
+    lat = [(-(-lo // VAE_SCALE_FACTOR // m) * m, opt // VAE_SCALE_FACTOR, hi // VAE_SCALE_FACTOR)
+           for lo, opt, hi in (shapes.height, shapes.width)]
+    if any(v % m for v in lat[0][1:] + lat[1][1:]):
+        raise ValueError(f"shapes: the {component} needs opt and max height and width multiples of "
+                         f"{VAE_SCALE_FACTOR * m}, got {shapes}")
     sizes = static_dims(component, module, latent_space)
     float_name = "float16" if precision == "fp16" else "float32"
     varying = [{"batch": batch[i], "h": lat[0][i], "w": lat[1][i]} for i in range(3)]

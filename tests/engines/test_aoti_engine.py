@@ -64,6 +64,11 @@ def test_decoder_matches_torch(engine, decoder, b, hh, ww):
     _compare(engine, decoder, _feeds(b, hh, ww))
 
 
+@pytest.mark.parametrize("b,hh,ww", [(1, 48, 64), (2, 8, 8)])
+def test_small_images_and_crops_down_to_the_default_minimum_match_torch(engine, decoder, b, hh, ww):
+    _compare(engine, decoder, _feeds(b, hh, ww))  # the default minimum: one latent pixel
+
+
 def test_batch_1_condition_is_broadcast(engine, decoder):
     feeds = _feeds(3, 64, 64)
     feeds["image"], feeds["mask"] = feeds["image"][:1], feeds["mask"][:1]
@@ -75,7 +80,9 @@ def test_feeds_the_package_would_misread_are_refused(engine):
     with pytest.raises(ValueError, match=r"image has 8\*h = 72, which does not fit latent's h = 8"):
         engine(latent=feeds["latent"], image=torch.zeros(1, 3, 72, 64), mask=torch.zeros(1, 1, 72, 64))
     with pytest.raises(ValueError, match=r"latent must have shape .*re-export with --shapes"):
-        engine(**_feeds(1, 256, 256))
+        engine(**_feeds(1, 256, 256))  # AOTInductor's range binds: compiled for 1..16 latent pixels
+    with pytest.raises(ValueError, match=r"latent must have shape .*within \[1, 4, 1, 1\]..\[4, 4, 16, 16\]"):
+        engine(**_feeds(5, 64, 64))
 
 
 def test_corrupted_package_is_refused(engine_dir, tmp_path):

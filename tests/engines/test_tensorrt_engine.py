@@ -46,6 +46,14 @@ def test_plan_matches_torch_across_the_profile(plan_dir):
         torch.testing.assert_close(got, ref, atol=2e-3, rtol=0)  # TF32 convolutions by default
 
 
+def test_the_profile_binds(plan_dir):
+    # TensorRT runs only inside its optimization profile (64..128 px here): outside is refused before the enqueue
+    engine = load_engine_dir(plan_dir, device="cuda")["decoder"]
+    for b, hh, ww in [(1, 48, 64), (1, 64, 136), (3, 64, 64)]:
+        with pytest.raises(ValueError, match=r"latent must have shape .* within .*re-export with --shapes"):
+            engine(**{k: v.cuda() for k, v in _feeds(b, hh, ww).items()})
+
+
 def test_cuda_graph_replays_static_shapes(tmp_path):
     export_directory(tmp_path, "decoder-plain", Source(preset="tiny"), precision="fp32",
                      shapes=Shapes((1, 1, 1), (64, 64, 64), (64, 64, 64)))

@@ -49,8 +49,14 @@ def test_parse_shapes_and_components():
 
 def test_unet_ranges_must_fit_its_downsampling():
     unet = build_module("unet", Source(preset="tiny"))  # 2 levels: latents a multiple of 2
-    with pytest.raises(ValueError, match="multiples of 16"):
-        io_specs("unet", unet, Shapes((1, 1, 1), (40, 64, 64), (64, 64, 64)), "fp32")
+    for opt_max in [(72, 80), (64, 88)]:
+        with pytest.raises(ValueError, match="opt and max height and width multiples of 16"):
+            io_specs("unet", unet, Shapes((1, 1, 1), (16, *opt_max), (64, 64, 64)), "fp32")
+    # a minimum is a lower bound: rounded up to the multiple (40 px = latent 5 -> 6), not refused
+    sample = io_specs("unet", unet, Shapes((1, 1, 1), (40, 64, 64), (8, 64, 64)), "fp32")[0][0]
+    assert sample.min[2:] == (6, 2) and sample.opt[2:] == (8, 8)
+    decoder = build_module("decoder", Source(preset="tiny"))
+    assert io_specs("decoder", decoder, DEFAULT_SHAPES["sd15"], "fp32")[0][0].min[2:] == (1, 1)
 
 
 def test_bad_sources_are_refused(tmp_path):
@@ -142,8 +148,9 @@ def test_onnxruntime_engine_binds_and_checks(tmp_path):
     b = engine(latent=x)["sample"]  # learnt shapes: ORT now writes into a fresh torch tensor
     assert torch.equal(a, x) and torch.equal(b, x) and a.data_ptr() != b.data_ptr()
     assert torch.equal(engine(latent=x.double())["sample"], x)  # cast to the exported dtype
-    with pytest.raises(ValueError, match=r"latent must have shape \['batch', 4, 'h', 'w'\] within"):
-        engine(latent=torch.randn(2, 4, 9, 5))
+    assert torch.equal(engine(latent=(y := torch.randn(6, 4, 9, 5)))["sample"], y)  # ORT binds no range
+    with pytest.raises(ValueError, match=r"latent must have shape \['batch', 4, 'h', 'w'\] \(any positive size"):
+        engine(latent=torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match="unexpected \\['image'\\]"):
         engine(latent=x, image=x)
     reuse = load_engine_dir(tmp_path, reuse_outputs=True)["decoder-plain"]
