@@ -22,6 +22,8 @@ from .engines.loader import BACKENDS
 from .engines.manifest import read_manifest
 from .images import load_image, postprocess, prepare_image_and_mask
 from .inpaint_run import check_same_size, run_inpaint
+from .job_rules import ARGS as JOB_ARGS
+from .job_rules import check_job
 from .latents_io import load_latents
 from .models import PRESETS
 from .models.checkpoints import load_decoder
@@ -30,6 +32,7 @@ from .models.devices import DTYPES, parse_device, parse_dtype
 from .models.extras import missing_extra
 from .models.sd_networks import SD_PRESETS
 from .models.sources import random_decoder
+from .out_path import check_image_out
 from .pipeline import InpaintPipeline
 from .profiler import ProfileConfig, default_config, flop_table_job, flops_only_report
 from .profiler import profile as run_profile
@@ -46,6 +49,7 @@ app = typer.Typer(
 )
 
 SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
+CLI_NAMES = {name: "--" + name.replace("_", "-") for name in JOB_ARGS}  # the job's values as `inpaint` names them
 BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "
                 "CUDA when built, OpenVINO on the CPU when the directory has its IR, else ONNX Runtime).")
 # The decode modes of `inpaint` and `decode` (docs/decoder.md), one definition for both commands.
@@ -252,14 +256,19 @@ def inpaint(
     margin: Optional[int] = MARGIN_OPTION,
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
+    # every value refused now, before minutes of model loading, by the servers' rules (asymvq.job_rules)
+    job = check_job(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
+                    strength=strength, scheduler=scheduler, names=CLI_NAMES)
+    check_image_out(out)
     options = cli_decode_options(tile, overlap, decode_region, margin)
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
-    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler, engines=engines,
-                          preset=preset, backend=backend, precision=precision)
+    pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=job["scheduler"],
+                          engines=engines, preset=preset, backend=backend, precision=precision)
     try:
-        run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-                          strength=strength, seed=seed, progress=True, mask_arg="--mask", decode_options=options)
+        run = run_inpaint(pipe, source, hole, job["prompt"], negative_prompt=job["negative_prompt"], steps=job["steps"],
+                          guidance=job["guidance"], strength=job["strength"], seed=job["seed"], progress=True,
+                          mask_arg="--mask", decode_options=options)
     except ValueError as e:
         raise as_cli_error(e) from None
     _save_images(run.images, out)
@@ -293,6 +302,7 @@ def decode(
     margin: Optional[int] = MARGIN_OPTION,
 ):
     """Decode saved latents (diffusion space unless --vae-space) to an image."""
+    check_image_out(out)
     options = cli_decode_options(tile, overlap, decode_region, margin)
     if (decoder is None) == (preset is None):
         raise ValueError("--decoder / --preset: give exactly one (a checkpoint path, or a decoder preset name)")
