@@ -351,6 +351,12 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+    max_queue: Optional[int] = typer.Option(None, help="Requests held at once, from the moment their body starts "
+                                            "(reading, parsing, queued, running); more are answered 503 "
+                                            "(default: 8, with --ray 64)."),
+    body_timeout: float = typer.Option(60.0, help="Seconds a request's whole body may take to arrive, else 408."),
+    shutdown_timeout: float = typer.Option(30.0, help="After SIGTERM or Ctrl-C, seconds open requests may take to "
+                                           "finish before they are cancelled."),
     ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
                              "dynamic batching (the `ray` extra; docs/server.md)."),
     address: Optional[str] = typer.Option(None, help="--ray: join this Ray cluster (auto, ray://host:10001); "
@@ -376,7 +382,7 @@ def serve(
     try:
         import uvicorn  # defers the server extra
 
-        from .server import create_app  # defers the server extra (fastapi)
+        from .server import MAX_HEADER_BYTES, create_app  # defers the server extra (fastapi)
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
@@ -385,8 +391,12 @@ def serve(
     source = f"preset:{preset}" if preset else str(model or engines)
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler,
                           engines=engines, preset=preset, backend=backend, precision=precision)
-    uvicorn.run(create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source),
-                host=host, port=port, workers=1)
+    app_ = create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source, max_queue=max_queue or 8,
+                      body_timeout_s=body_timeout)
+    # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
+    # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that
+    uvicorn.run(app_, host=host, port=port, workers=1, http="h11", h11_max_incomplete_event_size=4 * MAX_HEADER_BYTES,
+                timeout_graceful_shutdown=shutdown_timeout)
 
 
 def _serve_ray(opts: dict) -> None:
@@ -398,7 +408,9 @@ def _serve_ray(opts: dict) -> None:
     names = ("preset", "model", "decoder", "engines", "backend", "precision", "scheduler", "device", "dtype", "denoise_replicas",
              "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode",
              "max_batch", "batch_wait_ms", "max_pixels", "max_steps")
-    cfg = RayServeConfig(**{k: (str(opts[k]) if isinstance(opts[k], Path) else opts[k]) for k in names})
+    cfg = RayServeConfig(**{k: (str(opts[k]) if isinstance(opts[k], Path) else opts[k]) for k in names},
+                         **({"max_queue": opts["max_queue"]} if opts["max_queue"] is not None else {}),
+                         body_timeout_s=opts["body_timeout"], shutdown_timeout_s=opts["shutdown_timeout"])
     if cfg.preset is not None and (cfg.model or cfg.engines or cfg.decoder):
         raise ValueError("--preset: give either --preset or --model/--engines (with --decoder), not both")
     serve_forever(cfg, host=opts["host"], port=opts["port"], address=opts["address"],

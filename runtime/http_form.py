@@ -31,9 +31,9 @@ FIELDS = ("image", "mask", "prompt", "negative_prompt", "steps", "guidance", "se
 class RequestError(Exception):
     """A client error: HTTP status and the one-line message the client sees."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def _param(header, param: str, field: str, where: str) -> str | None:

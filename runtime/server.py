@@ -17,6 +17,7 @@ around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``as
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import threading
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .http_form import RequestError, parse_form, parse_job
 from .inpaint_run import run_inpaint
@@ -43,19 +45,52 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 
 # -- the request body -------------------------------------------------------------------------
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent)."""
+MAX_HEADER_BYTES = 16 << 10  # request line + headers; more is refused with 431 before any route runs
+BODY_TIMEOUT_S = 60.0  # the whole body must arrive within this, or 408: a stalled upload holds nothing for long
+SHUTDOWN_TIMEOUT_S = 30.0  # after SIGTERM, requests still open this long are cancelled (uvicorn's graceful timeout)
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection": counted apart from the server's errors
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent) and
+    with 408 when it has not all arrived after ``timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body: expected at most {limit} bytes, got {int(declared)}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body: expected at most {limit} bytes, got more")
-        chunks.append(chunk)
+
+    async def read():
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body: expected at most {limit} bytes, got more")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"body: expected the whole body within {timeout_s:g} s, got {size} bytes by then",
+                           headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
+
+class _HeaderLimit:
+    """ASGI middleware: a request whose line and headers pass ``limit`` bytes is answered 431 in the API's error
+    shape, whatever its path (the HTTP parser has already bounded what it buffers: see ``asymvq serve``)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+                len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+            if size > self.limit:
+                response = _error(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
+                                       f"got {size}", headers={"Connection": "close"})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -95,7 +130,8 @@ class _Runner:
 
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = 32 << 20,
-               max_queue: int = 8, source: str | None = None) -> FastAPI:
+               max_queue: int = 8, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
+               max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
     """A FastAPI app serving ``pipeline`` (an ``InpaintPipeline``, or a no-argument callable that builds one,
     called here so a bad model fails before the port opens). ``source`` is what ``/healthz`` reports."""
     pipe = pipeline if isinstance(pipeline, InpaintPipeline) else pipeline()
@@ -109,27 +145,33 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
               "max_pixels": max_pixels, "max_steps": max_steps}
     app = build_app(lambda job: run_in_threadpool(runner.run, job), health=health, max_pixels=max_pixels,
-                    max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline")
+                    max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
+                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes)
     app.state.runner = runner
     return app
 
 
 def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = 32 << 20, max_queue: int = 8,
-              queue_stage: str = "pipeline", metrics: ServerMetrics | None = None) -> FastAPI:
+              queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
+              body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
     ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
     runner here, the Ray Serve ingress in ``asymvq.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
-    for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes)):
+    for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes),
+                        ("max_queue", max_queue), ("max_header_bytes", max_header_bytes)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if not isinstance(body_timeout_s, (int, float)) or not body_timeout_s > 0:
+        raise ValueError(f"body_timeout_s: expected a number of seconds > 0, got {body_timeout_s!r}")
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
 
     app = FastAPI(title="asymvq", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
+    app.add_middleware(_HeaderLimit, limit=max_header_bytes)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -154,27 +196,31 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         return response
 
     async def _inpaint(request: Request):
+        # A request holds its place from the moment its body starts, through parsing, the queue and the run:
+        # counted after parsing, bodies that finish together would all pass the bound (40 x 200, no 503).
+        if state["waiting"] >= max_queue:
+            return _error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
+                          headers={"Retry-After": "1"})
+        state["waiting"] += 1
+        waiting.inc()
         try:
-            if state["waiting"] > max_queue:
-                return _error(503, f"server: expected at most {max_queue} queued requests, got more; retry later",
-                              headers={"Retry-After": "1"})
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes, body_timeout_s)
             job = parse_job(parse_form(body, request.headers.get("content-type", "")),
                             max_pixels=max_pixels, max_steps=max_steps)
-            state["waiting"] += 1
-            waiting.inc()
-            try:
-                result = await run_job(job)
-            finally:
-                state["waiting"] -= 1
-                waiting.dec()
+            result = await run_job(job)
+        except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
+            log.info("client closed the connection before its request was read (%s)", request.client)
+            return _error(CLIENT_CLOSED, "client closed the connection")
         except RequestError as exc:
-            return _error(exc.status, exc.message)
+            return _error(exc.status, exc.message, headers=exc.headers)
         except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
             return _error(400, " ".join(str(exc).split()))
         except Exception:  # noqa: BLE001 - the server keeps serving; the traceback goes to the log only
             log.exception("inpaint request failed")
             return _error(500, "internal error while inpainting (details in the server log)")
+        finally:
+            state["waiting"] -= 1
+            waiting.dec()
         for name, ms in result.stages.items():
             metrics.stage_seconds.labels(name).observe(ms / 1e3)
         for name, size in result.batches.items():

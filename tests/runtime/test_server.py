@@ -205,7 +205,8 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
         main(["serve", "--port", "8123", "--max-steps", "7"])  # no pipeline option: the tiny preset
     assert (exc.value.code or 0) == 0 and len(calls) == 1
     app, kwargs = calls[0]
-    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1}
+    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1, "http": "h11",
+                      "h11_max_incomplete_event_size": 65536, "timeout_graceful_shutdown": 30.0}
     health = TestClient(app).get("/healthz").json()
     assert health["source"] == "preset:tiny" and health["max_steps"] == 7
 
