@@ -133,3 +133,57 @@ def metric(port: int, name: str, **labels) -> float:
     status, _, body = request(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status == 200
     return parse_metrics(body.decode()).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# -- where a process tree listens -------------------------------------------------------------------
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc: Linux only)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _proc_addr(hex_addr: str) -> str:
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
+    else:  # /proc/net/tcp6: four little-endian 32-bit words
+        ip = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return f"{ip}:{int(port, 16)}"
+
+
+def listening_sockets(pids: list[int]) -> dict[str, list[str]]:
+    """{address:port: [process names]} of the TCP sockets in LISTEN state that ``pids`` hold open."""
+    inodes: dict[str, set[str]] = {}
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.setdefault(target[8:-1], set()).add(f"{name}[{pid}]")
+        except OSError:  # the process ended meanwhile
+            continue
+    out: dict[str, list[str]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: TCP_LISTEN
+                out.setdefault(_proc_addr(cols[1]), []).extend(sorted(inodes[cols[9]]))
+    return out
