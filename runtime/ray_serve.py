@@ -139,6 +139,29 @@ def _stage_pipeline(cfg: RayServeConfig, keep_decoders: bool, threads: float):
     return pipe
 
 
+LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = "ASYMVQ_RAY_LOOPBACK"  # set by loopback_only(); Ray's processes inherit it
+
+
+def _replica_on_loopback() -> None:
+    """In a replica of a loopback-only local Ray (``loopback_only``): Serve starts an inter-deployment gRPC
+    server on ``[::]:0``, every interface, hard-coded in ``ray.serve._private.replica``; bind it to 127.0.0.1.
+    Called from each deployment's constructor, which Serve runs before it starts that server."""
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    from ray.serve._private import replica
+
+    add_port = getattr(replica, "add_port_to_grpc_server", None)
+    if add_port is None or getattr(add_port, "asymvq_loopback", False):
+        return  # another Ray (tests/runtime/test_ray_faults.py says whether it still listens outside), or done
+
+    def on_loopback(server, address: str):
+        return add_port(server, address.replace("[::]", LOOPBACK, 1))
+
+    on_loopback.asymvq_loopback = True
+    replica.add_port_to_grpc_server = on_loopback
+
+
 def _node() -> str:
     return ray.util.get_node_ip_address()
 
@@ -189,6 +212,7 @@ class DenoiseStage:
     """CLIP, VAE encoder, UNet loop and scheduler for batches of jobs."""
 
     def __init__(self, cfg: RayServeConfig):
+        _replica_on_loopback()
         self.cfg = cfg
         self.pipe = _stage_pipeline(cfg, keep_decoders=False, threads=cfg.cpus_per_denoise)
         self.node = _node()
@@ -218,6 +242,7 @@ class DecodeStage:
     """The asymmetric decoder for batches of denoised jobs, then PNG and Pre_error per job."""
 
     def __init__(self, cfg: RayServeConfig):
+        _replica_on_loopback()
         self.cfg = cfg
         self.pipe = _stage_pipeline(cfg, keep_decoders=True, threads=cfg.cpus_per_decode)
         self.node = _node()
@@ -270,6 +295,7 @@ class Ingress:
     """The HTTP surface of ``asymvq serve`` (``asymvq.server.build_app``) over the two stage deployments."""
 
     def __init__(self, denoise, decode, cfg: RayServeConfig):
+        _replica_on_loopback()
         self.denoise, self.decode, self.cfg = denoise, decode, cfg
         self.metrics = ServerMetrics()
         self.node = _node()
@@ -407,9 +433,6 @@ def build(args: dict):
     return ray_app(RayServeConfig(**typed))
 
 
-LOOPBACK = "127.0.0.1"
-
-
 def loopback_only() -> None:
     """Make the local Ray this process starts listen on 127.0.0.1 only (GCS, raylet, workers, agents).
 
@@ -423,6 +446,7 @@ def loopback_only() -> None:
     from ray._private import ray_constants
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ[LOOPBACK_ENV] = "1"  # and the replicas' own gRPC server: _replica_on_loopback
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
