@@ -79,14 +79,16 @@ class _HeaderLimit:
     """ASGI middleware: a request whose line and headers pass ``limit`` bytes is answered 431 in the API's error
     shape, whatever its path (the HTTP parser has already bounded what it buffers: see ``asymvq serve``)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, metrics: ServerMetrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
                 len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
             if size > self.limit:
+                if scope.get("path") == "/v1/inpaint":
+                    self.metrics.requests.labels("431").inc()
                 response = _error(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
                                        f"got {size}", headers={"Connection": "close"})
                 return await response(scope, receive, send)
@@ -171,7 +173,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
 
     app = FastAPI(title="asymvq", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
-    app.add_middleware(_HeaderLimit, limit=max_header_bytes)
+    app.add_middleware(_HeaderLimit, limit=max_header_bytes, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

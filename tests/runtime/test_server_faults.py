@@ -86,8 +86,10 @@ def test_a_stalled_upload_gets_408_within_the_body_deadline(server):
 
 
 def test_oversized_headers_are_refused(server):
+    before = metric(server.port, "asymvq_requests_total", status="431")
     status, _, body = request(server.port, inpaint_request(extra_headers=f"X-Junk: {'a' * 20_000}\r\n"))
     assert status == 431 and json.loads(body)["error"].startswith("headers: expected at most 16384 bytes"), body
+    assert metric(server.port, "asymvq_requests_total", status="431") == before + 1
     status, _, _ = request(server.port, inpaint_request(extra_headers=f"X-Junk: {'a' * 1_000_000}\r\n"))
     assert status in (0, 400, 431), status  # the parser stops buffering: refused or dropped, never served
     assert request(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
