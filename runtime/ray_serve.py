@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from fastapi.responses import JSONResponse
 from ray import serve
 
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
@@ -341,7 +340,7 @@ class Ingress:
                 "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
                         "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms,
                         **({"deployments": deployments} if deployments is not None else {})}}
-        return body if ready else JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return body  # build_app answers 503 when status is not "ok"
 
     async def _call(self, stage: str, handle, payload: dict) -> dict:
         """One stage call; a call that met a lost replica is retried once (same job: same seed, same image),

@@ -61,7 +61,17 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
 
     async def read():
         nonlocal size
-        async for chunk in request.stream():
+        stream = request.stream()
+        while True:
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except ClientDisconnect:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the transport failed under the read: the connection's, not ours
+                # (behind Ray Serve's proxy a client that leaves mid-upload surfaces as Ray's TaskCancelledError)
+                raise ClientDisconnect(f"{type(exc).__name__} while reading the body") from exc
             size += len(chunk)
             if size > limit:
                 raise RequestError(413, f"body: expected at most {limit} bytes, got more")
@@ -182,7 +192,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
 
     @app.get("/healthz")
     async def healthz():
-        return health if isinstance(health, dict) else await health()
+        body = health if isinstance(health, dict) else await health()
+        if body.get("status") != "ok":  # readiness: a load balancer takes the server out while it is not
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return body
 
     @app.get("/metrics")
     async def prometheus_metrics():
@@ -191,7 +204,11 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     @app.post("/v1/inpaint")
     async def inpaint(request: Request):
         t0 = time.perf_counter()
-        response = await _inpaint(request)
+        try:
+            response = await _inpaint(request)
+        except asyncio.CancelledError:  # the front proxy (Ray Serve's) cancels a request whose client left
+            metrics.requests.labels(str(CLIENT_CLOSED)).inc()
+            raise
         metrics.requests.labels(str(response.status_code)).inc()
         if response.status_code == 200:
             metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)

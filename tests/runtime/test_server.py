@@ -148,6 +148,38 @@ def test_bad_values_are_refused_without_the_pipeline_lock(client):
         assert time.monotonic() - t0 < 10
 
 
+def test_a_transport_failure_under_the_body_read_is_a_client_close(client):
+    """Whatever the transport raises while the body arrives (Ray Serve's proxy raises its TaskCancelledError
+    when the client left) is counted as 499, never a 500 with a traceback."""
+    import asyncio
+
+    from asymvq.serving_metrics import parse_metrics
+
+    def count(status):
+        return parse_metrics(client.get("/metrics").text).get(("asymvq_requests_total", (("status", status),)), 0)
+
+    before = {s: count(s) for s in ("499", "500")}
+    parts = [{"type": "http.request", "body": b"--xyz\r\n", "more_body": True}]
+
+    async def receive():
+        if parts:
+            return parts.pop()
+        raise RuntimeError("the transport went away")
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/inpaint", "raw_path": b"/v1/inpaint", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=xyz"), (b"host", b"x")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert count("499") == before["499"] + 1 and count("500") == before["500"]
+
+
 def test_transport_errors(client):
     resp = client.post("/v1/inpaint", content=b"{}", headers={"content-type": "application/json"})
     assert resp.status_code == 415 and resp.json()["error"].startswith("Content-Type: expected multipart/form-data")
