@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -45,6 +46,25 @@ def test_the_local_ray_listens_on_the_loopback_only(ray_server):
     deployments = json.loads(body)["ray"]["deployments"]  # readiness from Serve's controller, asked now
     assert status == 200 and {name: d["status"] for name, d in deployments.items()} == \
         {"ingress": "HEALTHY", "denoise": "HEALTHY", "decode": "HEALTHY"}, body
+
+
+def test_dropped_uploads_on_ray_are_499_not_500(ray_server):
+    """Behind Serve's proxy a client that leaves mid-upload reaches the ingress as a cancelled task (found by the
+    soak's hostile clients: 2 of 12 counted as 500 with a traceback)."""
+    port = ray_server.port
+    before = {s: metric(port, "asymvq_requests_total", status=s) for s in ("499", "500")}
+    for _ in range(4):
+        raw = inpaint_request()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(raw[: len(raw) // 3])
+            time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while metric(port, "asymvq_requests_total", status="499") < before["499"] + 4:
+        assert time.monotonic() < deadline, "the dropped uploads were not all counted as 499"
+        time.sleep(0.5)
+    assert metric(port, "asymvq_requests_total", status="500") == before["500"]
+    status, _, body = request(port, inpaint_request(extra_headers=f"X-Junk: {'a' * 20_000}\r\n"))
+    assert status == 431 and json.loads(body)["error"].startswith("headers: expected at most"), body
 
 
 def _replica_pids(root: int, deployment: str) -> list[int]:
