@@ -39,6 +39,7 @@ from .profiler import profile as run_profile
 from .report import format_flops_only, format_table, write_json
 from .report import plot as draw
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
+from .serve_limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_QUEUE, RAY_MAX_QUEUE, SHUTDOWN_TIMEOUT_S
 
 app = typer.Typer(
     name="asymvq",
@@ -353,9 +354,9 @@ def serve(
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
     max_queue: Optional[int] = typer.Option(None, help="Requests held at once, from the moment their body starts "
                                             "(reading, parsing, queued, running); more are answered 503 "
-                                            "(default: 8, with --ray 64)."),
-    body_timeout: float = typer.Option(60.0, help="Seconds a request's whole body may take to arrive, else 408."),
-    shutdown_timeout: float = typer.Option(30.0, help="After SIGTERM or Ctrl-C, seconds open requests may take to "
+                                            f"(default: {MAX_QUEUE}, with --ray {RAY_MAX_QUEUE})."),
+    body_timeout: float = typer.Option(BODY_TIMEOUT_S, help="Seconds a request's whole body may take to arrive, else 408."),
+    shutdown_timeout: float = typer.Option(SHUTDOWN_TIMEOUT_S, help="After SIGTERM or Ctrl-C, seconds open requests may take to "
                                            "finish before they are cancelled."),
     ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
                              "dynamic batching (the `ray` extra; docs/server.md)."),
@@ -382,7 +383,7 @@ def serve(
     try:
         import uvicorn  # defers the server extra
 
-        from .server import MAX_HEADER_BYTES, create_app  # defers the server extra (fastapi)
+        from .server import create_app  # defers the server extra (fastapi)
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
@@ -391,7 +392,7 @@ def serve(
     source = f"preset:{preset}" if preset else str(model or engines)
     pipe = build_pipeline(model=model, decoder=decoder, device=device, dtype=dtype, scheduler=scheduler,
                           engines=engines, preset=preset, backend=backend, precision=precision)
-    app_ = create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source, max_queue=max_queue or 8,
+    app_ = create_app(pipe, max_pixels=max_pixels, max_steps=max_steps, source=source, max_queue=max_queue or MAX_QUEUE,
                       body_timeout_s=body_timeout)
     # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
     # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that

@@ -39,6 +39,7 @@ from .models.sd_networks import PRESET_SHAPES, SD_PRESETS
 from .pipeline import InpaintPipeline
 from .pipeline_parts import random_decoder_engines
 from .http_form import RequestError
+from .serve_limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, RAY_MAX_QUEUE, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .server import JobResult, build_app
 from .serving_metrics import ServerMetrics
 from .stages import PipelineSpec
@@ -73,11 +74,11 @@ class RayServeConfig:
     batch_wait_ms: float = 20.0
     max_pixels: int = 1024 * 1024
     max_steps: int = 150
-    max_body_bytes: int = 32 << 20
-    max_queue: int = 64  # requests one ingress replica holds before answering 503
-    body_timeout_s: float = 60.0  # the whole body within this, or 408 (asymvq.server.BODY_TIMEOUT_S)
-    shutdown_timeout_s: float = 30.0  # a replica's graceful shutdown (Serve's graceful_shutdown_timeout_s)
-    retry_timeout_s: float = 60.0  # how long the one retry of a job that met a dead replica may wait, else 503
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_queue: int = RAY_MAX_QUEUE  # requests one ingress replica holds before answering 503
+    body_timeout_s: float = BODY_TIMEOUT_S  # the whole body within this, or 408
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S  # a replica's graceful shutdown (Serve's graceful_shutdown_timeout_s)
+    retry_timeout_s: float = RETRY_TIMEOUT_S  # how long the one retry of a job that met a lost replica may wait
 
     def __post_init__(self):
         if self.preset is None and self.model is None and self.engines is None and self.decoder is None:

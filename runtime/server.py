@@ -34,6 +34,7 @@ from .http_form import RequestError, parse_form, parse_job
 from .inpaint_run import run_inpaint
 from .models.devices import dtype_name
 from .pipeline import InpaintPipeline
+from .serve_limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_QUEUE
 from .serving_metrics import ServerMetrics
 from .timing import StageTimer
 
@@ -45,12 +46,6 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 
 # -- the request body -------------------------------------------------------------------------
-MAX_HEADER_BYTES = 16 << 10  # request line + headers; more is refused with 431 before any route runs
-BODY_TIMEOUT_S = 60.0  # the whole body must arrive within this, or 408: a stalled upload holds nothing for long
-SHUTDOWN_TIMEOUT_S = 30.0  # after SIGTERM, requests still open this long are cancelled (uvicorn's graceful timeout)
-CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection": counted apart from the server's errors
-
-
 async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent) and
     with 408 when it has not all arrived after ``timeout_s``."""
@@ -141,8 +136,8 @@ class _Runner:
         return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1})
 
 
-def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = 32 << 20,
-               max_queue: int = 8, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
+def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
+               max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
                max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
     """A FastAPI app serving ``pipeline`` (an ``InpaintPipeline``, or a no-argument callable that builds one,
     called here so a bad model fails before the port opens). ``source`` is what ``/healthz`` reports."""
@@ -163,7 +158,8 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
     return app
 
 
-def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = 32 << 20, max_queue: int = 8,
+def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = MAX_BODY_BYTES,
+              max_queue: int = MAX_QUEUE,
               queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
               body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
