@@ -4,17 +4,21 @@ Loopback only, bounded request loops. Each server runs as its own `asymvq serve`
 clients are threads with one httpx client each; images are random PNGs with a centred hole.
 
     python bench/serve_load.py load [--presets tiny,sd15] [--clients 1,4,8] [--out bench/results/serve_load.json]
-    python bench/serve_load.py soak --server fastapi|ray [--minutes 10] [--clients 4] [--out ...]
+    python bench/serve_load.py soak --server fastapi|ray [--minutes 10] [--clients 4] [--hostile 2] [--out ...]
     python bench/serve_load.py plot-soak bench/results/soak_fastapi.json bench/results/soak_ray.json --out ...png
 
 `load` reports per server, preset and client count: requests/s, p50/p99 latency, failures, mean batch size
 (per request, from /metrics) and the per-request overhead over the pipeline's own stage time
 (client latency minus the Server-Timing model stages; Ray's minus FastAPI's is what Ray adds).
-`soak` logs every 30 s: requests, failures, interval p50, and the RSS of the whole server process tree.
+`soak` logs every 30 s: requests, failures, interval p50, and the RSS of the whole server process tree; at the
+end, answers by status, p50/p99 and RSS growth. `--hostile N` adds N clients cycling through what a skeptical
+operator sends (bench/hostile_clients.py: damaged PNG, prompt bomb, stalled and dropped uploads, big headers...),
+each kind counted as documented or failed, plus the server's own count of answers by status (499 included).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import json
 import os
@@ -31,6 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import PIL.Image
+from hostile_clients import KINDS as HOSTILE
+from hostile_clients import hostile_request
 
 ROOT = Path(__file__).resolve().parents[1]
 ASYMVQ = str(Path(sys.executable).with_name("asymvq"))
@@ -61,10 +67,12 @@ def free_port() -> int:
 
 # -- the server process -------------------------------------------------------------------------
 class Server:
-    def __init__(self, kind: str, preset: str, *, threads: int = 2, startup_s: float = 900, dtype: str = "fp32"):
+    def __init__(self, kind: str, preset: str, *, threads: int = 2, startup_s: float = 900, dtype: str = "fp32",
+                 extra: tuple = ()):
         self.kind, self.preset, self.port = kind, preset, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [ASYMVQ, "serve", "--preset", preset, "--port", str(self.port), "--max-steps", "50", "--dtype", dtype]
+        cmd = [ASYMVQ, "serve", "--preset", preset, "--port", str(self.port), "--max-steps", "50", "--dtype", dtype,
+               *extra]
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS=str(threads))
         if kind == "ray":
             # one CPU (and torch thread) per stage: the two stages overlap on the two cores
@@ -239,14 +247,27 @@ def cmd_load(args) -> None:
 
 def cmd_soak(args) -> None:
     settings = SETTINGS["tiny"]
-    server = Server(args.server, "tiny")
+    server = Server(args.server, "tiny", extra=("--body-timeout", str(args.body_timeout)))
     log = dict(server=args.server, preset="tiny", clients=args.clients, minutes=args.minutes, machine_start=machine(),
                startup_s=round(server.startup_s, 1), samples=[])
     bodies = [png_pair(w, h, i) for i, (w, h) in enumerate(settings["sizes"])]
     stop = threading.Event()
     window: list = []
     totals = dict(ok=0, failed=0)
+    statuses: collections.Counter = collections.Counter()  # the valid requests' answers, by status
+    hostile: dict = {k: collections.Counter() for k in HOSTILE}  # per kind: as documented or failed
+    latencies: list[float] = []
     lock = threading.Lock()
+
+    def hostile_loop(c: int):
+        k = c
+        while not stop.is_set():
+            kind = HOSTILE[k % len(HOSTILE)]
+            k += 1
+            good = hostile_request(server.port, kind, *bodies[0], args.body_timeout)
+            with lock:
+                hostile[kind]["as documented" if good else "failed"] += 1
+            time.sleep(0.5)
 
     def client_loop(c: int):
         seed = c * 1_000_000
@@ -257,8 +278,12 @@ def cmd_soak(args) -> None:
                 with lock:
                     window.append(r)
                     totals["ok" if r["ok"] else "failed"] += 1
+                    statuses[str(r["status"] or "connection error")] += 1
+                    if r["ok"]:
+                        latencies.append(r["latency"] * 1e3)
 
     threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(args.clients)]
+    threads += [threading.Thread(target=hostile_loop, args=(c,)) for c in range(args.hostile)]
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -277,15 +302,27 @@ def cmd_soak(args) -> None:
         stop.set()
         for t in threads:
             t.join()
+        try:
+            log["server_answers"] = {dict(labels)["status"]: v for (name, labels), v in server.metrics().items()
+                                     if name == "asymvq_requests_total"}
+        except Exception as exc:  # noqa: BLE001 - the client-side figures still stand
+            log["server_answers"] = f"unreadable: {exc}"
         log["shutdown_s"] = round(server.stop(), 1)
     s = log["samples"]
     warm = s[min(args.warmup_samples, len(s) - 1)]["rss_mb"]
     log.update(total_ok=totals["ok"], total_failed=totals["failed"], rss_after_warmup_mb=warm, rss_end_mb=s[-1]["rss_mb"],
-               rss_growth_pct=round(100 * (s[-1]["rss_mb"] - warm) / warm, 2), machine_end=machine())
+               rss_growth_pct=round(100 * (s[-1]["rss_mb"] - warm) / warm, 2), machine_end=machine(),
+               answers_by_status=dict(statuses), hostile={k: dict(v) for k, v in hostile.items() if v},
+               p50_ms=_pct(latencies, 50), p99_ms=_pct(latencies, 99), body_timeout_s=args.body_timeout)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(log, indent=1))
-    print(f"{args.server}: {totals['ok']} ok, {totals['failed']} failed, RSS {warm:.0f} -> {s[-1]['rss_mb']:.0f} MB "
-          f"({log['rss_growth_pct']:+.2f} %); wrote {args.out}")
+    print(f"{args.server}: {totals['ok']} ok, {totals['failed']} failed {dict(statuses)}, p50/p99 {log['p50_ms']} / "
+          f"{log['p99_ms']} ms, RSS {warm:.0f} -> {s[-1]['rss_mb']:.0f} MB ({log['rss_growth_pct']:+.2f} %); "
+          f"hostile {log['hostile']}; the server counted {log['server_answers']}; wrote {args.out}")
+
+
+def _pct(values: list, q: float):
+    return round(float(np.percentile(values, q)), 1) if values else None
 
 
 def cmd_plot_soak(args) -> None:
@@ -333,6 +370,8 @@ def main(argv=None) -> None:
     soak.add_argument("--clients", type=int, default=4)
     soak.add_argument("--every", type=float, default=30)
     soak.add_argument("--warmup-samples", type=int, default=1, help="samples before the RSS baseline")
+    soak.add_argument("--hostile", type=int, default=0, help="extra clients sending hostile requests (see above)")
+    soak.add_argument("--body-timeout", type=float, default=5.0, help="the server's --body-timeout (stalled uploads)")
     soak.add_argument("--out", required=True)
     plot = sub.add_parser("plot-soak")
     plot.add_argument("logs", nargs="+")

@@ -26,6 +26,8 @@ from ..models.sources import random_decoder
 from ..pipeline.decode_modes import as_cli_error, cli_decode_options
 from ..pipeline.images import load_image, postprocess, prepare_image_and_mask
 from ..pipeline.inpaint_run import check_same_size, run_inpaint
+from ..pipeline.job_rules import ARGS as JOB_ARGS
+from ..pipeline.job_rules import check_job
 from ..pipeline.latents_io import load_latents
 from ..pipeline.schedulers import SCHEDULER_ALIASES, SCHEDULERS
 from ..pipeline.source import PipelineSource
@@ -34,6 +36,7 @@ from ..profiling.profiler import profile as run_profile
 from ..profiling.report import format_flops_only, format_table, write_json
 from ..profiling.report import plot as draw
 from .export import register as _register_export
+from .out_path import check_image_out
 from .options import (
     BACKEND_HELP, DECODE_REGION_OPTION, MARGIN_OPTION, OVERLAP_OPTION, PRECISION_HELP, SCHEDULER_HELP, TILE_OPTION,
     parse_size,
@@ -47,6 +50,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,  # main() prints one line unless --debug
 )
+CLI_NAMES = {name: "--" + name.replace("_", "-") for name in JOB_ARGS}  # the job's values as `inpaint` names them
 
 
 @app.callback()
@@ -186,14 +190,19 @@ def inpaint(
     margin: Optional[int] = MARGIN_OPTION,
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
+    # every value refused now, before minutes of model loading, by the servers' rules (asymvq.pipeline.job_rules)
+    job = check_job(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
+                    strength=strength, scheduler=scheduler, names=CLI_NAMES)
+    check_image_out(out)
     options = cli_decode_options(tile, overlap, decode_region, margin)
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
     pipe = PipelineSource(preset=preset, model=model, decoder=decoder, engines=engines, device=device, dtype=dtype,
-                          scheduler=scheduler, backend=backend, precision=precision).build()
+                          scheduler=job["scheduler"], backend=backend, precision=precision).build()
     try:
-        run = run_inpaint(pipe, source, hole, prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-                          strength=strength, seed=seed, progress=True, mask_arg="--mask", decode_options=options)
+        run = run_inpaint(pipe, source, hole, job["prompt"], negative_prompt=job["negative_prompt"], steps=job["steps"],
+                          guidance=job["guidance"], strength=job["strength"], seed=job["seed"], progress=True,
+                          mask_arg="--mask", decode_options=options)
     except ValueError as e:
         raise as_cli_error(e) from None
     _save_images(run.images, out)
@@ -213,8 +222,10 @@ def _save_images(images: list, out: Path) -> None:
 @app.command()
 def decode(
     decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (ours, diffusers VAE folder, official .ckpt, SD VAE)."),
-    preset: Optional[str] = typer.Option(None, help="Or a seeded random decoder preset: vanilla, base, x1.5, x2 or tiny."),
-    latents: Path = typer.Option(..., help="Latents file: .pt, .npy or .safetensors, shape (B, 4, h, w) or (4, h, w)."),
+    preset: Optional[str] = typer.Option(None, help="Or a seeded random decoder preset (vanilla, base, x1.5, x2, tiny, sdxl, flux, sd3, "
+                                          "asuka-flux, tiny-flux, tiny-asuka)."),
+    latents: Path = typer.Option(..., help="Latents file: .pt, .npy or .safetensors, shape (B, C, h, w) or (C, h, w), C the "
+                                    "decoder's latent channels (4; 16 for SD3/FLUX)."),
     out: Path = typer.Option(..., help="Output image path (.png)."),
     image: Optional[Path] = typer.Option(None, help="Unmasked source image (8h x 8w), for the condition branch."),
     mask: Optional[Path] = typer.Option(None, help="Mask (white = hole), same size as the image."),
@@ -227,6 +238,7 @@ def decode(
     margin: Optional[int] = MARGIN_OPTION,
 ):
     """Decode saved latents (diffusion space unless --vae-space) to an image."""
+    check_image_out(out)
     options = cli_decode_options(tile, overlap, decode_region, margin)
     if (decoder is None) == (preset is None):
         raise ValueError("--decoder / --preset: give exactly one (a checkpoint path, or a decoder preset name)")

@@ -1,7 +1,8 @@
 """``asymvq serve``: the HTTP server of ``asymvq.serve`` in this process, or on Ray Serve with ``--ray``.
 
 The one place the CLI reaches the other front end: inside the command, through imports that defer
-the server and ray extras (.importlinter names these two edges). Registered on the main ``app`` by
+the server and ray extras, and for the transport limits' defaults of ``--help`` (``asymvq.serve.limits``,
+standard library only); .importlinter names these three edges. Registered on the main ``app`` by
 ``asymvq.cli.app``.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import typer
 
 from ..models.extras import missing_extra
 from ..pipeline.source import PipelineSource
+from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_QUEUE, RAY_MAX_QUEUE, SHUTDOWN_TIMEOUT_S
 from .options import BACKEND_HELP, PRECISION_HELP, SCHEDULER_HELP
 
 
@@ -29,6 +31,12 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+    max_queue: Optional[int] = typer.Option(None, help="Requests held at once, from the moment their body starts "
+                                            "(reading, parsing, queued, running); more are answered 503 "
+                                            f"(default: {MAX_QUEUE}, with --ray {RAY_MAX_QUEUE})."),
+    body_timeout: float = typer.Option(BODY_TIMEOUT_S, help="Seconds a request's whole body may take to arrive, else 408."),
+    shutdown_timeout: float = typer.Option(SHUTDOWN_TIMEOUT_S, help="After SIGTERM or Ctrl-C, seconds open requests may "
+                                           "take to finish before they are cancelled."),
     ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
                              "dynamic batching (the `ray` extra; docs/server.md)."),
     address: Optional[str] = typer.Option(None, help="--ray: join this Ray cluster (auto, ray://host:10001); "
@@ -60,7 +68,12 @@ def serve(
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
-    uvicorn.run(create_app(source, max_pixels=max_pixels, max_steps=max_steps), host=host, port=port, workers=1)
+    app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_queue=max_queue or MAX_QUEUE,
+                      body_timeout_s=body_timeout)
+    # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
+    # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that
+    uvicorn.run(app_, host=host, port=port, workers=1, http="h11", h11_max_incomplete_event_size=4 * MAX_HEADER_BYTES,
+                timeout_graceful_shutdown=shutdown_timeout)
 
 
 RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",
@@ -73,7 +86,9 @@ def _serve_ray(source: PipelineSource, opts: dict) -> None:
         from ..serve.ray_serve import RayServeConfig, serve_forever  # defers the ray extra
     except ImportError as e:
         raise missing_extra("ray", "asymvq serve --ray", e) from None
-    cfg = RayServeConfig(source=source, **{k: opts[k] for k in RAY_OPTIONS})
+    cfg = RayServeConfig(source=source, **{k: opts[k] for k in RAY_OPTIONS},
+                         **({"max_queue": opts["max_queue"]} if opts["max_queue"] is not None else {}),
+                         body_timeout_s=opts["body_timeout"], shutdown_timeout_s=opts["shutdown_timeout"])
     serve_forever(cfg, host=opts["host"], port=opts["port"], address=opts["address"],
                   ready=lambda url: typer.echo(f"asymvq serve --ray: serving on {url} (Ctrl-C stops)"))
 

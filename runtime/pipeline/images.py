@@ -195,6 +195,8 @@ def postprocess(sample: torch.Tensor, output_type: str):
 def load_image(path, *, mode: str = "RGB") -> PIL.Image.Image:
     """Open an image file; a missing file or one PIL cannot read is a one-line error."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p}: expected an image file, got a directory")
     if not p.is_file():
         raise FileNotFoundError(f"image file not found: {p}")
     try:

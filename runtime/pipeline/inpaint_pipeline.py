@@ -22,6 +22,7 @@ from . import parts as pipeline_parts
 from .checks import check_generators, check_guidance, check_int, is_number
 from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
+from .job_rules import check_strength, denoising_steps
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
     SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler, switch_scheduler,
 )
@@ -307,13 +308,10 @@ class InpaintPipeline:
         scheduler.set_timesteps(num_inference_steps, device=spec.device)
         timesteps = scheduler.timesteps
         if inpaint:
-            init = min(int(num_inference_steps * strength), num_inference_steps)
-            t_start = max(num_inference_steps - init, 0)
+            t_start = num_inference_steps - denoising_steps(num_inference_steps, strength)  # >= 1 step: checked above
             timesteps = timesteps[t_start * scheduler.order:]
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(t_start * scheduler.order)
-            if num_inference_steps - t_start < 1:
-                raise ValueError(f"strength: {strength} leaves no denoising step out of {num_inference_steps}; raise it")
 
         # 5. initial latents
         shape = (batch, spec.latent_channels, height // spec.vae_scale_factor, width // spec.vae_scale_factor)
@@ -356,8 +354,7 @@ class InpaintPipeline:
                              f"the {UNET!r} component to denoise")
         for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
             check_int(value, name)
-        if not is_number(strength) or not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength: expected a value in (0, 1], got {strength!r}")
+        check_strength(strength, num_inference_steps)  # the CLI's and the servers' rule (pipeline.job_rules)
         if not is_number(eta) or not 0.0 <= eta <= 1.0:  # DDIM's variance goes negative (NaN) past 1
             raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
         inpaint = image is not None or mask_image is not None

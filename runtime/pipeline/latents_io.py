@@ -22,9 +22,26 @@ def _one_tensor(obj, path: Path) -> torch.Tensor:
     raise ValueError(f"{path}: expected one tensor, or a dict with a {LATENT_KEY!r} entry")
 
 
+def _load_npy(path: Path) -> torch.Tensor:
+    """A numeric .npy array. Object arrays (pickled Python objects) are refused without being read: numpy's own
+    message would advise ``allow_pickle=True``, which runs whatever code the file carries."""
+    try:
+        array = np.load(str(path), allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ValueError(f"{path}: expected a numeric .npy array, got an object array (pickled Python objects, "
+                             "never loaded: they can run code)") from None
+        raise ValueError(f"{path}: cannot read as .npy latents ({exc})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: expected a numeric .npy array, got dtype {getattr(array, 'dtype', type(array))}")
+    return torch.from_numpy(array)
+
+
 def load_latents(path) -> torch.Tensor:
     """A float32 tensor (B, C, h, w) from ``path``; (C, h, w) gains a batch of 1."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: expected a latents file, got a directory")
     if not path.is_file():
         raise FileNotFoundError(f"latents file not found: {path}")
     suffix = path.suffix.lower()
@@ -33,7 +50,7 @@ def load_latents(path) -> torch.Tensor:
             # weights_only: a latents file is data, never code to run
             t = _one_tensor(torch.load(str(path), map_location="cpu", weights_only=True), path)
         elif suffix == ".npy":
-            t = torch.from_numpy(np.load(str(path), allow_pickle=False))
+            t = _load_npy(path)
         elif suffix == ".safetensors":
             from safetensors.torch import load_file
 

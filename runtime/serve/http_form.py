@@ -13,7 +13,6 @@ anyway.
 from __future__ import annotations
 
 import io
-import math
 import re
 from email.parser import BytesHeaderParser
 from email.utils import collapse_rfc2231_value
@@ -22,7 +21,7 @@ import PIL.Image
 
 from ..pipeline.images import pil_convert
 from ..pipeline.inpaint_run import check_same_size
-from ..pipeline.schedulers import SCHEDULER_ALIASES, SCHEDULERS
+from ..pipeline.job_rules import PROMPT_MAX_BYTES, check_job
 
 IMAGE_FORMATS = ("PNG", "JPEG")  # only these decoders face the network: less attack surface than all of PIL's
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 bchars
@@ -32,9 +31,9 @@ FIELDS = ("image", "mask", "prompt", "negative_prompt", "steps", "guidance", "se
 class RequestError(Exception):
     """A client error: HTTP status and the one-line message the client sees."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def _param(header, param: str, field: str, where: str) -> str | None:
@@ -96,17 +95,15 @@ def _text(fields: dict, name: str, default=None) -> str | None:
         raise RequestError(400, f"{name}: expected UTF-8 text, got undecodable bytes") from None
 
 
-def _number(fields: dict, name: str, kind, default, lo, hi):
+def _number(fields: dict, name: str, kind, default):
+    """The field's text as ``kind``; its range is ``asymvq.pipeline.job_rules``' to judge."""
     text = _text(fields, name)
     if text is None:
         return default
     try:
-        value = kind(text.strip())
+        return kind(text.strip())
     except ValueError:
         raise RequestError(400, f"{name}: expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise RequestError(400, f"{name}: expected a value in [{lo}, {hi}], got {text[:40]!r}")
-    return value
 
 
 def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int) -> PIL.Image.Image:
@@ -135,7 +132,9 @@ def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int) -> P
 
 
 def parse_job(fields: dict, *, max_pixels: int, max_steps: int) -> dict:
-    """Every argument checked, in the order a client reads the form; the first bad one is the error."""
+    """Every argument checked, in the order a client reads the form; the first bad one is the error.
+    The values' rules are ``asymvq.pipeline.job_rules.check_job``, the CLI's too: a job this returns cannot fail
+    the pipeline's own argument checks, so nothing bad waits in the queue."""
     for name in ("image", "mask", "prompt"):
         if name not in fields:
             raise RequestError(400, f"{name}: expected a form field, got none (it is required)")
@@ -145,19 +144,16 @@ def parse_job(fields: dict, *, max_pixels: int, max_steps: int) -> dict:
         check_same_size(source, hole, "mask")
     except ValueError as exc:
         raise RequestError(400, str(exc)) from None
-    scheduler = _text(fields, "scheduler")
-    if scheduler is not None:
-        key = SCHEDULER_ALIASES.get(scheduler.lower(), scheduler.lower())
-        if key not in SCHEDULERS:
-            raise RequestError(400, f"scheduler: expected one of {list(SCHEDULERS)}, got {scheduler[:40]!r}")
-        scheduler = key
-    return dict(
-        source=source, hole=hole, prompt=_text(fields, "prompt", ...),
-        negative_prompt=_text(fields, "negative_prompt"),
-        steps=_number(fields, "steps", int, 50, 1, max_steps),
-        guidance=_number(fields, "guidance", float, 7.5, 0.0, 50.0),
-        seed=_number(fields, "seed", int, 0, 0, 2**63 - 1),
-        # (0, 1] is the pipeline's own check (one wording for every caller); here only finiteness
-        strength=_number(fields, "strength", float, 1.0, -math.inf, math.inf),
-        scheduler=scheduler,
-    )
+    if any(len(fields.get(name) or b"") > PROMPT_MAX_BYTES for name in ("prompt", "negative_prompt")):
+        name = "prompt" if len(fields["prompt"]) > PROMPT_MAX_BYTES else "negative_prompt"
+        # refused from the raw size, before decoding megabytes of text
+        raise RequestError(400, f"{name}: expected at most {PROMPT_MAX_BYTES} bytes of UTF-8 text (CLIP reads 77 "
+                                f"tokens), got {len(fields[name])}")
+    try:
+        values = check_job(prompt=_text(fields, "prompt", ...), negative_prompt=_text(fields, "negative_prompt"),
+                           steps=_number(fields, "steps", int, 50), guidance=_number(fields, "guidance", float, 7.5),
+                           seed=_number(fields, "seed", int, 0), strength=_number(fields, "strength", float, 1.0),
+                           scheduler=_text(fields, "scheduler"), max_steps=max_steps)
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
+    return dict(source=source, hole=hole, **values)

@@ -9,7 +9,12 @@ Each app owns its registry (two apps in one process never collide). The series:
   ``decode_stage`` (the round trip to each deployment: queue, batch wait, transfer and compute).
 - ``asymvq_batch_size{stage}`` (histogram): per request, the size of the model batch it ran in
   (``pipeline`` is always 1 for the single-process server; ``denoise`` and ``decode`` on Ray).
-- ``asymvq_queue_depth{stage}`` (gauge): requests this front end has waiting on, or running in, a stage.
+- ``asymvq_queue_depth{stage}`` (gauge): requests this front end has waiting on, or running in, a stage
+  (``pipeline`` / ``ingress``: from the moment the request's body starts).
+- ``asymvq_retries_total{stage}`` (Ray): stage calls that met a lost replica and were run once more.
+
+Status 499 in ``asymvq_requests_total`` is a client that closed the connection before its request was read
+(nginx's convention): counted apart from the server's own errors (500).
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ class ServerMetrics:
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("asymvq_batch_size", "Per request: jobs in the model batch it ran in", ["stage"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.retries = Counter("asymvq_retries", "Stage calls retried once after meeting a lost replica (Ray)",
+                               ["stage"], registry=self.registry)
         self.queue_depth = Gauge("asymvq_queue_depth", "Requests waiting on or running in a stage", ["stage"],
                                  registry=self.registry)
 

@@ -38,6 +38,7 @@ from ..pipeline.source import PipelineSource
 from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
+from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, RAY_MAX_QUEUE, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .metrics import ServerMetrics
 from .server import JobResult, build_app
 
@@ -62,8 +63,11 @@ class RayServeConfig:
     batch_wait_ms: float = 20.0
     max_pixels: int = 1024 * 1024
     max_steps: int = 150
-    max_body_bytes: int = 32 << 20
-    max_queue: int = 64  # requests one ingress replica holds before answering 503
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_queue: int = RAY_MAX_QUEUE  # requests one ingress replica holds before answering 503
+    body_timeout_s: float = BODY_TIMEOUT_S  # the whole body within this, or 408
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S  # a replica's graceful shutdown (Serve's graceful_shutdown_timeout_s)
+    retry_timeout_s: float = RETRY_TIMEOUT_S  # how long the one retry of a job that met a lost replica may wait
 
     def __post_init__(self):
         if not isinstance(self.source, PipelineSource):
@@ -71,7 +75,8 @@ class RayServeConfig:
         for name in ("denoise_replicas", "decode_replicas", "max_batch", "max_pixels", "max_steps", "max_body_bytes",
                      "max_queue"):
             check_int(getattr(self, name), f"--{name.replace('_', '-')}")
-        for name in ("gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode", "batch_wait_ms"):
+        for name in ("gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode", "batch_wait_ms",
+                     "body_timeout_s", "shutdown_timeout_s", "retry_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value!r}")
@@ -93,6 +98,29 @@ def _stage_pipeline(cfg: RayServeConfig, components: tuple[str, ...], threads: f
 
     torch.set_num_threads(max(1, int(threads)))
     return cfg.source.build(components=components)
+
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = "ASYMVQ_RAY_LOOPBACK"  # set by loopback_only(); Ray's processes inherit it
+
+
+def _replica_on_loopback() -> None:
+    """In a replica of a loopback-only local Ray (``loopback_only``): Serve starts an inter-deployment gRPC
+    server on ``[::]:0``, every interface, hard-coded in ``ray.serve._private.replica``; bind it to 127.0.0.1.
+    Called from each deployment's constructor, which Serve runs before it starts that server."""
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    from ray.serve._private import replica
+
+    add_port = getattr(replica, "add_port_to_grpc_server", None)
+    if add_port is None or getattr(add_port, "asymvq_loopback", False):
+        return  # another Ray (tests/runtime/test_ray_faults.py says whether it still listens outside), or done
+
+    def on_loopback(server, address: str):
+        return add_port(server, address.replace("[::]", LOOPBACK, 1))
+
+    on_loopback.asymvq_loopback = True
+    replica.add_port_to_grpc_server = on_loopback
 
 
 def _node() -> str:
@@ -145,6 +173,7 @@ class DenoiseStage:
     """CLIP, VAE encoder, UNet loop and scheduler for batches of jobs."""
 
     def __init__(self, cfg: RayServeConfig):
+        _replica_on_loopback()
         self.cfg = cfg
         self.pipe = _stage_pipeline(cfg, DENOISE_COMPONENTS, threads=cfg.cpus_per_denoise)
         self.node = _node()
@@ -173,6 +202,7 @@ class DecodeStage:
     """The asymmetric decoder for batches of denoised jobs, then PNG and Pre_error per job."""
 
     def __init__(self, cfg: RayServeConfig):
+        _replica_on_loopback()
         self.cfg = cfg
         self.pipe = _stage_pipeline(cfg, DECODER_COMPONENTS, threads=cfg.cpus_per_decode)
         self.node = _node()
@@ -210,46 +240,96 @@ def _check(result: dict) -> dict:
     return result
 
 
+# A replica that died (killed, OOM, node lost) or that Serve cannot reach: the job never ran to its end
+# there, and it is deterministic (its own seed, its own inputs), so running it again gives the same image.
+_REPLICA_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                 serve.exceptions.ReplicaUnavailableError, serve.exceptions.DeploymentUnavailableError)
+HEALTHY = "HEALTHY"
+
+
+def _unavailable(stage: str, why: str) -> RequestError:
+    return RequestError(503, f"{stage}: expected a live replica, got {why}; retry later", headers={"Retry-After": "2"})
+
+
 class Ingress:
     """The HTTP surface of ``asymvq serve`` (``asymvq.serve.server.build_app``) over the two stage deployments."""
 
     def __init__(self, denoise, decode, cfg: RayServeConfig):
+        _replica_on_loopback()
         self.denoise, self.decode, self.cfg = denoise, decode, cfg
         self.metrics = ServerMetrics()
         self.node = _node()
-        self._health: dict | None = None
+        self._describe: dict | None = None
 
     def __serve_build_asgi_app__(self):
         cfg = self.cfg
         return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
                          max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
-                         metrics=self.metrics)
+                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s)
 
-    async def health(self) -> dict:
-        if self._health is None:  # asked of the stages once: the ingress builds no model
-            den, dec = await asyncio.gather(self.denoise.describe.remote(), self.decode.describe.remote())
-            cfg = self.cfg
-            self._health = {"status": "ok", "source": cfg.source.label, "device": den["device"], "dtype": den["dtype"],
-                            "decoders": dec["decoders"], "scheduler": den["scheduler"],
-                            "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps,
-                            "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
-                                    "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms}}
-        return self._health
+    async def _deployments(self) -> dict | None:
+        """{deployment: {"status", "replicas"}} from Serve's controller, asked on every call (what it knows now:
+        a replica that died is UNHEALTHY there until its replacement runs); None where there is no controller
+        (Serve's local testing mode)."""
+        try:
+            context = serve.get_replica_context()
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), 5)
+        except Exception:  # noqa: BLE001 - no controller to ask (local testing mode) or it did not answer
+            return None
+        app = status.applications.get(context.app_name)
+        if app is None:
+            return {}
+        return {name: {"status": str(getattr(d.status, "value", d.status)),
+                       "replicas": {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()}}
+                for name, d in app.deployments.items()}
+
+    async def health(self):
+        """``/healthz``: ``ok`` (200) only while every deployment is healthy; ``unavailable`` (503) otherwise."""
+        cfg = self.cfg
+        deployments = await self._deployments()
+        ready = deployments is None or (bool(deployments) and all(d["status"] == HEALTHY for d in deployments.values()))
+        if self._describe is None and ready:  # what the stages run: fixed for their lifetime, asked once
+            try:
+                den, dec = await asyncio.wait_for(asyncio.gather(self.denoise.describe.remote(),
+                                                                 self.decode.describe.remote()), 10)
+                self._describe = {"device": den["device"], "dtype": den["dtype"], "decoders": dec["decoders"],
+                                  "scheduler": den["scheduler"]}
+            except (asyncio.TimeoutError, *_REPLICA_LOST):
+                ready = False
+        body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, **(self._describe or {}),
+                "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps,
+                "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
+                        "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms,
+                        **({"deployments": deployments} if deployments is not None else {})}}
+        return body  # build_app answers 503 when status is not "ok"
+
+    async def _call(self, stage: str, handle, payload: dict) -> dict:
+        """One stage call; a call that met a lost replica is retried once (same job: same seed, same image),
+        bounded by ``retry_timeout_s``; a second loss or a retry past that is a 503, never a 500."""
+        queue = self.metrics.queue_depth.labels(stage)
+        queue.inc()
+        try:
+            try:
+                return _check(await handle.remote(payload))
+            except serve.exceptions.BackPressureError:
+                raise _unavailable(stage, "every replica's queue full") from None
+            except _REPLICA_LOST as exc:
+                log.warning("%s: a replica was lost (%s); retrying the job once", stage, type(exc).__name__)
+                self.metrics.retries.labels(stage).inc()
+            try:
+                return _check(await asyncio.wait_for(handle.remote(payload), self.cfg.retry_timeout_s))
+            except asyncio.TimeoutError:
+                raise _unavailable(stage, f"none within {self.cfg.retry_timeout_s:g} s of the retry") from None
+            except (serve.exceptions.BackPressureError, *_REPLICA_LOST) as exc:
+                raise _unavailable(stage, f"a lost replica twice ({type(exc).__name__})") from None
+        finally:
+            queue.dec()
 
     async def run_job(self, job: dict):
-        queue = self.metrics.queue_depth
         t0 = time.perf_counter()
-        queue.labels("denoise").inc()
-        try:
-            den = _check(await self.denoise.remote(job))
-        finally:
-            queue.labels("denoise").dec()
+        den = await self._call("denoise", self.denoise, job)
         t1 = time.perf_counter()
-        queue.labels("decode").inc()
-        try:
-            dec = _check(await self.decode.remote(den))
-        finally:
-            queue.labels("decode").dec()
+        dec = await self._call("decode", self.decode, den)
         t2 = time.perf_counter()
         stages = {**den["stages"], **dec["stages"], "denoise_stage": (t1 - t0) * 1e3, "decode_stage": (t2 - t1) * 1e3}
         return JobResult(dec["png"], dec["pre_error"], (t2 - t0) * 1e3, stages,
@@ -283,15 +363,16 @@ def ray_app(config: RayServeConfig | None = None, **kwargs):
         raise ValueError("ray_app: pass a RayServeConfig or keyword arguments, not both")
     cfg = config or RayServeConfig.from_options(**kwargs)
     ongoing = 2 * cfg.max_batch  # a full batch computing and the next one gathering
+    grace = dict(graceful_shutdown_timeout_s=cfg.shutdown_timeout_s)
     denoise = DENOISE.options(
-        num_replicas=cfg.denoise_replicas, max_ongoing_requests=ongoing,
+        num_replicas=cfg.denoise_replicas, max_ongoing_requests=ongoing, **grace,
         ray_actor_options=_actor_options(cfg.cpus_per_denoise, cfg.gpus_per_denoise, cfg.denoise_resources),
     ).bind(cfg)
     decode = DECODE.options(
-        num_replicas=cfg.decode_replicas, max_ongoing_requests=ongoing,
+        num_replicas=cfg.decode_replicas, max_ongoing_requests=ongoing, **grace,
         ray_actor_options=_actor_options(cfg.cpus_per_decode, cfg.gpus_per_decode, cfg.decode_resources),
     ).bind(cfg)
-    return INGRESS.options(max_ongoing_requests=max(100, cfg.max_queue + 8),
+    return INGRESS.options(max_ongoing_requests=max(100, cfg.max_queue + 8), **grace,
                            ray_actor_options={"num_cpus": 0}).bind(denoise, decode, cfg)
 
 
@@ -314,6 +395,23 @@ def build(args: dict):
     return ray_app(RayServeConfig.from_options(**typed))
 
 
+def loopback_only() -> None:
+    """Make the local Ray this process starts listen on 127.0.0.1 only (GCS, raylet, workers, agents).
+
+    An unauthenticated Ray reachable from the network runs anyone's jobs (CVE-2023-48022, "ShadowRay").
+    ``--node-ip-address=127.0.0.1`` alone is not enough: Ray resolves a loopback node address to the
+    machine's interface address and its gRPC servers bind to every interface. Ray's single-machine mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on Windows and macOS) keeps every address on
+    the loopback; the variable reaches the processes Ray starts, and the constant it sets is set here too
+    because this process has imported Ray already. ``tests/runtime/test_ray_faults.py`` reads where the
+    started processes listen, so a Ray that changes this fails there."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ[LOOPBACK_ENV] = "1"  # and the replicas' own gRPC server: _replica_on_loopback
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
                   ready=None) -> None:
     """Start (or join, with ``address``) Ray, deploy the graph with HTTP on ``host:port``, serve until
@@ -321,9 +419,11 @@ def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
+        if address is None:
+            loopback_only()
         # "local": a new Ray of its own, never one a `ray start` on this machine left behind
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+                 log_to_driver=False, **({"_node_ip_address": LOOPBACK} if address is None else {}))
     def stop(signum, frame):  # SIGTERM (Kubernetes, systemd, kill) shuts down like Ctrl-C, through the finally below
         raise KeyboardInterrupt
 

@@ -17,6 +17,7 @@ around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``as
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import threading
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
@@ -35,6 +37,7 @@ from ..pipeline.inpaint_run import run_inpaint
 from ..pipeline.source import PipelineSource
 from ..profiling.timing import StageTimer
 from .http_form import RequestError, parse_form, parse_job
+from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_QUEUE
 from .metrics import ServerMetrics
 
 log = logging.getLogger("asymvq.serve.server")
@@ -45,19 +48,58 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 
 # -- the request body -------------------------------------------------------------------------
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent)."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent) and
+    with 408 when it has not all arrived after ``timeout_s``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body: expected at most {limit} bytes, got {int(declared)}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body: expected at most {limit} bytes, got more")
-        chunks.append(chunk)
+
+    async def read():
+        nonlocal size
+        stream = request.stream()
+        while True:
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except ClientDisconnect:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the transport failed under the read: the connection's, not ours
+                # (behind Ray Serve's proxy a client that leaves mid-upload surfaces as Ray's TaskCancelledError)
+                raise ClientDisconnect(f"{type(exc).__name__} while reading the body") from exc
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body: expected at most {limit} bytes, got more")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"body: expected the whole body within {timeout_s:g} s, got {size} bytes by then",
+                           headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
+
+class _HeaderLimit:
+    """ASGI middleware: a request whose line and headers pass ``limit`` bytes is answered 431 in the API's error
+    shape, whatever its path (the HTTP parser has already bounded what it buffers: see ``asymvq serve``)."""
+
+    def __init__(self, app, limit: int, metrics: ServerMetrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+                len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+            if size > self.limit:
+                if scope.get("path") == "/v1/inpaint":
+                    self.metrics.requests.labels("431").inc()
+                response = _error(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
+                                       f"got {size}", headers={"Connection": "close"})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -96,8 +138,9 @@ class _Runner:
         return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1})
 
 
-def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = 32 << 20,
-               max_queue: int = 8, source: str | None = None) -> FastAPI:
+def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
+               max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
+               max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
     """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
     one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
@@ -115,26 +158,33 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
               "max_pixels": max_pixels, "max_steps": max_steps}
     app = build_app(lambda job: run_in_threadpool(runner.run, job), health=health, max_pixels=max_pixels,
-                    max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline")
+                    max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
+                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes)
     app.state.runner = runner
     return app
 
 
-def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = 32 << 20, max_queue: int = 8,
-              queue_stage: str = "pipeline", metrics: ServerMetrics | None = None) -> FastAPI:
+def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = MAX_BODY_BYTES,
+              max_queue: int = MAX_QUEUE,
+              queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
+              body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
     ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
     runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
-    for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes)):
+    for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes),
+                        ("max_queue", max_queue), ("max_header_bytes", max_header_bytes)):
         check_int(value, name)
+    if not isinstance(body_timeout_s, (int, float)) or isinstance(body_timeout_s, bool) or not body_timeout_s > 0:
+        raise ValueError(f"body_timeout_s: expected a number of seconds > 0, got {body_timeout_s!r}")
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
 
     app = FastAPI(title="asymvq", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
+    app.add_middleware(_HeaderLimit, limit=max_header_bytes, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -143,7 +193,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
 
     @app.get("/healthz")
     async def healthz():
-        return health if isinstance(health, dict) else await health()
+        body = health if isinstance(health, dict) else await health()
+        if body.get("status") != "ok":  # readiness: a load balancer takes the server out while it is not
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return body
 
     @app.get("/metrics")
     async def prometheus_metrics():
@@ -152,34 +205,42 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     @app.post("/v1/inpaint")
     async def inpaint(request: Request):
         t0 = time.perf_counter()
-        response = await _inpaint(request)
+        try:
+            response = await _inpaint(request)
+        except asyncio.CancelledError:  # the front proxy (Ray Serve's) cancels a request whose client left
+            metrics.requests.labels(str(CLIENT_CLOSED)).inc()
+            raise
         metrics.requests.labels(str(response.status_code)).inc()
         if response.status_code == 200:
             metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)
         return response
 
     async def _inpaint(request: Request):
+        # A request holds its place from the moment its body starts, through parsing, the queue and the run:
+        # counted after parsing, bodies that finish together would all pass the bound (40 x 200, no 503).
+        if state["waiting"] >= max_queue:
+            return _error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
+                          headers={"Retry-After": "1"})
+        state["waiting"] += 1
+        waiting.inc()
         try:
-            if state["waiting"] > max_queue:
-                return _error(503, f"server: expected at most {max_queue} queued requests, got more; retry later",
-                              headers={"Retry-After": "1"})
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes, body_timeout_s)
             job = parse_job(parse_form(body, request.headers.get("content-type", "")),
                             max_pixels=max_pixels, max_steps=max_steps)
-            state["waiting"] += 1
-            waiting.inc()
-            try:
-                result = await run_job(job)
-            finally:
-                state["waiting"] -= 1
-                waiting.dec()
+            result = await run_job(job)
+        except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
+            log.info("client closed the connection before its request was read (%s)", request.client)
+            return _error(CLIENT_CLOSED, "client closed the connection")
         except RequestError as exc:
-            return _error(exc.status, exc.message)
+            return _error(exc.status, exc.message, headers=exc.headers)
         except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
             return _error(400, " ".join(str(exc).split()))
         except Exception:  # noqa: BLE001 - the server keeps serving; the traceback goes to the log only
             log.exception("inpaint request failed")
             return _error(500, "internal error while inpainting (details in the server log)")
+        finally:
+            state["waiting"] -= 1
+            waiting.dec()
         for name, ms in result.stages.items():
             metrics.stage_seconds.labels(name).observe(ms / 1e3)
         for name, size in result.batches.items():

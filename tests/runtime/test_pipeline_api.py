@@ -87,7 +87,7 @@ def test_preset_text_to_image_and_every_scheduler(tiny_text2img_pipe):
         (dict(negative_prompt=["a", "b"]), "^negative_prompt: expected a string or a list of 1"),
         (dict(num_inference_steps=0), "^num_inference_steps: expected a positive integer"),
         (dict(strength=0.0), r"^strength: expected a value in \(0, 1\]"),
-        (dict(strength=0.1, num_inference_steps=4), "^strength: 0.1 leaves no denoising step"),
+        (dict(strength=0.1, num_inference_steps=4), r"^strength: expected a value that leaves at least one of the 4 denoising steps"),
         (dict(image=None, mask_image=None), "^image / mask_image: required"),
         (dict(mask_image=None), "^mask_image: expected an image"),
         (dict(height=60), "^height: expected a positive multiple of 8"),

@@ -92,7 +92,7 @@ def test_graph_batches_jobs_and_each_keeps_its_single_process_image(local_graph,
 
 
 def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_graph):
-    with pytest.raises(ValueError, match="strength: 0.1 leaves no denoising step out of 2"):
+    with pytest.raises(ValueError, match=r"strength: expected a value that leaves at least one of the 2 denoising steps"):
         local_graph.run_job.remote(job(1, strength=0.1)).result(timeout_s=120)
     health = local_graph.health.remote().result(timeout_s=60)
     assert health["source"] == "preset:tiny" and health["decoders"] == ["decoder", "decoder-plain"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import PIL.Image
@@ -106,18 +107,20 @@ def _bad_cases():
         ("not multiple of 8", dict(image=png(odd_source), mask=png(odd_hole)), 400,
          "image: expected width and height multiples of 8, got 30x32"),
         ("too many pixels", dict(image=png(big_source), mask=png(big_hole)), 413, "image: expected at most 4096 pixels"),
-        ("steps zero", dict(steps="0"), 400, "steps: expected a value in [1, 20], got '0'"),
+        ("steps zero", dict(steps="0"), 400, "steps: expected a value in [1, 20], got 0"),
         ("steps too many", dict(steps="21"), 400, "steps: expected a value in [1, 20]"),
         ("steps not int", dict(steps="two"), 400, "steps: expected an integer, got 'two'"),
         ("guidance nan", dict(guidance="nan"), 400, "guidance: expected a value in"),
         ("strength", dict(strength="1.5"), 400, "strength: expected a value in (0, 1], got 1.5"),
-        ("strength leaves no step", dict(strength="0.1"), 400, "strength: 0.1 leaves no denoising step"),
+        ("strength leaves no step", dict(strength="0.1"), 400, "strength: expected a value that leaves at least one of the 2 denoising steps"),
         ("scheduler", dict(scheduler="lms"), 400, "scheduler: expected one of ['ddim', 'pndm', 'euler', 'dpm++'], got 'lms'"),
         ("seed", dict(seed="-1"), 400, "seed: expected a value in [0, "),
         ("missing image", dict(omit=("image",)), 400, "image: expected a form field, got none"),
         ("missing mask", dict(omit=("mask",)), 400, "mask: expected a form field, got none"),
         ("missing prompt", dict(omit=("prompt",)), 400, "prompt: expected a form field, got none"),
         ("unknown field", dict(stpes="3"), 400, "stpes: expected a field among"),
+        ("prompt too long", dict(prompt="x" * 4097), 400, "prompt: expected at most 4096 bytes of UTF-8 text"),
+        ("negative prompt too long", dict(negative_prompt="\u00e9" * 2049), 400, "negative_prompt: expected at most 4096"),
     ]
 
 
@@ -129,6 +132,52 @@ def test_bad_input_is_a_4xx_naming_the_argument(client, case):
     assert resp.headers["content-type"] == "application/json"
     assert message in resp.json()["error"], resp.json()
     assert "Traceback" not in resp.text
+
+
+def test_bad_values_are_refused_without_the_pipeline_lock(client):
+    """A prompt bomb or a strength that leaves no step is refused at parse time, before the queue: it is
+    answered while another request holds the pipeline (here: the test holds its lock)."""
+    lock = client.app.state.runner.lock
+    with lock:
+        t0 = time.monotonic()
+        for kwargs, needle in ((dict(prompt="a red sofa " * 90_000), "prompt: expected at most 4096 bytes"),
+                               (dict(strength="0.2"), "strength: expected a value that leaves at least one"),
+                               (dict(scheduler="lms"), "scheduler: expected one of")):
+            resp = post(client, **kwargs)
+            assert resp.status_code == 400 and needle in resp.json()["error"], resp.text
+        assert time.monotonic() - t0 < 10
+
+
+def test_a_transport_failure_under_the_body_read_is_a_client_close(client):
+    """Whatever the transport raises while the body arrives (Ray Serve's proxy raises its TaskCancelledError
+    when the client left) is counted as 499, never a 500 with a traceback."""
+    import asyncio
+
+    from asymvq.serve.metrics import parse_metrics
+
+    def count(status):
+        return parse_metrics(client.get("/metrics").text).get(("asymvq_requests_total", (("status", status),)), 0)
+
+    before = {s: count(s) for s in ("499", "500")}
+    parts = [{"type": "http.request", "body": b"--xyz\r\n", "more_body": True}]
+
+    async def receive():
+        if parts:
+            return parts.pop()
+        raise RuntimeError("the transport went away")
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/inpaint", "raw_path": b"/v1/inpaint", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=xyz"), (b"host", b"x")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert count("499") == before["499"] + 1 and count("500") == before["500"]
 
 
 def test_transport_errors(client):
@@ -190,7 +239,8 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
         main(["serve", "--port", "8123", "--max-steps", "7"])  # no pipeline option: the tiny preset
     assert (exc.value.code or 0) == 0 and len(calls) == 1
     app, kwargs = calls[0]
-    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1}
+    assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1, "http": "h11",
+                      "h11_max_incomplete_event_size": 65536, "timeout_graceful_shutdown": 30.0}
     health = TestClient(app).get("/healthz").json()
     assert health["source"] == "preset:tiny" and health["max_steps"] == 7
 
