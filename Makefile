@@ -43,6 +43,7 @@ host: $(STAMP)
 	cmake --build $(HOST_BUILD) -j 2
 
 test: $(STAMP) $(if $(HAVE_CMAKE),host)
+	$(VENV)/bin/ruff check .   # pyflakes, pycodestyle, import order, bugbear, blind excepts ([tool.ruff] in pyproject.toml)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Coverage-guided fuzzing (atheris, the `fuzz` extra) of the multipart form and the manifest reader,

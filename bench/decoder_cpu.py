@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 from asymvq.profiling.flops import count_decoder, probe_peak
 from asymvq.profiling.profiler import cpu_name
-from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "decoder_cpu.json"
@@ -228,7 +228,8 @@ def main() -> None:
         "backends": rows,
         "skipped": skipped,
         "notes": ("PSNR of images in [-1, 1] (peak-to-peak 2) against diffusers fp32; % of peak against the matmul "
-                  "probe at the backend's precision (torch/oneDNN 1024^3 and 2048^3, best of ~6 s before and ~6 s after the runs); 'openvino bf16 static' = the "
+                  "probe at the backend's precision (torch/oneDNN 1024^3 and 2048^3, best of ~6 s before and ~6 s after "
+                  "the runs); 'openvino bf16 static' = the "
                   "IR reshaped to 256x256 before compiling (static_shapes=True); everything else dynamic 256..1024"),
     }
     if openvino:

@@ -61,9 +61,9 @@ def main(argv=None) -> int:
     args = _args(argv)
     import torch
 
-    from asymvq.profiling.flops import count_decoder
     from asymvq.models.devices import parse_device, parse_dtype
     from asymvq.models.sources import random_decoder
+    from asymvq.profiling.flops import count_decoder
 
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
     cuda = device.type == "cuda"
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
                 row["first_call_s"] = time.perf_counter() - t0
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                t = time_ms(lambda: fn(latents, image, mask), device, args.warmup, args.repeats)
+                t = time_ms(lambda fn=fn: fn(latents, image, mask), device, args.warmup, args.repeats)
                 row.update({f"{k}_ms": t[k] for k in ("min", "median", "p90")}, n=t["n"])
             if cuda:
                 row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_common import psnr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,11 +65,11 @@ def centred_mask(size: int, area: float) -> torch.Tensor:
 
 # -- one preset, in its own process ------------------------------------------------------------------
 def worker(preset: str, budget_s: float, rate: float) -> dict:
-    from asymvq.profiling.flops import count
     from asymvq.models.config import preset_config
     from asymvq.models.decoder import AsymmetricDecoder
     from asymvq.models.sources import random_decoder
     from asymvq.models.tiled_decode import DEFAULT_MARGIN, check_tiling, mask_box, receptive_halo
+    from asymvq.profiling.flops import count
     from asymvq.profiling.timing import PeakMemory
 
     t_start = time.perf_counter()
@@ -118,7 +117,7 @@ def worker(preset: str, budget_s: float, rate: float) -> dict:
         point = {"size": size, "batch": 1, "flops": f, "measured": False}
         if size in FULL_PLAN.get(preset, ()) and fits(f, f"full {size}"):
             lat, img, mask = inputs(size, cond=cond)
-            _, dt, m = timed(lambda: dec.decode_core(lat, img, mask))
+            _, dt, m = timed(lambda lat=lat, img=img, mask=mask: dec.decode_core(lat, img, mask))
             rate = f / dt
             point.update(measured=True, seconds=dt, peak_rss_added_bytes=m["added_bytes"], gflops_per_s=f / dt / 1e9)
         out["full"].append(point)
@@ -136,8 +135,8 @@ def worker(preset: str, budget_s: float, rate: float) -> dict:
                  "measured": False}
         if preset in TILED_PLAN and fits(f + full_f, f"tiled {size}"):
             lat, img, mask = inputs(size, cond=cond)
-            full, dtf, mf = timed(lambda: dec.decode_core(lat, img, mask))
-            y, dt, m = timed(lambda: dec(lat, img, mask, tile=tile, overlap=overlap))
+            full, dtf, mf = timed(lambda lat=lat, img=img, mask=mask: dec.decode_core(lat, img, mask))
+            y, dt, m = timed(lambda lat=lat, img=img, mask=mask, t=tile, o=overlap: dec(lat, img, mask, tile=t, overlap=o))
             point.update(measured=True, seconds=dt, full_seconds=dtf, peak_rss_added_bytes=m["added_bytes"],
                          full_peak_rss_added_bytes=mf["added_bytes"], psnr_db=psnr(y, full, 2.0),
                          max_abs=float((y - full).abs().max()))
@@ -167,9 +166,9 @@ def worker(preset: str, budget_s: float, rate: float) -> dict:
                              "box_area": (y1 - y0) * (x1 - x0) * 64 / size ** 2, "flops": f,
                              "flops_speedup": full_f / f, "measured": False}
                     if full_y is None and fits(full_f + f, f"region full {size} {area}"):
-                        full_y, full_t, _ = timed(lambda: dec.decode_core(lat, img, mask))
+                        full_y, full_t, _ = timed(lambda lat=lat, img=img, mask=mask: dec.decode_core(lat, img, mask))
                     if full_y is not None and fits(f, f"region {size} {area} m{margin}"):
-                        y, dt, m = timed(lambda: dec(lat, img, mask, region="mask", margin=margin))
+                        y, dt, m = timed(lambda lat=lat, img=img, mask=mask, k=margin: dec(lat, img, mask, region="mask", margin=k))
                         box = (slice(None), slice(None), slice(8 * y0, 8 * y1), slice(8 * x0, 8 * x1))
                         hole = mask.expand_as(y) > 0.5
                         outside = _box_mask(y, box)
@@ -189,7 +188,7 @@ def worker(preset: str, budget_s: float, rate: float) -> dict:
         point = {"size": 256, "batch": batch, "flops": f, "measured": False}
         if fits(f, f"batch {batch}"):
             lat, img, mask = inputs(256, batch, cond=cond)
-            _, dt, m = timed(lambda: dec.decode_core(lat, img, mask))
+            _, dt, m = timed(lambda lat=lat, img=img, mask=mask: dec.decode_core(lat, img, mask))
             point.update(measured=True, seconds=dt, peak_rss_added_bytes=m["added_bytes"])
         out["batch"].append(point)
         print(preset, "batch", point, flush=True)
@@ -197,7 +196,7 @@ def worker(preset: str, budget_s: float, rate: float) -> dict:
     for point in out["full"]:
         if point["size"] in FULL_LATE.get(preset, ()) and fits(point["flops"], f"full {point['size']}"):
             lat, img, mask = inputs(point["size"], cond=cond)
-            _, dt, m = timed(lambda: dec.decode_core(lat, img, mask))
+            _, dt, m = timed(lambda lat=lat, img=img, mask=mask: dec.decode_core(lat, img, mask))
             point.update(measured=True, seconds=dt, peak_rss_added_bytes=m["added_bytes"],
                          gflops_per_s=point["flops"] / dt / 1e9)
             print(preset, "full", point, flush=True)

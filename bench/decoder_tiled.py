@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from bench_common import loadavg, package_versions, psnr, time_ms
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

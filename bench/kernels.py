@@ -45,7 +45,12 @@ def _cases(size, c, dtype, device):
     import torch
 
     from asymvq.kernels import (
-        blend, blend_reference, conv2d_fused, conv2d_fused_reference, group_norm_silu, group_norm_silu_reference,
+        blend,
+        blend_reference,
+        conv2d_fused,
+        conv2d_fused_reference,
+        group_norm_silu,
+        group_norm_silu_reference,
     )
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -190,14 +195,14 @@ def main() -> int:
             ours_out, peer_out = fn(*a, **kw), peer(*a, **kw)
             nbytes = _nbytes(a, kw, _outputs(ours_out))
             row = {"case": name, "size": size, "flops": flops, "bytes": nbytes, "max_abs_err": _max_err(ours_out, peer_out)}
-            row["ours"] = time_ms(lambda: fn(*a, **kw), "cuda", args.warmup, args.repeats)
-            row["eager"] = time_ms(lambda: peer(*a, **kw), "cuda", args.warmup, args.repeats)
+            row["ours"] = time_ms(lambda fn=fn, a=a, kw=kw: fn(*a, **kw), "cuda", args.warmup, args.repeats)
+            row["eager"] = time_ms(lambda peer=peer, a=a, kw=kw: peer(*a, **kw), "cuda", args.warmup, args.repeats)
             if not args.no_compile:
                 # Fresh dynamo caches per case: every case recompiles the same reference function,
                 # and past the recompile limit dynamo would silently fall back to eager.
                 torch._dynamo.reset()
                 compiled = torch.compile(peer)
-                row["compiled"] = time_ms(lambda: compiled(*a, **kw), "cuda", args.warmup, args.repeats)
+                row["compiled"] = time_ms(lambda compiled=compiled, a=a, kw=kw: compiled(*a, **kw), "cuda", args.warmup, args.repeats)
             t = row["ours"]["median"]
             row["ratio_eager"] = t / row["eager"]["median"]
             row["ratio_compiled"] = t / row["compiled"]["median"] if "compiled" in row else None
@@ -223,7 +228,7 @@ def main() -> int:
                     dec.set_kernels(kernels)
                     outs[kernels] = dec.decode_core(*inputs)
                     torch.cuda.reset_peak_memory_stats()
-                    row[kernels] = time_ms(lambda: dec.decode_core(*inputs), "cuda", 3, max(5, args.repeats // 5))
+                    row[kernels] = time_ms(lambda inputs=inputs: dec.decode_core(*inputs), "cuda", 3, max(5, args.repeats // 5))
                     row[kernels]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             row["max_abs_err"] = _max_err(outs["triton"], outs["torch"])
             row["ratio"] = row["triton"]["median"] / row["torch"]["median"]

@@ -48,10 +48,10 @@ def _one(component: str, args, workdir: Path, device) -> dict:
     import torch
 
     from asymvq.engines import load_engine_dir
-    from asymvq.export.build import export_directory
-    from asymvq.export.specs import Shapes, example_inputs
     from asymvq.engines.contract import TensorSpec
     from asymvq.engines.manifest import read_manifest
+    from asymvq.export.build import export_directory
+    from asymvq.export.specs import Shapes, example_inputs
     from asymvq.models.sources import Source
 
     row: dict = {}
@@ -75,7 +75,7 @@ def _one(component: str, args, workdir: Path, device) -> dict:
         name = engine.output_names[0]
         with torch.inference_mode():
             results[backend] = engine(**feeds)[name].float()
-            row[backend] = time_ms(lambda: engine(**feeds), device, args.warmup, args.repeats)
+            row[backend] = time_ms(lambda e=engine: e(**feeds), device, args.warmup, args.repeats)
         del engine
     ort_out, ref = results["onnxruntime"], results["torch"]
     row["max_abs_diff"] = float((ort_out - ref).abs().max())

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_common import loadavg
 
 HERE = Path(__file__).parent

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 from asymvq.profiling.profiler import cpu_name
-from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "pipeline_cpu.json"
@@ -71,7 +71,10 @@ def component_modules(pipe, decoder_preset: str) -> dict:
     from asymvq.models import AsymmetricDecoder
     from asymvq.models.checkpoints import convert_diffusers_state_dict, load_state_dict_strict
     from asymvq.models.component_modules import (
-        DecoderComponent, TextEncoderComponent, UNetComponent, VaeEncoderComponent,
+        DecoderComponent,
+        TextEncoderComponent,
+        UNetComponent,
+        VaeEncoderComponent,
     )
 
     decoder = AsymmetricDecoder(decoder_preset).eval()

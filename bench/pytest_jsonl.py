@@ -18,7 +18,7 @@ def pytest_configure(config):
     global _out
     path = config.getoption("jsonl")
     # xdist workers append too: one line per write, line-buffered, so lines never interleave mid-line
-    _out = open(path, "a", buffering=1) if path and not hasattr(config, "workerinput") else None  # noqa: SIM115
+    _out = open(path, "a", buffering=1) if path and not hasattr(config, "workerinput") else None  # kept open for the session
 
 
 def pytest_unconfigure(config):

@@ -18,7 +18,15 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from asymvq.models.components import (  # noqa: F401 (split_dim and VOCABULARY are re-exported)
-    DECODER, DECODER_COMPONENTS, DECODER_PLAIN, STATIC_DIMS, TEXT_ENCODER, UNET, VAE_ENCODER, VOCABULARY, split_dim,
+    DECODER,
+    DECODER_COMPONENTS,
+    DECODER_PLAIN,
+    STATIC_DIMS,
+    TEXT_ENCODER,
+    UNET,
+    VAE_ENCODER,
+    VOCABULARY,
+    split_dim,
 )
 
 # component -> (input names, output names), in pipeline order; dims and dtypes in VOCABULARY.

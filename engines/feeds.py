@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-
 from .contract import Capabilities, EngineBase, TensorSpec, bound_static_dims, check_io, split_dim
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-
 from .contract import TensorSpec
 from .feeds import ExportedEngine
 

@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from asymvq.models.component_modules import (
-    WRAPPERS, DecoderComponent, PlainDecoderComponent, TextEncoderComponent, UNetComponent, VaeEncoderComponent,
+    WRAPPERS,
+    DecoderComponent,
+    PlainDecoderComponent,
+    TextEncoderComponent,
+    UNetComponent,
+    VaeEncoderComponent,
 )
 from asymvq.models.cpu_bf16 import is_cpu_bf16, to_cpu_bf16
 

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from asymvq.engines.contract import TensorSpec, split_dim
+from asymvq.engines.contract import TensorSpec
 
 from .cleanup import clean_graph, cleanup
 from .specs import DEFAULT_OPSET

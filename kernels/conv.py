@@ -29,7 +29,14 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    check_activation, check_device, check_mask, configs, dot_precision, mask_strides, pixel_offsets, smem_limit,
+    check_activation,
+    check_device,
+    check_mask,
+    configs,
+    dot_precision,
+    mask_strides,
+    pixel_offsets,
+    smem_limit,
     target_capability,
 )
 from .mask_blend import blend_step

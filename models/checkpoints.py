@@ -19,7 +19,6 @@ never used; any other missing or unexpected key is an error that lists the keys.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import pickle
@@ -205,14 +204,14 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(path))
-        except Exception as e:  # SafetensorError (truncated, bad header), OSError: never half a file
+        except Exception as e:  # noqa: BLE001 - SafetensorError (truncated, bad header), OSError: never half a file
             raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
     # A checkpoint is data, never code to run: weights_only, or the restricted unpickler.
     try:
         obj = _torch_load(path)
     except MemoryError:
         raise
-    except Exception as e:  # not a zip/pickle archive, truncated, a storage it cannot rebuild
+    except Exception as e:  # noqa: BLE001 - not a zip/pickle archive, truncated, a storage it cannot rebuild
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (zip or pickle archive of tensors): "
                               f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -163,7 +163,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.ADDITEMS[0]] = load_additems
 
 
-class restricted_pickle:  # noqa: N801 - stands in for the ``pickle`` module that torch.load takes
+class restricted_pickle:  # lower case: stands in for the ``pickle`` module that torch.load takes
     """The ``pickle_module`` for ``torch.load``: only ``Unpickler`` and ``load`` are used."""
 
     Unpickler = RestrictedUnpickler

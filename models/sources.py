@@ -27,7 +27,13 @@ from .devices import parse_device, parse_dtype
 from .latent_space import LatentSpace
 from .op_select import select_ops
 from .sd_networks import (
-    PRESET_SHAPES, SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_text_encoder, build_unet, build_vae,
+    PRESET_SHAPES,
+    SCHEDULER_CONFIG,
+    SCHEDULER_FILE,
+    SD_PRESETS,
+    build_text_encoder,
+    build_unet,
+    build_vae,
 )
 
 VAE_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL")

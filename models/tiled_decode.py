@@ -58,7 +58,8 @@ def receptive_halo(config) -> int:
     """Latent pixels of context a window edge would need for the whole up path (a decode of a crop).
 
     The tiled decode no longer crops that way (each segment reads its own halo, ``tile_plan``);
-    the number stays the floor of ``tile`` (2 x halo + 1), the tiled API's contract. Counted back from an output pixel through the up path, in latent pixels (1 at H/8, 1/2 at
+    the number stays the floor of ``tile`` (2 x halo + 1), the tiled API's contract. Counted back from an output
+    pixel through the up path, in latent pixels (1 at H/8, 1/2 at
     H/4, ...): 2 (L+1) 3x3 convs per level at H/8, H/4, H/2 and H (L = layers_per_block), the
     upsample convs at H/4, H/2 and H, and conv_out: 3.75 (L+1) + 1, rounded up. Measured as
     the distance beyond which a cropped decode equals the full one (tiny: 9 latent pixels,

@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402  (after TRITON_INTERPRET is set)
+import pytest  # after TRITON_INTERPRET is set
 
 
 @pytest.fixture

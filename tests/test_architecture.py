@@ -105,7 +105,7 @@ def test_component_modules_take_the_contract_inputs():
     order, and bind only the vocabulary's fixed dims; ``COMPONENT_IO`` is derived from the same table."""
     from asymvq.engines.contract import COMPONENT_IO
     from asymvq.models.component_modules import WRAPPERS
-    from asymvq.models.components import STATIC_DIMS, VOCABULARY
+    from asymvq.models.components import VOCABULARY
 
     assert set(WRAPPERS) == set(VOCABULARY) == set(COMPONENT_IO)
     for name, cls in WRAPPERS.items():

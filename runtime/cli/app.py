@@ -38,7 +38,13 @@ from ..profiling.report import plot as draw
 from .export import register as _register_export
 from .out_path import check_image_out
 from .options import (
-    BACKEND_HELP, DECODE_REGION_OPTION, MARGIN_OPTION, OVERLAP_OPTION, PRECISION_HELP, SCHEDULER_HELP, TILE_OPTION,
+    BACKEND_HELP,
+    DECODE_REGION_OPTION,
+    MARGIN_OPTION,
+    OVERLAP_OPTION,
+    PRECISION_HELP,
+    SCHEDULER_HELP,
+    TILE_OPTION,
     parse_size,
 )
 from .serve import register as _register_serve
@@ -296,7 +302,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         print("asymvq: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+    except Exception as exc:  # the one place errors become exit codes
         if debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__

@@ -28,10 +28,12 @@ def parse_formats(value: str) -> list[str]:
 def export(
     out: Path = typer.Option(..., "--out", help="Engines directory to write (manifest.json, *.onnx, tokenizer/, scheduler/)."),
     component: str = typer.Option("all", help="decoder, decoder-plain, unet, vae-encoder, text-encoder, all, or a comma list."),
-    preset: Optional[str] = typer.Option(None, help="Seeded random weights: tiny or sd15 (or a decoder preset: vanilla, base, x1.5, x2)."),
+    preset: Optional[str] = typer.Option(None, help="Seeded random weights: tiny or sd15 (or a decoder preset: vanilla, base, x1.5, x2, "
+                                               "sdxl, flux, sd3, asuka-flux, tiny-flux, tiny-asuka)."),
     model: Optional[Path] = typer.Option(None, help="Local diffusers SD folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."),
     decoder: Optional[str] = typer.Option(None, help="Decoder checkpoint path, or a decoder preset name."),
-    format: str = typer.Option("onnx", "--format", help="onnx, aoti (AOTInductor .pt2), openvino (IR from the ONNX), or a comma list; onnx,trt also builds TensorRT plans (needs tensorrt + CUDA)."),
+    format: str = typer.Option("onnx", "--format", help="onnx, aoti (AOTInductor .pt2), openvino (IR from the ONNX), or a comma list; "
+                                                                  "onnx,trt also builds TensorRT plans (needs tensorrt + CUDA)."),
     precision: str = typer.Option("fp32", help="fp32 or fp16 (fp16 keeps GroupNorm in fp32)."),
     shapes: Optional[str] = typer.Option(None, help="Shape ranges in pixels, e.g. batch=1:1:4,height=256:512:1024,width=256:512:1024."),
     unet_channels: int = typer.Option(9, help="9: inpainting UNet; 4: text-to-image UNet."),

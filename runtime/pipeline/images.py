@@ -1,7 +1,8 @@
 """Images and masks in and out of the pipeline: PIL, numpy or torch, checked, then diffusers' processing.
 
 Accepted forms (a list of PIL images is a batch):
-- image: PIL (any mode PIL converts to RGB, 16-bit scaled to 8, EXIF orientation applied); numpy (H, W, 3) or (B, H, W, 3), uint8 in [0, 255]
+- image: PIL (any mode PIL converts to RGB, 16-bit scaled to 8, EXIF orientation applied); numpy (H, W, 3) or
+  (B, H, W, 3), uint8 in [0, 255]
   or float in [0, 1]; torch (3, H, W) or (B, 3, H, W), uint8, or float in [0, 1] (or in
   [-1, 1], diffusers' legacy convention, recognised by negative values).
 - mask: the same containers with 1 channel (or none); 1/white = hole to repaint. Soft masks
@@ -50,7 +51,7 @@ def pil_convert(im: PIL.Image.Image, mode: str, arg: str = "image") -> PIL.Image
         _fail(arg, "a complete image", f"a damaged one ({str(exc)[:80]})")
     try:
         im = PIL.ImageOps.exif_transpose(im)
-    except Exception as exc:  # a damaged EXIF block: PIL raises many types; the pixels are still good
+    except Exception as exc:  # noqa: BLE001 - a damaged EXIF block: PIL raises many types; the pixels are still good
         _fail(arg, "an image with a readable EXIF block (or none)", f"{type(exc).__name__}: {str(exc)[:80]}")
     if im.width < 1 or im.height < 1:
         _fail(arg, "an image at least 1x1", f"{im.width}x{im.height} (WxH)")

@@ -10,9 +10,8 @@ Runtime, TensorRT or AOTInductor engines replace the torch ones without touching
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import inspect
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -24,10 +23,21 @@ from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
 from .job_rules import check_strength, denoising_steps
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
-    SCHEDULER_ALIASES, SCHEDULERS, copy_scheduler, make_scheduler, switch_scheduler,
+    SCHEDULER_ALIASES,
+    SCHEDULERS,
+    copy_scheduler,
+    make_scheduler,
+    switch_scheduler,
 )
 from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
-    DENOISE_COMPONENTS, NULL_TIMER, SPAN_SCHEDULER, SPAN_UNET, PipelineSpec, Stages, check_decoder_engines, run_decoder,
+    DENOISE_COMPONENTS,
+    NULL_TIMER,
+    SPAN_SCHEDULER,
+    SPAN_UNET,
+    PipelineSpec,
+    Stages,
+    check_decoder_engines,
+    run_decoder,
 )
 
 

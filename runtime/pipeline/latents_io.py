@@ -59,7 +59,7 @@ def load_latents(path) -> torch.Tensor:
             raise ValueError(f"{path}: expected a {', '.join(LATENT_SUFFIXES)} file")
     except ValueError:
         raise
-    except Exception as exc:  # a corrupt or foreign file: say which and why, in one line
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: say which and why, in one line
         raise ValueError(f"{path}: cannot read as {suffix} latents ({type(exc).__name__}: {exc})") from None
     if t.ndim == 3:
         t = t[None]

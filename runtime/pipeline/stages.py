@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engines.contract import (
-    COMPONENT_IO, DECODER, DECODER_COMPONENTS, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Engine,
+    COMPONENT_IO,
+    DECODER,
+    DECODER_COMPONENTS,
+    DECODER_PLAIN,
+    TEXT_ENCODER,
+    UNET,
+    VAE_ENCODER,
+    Engine,
 )
 from ..models.latent_space import SD as SD_LATENTS
 from ..models.latent_space import LatentSpace

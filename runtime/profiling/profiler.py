@@ -112,7 +112,7 @@ def environment(device: torch.device) -> dict:
 
             pynvml.nvmlInit()
             dev["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception:
+        except Exception:  # noqa: BLE001 - no NVML or no driver: the version is unknown, not an error
             dev["driver"] = None
     else:
         dev["name"] = dev["cpu"]

@@ -216,7 +216,9 @@ class DecodeStage:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def run_batch(self, items: list[dict]) -> list[dict]:
-        key = (lambda it: (tuple(it["denoised"].latents.shape), it.get("decoder")))
+        def key(it):
+            return tuple(it["denoised"].latents.shape), it.get("decoder")
+
         return await asyncio.to_thread(_run_groups, items, key, self._decode)
 
     def _decode(self, items: list[dict]) -> list[dict]:

@@ -235,7 +235,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             return _error(exc.status, exc.message, headers=exc.headers)
         except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
             return _error(400, " ".join(str(exc).split()))
-        except Exception:  # noqa: BLE001 - the server keeps serving; the traceback goes to the log only
+        except Exception:  # the server keeps serving; the traceback goes to the log only
             log.exception("inpaint request failed")
             return _error(500, "internal error while inpainting (details in the server log)")
         finally:

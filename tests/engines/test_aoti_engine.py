@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from asymvq.engines import load_engine_dir
-from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
 from asymvq.engines.manifest import sha256_file
+from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
 
 ATOL = 1e-4  # fp32 AOTInductor (CPU) against torch eager
 # (batch, height, width) in pixels: two resolutions x two batch sizes, all from one package

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from asymvq.engines.contract import (
-    DECODER, DECODER_PLAIN, UNET, Capabilities, EngineBase, capabilities,
+    DECODER,
+    DECODER_PLAIN,
+    UNET,
+    Capabilities,
+    EngineBase,
+    capabilities,
 )
 from asymvq.engines.feeds import ExportedEngine
 from asymvq.engines.torch_engine import TorchEngine, torch_decoder_engines

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from asymvq.engines import COMPONENT_IO, load_engine_dir, load_scheduler_config, load_tokenizer
-from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
 from asymvq.engines.manifest import sha256_file
+from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
 
 pytest.importorskip("onnxruntime")
 

@@ -12,7 +12,13 @@ from asymvq import InpaintPipeline
 from asymvq.engines import loader
 from asymvq.engines.contract import COMPONENTS
 from asymvq.engines.manifest import (
-    ManifestError, artifact_entry, manifest_latent_space, new_manifest, read_manifest, weights_sha256, write_manifest,
+    ManifestError,
+    artifact_entry,
+    manifest_latent_space,
+    new_manifest,
+    read_manifest,
+    weights_sha256,
+    write_manifest,
 )
 from asymvq.export.build import _write_tokenizer_and_scheduler
 from asymvq.export.specs import DEFAULT_SHAPES, io_specs

@@ -13,9 +13,9 @@ import torch
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")  # the IR is converted from the ONNX export
 
-from asymvq.engines import COMPONENT_IO, load_engine_dir  # noqa: E402
-from asymvq.export import ManifestError, Shapes, Source, build_module, export_directory  # noqa: E402
-from asymvq.engines.manifest import sha256_file  # noqa: E402
+from asymvq.engines import COMPONENT_IO, load_engine_dir
+from asymvq.engines.manifest import sha256_file
+from asymvq.export import ManifestError, Shapes, Source, build_module, export_directory
 
 ATOL = 1e-4  # fp32 OpenVINO against torch eager fp32
 PSNR_FLOOR_DB = 40.0  # bf16 inference precision against torch fp32, images in [-1, 1] (peak-to-peak 2)

@@ -8,14 +8,24 @@ import torch
 from onnx import TensorProto, helper
 
 from asymvq.engines import COMPONENT_IO
-from asymvq.export import (
-    COMPONENTS, DEFAULT_SHAPES, ManifestError, Shapes, Source, TensorSpec, build_module, io_specs,
-    parse_components, parse_shapes, read_manifest, verify_artifact,
-)
 from asymvq.engines.manifest import artifact_entry, new_manifest, write_manifest
-from asymvq.models.latent_space import LatentSpace
-from asymvq.export.trace import dynamic_shapes, example_specs
+from asymvq.export import (
+    COMPONENTS,
+    DEFAULT_SHAPES,
+    ManifestError,
+    Shapes,
+    Source,
+    TensorSpec,
+    build_module,
+    io_specs,
+    parse_components,
+    parse_shapes,
+    read_manifest,
+    verify_artifact,
+)
 from asymvq.export.precision import Fp32GroupNorm, to_fp16
+from asymvq.export.trace import dynamic_shapes, example_specs
+from asymvq.models.latent_space import LatentSpace
 
 
 def test_export_names_are_the_engines_names():

@@ -95,8 +95,11 @@ def main() -> None:
         del sys.modules[m]  # loaded by torch already: reload them under instrumentation
     with atheris.instrument_imports(include=["asymvq.serve.http_form", "email", "PIL.PngImagePlugin",
                                              "PIL.JpegImagePlugin", "PIL.ImageFile"]):
+        # the parsers under test, loaded (again) under instrumentation
+        import PIL.JpegImagePlugin
+        import PIL.PngImagePlugin  # noqa: F401
+
         from asymvq.serve import http_form  # noqa: F401
-        import PIL.JpegImagePlugin, PIL.PngImagePlugin  # noqa: E401,F401
     _form()
     atheris.Setup(sys.argv, check)
     atheris.Fuzz()

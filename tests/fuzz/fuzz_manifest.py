@@ -114,7 +114,8 @@ def seeds() -> dict[str, bytes]:
     return res
 
 
-_VALUES = [None, True, False, 0, 1, -1, 2, 4, 16, 2**70, 1.5, 0.18215, float("nan"), float("inf"), "", "x", "fp16", "cpu", "decoder.onnx", "link.onnx",
+_VALUES = [None, True, False, 0, 1, -1, 2, 4, 16, 2**70, 1.5, 0.18215, float("nan"), float("inf"), "", "x", "fp16", "cpu",
+           "decoder.onnx", "link.onnx",
            "linkdir/secret.onnx", "../decoder.onnx", "/etc/passwd", "a\\b", "C:x", "tokenizer", "scheduler", SHA, [], {},
            [1], ["batch"], {"path": "decoder.onnx"}]
 
@@ -160,7 +161,7 @@ def main() -> None:
         return
     import atheris
 
-    import asymvq.engines.loader  # noqa: F401  (torch and the rest, uninstrumented)
+    import asymvq.engines.loader  # torch and the rest, uninstrumented
 
     for m in ("asymvq.engines.manifest", "asymvq.engines.contract", "json", "json.decoder", "json.scanner"):
         sys.modules.pop(m, None)  # reloaded under instrumentation below

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import fuzz_form
 import fuzz_manifest
+import pytest
 
 HERE = Path(__file__).parent
 

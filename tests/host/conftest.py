@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from host_fixtures import build_host, cached_engines  # noqa: I001 - first: puts host/ on sys.path
-
+# isort: off
+from host_fixtures import build_host, cached_engines  # first: puts host/ on sys.path
 import asymvq_host  # host/asymvq_host.py, the ctypes binding
+# isort: on
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import subprocess
 import threading
 
+import asymvq_host as capi
 import numpy as np
 import torch
+from host_fixtures import BUILD, ROOT, file_lock
 
 import asymvq
-import asymvq_host as capi
-from host_fixtures import BUILD, ROOT, file_lock
 
 
 def test_installed_package_builds_and_runs_the_c_example(host_build, tiny, tmp_path):

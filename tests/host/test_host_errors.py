@@ -13,11 +13,10 @@ import struct
 import subprocess
 from pathlib import Path
 
+import asymvq_host as capi
 import pytest
 import torch
 from safetensors.torch import save_file
-
-import asymvq_host as capi
 
 STATUS = {"INVALID_ARGUMENT": 1, "NOT_FOUND": 2, "MANIFEST": 3, "UNSUPPORTED": 4, "RUNTIME": 5, "FORMAT": 6, "IO": 7}
 

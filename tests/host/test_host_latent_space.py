@@ -14,12 +14,12 @@ import json
 import shutil
 import subprocess
 
+import asymvq_host as capi
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import asymvq
-import asymvq_host as capi
 from asymvq.engines.manifest import read_manifest
 from asymvq.models.latent_space import FLUX, SD, LatentSpace
 

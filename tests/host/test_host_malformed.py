@@ -11,9 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 import asymvq_host as capi
+import pytest
 
 
 def _edit(key_path, value):

@@ -1,12 +1,11 @@
 """load_decoder on every supported layout, each checked against the diffusers reference output."""
 import pytest
 import torch
+from reference_models import diffusers_reference, random_inputs, to_official_layout
 from safetensors.torch import save_file
 
 from asymvq import AsymmetricDecoder, CheckpointError, load_decoder, preset_config, save_decoder
 from asymvq.models.checkpoints import read_checkpoint
-
-from reference_models import diffusers_reference, random_inputs, to_official_layout
 
 
 @pytest.fixture(scope="module")

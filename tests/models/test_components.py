@@ -6,7 +6,15 @@ from asymvq.engines.contract import COMPONENT_IO, COMPONENTS, DECODER_COMPONENTS
 from asymvq.export.specs import DEFAULT_SHAPES, example_inputs, io_specs
 from asymvq.models.component_modules import WRAPPERS
 from asymvq.models.components import (
-    DECODER, DYNAMIC_DIMS, FLOAT, STATIC_DIMS, UNET, VAE_ENCODER, VOCABULARY, TensorIO, split_dim,
+    DECODER,
+    DYNAMIC_DIMS,
+    FLOAT,
+    STATIC_DIMS,
+    UNET,
+    VAE_ENCODER,
+    VOCABULARY,
+    TensorIO,
+    split_dim,
 )
 from asymvq.models.config import DecoderConfig
 from asymvq.models.decoder import AsymmetricDecoder

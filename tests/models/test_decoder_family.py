@@ -9,12 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_models import diffusers_reference, random_inputs, to_official_layout
 from safetensors.torch import save_file
 
 from asymvq import PRESETS, AsymmetricDecoder, load_decoder
 from asymvq.models.checkpoints import CheckpointError, decoder_from_vae, infer_ldm_config
-
-from reference_models import diffusers_reference, random_inputs, to_official_layout
 
 TOL = dict(atol=1e-5, rtol=1e-5)  # fp32, vanilla presets against diffusers
 # ASUKA against its plain-torch reference: both are 3.6e-6 from a float64 run of themselves (outputs

@@ -1,11 +1,10 @@
 """Our decoder against diffusers' AsymmetricAutoencoderKL / AutoencoderKL, every preset, fp32."""
 import pytest
 import torch
+from reference_models import diffusers_reference, random_inputs
 
 from asymvq import AsymmetricDecoder
 from asymvq.models.checkpoints import convert_diffusers_state_dict, load_state_dict_strict
-
-from reference_models import diffusers_reference, random_inputs
 
 TOL = 1e-5  # max abs, fp32, the issue's bar
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_pipelines import (
-    FLUX_TEXT_DIM, SDXL_TEXT_DIM, flux_fill_pipeline, image_and_mask, prompt_embeddings, sdxl_inpaint_pipeline,
+    FLUX_TEXT_DIM,
+    SDXL_TEXT_DIM,
+    flux_fill_pipeline,
+    image_and_mask,
+    prompt_embeddings,
+    sdxl_inpaint_pipeline,
 )
 
 from asymvq import AsymmetricDecoder, unpack_flux_latents

@@ -1,10 +1,9 @@
 """Input forms the decoder accepts beyond the reference, and the errors for the rest."""
 import pytest
 import torch
+from reference_models import random_inputs
 
 from asymvq import AsymmetricDecoder, prepare_mask
-
-from reference_models import random_inputs
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
+from reference_models import random_inputs
 
 from asymvq import AsymmetricDecoder, DecoderConfig, load_decoder, save_decoder
 from asymvq.models.latent_space import FLUX, SD, SD3, LatentSpace
-
-from reference_models import random_inputs
 
 
 def test_sd_conversions_are_the_plain_division_and_product_bit_for_bit():

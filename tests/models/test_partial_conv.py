@@ -2,11 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_models import random_inputs
 
 from asymvq import AsymmetricDecoder, DecoderConfig
 from asymvq.models.condition import partial_conv2d
-
-from reference_models import random_inputs
 
 
 def nvidia_partial_conv(conv: torch.nn.Conv2d, x, mask_in):

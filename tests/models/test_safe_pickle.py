@@ -11,11 +11,10 @@ import textwrap
 
 import pytest
 import torch
+from reference_models import diffusers_reference, random_inputs, to_official_layout
 
 from asymvq import CheckpointError, load_decoder
 from asymvq.models.safe_pickle import Inert, RestrictedUnpickler
-
-from reference_models import diffusers_reference, random_inputs, to_official_layout
 
 
 @pytest.fixture(scope="module")

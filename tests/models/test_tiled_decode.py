@@ -121,7 +121,7 @@ def test_tiled_equals_full_for_every_family(family):
             n = len(spans(h, tile, overlap or 4)) * len(spans(w, tile, overlap or 4))
             assert n >= 2, (family, tile)
             torch.testing.assert_close(tiled, full, rtol=1e-9, atol=1e-9 * float(full.abs().max()),
-                                       msg=lambda m: f"{family} tile={tile} overlap={overlap}: {m}")
+                                       msg=lambda m, tile=tile, overlap=overlap: f"{family} tile={tile} overlap={overlap}: {m}")
 
 
 def test_tiled_bf16_within_its_rounding(dec):
@@ -290,8 +290,8 @@ def test_region_without_mask_is_refused(dec):
 
 # -- pipeline and CLI -----------------------------------------------------------------------------
 def test_pipeline_decode_options_torch_only(dec):
-    from asymvq.pipeline.decode_modes import run_decoder_with_modes
     from asymvq.engines.torch_engine import torch_decoder_engines
+    from asymvq.pipeline.decode_modes import run_decoder_with_modes
     from asymvq.pipeline.stages import NULL_TIMER
 
     lat, img, mask = make(20, 12)

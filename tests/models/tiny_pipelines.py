@@ -10,8 +10,13 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import (
-    AutoencoderKL, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel,
-    StableDiffusionXLInpaintPipeline, UNet2DConditionModel,
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxFillPipeline,
+    FluxTransformer2DModel,
+    StableDiffusionXLInpaintPipeline,
+    UNet2DConditionModel,
 )
 
 from asymvq import PRESETS

@@ -1,9 +1,8 @@
 """Fixtures of the property tests; hypothesis profiles are in props_settings.py."""
 from __future__ import annotations
 
-import pytest
-
 import props_settings  # noqa: F401  (registers and loads the hypothesis profile)
+import pytest
 
 
 @pytest.fixture(autouse=True)

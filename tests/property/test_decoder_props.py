@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from props_settings import examples
 
 from asymvq import AsymmetricDecoder
-from props_settings import examples
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 

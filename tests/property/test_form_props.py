@@ -4,14 +4,13 @@ with a 4xx status and a one-line message naming the field; generated multipart b
 duplicated and unknown fields, huge headers, wrong boundaries, RFC 2231 names, damaged images."""
 from __future__ import annotations
 
+import fuzz_form  # tests/fuzz: the form fuzzer's check(), body() and seed images
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from asymvq.serve.http_form import FIELDS, RequestError, parse_form, parse_job
 from props_settings import examples
 
-import fuzz_form  # tests/fuzz: the form fuzzer's check(), body() and seed images
+from asymvq.serve.http_form import FIELDS, RequestError, parse_form, parse_job
 
 PNG, MASK, JPEG = fuzz_form._png(), fuzz_form._png(mode="L"), fuzz_form._png(fmt="JPEG")
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from props_settings import examples
 
 from asymvq.pipeline.images import pil_convert, prepare_image_and_mask
-from props_settings import examples
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "HSV", "I", "I;16", "I;16B", "LA", "PA", "RGBX", "RGBa",
          "La", "LAB", "F"]
@@ -35,7 +35,8 @@ def _pil(mode: str, w: int, h: int, seed: int) -> PIL.Image.Image:
     try:
         return rgb.convert(mode)
     except ValueError:  # modes PIL does not convert to: raw bytes of the right size
-        return PIL.Image.frombytes(mode, (w, h), rng.randint(0, 256, w * h * len(mode.replace(";", ""))).astype(np.uint8).tobytes()[: len(PIL.Image.new(mode, (w, h)).tobytes())])
+        raw = rng.randint(0, 256, w * h * len(mode.replace(";", ""))).astype(np.uint8).tobytes()
+        return PIL.Image.frombytes(mode, (w, h), raw[: len(PIL.Image.new(mode, (w, h)).tobytes())])
 
 
 def _ref_pixels(im: PIL.Image.Image, H: int, W: int) -> torch.Tensor:

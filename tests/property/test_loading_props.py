@@ -13,16 +13,15 @@ import shutil
 import sys
 import zipfile
 
+import fuzz_manifest  # tests/fuzz: the manifest fuzzer's check() and seeds
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from props_settings import examples
 
 from asymvq import AsymmetricDecoder, CheckpointError, load_decoder, save_decoder
 from asymvq.engines.manifest import ManifestError
-from props_settings import examples
-
-import fuzz_manifest  # tests/fuzz: the manifest fuzzer's check() and seeds
 
 
 @pytest.fixture(scope="module")

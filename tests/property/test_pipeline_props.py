@@ -12,9 +12,9 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from props_settings import examples
 
 from asymvq import InpaintPipeline
-from props_settings import examples
 
 
 @pytest.fixture(scope="module")

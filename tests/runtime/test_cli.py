@@ -7,12 +7,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from runtime_helpers import diffusers_pipeline, image_and_mask
 
 from asymvq import preservation_error, save_decoder
 from asymvq.cli import main, parse_size
 from asymvq.pipeline.images import postprocess, prepare_image_and_mask
-
-from runtime_helpers import diffusers_pipeline, image_and_mask
 
 
 def run(argv, capsys):

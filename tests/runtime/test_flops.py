@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asymvq.profiling import flops
 from asymvq.cli import main
+from asymvq.profiling import flops
 
 TFLOP = 1e12
 STEPS = 50

@@ -5,12 +5,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from runtime_helpers import image_and_mask
 
 from asymvq.engines import COMPONENT_IO
 from asymvq.pipeline import InpaintPipeline
 from asymvq.pipeline.stages import PipelineSpec
-
-from runtime_helpers import image_and_mask
 
 
 class RecordingEngine:

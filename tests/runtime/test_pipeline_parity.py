@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from runtime_helpers import diffusers_pipeline, image_and_mask
 
 from asymvq.pipeline import SCHEDULERS, InpaintPipeline, make_scheduler
-
-from runtime_helpers import diffusers_pipeline, image_and_mask
 
 ATOL = 1e-4
 

@@ -2,12 +2,11 @@
 half alone, with the same weights and the same numbers as the whole pipeline."""
 import pytest
 import torch
+from runtime_helpers import image_and_mask
 
 from asymvq.engines.contract import DECODER_COMPONENTS, TEXT_ENCODER, UNET
 from asymvq.pipeline import InpaintPipeline, PipelineSource
 from asymvq.pipeline.stages import DENOISE_COMPONENTS
-
-from runtime_helpers import image_and_mask
 
 
 def _denoise(pipe):

@@ -4,10 +4,9 @@ from __future__ import annotations
 import threading
 
 import torch
+from runtime_helpers import image_and_mask
 
 from asymvq.profiling.timing import StageTimer
-
-from runtime_helpers import image_and_mask
 
 
 def _run(pipe, scheduler, timer, seed):

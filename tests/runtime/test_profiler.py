@@ -13,7 +13,7 @@ import torch
 
 from asymvq.profiling.profiler import SCHEMA, ProfileConfig, default_config, profile
 from asymvq.profiling.report import format_table, plot, write_json
-from asymvq.profiling.timing import PeakMemory, StageTimer, percentile, summarize
+from asymvq.profiling.timing import StageTimer, percentile, summarize
 
 STEPS, REPEATS = 2, 2
 

@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from asymvq.pipeline.inpaint_run import run_inpaint  # noqa: E402
 from asymvq.pipeline.source import PipelineSource  # noqa: E402
+from asymvq.serve.metrics import parse_metrics  # noqa: E402
 from asymvq.serve.ray_serve import RayServeConfig, build, ray_app  # noqa: E402
 from asymvq.serve.server import create_app  # noqa: E402
-from asymvq.serve.metrics import parse_metrics  # noqa: E402
 
 LIMITS = dict(max_pixels=64 * 64, max_steps=20)
 SIZES = ((32, 32), (48, 32))  # (W, H): two sizes, never in one batch

@@ -7,13 +7,17 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from diffusers.configuration_utils import FrozenDict
+from runtime_helpers import diffusers_pipeline, image_and_mask
 
 from asymvq.pipeline import InpaintPipeline
 from asymvq.pipeline.schedulers import (
-    SCHEDULERS, copy_scheduler, make_scheduler, scheduler_config, scheduler_name, switch_scheduler,
+    SCHEDULERS,
+    copy_scheduler,
+    make_scheduler,
+    scheduler_config,
+    scheduler_name,
+    switch_scheduler,
 )
-
-from runtime_helpers import diffusers_pipeline, image_and_mask
 
 CLASSES = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "euler": EulerDiscreteScheduler,
            "dpm++": DPMSolverMultistepScheduler}

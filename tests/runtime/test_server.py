@@ -10,11 +10,11 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from asymvq.pipeline.inpaint_run import run_inpaint  # noqa: E402
-from asymvq.pipeline import InpaintPipeline  # noqa: E402
-from asymvq.serve.server import create_app  # noqa: E402
+from asymvq.pipeline import InpaintPipeline
+from asymvq.pipeline.inpaint_run import run_inpaint
+from asymvq.serve.server import create_app
 
 SIZE = 32
 
