@@ -36,7 +36,6 @@ from ..profiling.profiler import profile as run_profile
 from ..profiling.report import format_flops_only, format_table, write_json
 from ..profiling.report import plot as draw
 from .export import register as _register_export
-from .out_path import check_image_out
 from .options import (
     BACKEND_HELP,
     DECODE_REGION_OPTION,
@@ -47,6 +46,7 @@ from .options import (
     TILE_OPTION,
     parse_size,
 )
+from .out_path import check_image_out
 from .serve import register as _register_serve
 
 app = typer.Typer(

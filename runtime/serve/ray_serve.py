@@ -38,6 +38,7 @@ from ..pipeline.source import PipelineSource
 from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
+from .http_form import RequestError
 from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, RAY_MAX_QUEUE, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .metrics import ServerMetrics
 from .server import JobResult, build_app

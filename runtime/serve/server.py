@@ -66,7 +66,7 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 return
             except ClientDisconnect:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the transport failed under the read: the connection's, not ours
+            except Exception as exc:  # the transport failed under the read: the connection's, not ours
                 # (behind Ray Serve's proxy a client that leaves mid-upload surfaces as Ray's TaskCancelledError)
                 raise ClientDisconnect(f"{type(exc).__name__} while reading the body") from exc
             size += len(chunk)

@@ -63,7 +63,7 @@ def test_crops_and_small_images_decode_equal_to_torch(engine_dir, decoder, backe
             ref = decoder(**feeds)
         got = engine(**feeds)["sample"]
         assert got.shape == ref.shape == (b, 3, hh, ww)
-        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0, msg=lambda m: f"{backend} at {b}x{hh}x{ww}: {m}")
+        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0, msg=lambda m, b=b, hh=hh, ww=ww: f"{backend} at {b}x{hh}x{ww}: {m}")
 
 
 def test_a_binding_range_is_still_a_clear_error():

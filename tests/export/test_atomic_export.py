@@ -22,8 +22,7 @@ import pytest
 
 from asymvq.engines import load_engine_dir
 from asymvq.engines.manifest import MANIFEST, ManifestError, parse_staging_name, read_manifest, verify_artifact
-from asymvq.export import DEFAULT_SHAPES, Source, export_directory
-from asymvq.export import atomic_dir
+from asymvq.export import DEFAULT_SHAPES, Source, atomic_dir, export_directory
 from asymvq.export.atomic_dir import clean_stale, publish, staging_dir
 
 pytest.importorskip("onnxruntime")

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from asymvq.models.cpu_features import (
-    FEATURES, CpuFeatures, cpu_features, default_cpu_dtype, parse_cpuinfo, read_cpu_features,
+    FEATURES,
+    CpuFeatures,
+    cpu_features,
+    default_cpu_dtype,
+    parse_cpuinfo,
+    read_cpu_features,
 )
 
 

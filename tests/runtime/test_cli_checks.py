@@ -8,8 +8,8 @@ import PIL.Image
 import pytest
 
 from asymvq.cli import main
-from asymvq.pipeline.job_rules import PROMPT_MAX_BYTES, check_job
 from asymvq.cli.out_path import check_image_out
+from asymvq.pipeline.job_rules import PROMPT_MAX_BYTES, check_job
 
 
 def run(argv, capsys):

@@ -15,8 +15,7 @@ import pytest
 pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 pytest.importorskip("fastapi")
 
-from serve_helpers import (ServerProcess, descendants, inpaint_request, listening_sockets, metric,  # noqa: E402
-                           request)
+from serve_helpers import ServerProcess, descendants, inpaint_request, listening_sockets, metric, request
 
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

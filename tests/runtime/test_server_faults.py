@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serve_helpers import ServerProcess, inpaint_request, metric, read_response, request  # noqa: E402
+from serve_helpers import ServerProcess, inpaint_request, metric, read_response, request
 
 MAX_QUEUE, BODY_TIMEOUT = 4, 3
 
@@ -37,7 +37,7 @@ def test_queue_bound_counts_from_the_body_start(server):
         for sock, raw in zip(socks, raws):
             sock.sendall(raw[: len(raw) // 2])
         time.sleep(1.5)  # every head has reached the server; bodies are half sent
-        for i, (sock, raw) in enumerate(zip(socks, raws)):
+        for i, sock in enumerate(socks):
             if select.select([sock], [], [], 0)[0]:  # answered already (503, before its body)
                 answers[i] = read_response(sock)
         for i, (sock, raw) in enumerate(zip(socks, raws)):
