@@ -20,6 +20,7 @@ from ..engines.manifest import read_manifest
 from ..models import PRESETS
 from ..models.checkpoints import load_decoder
 from ..models.config import PRESET_ALIASES
+from ..models.cpu_features import cpu_features
 from ..models.devices import DTYPES, parse_device, parse_dtype
 from ..models.sd_networks import SD_PRESETS
 from ..models.sources import random_decoder
@@ -139,6 +140,7 @@ def profile(
         counted = report["flop_accounting"] and {**report["flop_accounting"], "flops": report["flops"]}
         report["flop_table"] = flop_table_job(config, counted)
     # 6. the table, the JSON and the chart
+    typer.echo(f"CPU: {cpu_features().describe()}")
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
 

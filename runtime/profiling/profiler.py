@@ -17,6 +17,7 @@ import torch
 from .. import __version__
 from ..engines.contract import capabilities
 from ..models.config import PRESET_ALIASES, PRESETS
+from ..models.cpu_features import cpu_features
 from ..models.devices import parse_device, parse_dtype
 from ..models.environment import package_versions
 from ..pipeline.checks import check_int
@@ -90,18 +91,13 @@ def _params(engines: dict) -> int | None:
 
 
 def cpu_name() -> str:
-    try:  # Linux names the model; platform only knows the architecture
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_features().model
 
 
 def environment(device: torch.device) -> dict:
 
-    dev = {"type": device.type, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+    # the CPU's model and the features that decide its precision, with every number (issue: the CPU changes)
+    dev = {"type": device.type, "cpu": cpu_name(), "cpu_features": cpu_features().to_dict(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
