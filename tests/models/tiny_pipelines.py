@@ -37,6 +37,7 @@ def flux_fill_pipeline(seed: int = 0) -> FluxFillPipeline:
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=384, out_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=FLUX_TEXT_DIM, pooled_projection_dim=POOLED_DIM, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,  # FLUX.1 Fill [dev] is guidance-distilled
     ).eval()
     return FluxFillPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae("tiny-flux"), text_encoder=None,
                             tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
@@ -58,18 +59,20 @@ def sdxl_inpaint_pipeline(seed: int = 0) -> StableDiffusionXLInpaintPipeline:
     )
 
 
-def prompt_embeddings(text_dim: int, seed: int = 2) -> dict:
+def prompt_embeddings(text_dim: int, seed: int = 2, batch: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return dict(prompt_embeds=torch.randn(1, TEXT_LEN, text_dim, generator=g),
-                pooled_prompt_embeds=torch.randn(1, POOLED_DIM, generator=g))
+    return dict(prompt_embeds=torch.randn(batch, TEXT_LEN, text_dim, generator=g),
+                pooled_prompt_embeds=torch.randn(batch, POOLED_DIM, generator=g))
 
 
-def image_and_mask(size: int = 64, seed: int = 3):
-    """(PIL image, PIL mask with white = repaint, image tensor in [-1, 1], mask tensor 1 = hole)."""
+def image_and_mask(size: int | tuple[int, int] = 64, seed: int = 3):
+    """(PIL image, PIL mask with white = repaint, image tensor in [-1, 1], mask tensor 1 = hole);
+    ``size``: one side, or (height, width)."""
+    hh, ww = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    hole = np.zeros((size, size), dtype=np.uint8)
-    hole[size // 4: 3 * size // 4, size // 8: size // 2] = 255
+    pixels = rng.integers(0, 256, (hh, ww, 3), dtype=np.uint8)
+    hole = np.zeros((hh, ww), dtype=np.uint8)
+    hole[hh // 4: 3 * hh // 4, ww // 8: ww // 2] = 255
     image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
     mask = torch.from_numpy(hole)[None, None].float() / 255
     return PIL.Image.fromarray(pixels), PIL.Image.fromarray(hole), image, mask
