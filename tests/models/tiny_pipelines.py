@@ -43,10 +43,11 @@ def flux_fill_pipeline(seed: int = 0) -> FluxFillPipeline:
                             tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
 
 
-def sdxl_inpaint_pipeline(seed: int = 0) -> StableDiffusionXLInpaintPipeline:
+def sdxl_inpaint_pipeline(seed: int = 0, in_channels: int = 9) -> StableDiffusionXLInpaintPipeline:
+    """``in_channels`` 9: SDXL's inpainting UNet; 4: the base UNet (diffusers blends masked latents)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=9, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
