@@ -105,3 +105,21 @@ def test_flux_fill_image_not_multiple_of_16_is_refused(pipe):
     pil_image, pil_mask, _, _ = image_and_mask((40, 64))
     with pytest.raises(ValueError, match="height: expected a positive multiple of 16"):
         ours(image=pil_image, mask_image=pil_mask, num_inference_steps=1, **prompt_embeddings(FLUX_TEXT_DIM))
+
+
+def test_flux_fill_prompts_through_clip_and_t5_match_diffusers():
+    pipe = flux_fill_pipeline(text_encoders=True)
+    ours = FluxFillInpaintPipeline.from_diffusers(pipe)
+    pil_image, pil_mask, _, _ = image_and_mask((32, 48))
+    args = dict(prompt=["a red cat", "a dog"], prompt_2=["sofa", "grass field"], image=pil_image,
+                mask_image=pil_mask, height=32, width=48, num_inference_steps=2, output_type="pt",
+                max_sequence_length=16)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    with torch.no_grad():
+        expected = pipe(**args, generator=gens()).images
+    timer = StageTimer("cpu")
+    got = ours(**args, generator=gens(), timer=timer).images
+    torch.testing.assert_close(got, expected, **TOL)
+    assert sum(name == "text_encode" for name, _ in timer.collect()) == 2  # CLIP, T5
+    with pytest.raises(ValueError, match="prompt_2: a prompt is .* tokens long, past the text encoder's limit of 16"):
+        ours(**{**args, "prompt_2": ["a much longer prompt than eight", "b"]})

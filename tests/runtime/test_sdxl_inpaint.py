@@ -87,3 +87,18 @@ def test_sdxl_bad_input_is_one_line(pipes, kwargs, match):
     with pytest.raises(ValueError, match=match) as err:
         ours(**args)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("negative", [None, ["blurry", "dark"]])
+def test_sdxl_prompts_through_both_clip_encoders_match_diffusers(negative):
+    pipe = sdxl_inpaint_pipeline(text_encoders=True)
+    ours = SDXLInpaintPipeline.from_diffusers(pipe)
+    pil_image, pil_mask, _, _ = image_and_mask((48, 32))
+    args = dict(prompt=["a red cat", "a dog"], negative_prompt=negative, image=pil_image, mask_image=pil_mask,
+                height=48, width=32, num_inference_steps=2, output_type="pt")
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    with torch.no_grad():
+        expected = pipe(**args, generator=gens()).images
+    torch.testing.assert_close(ours(**args, generator=gens()).images, expected, **TOL)
+    with pytest.raises(ValueError, match="prompt: a prompt is .* tokens long, past the text encoder's limit of 77"):
+        ours(**{**args, "prompt": ["word " * 80, "b"]})
