@@ -21,6 +21,8 @@ _EXPORTS = {
     "SCHEDULER_ALIASES": ".schedulers",
     "make_scheduler": ".schedulers",
     "PipelineSource": ".source",
+    "FluxFillInpaintPipeline": ".flux_fill",
+    "SDXLInpaintPipeline": ".sdxl_inpaint",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,10 +13,11 @@ import torch
 
 from ..engines.contract import VAE_ENCODER
 from ..engines.torch_engine import TorchEngine, torch_decoder_engines
-from ..models import AsymmetricDecoder
+from ..models import PRESETS, AsymmetricDecoder
 from ..models.checkpoints import decoder_from_vae, load_decoder
 from ..models.component_modules import VaeEncoderComponent
 from ..models.latent_space import LatentSpace
+from ..models.sources import random_decoder
 from ..profiling.timing import NULL_TIMER
 from .checks import is_number
 from .decode_modes import check_decode_options, run_decoder_with_modes
@@ -24,11 +25,14 @@ from .stages import SPAN_TEXT, Stages, check_decoder_engines, run_decoder
 
 
 def family_decoder(vae, decoder=None) -> AsymmetricDecoder:
-    """The decoder a family pipeline runs: ``decoder`` (an ``AsymmetricDecoder``, e.g. ASUKA's, or a path
-    ``load_decoder`` reads) or, by default, asymvq's plain decoder with the weights of the pipeline's VAE."""
+    """The decoder a family pipeline runs: ``decoder`` (an ``AsymmetricDecoder``, e.g. ASUKA's, a decoder
+    preset name for a seeded random one such as "tiny-asuka", or a path ``load_decoder`` reads) or, by
+    default, asymvq's plain decoder with the weights of the pipeline's VAE."""
     p = next(vae.parameters())
     if decoder is None:
         return decoder_from_vae(vae)
+    if isinstance(decoder, str) and decoder in PRESETS:
+        return random_decoder(decoder, dtype=p.dtype, device=p.device)
     if isinstance(decoder, AsymmetricDecoder):
         return decoder.to(device=p.device, dtype=p.dtype).eval()
     return load_decoder(decoder, dtype=p.dtype, device=p.device)

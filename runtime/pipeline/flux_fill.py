@@ -19,7 +19,7 @@ from ..profiling.timing import NULL_TIMER
 from .checks import check_generators, check_int, is_number
 from .family_base import FamilyBase, family_decoder
 from .images import postprocess, prepare_image_and_mask
-from .inpaint_pipeline import Denoised, InpaintOutput
+from .outputs import Denoised, InpaintOutput
 from .schedulers import copy_scheduler
 from .stages import SPAN_SCHEDULER, SPAN_UNET
 

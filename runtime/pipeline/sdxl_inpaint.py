@@ -19,8 +19,8 @@ from ..profiling.timing import NULL_TIMER
 from .checks import check_generators, check_guidance, check_int, is_number
 from .family_base import FamilyBase, family_decoder
 from .images import postprocess, prepare_image_and_mask
-from .inpaint_pipeline import Denoised, InpaintOutput, _step_kwargs
-from .schedulers import copy_scheduler, switch_scheduler
+from .outputs import Denoised, InpaintOutput
+from .schedulers import copy_scheduler, step_kwargs, switch_scheduler
 from .stages import SPAN_SCHEDULER, SPAN_UNET
 
 
@@ -47,9 +47,12 @@ class SDXLInpaintPipeline(FamilyBase):
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
 
     @classmethod
-    def from_diffusers(cls, pipe, decoder=None, *, compile: bool = False) -> "SDXLInpaintPipeline":
-        """Take over a diffusers ``StableDiffusionXLInpaintPipeline``'s networks (shared, not copied)."""
-        return cls(unet=pipe.unet, vae=pipe.vae, scheduler=copy_scheduler(pipe.scheduler), decoder=decoder,
+    def from_diffusers(cls, pipe, decoder=None, *, scheduler: str | None = None,
+                       compile: bool = False) -> "SDXLInpaintPipeline":
+        """Take over a diffusers ``StableDiffusionXLInpaintPipeline``'s networks (shared, not copied);
+        ``scheduler``: a name of ``SCHEDULERS`` to run instead of the pipeline's, with its noise schedule."""
+        sched = copy_scheduler(pipe.scheduler) if scheduler is None else switch_scheduler(scheduler, pipe.scheduler)
+        return cls(unet=pipe.unet, vae=pipe.vae, scheduler=sched, decoder=decoder,
                    text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2,
                    tokenizer_2=pipe.tokenizer_2,
                    requires_aesthetics_score=pipe.config.get("requires_aesthetics_score", False),
@@ -247,15 +250,14 @@ class SDXLInpaintPipeline(FamilyBase):
             self.skip_vae_draw(masked_input, generator)
             extra = []
 
-        step_kwargs = _step_kwargs(sched, generator, eta)
         cond = dict(text_embeds=pooled, time_ids=add_time_ids)
         blend = None if nine else (source, noise, mask_latent)
         latents = self._loop(sched, timesteps, latents, embeds, cond, extra, do_cfg, guidance, guidance_rescale,
-                             step_kwargs, blend, timer, progress)
+                             step_kwargs(sched, generator, eta), blend, timer, progress)
         out = [x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in (pixels, mask)]
         return Denoised(latents, *(x.to(device=self.device, dtype=self.dtype) for x in out))
 
-    def _loop(self, sched, timesteps, latents, embeds, cond, extra, do_cfg, guidance, guidance_rescale, step_kwargs,
+    def _loop(self, sched, timesteps, latents, embeds, cond, extra, do_cfg, guidance, guidance_rescale, step_args,
               blend, timer, progress):
         from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint import rescale_noise_cfg
 
@@ -272,7 +274,7 @@ class SDXLInpaintPipeline(FamilyBase):
                     if guidance_rescale > 0.0:
                         noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=guidance_rescale)
             with timer.span(SPAN_SCHEDULER):
-                latents = sched.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                latents = sched.step(noise_pred, t, latents, **step_args, return_dict=False)[0]
                 if blend is not None:  # 4-channel UNet: keep the known region at the next step's noise level
                     source, noise, mask_latent = blend
                     proper = source

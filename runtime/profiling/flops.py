@@ -41,7 +41,7 @@ from ..models.component_modules import VaeEncoderComponent
 from ..models.config import preset_config
 from ..models.decoder import AsymmetricDecoder
 from ..models.sd_networks import PRESET_SHAPES, SCHEDULER_CONFIG, build_text_encoder, build_unet, build_vae
-from ..pipeline.inpaint_pipeline import _step_kwargs
+from ..pipeline.schedulers import step_kwargs
 from ..pipeline.schedulers import make_scheduler
 
 METHOD = ("torch.utils.flop_counter.FlopCounterMode on the meta device (no weights); matmul and convolution "
@@ -198,7 +198,7 @@ def count_scheduler(name: str, height: int, width: int, batch: int = 1, steps: i
     g = torch.Generator().manual_seed(0)
     shape = (batch, latent_channels, height // vae_scale_factor, width // vae_scale_factor)
     latents = torch.randn(shape, generator=g)
-    kwargs = _step_kwargs(scheduler, g, 0.0)
+    kwargs = step_kwargs(scheduler, g, 0.0)
     per_step = []
     for t in scheduler.timesteps:
         noise = torch.randn(shape, generator=g)
