@@ -110,8 +110,8 @@ def _clip(config: dict, projection: bool, seed: int):
                               **config)).eval()
 
 
-def _text_encoders(preset: str, seed: int) -> dict:
-    """The CLIP encoder(s) and tokenizer(s); tiny ones share sd_networks' tiny CLIP vocabulary."""
+def text_encoders_of(preset: str, seed: int = 0) -> dict:
+    """The CLIP encoder(s) and tokenizer(s) of the preset; tiny ones share sd_networks' tiny CLIP vocabulary."""
     tiny = preset.startswith("tiny")
     tokenizer = build_clip_tokenizer("tiny" if tiny else "sd15")
     clip_l = build_clip_text_encoder("tiny", seed=seed) if tiny else _clip(_CLIP_L, False, seed)
@@ -123,49 +123,83 @@ def _text_encoders(preset: str, seed: int) -> dict:
                 text_encoder_2=_clip(tiny_g if tiny else _CLIP_G, True, seed + 1))
 
 
-def flux_fill_pipeline(preset: str = "tiny-flux-fill", *, seed: int = 0, text_encoders: bool = True):
-    """A diffusers ``FluxFillPipeline``. The transformer's input: packed latents (4*16), packed
-    masked-image latents (4*16) and the mask folded 8x8 per latent cell then packed (4*64)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
+def build_flux_transformer(preset: str = "tiny-flux-fill", *, seed: int = 0):
+    """FLUX.1 Fill's ``FluxTransformer2DModel``. Its input: packed latents (4*16), packed masked-image
+    latents (4*16) and the mask folded 8x8 per latent cell then packed (4*64)."""
+    from diffusers import FluxTransformer2DModel
 
     _check(preset)
     spec = _FLUX[preset]
     c = PRESETS[spec["vae"]].latent_channels
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
+    return FluxTransformer2DModel(
         patch_size=1, in_channels=4 * (2 * c + VAE_SCALE_FACTOR ** 2), out_channels=4 * c,
         guidance_embeds=True, **spec["transformer"]).eval()  # FLUX.1 Fill [dev] is guidance-distilled
+
+
+def build_t5(preset: str = "tiny-flux-fill", *, seed: int = 0):
+    """FLUX's T5 encoder (T5-XXL's shapes for ``flux-fill``)."""
+    from transformers import T5Config, T5EncoderModel
+
+    _check(preset)
+    torch.manual_seed(seed + 2)
+    return T5EncoderModel(T5Config(vocab_size=32128 if preset == "flux-fill" else 160, **_FLUX[preset]["t5"])).eval()
+
+
+def flux_text_len(preset: str) -> int:
+    """T5 tokens of the preset (FLUX.1: 512)."""
+    _check(preset)
+    return _FLUX[preset]["text_len"]
+
+
+def flux_fill_pipeline(preset: str = "tiny-flux-fill", *, seed: int = 0, text_encoders: bool = True):
+    """A diffusers ``FluxFillPipeline`` of the preset (``build_flux_transformer``, its VAE, the text encoders)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+
+    _check(preset)
+    spec = _FLUX[preset]
+    transformer = build_flux_transformer(preset, seed=seed)
     texts = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     if text_encoders:
-        texts.update(_text_encoders(preset, seed))
-        torch.manual_seed(seed + 2)
-        texts["text_encoder_2"] = T5EncoderModel(T5Config(vocab_size=32128 if preset == "flux-fill" else 160,
-                                                          **spec["t5"])).eval()
+        texts.update(text_encoders_of(preset, seed))
+        texts["text_encoder_2"] = build_t5(preset, seed=seed)
         texts["tokenizer_2"] = build_t5_tokenizer(spec["text_len"])
     return FluxFillPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
-                            vae=build_family_vae(spec["vae"], seed=seed), transformer=transformer, **texts)
+                            vae=family_vae(preset, seed=seed), transformer=transformer, **texts)
+
+
+def build_sdxl_unet(preset: str = "tiny-sdxl", *, seed: int = 0, in_channels: int = 9):
+    """SDXL's UNet: ``in_channels`` 9, the inpainting one; 4, the base one."""
+    from diffusers import UNet2DConditionModel
+
+    _check(preset)
+    if in_channels not in (4, 9):
+        raise ValueError(f"in_channels must be 9 (inpainting UNet) or 4 (base UNet), got {in_channels!r}")
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(in_channels=in_channels, out_channels=4, use_linear_projection=True,
+                                addition_embed_type="text_time", **_SDXL[preset]["unet"]).eval()
+
+
+def family_vae(preset: str, *, seed: int = 0):
+    """The preset's VAE (SDXL's with SDXL's scaling factor)."""
+    _check(preset)
+    vae = build_family_vae((_FLUX.get(preset) or _SDXL[preset])["vae"], seed=seed)
+    if preset in _SDXL:
+        vae.register_to_config(scaling_factor=PRESETS["sdxl"].scaling_factor)
+    return vae
 
 
 def sdxl_inpaint_pipeline(preset: str = "tiny-sdxl", *, seed: int = 0, in_channels: int = 9,
                           text_encoders: bool = True):
     """A diffusers ``StableDiffusionXLInpaintPipeline``; ``in_channels`` 9: the inpainting UNet, 4: the base
     one (diffusers then blends masked latents)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
 
-    _check(preset)
-    if in_channels not in (4, 9):
-        raise ValueError(f"in_channels must be 9 (inpainting UNet) or 4 (base UNet), got {in_channels!r}")
-    spec = _SDXL[preset]
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(in_channels=in_channels, out_channels=4, use_linear_projection=True,
-                                addition_embed_type="text_time", **spec["unet"]).eval()
-    vae = build_family_vae(spec["vae"], seed=seed)
-    vae.register_to_config(scaling_factor=PRESETS["sdxl"].scaling_factor)
-    texts = _text_encoders(preset, seed) if text_encoders else dict(
+    unet = build_sdxl_unet(preset, seed=seed, in_channels=in_channels)
+    texts = text_encoders_of(preset, seed) if text_encoders else dict(
         text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     return StableDiffusionXLInpaintPipeline(
-        vae=vae, unet=unet, scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG_SDXL),
+        vae=family_vae(preset, seed=seed), unet=unet, scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG_SDXL),
         requires_aesthetics_score=False, force_zeros_for_empty_prompt=True, **texts)
 
 

@@ -64,8 +64,8 @@ def folder_family(folder) -> str:
     read = lambda name: json.loads((root / name / "config.json").read_text()) \
         if (root / name / "config.json").is_file() else None  # noqa: E731
     vae = read("vae")
-    if vae is None:
-        raise ValueError(f"sd_dir: {root} has no vae/config.json; expected a diffusers model folder")
+    if vae is None:  # not a folder of any family: SD's loader names what is missing
+        return SD
     return family_of(read("transformer"), read("unet"), vae.get("latent_channels", 4), where=f"sd_dir ({root})")
 
 
@@ -80,9 +80,12 @@ def family_from_diffusers(pipe, family: str, *, decoder=None, scheduler: str | N
 
 
 def family_from_folder(folder, family: str, *, decoder=None, dtype="fp32", device="cpu", scheduler=None,
-                       compile: bool = False):
+                       compile: bool = False, kernels: str = "torch"):
     """Load a local FLUX.1 Fill / SDXL folder with diffusers (no network), then take it over."""
     import diffusers
+
+    if kernels != "torch":
+        raise ValueError(f"kernels: the {family} pipelines run the torch decoder kernels only, got {kernels!r}")
 
     cls = getattr(diffusers, _DIFFUSERS_CLASSES[family])
     pipe = cls.from_pretrained(str(folder), torch_dtype=parse_dtype(dtype), local_files_only=True)
@@ -90,13 +93,14 @@ def family_from_folder(folder, family: str, *, decoder=None, dtype="fp32", devic
                                  compile=compile)
 
 
-def family_from_preset(preset: str, *, decoder=None, seed: int = 0, scheduler: str | None = None,
-                       compile: bool = False, text_encoders: bool = True):
-    """A seeded FLUX.1 Fill / SDXL pipeline of ``FAMILY_PRESETS``."""
+def family_from_preset(preset: str, *, decoder=None, seed: int = 0, scheduler: str | None = None, dtype="fp32",
+                       device="cpu", compile: bool = False, text_encoders: bool = True):
+    """A seeded FLUX.1 Fill / SDXL pipeline of ``FAMILY_PRESETS`` (the real-size ones allocate every weight:
+    count them with ``asymvq.profiling.family_flops`` instead)."""
     if preset not in FAMILY_PRESETS:
         raise ValueError(f"preset must be one of {list(FAMILY_PRESETS)}, got {preset!r}")
-    if "flux" in preset:
-        pipe = flux_fill_pipeline(preset, seed=seed, text_encoders=text_encoders)
-        return family_from_diffusers(pipe, FLUX_FILL, decoder=decoder, scheduler=scheduler, compile=compile)
-    pipe = sdxl_inpaint_pipeline(preset, seed=seed, text_encoders=text_encoders)
-    return family_from_diffusers(pipe, SDXL, decoder=decoder, scheduler=scheduler, compile=compile)
+    flux = "flux" in preset
+    build = flux_fill_pipeline if flux else sdxl_inpaint_pipeline
+    pipe = build(preset, seed=seed, text_encoders=text_encoders).to(parse_device(device), parse_dtype(dtype))
+    return family_from_diffusers(pipe, FLUX_FILL if flux else SDXL, decoder=decoder, scheduler=scheduler,
+                                 compile=compile)

@@ -217,6 +217,12 @@ def unet_label(steps: int, cfg: bool = True) -> tuple[str, str]:
     return f"UNet step{suffix}", f"UNet x {steps}{suffix}"
 
 
+def denoiser_total_label(job: dict) -> str:
+    """The label of all denoiser calls of a counted job: its own (FLUX's transformer) or the UNet's."""
+    labels = job.get("denoiser_labels")
+    return labels[1] if labels else unet_label(job["steps"], job["unet_batch"] > job["batch"])[1]
+
+
 def scheduler_label(steps: int) -> tuple[str, str]:
     return "Scheduler step", f"Scheduler x {steps}"
 
@@ -302,7 +308,7 @@ def project(job: dict, peaks: dict | None = None) -> dict:
     for gpu, peak in peaks.items():
         out[gpu] = {"peak_flops_per_s": peak, "decoders": {
             name: {"decode_ms": 1e3 * d["flops"] / peak, "job_ms": 1e3 * d["job_flops"] / peak,
-                   "unet_total_ms": 1e3 * job["flops"][unet_label(job["steps"], job["unet_batch"] > job["batch"])[1]] / peak,
+                   "unet_total_ms": 1e3 * job["flops"][denoiser_total_label(job)] / peak,
                    "share_of_job": d["share_of_job"]}
             for name, d in job["decoders"].items()}}
     return {"note": "a floor, not a measurement: FLOPs / datasheet dense fp16/bf16 peak (no sparsity); "
