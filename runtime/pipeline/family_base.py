@@ -24,18 +24,26 @@ from .decode_modes import check_decode_options, run_decoder_with_modes
 from .stages import SPAN_TEXT, Stages, check_decoder_engines, run_decoder
 
 
+def upcast_dtype(vae) -> torch.dtype | None:
+    """float32 for a float16 VAE whose config says ``force_upcast`` (SDXL's: its decoder overflows to
+    non-finite values in fp16, so diffusers decodes in fp32 and so does asymvq); None otherwise."""
+    p = next(vae.parameters())
+    return torch.float32 if p.dtype == torch.float16 and vae.config.get("force_upcast", False) else None
+
+
 def family_decoder(vae, decoder=None) -> AsymmetricDecoder:
     """The decoder a family pipeline runs: ``decoder`` (an ``AsymmetricDecoder``, e.g. ASUKA's, a decoder
     preset name for a seeded random one such as "tiny-asuka", or a path ``load_decoder`` reads) or, by
     default, asymvq's plain decoder with the weights of the pipeline's VAE."""
     p = next(vae.parameters())
+    dtype = upcast_dtype(vae) or p.dtype
     if decoder is None:
-        return decoder_from_vae(vae)
+        return decoder_from_vae(vae).to(dtype)
     if isinstance(decoder, str) and decoder in PRESETS:
-        return random_decoder(decoder, dtype=p.dtype, device=p.device)
+        return random_decoder(decoder, dtype=dtype, device=p.device)
     if isinstance(decoder, AsymmetricDecoder):
-        return decoder.to(device=p.device, dtype=p.dtype).eval()
-    return load_decoder(decoder, dtype=p.dtype, device=p.device)
+        return decoder.to(device=p.device, dtype=dtype).eval()
+    return load_decoder(decoder, dtype=dtype, device=p.device)
 
 
 def check_decoder_latents(decoder: AsymmetricDecoder, latent_space: LatentSpace, family: str) -> None:
@@ -55,6 +63,7 @@ class FamilyBase:
         p = next(vae.parameters())
         self.dtype, self.device = p.dtype, p.device
         self.latent_space = LatentSpace.from_vae_config(dict(vae.config))
+        self.decode_dtype = upcast_dtype(vae)  # the decoder's, when it runs above the pipeline's precision
         check_decoder_latents(decoder, self.latent_space, self.family)
         self.stages = Stages({VAE_ENCODER: TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae), compile=compile),
                               **torch_decoder_engines(decoder, compile=compile)})
@@ -124,8 +133,10 @@ class FamilyBase:
     def decode(self, denoised, decoder: dict | None = None, timer=None, decode_options: dict | None = None):
         """Diffusion-space latents -> image in [-1, 1]; a conditional decoder (ASUKA's) gets image and mask."""
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
-        latent = self.latent_space.to_vae(denoised.latents)
+        latent, image, mask = self.latent_space.to_vae(denoised.latents), denoised.image, denoised.mask
+        if self.decode_dtype is not None and decoder is None:
+            latent, image, mask = (None if x is None else x.to(self.decode_dtype) for x in (latent, image, mask))
         options = check_decode_options(decode_options)
         if options:
-            return run_decoder_with_modes(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask, options)
-        return run_decoder(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask)
+            return run_decoder_with_modes(engines, timer or NULL_TIMER, latent, image, mask, options)
+        return run_decoder(engines, timer or NULL_TIMER, latent, image, mask)

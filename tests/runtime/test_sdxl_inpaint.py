@@ -102,3 +102,17 @@ def test_sdxl_prompts_through_both_clip_encoders_match_diffusers(negative):
     torch.testing.assert_close(ours(**args, generator=gens()).images, expected, **TOL)
     with pytest.raises(ValueError, match="prompt: a prompt is .* tokens long, past the text encoder's limit of 77"):
         ours(**{**args, "prompt": ["word " * 80, "b"]})
+
+
+def test_sdxl_fp16_decodes_in_fp32_as_diffusers_upcasts():
+    """SDXL's VAE overflows in fp16 (``force_upcast``): the diffusion half runs in fp16, the decoder in fp32."""
+    pipe = sdxl_inpaint_pipeline().to(torch.float16)
+    assert pipe.vae.config.force_upcast
+    ours = SDXLInpaintPipeline.from_diffusers(pipe)
+    assert ours.dtype == torch.float16 and ours.decode_dtype == torch.float32
+    assert {e.dtype for e in ours.stages.decoders().values()} == {torch.float32}
+    pil_image, pil_mask, _, _ = image_and_mask(32)
+    emb = {k: v.half() for k, v in prompt_embeddings(SDXL_TEXT_DIM).items()}
+    out = ours(image=pil_image, mask_image=pil_mask, num_inference_steps=2, output_type="pt", **emb,
+               generator=torch.Generator().manual_seed(0))
+    assert out.latents.dtype == torch.float16 and bool(torch.isfinite(out.images).all())
