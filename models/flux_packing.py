@@ -45,3 +45,25 @@ def pack_flux_latents(latents: torch.Tensor) -> torch.Tensor:
     b, c, h, w = latents.shape
     x = latents.reshape(b, c, h // PATCH, PATCH, w // PATCH, PATCH)
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // PATCH) * (w // PATCH), c * PATCH * PATCH)
+
+
+def pack_flux_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 8h, 8w) 0/1 mask -> (B, (h/2)*(w/2), 256): FLUX.1 Fill's mask channels. Each latent cell's
+    8x8 pixels become 64 channels, then packed 2x2 like the latents (diffusers' ``prepare_mask_latents``)."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1 \
+            or mask.shape[-1] % (VAE_SCALE_FACTOR * PATCH) or mask.shape[-2] % (VAE_SCALE_FACTOR * PATCH):
+        got = f"shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected (B, 1, H, W) with H and W multiples of {VAE_SCALE_FACTOR * PATCH}, got {got}")
+    b, _, hh, ww = mask.shape
+    f = VAE_SCALE_FACTOR
+    x = mask[:, 0].reshape(b, hh // f, f, ww // f, f).permute(0, 2, 4, 1, 3).reshape(b, f * f, hh // f, ww // f)
+    return pack_flux_latents(x)
+
+
+def flux_image_ids(h: int, w: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The RoPE position ids of the (h/2) x (w/2) image tokens of an h x w latent: (tokens, 3) rows of
+    (0, row, column), diffusers' ``_prepare_latent_image_ids``."""
+    ids = torch.zeros(h // PATCH, w // PATCH, 3)
+    ids[..., 1] += torch.arange(h // PATCH)[:, None]
+    ids[..., 2] += torch.arange(w // PATCH)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)

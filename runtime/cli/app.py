@@ -22,6 +22,7 @@ from ..models.checkpoints import load_decoder
 from ..models.config import PRESET_ALIASES
 from ..models.cpu_features import cpu_features
 from ..models.devices import DTYPES, parse_device, parse_dtype
+from ..models.family_networks import FAMILY_PRESETS
 from ..models.sd_networks import SD_PRESETS
 from ..models.sources import random_decoder
 from ..pipeline.decode_modes import as_cli_error, cli_decode_options
@@ -68,7 +69,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="On errors, show the
 # -- profile ----------------------------------------------------------------------------------
 @app.command()
 def profile(
-    preset: Optional[str] = typer.Option(None, help="tiny or sd15 (default: tiny on a CPU, sd15 with CUDA)."),
+    preset: Optional[str] = typer.Option(None, help="tiny or sd15 (default: tiny on a CPU, sd15 with CUDA); or FLUX.1 "
+                                         "Fill / SDXL: tiny-flux-fill, tiny-sdxl (measured), flux-fill, sdxl (real "
+                                         "sizes: count them with --flops-only)."),
     decoders: Optional[str] = typer.Option(None, help="Comma-separated decoder presets, e.g. vanilla,base,x1.5,x2."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps (default: 10 for tiny, 50 for sd15)."),
     size: Optional[str] = typer.Option(None, help="HxW image size (default: 32x32 for tiny, 512x512 for sd15)."),
@@ -107,12 +110,12 @@ def profile(
             raise ValueError(f"--dtype: {engines} holds {manifest['precision']} engines, got --dtype {dtype}")
         dtype, decoders = manifest["precision"], decoders or engines.name
     preset = preset or base.preset
-    native = {"tiny": ProfileConfig.height, "sd15": 512}.get(preset, ProfileConfig.height)
+    native = {"tiny": ProfileConfig.height, "sd15": 512, "flux-fill": 1024, "sdxl": 1024}.get(preset, ProfileConfig.height)
     height, width = parse_size(size) if size else (native, native)
     config = ProfileConfig(
         preset=preset,
-        decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()) if decoders else base.decoders,
-        steps=steps if steps is not None else (50 if preset == "sd15" else 10),
+        decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()) if decoders else None,
+        steps=steps if steps is not None else {"sd15": 50, "flux-fill": 28, "sdxl": 30}.get(preset, 10),
         height=height, width=width, batch=batch, device=device or base.device, dtype=dtype or base.dtype,
         warmup=warmup if warmup is not None else base.warmup, repeats=repeats if repeats is not None else base.repeats,
         guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels, flops=flops,
@@ -127,12 +130,16 @@ def profile(
         typer.echo(f"wrote {write_json(report, json_path)}")
         return
     # 3. the engines directory's pipeline (the presets are built by the profiler), after threads are set
-    source = PipelineSource(engines=engines, preset=None if engines is not None else config.preset,
-                            device=config.device, dtype=config.dtype, scheduler=config.scheduler, backend=backend,
-                            precision=precision, threads=threads)
     if threads is not None:
         torch.set_num_threads(threads)
-    pipeline = source.build() if engines is not None else None
+    pipeline = None
+    if engines is not None or config.preset in SD_PRESETS:  # checks the source's options (the profiler builds presets)
+        source = PipelineSource(engines=engines, preset=None if engines is not None else config.preset,
+                                device=config.device, dtype=config.dtype, scheduler=config.scheduler, backend=backend,
+                                precision=precision, threads=threads)
+        pipeline = source.build() if engines is not None else None
+    elif backend is not None or precision is not None:
+        raise ValueError("--backend / --precision: only with --engines (the FLUX.1 Fill and SDXL presets run in torch)")
     # 4. the measured runs
     report = _run_profile(config, pipeline)
     # 5. the counted decoder-versus-diffusion table (meta device: seconds), next to the measured run
@@ -147,8 +154,11 @@ def profile(
 
 def _check_profile_config(config, check_decoders: bool = True) -> None:
     """Fail on a bad name before minutes of model building, not after."""
-    if config.preset not in SD_PRESETS:
-        raise ValueError(f"--preset: expected one of {list(SD_PRESETS)}, got {config.preset!r}")
+    if config.preset not in SD_PRESETS + FAMILY_PRESETS:
+        raise ValueError(f"--preset: expected one of {list(SD_PRESETS + FAMILY_PRESETS)}, got {config.preset!r}")
+    if "flux" in config.preset and (config.height % 16 or config.width % 16):
+        raise ValueError(f"--size: expected multiples of 16 for FLUX.1 Fill (8 for the VAE x 2 for the token packing), "
+                         f"got {config.height}x{config.width}")
     bad = [d for d in config.decoders if d not in PRESETS and d not in PRESET_ALIASES] if check_decoders else []
     if bad:
         raise ValueError(f"--decoders: unknown decoder presets {bad}; expected names among {sorted(PRESETS)}")

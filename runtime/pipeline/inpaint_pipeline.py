@@ -10,23 +10,23 @@ Runtime, TensorRT or AOTInductor engines replace the torch ones without touching
 """
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-
 import torch
 from tqdm.auto import tqdm
 
 from ..engines.contract import COMPONENTS, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER, capabilities
+from . import families
 from . import parts as pipeline_parts
 from .checks import check_generators, check_guidance, check_int, is_number
 from .decode_modes import check_decode_options, run_decoder_with_modes
 from .images import check_size, postprocess, prepare_image_and_mask
 from .job_rules import check_strength, denoising_steps
+from .outputs import Denoised, InpaintOutput
 from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_scheduler are re-exported)
     SCHEDULER_ALIASES,
     SCHEDULERS,
     copy_scheduler,
     make_scheduler,
+    step_kwargs,
     switch_scheduler,
 )
 from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
@@ -39,21 +39,6 @@ from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
     check_decoder_engines,
     run_decoder,
 )
-
-
-@dataclass
-class InpaintOutput:
-    images: object  # list of PIL images, numpy (B, H, W, 3), torch (B, 3, H, W) or latents
-    latents: torch.Tensor  # diffusion-space latents the decoder was fed (before spec.latent_space.to_vae)
-
-
-@dataclass
-class Denoised:
-    """What the diffusion half hands to a decoder: latents plus the decoder's condition."""
-
-    latents: torch.Tensor  # diffusion space, (B, latent channels, h, w)
-    image: torch.Tensor | None  # unmasked source in [-1, 1], (B or 1, 3, 8h, 8w); None for text-to-image
-    mask: torch.Tensor | None  # 0/1, 1 = hole, (B or 1, 1, 8h, 8w)
 
 
 class InpaintPipeline:
@@ -105,12 +90,22 @@ class InpaintPipeline:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str = "tiny", *, components=None, **kwargs) -> "InpaintPipeline":
-        """Seeded random components, no files: "tiny" (tests) or "sd15" (real SD 1.5 shapes)."""
+        """Seeded random components, no files: "tiny" (tests) or "sd15" (real SD 1.5 shapes); the other
+        families' "tiny-flux-fill", "flux-fill", "tiny-sdxl", "sdxl" give their own pipeline class."""
+        if preset in families.FAMILY_PRESETS:
+            _whole_only(components)
+            return families.family_from_preset(preset, **kwargs)
         return cls(**pipeline_parts.preset_parts(preset, components=components, **kwargs), components=components)
 
     @classmethod
     def from_pretrained(cls, sd_dir, decoder=None, *, components=None, **kwargs) -> "InpaintPipeline":
-        """A local diffusers-format SD (inpainting) folder; ``decoder``: any checkpoint ``load_decoder`` reads."""
+        """A local diffusers-format folder; ``decoder``: any checkpoint ``load_decoder`` reads. An SD 1.x folder
+        gives an ``InpaintPipeline``; an SDXL or FLUX.1 Fill one (recognised by its components, as in
+        ``from_diffusers``) its family's pipeline, loaded by diffusers from the folder alone."""
+        family = families.folder_family(sd_dir)
+        if family != families.SD:
+            _whole_only(components)
+            return families.family_from_folder(sd_dir, family, decoder=decoder, **kwargs)
         return cls(**pipeline_parts.folder_parts(sd_dir, decoder=decoder, **kwargs), components=components)
 
     @classmethod
@@ -123,7 +118,13 @@ class InpaintPipeline:
 
     @classmethod
     def from_diffusers(cls, pipe, decoder=None, *, components=None, **kwargs) -> "InpaintPipeline":
-        """Take over a diffusers SD (inpainting) pipeline's networks; its VAE decoder becomes ours."""
+        """Take over a diffusers pipeline's networks; its VAE decoder becomes ours (or ``decoder`` does). The family
+        is read from its components (``asymvq.pipeline.families``): SD 1.x gives an ``InpaintPipeline``, SDXL
+        an ``SDXLInpaintPipeline``, FLUX.1 Fill a ``FluxFillInpaintPipeline``, each called as diffusers' is."""
+        family = families.diffusers_family(pipe)
+        if family != families.SD:
+            _whole_only(components)
+            return families.family_from_diffusers(pipe, family, decoder=decoder, **kwargs)
         return cls(**pipeline_parts.diffusers_parts(pipe, decoder=decoder, **kwargs), components=components)
 
     def set_scheduler(self, name: str) -> "InpaintPipeline":
@@ -347,8 +348,8 @@ class InpaintPipeline:
                      torch.cat([masked_latents] * 2) if do_cfg else masked_latents]
 
         # 7. the UNet loop
-        step_kwargs = _step_kwargs(scheduler, generator, eta)
-        latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance, step_kwargs,
+        step_args = step_kwargs(scheduler, generator, eta)
+        latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance, step_args,
                              timer, progress)
         if not inpaint:
             return Denoised(latents, None, None)
@@ -377,7 +378,7 @@ class InpaintPipeline:
             raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
         return inpaint
 
-    def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_kwargs, timer, progress):
+    def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_args, timer, progress):
         stages = self.stages
         for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
             with timer.span(SPAN_UNET):
@@ -392,16 +393,11 @@ class InpaintPipeline:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
             with timer.span(SPAN_SCHEDULER):
-                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                latents = scheduler.step(noise_pred, t, latents, **step_args, return_dict=False)[0]
         return latents
 
 
-def _step_kwargs(scheduler, generator, eta: float) -> dict:
-    """eta for DDIM, the generator for stochastic schedulers: what each ``step`` accepts (diffusers' rule)."""
-    params = set(inspect.signature(scheduler.step).parameters)
-    kwargs = {}
-    if "eta" in params:
-        kwargs["eta"] = eta
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return kwargs
+def _whole_only(components) -> None:
+    if components is not None:
+        raise ValueError("components: pipelines of a subset are SD 1.x's (the Ray Serve stages); SDXL and FLUX.1 Fill "
+                         "pipelines run whole, leave it unset")

@@ -69,3 +69,14 @@ def copy_scheduler(scheduler):
     """A fresh scheduler of the same class and config (its step state is not copied)."""
     return type(scheduler).from_config(scheduler_config(scheduler.config, type(scheduler)))
 
+
+
+def step_kwargs(scheduler, generator, eta: float) -> dict:
+    """eta for DDIM, the generator for stochastic schedulers: what each ``step`` accepts (diffusers' rule)."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs

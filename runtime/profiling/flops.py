@@ -41,8 +41,7 @@ from ..models.component_modules import VaeEncoderComponent
 from ..models.config import preset_config
 from ..models.decoder import AsymmetricDecoder
 from ..models.sd_networks import PRESET_SHAPES, SCHEDULER_CONFIG, build_text_encoder, build_unet, build_vae
-from ..pipeline.inpaint_pipeline import _step_kwargs
-from ..pipeline.schedulers import make_scheduler
+from ..pipeline.schedulers import make_scheduler, step_kwargs
 
 METHOD = ("torch.utils.flop_counter.FlopCounterMode on the meta device (no weights); matmul and convolution "
           "FLOPs, 1 multiply-add = 2 FLOP; attention counted explicitly as 4*B*heads*Lq*Lk*d; elementwise ops "
@@ -198,7 +197,7 @@ def count_scheduler(name: str, height: int, width: int, batch: int = 1, steps: i
     g = torch.Generator().manual_seed(0)
     shape = (batch, latent_channels, height // vae_scale_factor, width // vae_scale_factor)
     latents = torch.randn(shape, generator=g)
-    kwargs = _step_kwargs(scheduler, g, 0.0)
+    kwargs = step_kwargs(scheduler, g, 0.0)
     per_step = []
     for t in scheduler.timesteps:
         noise = torch.randn(shape, generator=g)
@@ -215,6 +214,12 @@ def unet_label(steps: int, cfg: bool = True) -> tuple[str, str]:
     """The labels of one UNet call and of all of them, as the profile table prints them."""
     suffix = " (CFG)" if cfg else ""
     return f"UNet step{suffix}", f"UNet x {steps}{suffix}"
+
+
+def denoiser_total_label(job: dict) -> str:
+    """The label of all denoiser calls of a counted job: its own (FLUX's transformer) or the UNet's."""
+    labels = job.get("denoiser_labels")
+    return labels[1] if labels else unet_label(job["steps"], job["unet_batch"] > job["batch"])[1]
 
 
 def scheduler_label(steps: int) -> tuple[str, str]:
@@ -302,7 +307,7 @@ def project(job: dict, peaks: dict | None = None) -> dict:
     for gpu, peak in peaks.items():
         out[gpu] = {"peak_flops_per_s": peak, "decoders": {
             name: {"decode_ms": 1e3 * d["flops"] / peak, "job_ms": 1e3 * d["job_flops"] / peak,
-                   "unet_total_ms": 1e3 * job["flops"][unet_label(job["steps"], job["unet_batch"] > job["batch"])[1]] / peak,
+                   "unet_total_ms": 1e3 * job["flops"][denoiser_total_label(job)] / peak,
                    "share_of_job": d["share_of_job"]}
             for name, d in job["decoders"].items()}}
     return {"note": "a floor, not a measurement: FLOPs / datasheet dense fp16/bf16 peak (no sparsity); "

@@ -20,10 +20,12 @@ from ..models.config import PRESET_ALIASES, PRESETS
 from ..models.cpu_features import cpu_features
 from ..models.devices import parse_device, parse_dtype
 from ..models.environment import package_versions
+from ..models.family_networks import FAMILY_PRESETS
 from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
 from ..pipeline.parts import random_decoder_engines
 from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
+from .family_flops import FAMILY_DECODERS, REAL_DECODERS, REAL_PRESET, count_family_job, is_flux
 from .flops import count_job, probe_peak, project, scheduler_label, unet_label
 from .timing import PeakMemory, StageTimer, summarize
 
@@ -38,7 +40,7 @@ PROMPT = "a photograph of a cat sitting on a sofa, detailed, 4k"
 @dataclass
 class ProfileConfig:
     preset: str = "tiny"
-    decoders: tuple[str, ...] = DEFAULT_DECODERS
+    decoders: tuple[str, ...] | None = None  # default: DEFAULT_DECODERS, or the family preset's (FAMILY_DECODERS)
     steps: int = 10
     # 32x32 keeps the four real-size decoders of the default CPU run well under a minute on two cores
     height: int = 32
@@ -58,6 +60,8 @@ class ProfileConfig:
     flops: bool = False
 
     def __post_init__(self):
+        if self.decoders is None:
+            self.decoders = FAMILY_DECODERS.get(self.preset, DEFAULT_DECODERS)
         self.decoders = tuple(self.decoders)
         if not self.decoders or len(set(self.decoders)) != len(self.decoders):
             raise ValueError(f"decoders: expected distinct preset names, got {list(self.decoders)}")
@@ -143,9 +147,12 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
     parse_dtype(config.dtype)
     if pipeline is None:
         log(f"building {config.preset} pipeline ({config.dtype}, {device}) and decoders {', '.join(config.decoders)} ...")
+        family = config.preset in FAMILY_PRESETS
+        options = {} if family else dict(kernels=config.kernels)
+        if not (family and is_flux(config.preset)):
+            options["scheduler"] = config.scheduler
         pipeline = InpaintPipeline.from_preset(config.preset, decoder=config.decoders[0], dtype=config.dtype,
-                                               device=device, seed=config.seed, scheduler=config.scheduler,
-                                               kernels=config.kernels)
+                                               device=device, seed=config.seed, **options)
         decoders = {config.decoders[0]: pipeline.stages.decoders()}
         decoders.update(random_decoder_engines(config.decoders[1:], seed=config.seed, dtype=config.dtype, device=device,
                                                kernels=config.kernels))
@@ -175,9 +182,9 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
         memory.reset()
         with timer.span(SPAN_DIFFUSION):
             denoised = pipeline.denoise(
-                PROMPT, image, mask, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                num_images_per_prompt=config.batch, generator=torch.Generator().manual_seed(config.seed),
-                scheduler=config.scheduler, timer=timer,
+                PROMPT, image=image, mask_image=mask, num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale, num_images_per_prompt=config.batch,
+                generator=torch.Generator().manual_seed(config.seed), timer=timer, **_family_options(config),
             )
         spans = _split(timer.collect())
         if recording:
@@ -206,14 +213,35 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
     return report
 
 
+def _family_options(config: ProfileConfig) -> dict:
+    """What the family's ``denoise`` takes beyond the common arguments: SD's and SDXL's scheduler by name
+    (FLUX runs its flow-matching one), and strength 1 for SDXL (diffusers' default is 0.9999)."""
+    if config.preset not in FAMILY_PRESETS:
+        return dict(scheduler=config.scheduler)
+    return {} if is_flux(config.preset) else dict(scheduler=config.scheduler, strength=1.0)
+
+
+def _count(preset: str, height: int, width: int, config: ProfileConfig, decoders) -> dict:
+    if preset in FAMILY_PRESETS:
+        return count_family_job(preset, height, width, batch=config.batch, steps=config.steps, decoders=decoders,
+                                guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    return count_job(preset, height, width, batch=config.batch, steps=config.steps, decoders=decoders,
+                     guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+
+
+def denoiser_batch(config: ProfileConfig) -> int:
+    """Latents per denoiser call: doubled under CFG (FLUX's distilled guidance has none)."""
+    cfg = config.guidance_scale > 1 and not (config.preset in FAMILY_PRESETS and is_flux(config.preset))
+    return config.batch * (2 if cfg else 1)
+
+
 def count_for_profile(config: ProfileConfig, log=print) -> tuple[dict, dict]:
     """The FLOPs of the profiled job (decoders that are presets only) and the matmul peak probe."""
 
     known = tuple(d for d in config.decoders if d in PRESETS or d in PRESET_ALIASES)
     log(f"counting FLOPs ({config.preset}, {config.height}x{config.width}, meta device) and probing the "
         f"{config.dtype} matmul peak ...")
-    job = count_job(config.preset, config.height, config.width, batch=config.batch, steps=config.steps,
-                    decoders=known, guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    job = _count(config.preset, config.height, config.width, config, known)
     job["projection"] = project(job)
     return job, probe_peak(config.device, parse_dtype(config.dtype))
 
@@ -223,7 +251,18 @@ def flop_table_job(config: ProfileConfig, accounting: dict | None = None) -> dic
     SD 1.5 shapes at the profile's size and steps, or at 512x512 and 50 steps when the profiled
     preset is tiny (its toy networks say nothing about real costs). Counting only, seconds."""
 
-    if accounting is not None and config.preset == "sd15":
+    if config.preset in FAMILY_PRESETS:  # the real family preset at 1024x1024, whatever was measured
+        real = REAL_PRESET[config.preset]
+        if accounting is not None and config.preset == real:
+            job = dict(accounting)
+        else:
+            names = tuple(d for d in config.decoders if d in REAL_DECODERS[real]) or REAL_DECODERS[real]
+            same = config.preset == real
+            steps = config.steps if same else {"flux-fill": 28, "sdxl": 30}[real]  # FLUX dev's and SDXL's usual
+            job = count_family_job(real, config.height if same else 1024, config.width if same else 1024,
+                                   batch=config.batch, steps=steps, decoders=names,
+                                   guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    elif accounting is not None and config.preset == "sd15":
         job = dict(accounting)
     else:
         real = config.preset == "sd15"
@@ -239,8 +278,7 @@ def flops_only_report(config: ProfileConfig) -> dict:
     """``asymvq profile --flops-only``: the job's FLOPs per stage, nothing run (schema as ``profile``,
     ``kind`` "flops-only", no stages, no device measurements)."""
 
-    job = count_job(config.preset, config.height, config.width, batch=config.batch, steps=config.steps,
-                    decoders=config.decoders, guidance_scale=config.guidance_scale, scheduler=config.scheduler)
+    job = _count(config.preset, config.height, config.width, config, config.decoders)
     job["projection"] = project(job)
     env = environment(torch.device("cpu"))
     return {
@@ -259,7 +297,9 @@ def _stage_flops(report: dict, accounting: dict) -> dict[str, int]:
 
     f, steps = accounting["flops"], accounting["steps"]
     cfg = accounting["unet_batch"] > accounting["batch"]
-    out = {SPAN_TEXT: f.get("CLIP"), SPAN_VAE_ENCODE: f.get("VAE-Enc"), SPAN_UNET: f.get(unet_label(steps, cfg)[0]),
+    one = (accounting.get("denoiser_labels") or unet_label(steps, cfg))[0]
+    text = sum(f[k] for k in ("CLIP", "CLIP-G", "T5") if k in f) or None  # every encoder of the text span
+    out = {SPAN_TEXT: text, SPAN_VAE_ENCODE: f.get("VAE-Enc"), SPAN_UNET: f.get(one),
            SPAN_SCHEDULER: f.get(scheduler_label(steps)[0]), SPAN_DIFFUSION: accounting["diffusion_flops"]}
     for name in report["config"]["decoders"]:
         out[f"{SPAN_DECODE}/{name}"] = f.get(f"Decoder {name}")
@@ -317,7 +357,7 @@ def build_report(config: ProfileConfig, samples: dict, peaks: dict, memory_kind:
         "memory": memory_kind,
         "stages": stages,
         "diffusion": {"median_ms": diffusion, "unet_total_median_ms": unet_total,
-                      "steps": steps, "unet_batch": config.batch * (2 if config.guidance_scale > 1 else 1)},
+                      "steps": steps, "unet_batch": denoiser_batch(config)},
         "decoders": summary,
         # schema 2: filled by add_flops (--flops) and the CLI's FLOP table; null when not counted
         "flops": None, "flop_accounting": None, "peak": None, "flop_table": None,

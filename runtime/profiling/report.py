@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
+from .flops import denoiser_total_label
 from .profiler import SPAN_DIFFUSION
 
 WIDTHS = (26, 16, 16, 14, 12, 14, 9)  # the last three: FLOP columns (--flops)
@@ -56,12 +57,21 @@ def _flop_cells(stage: dict | None, k: int = 1) -> tuple[str, str, str]:
     return _si(k * stage["flops"], "FLOP"), _si(stage.get("achieved_flops_per_s"), "FLOP/s"), _pct(stage.get("peak_share"))
 
 
+def _denoiser(report: dict) -> str:
+    """What the denoising network is called in the tables: FLUX's is a transformer, the others' a UNet."""
+    return "Transformer" if "flux" in report["config"]["preset"] else "UNet"
+
+
 def _stage_rows(report: dict) -> list[tuple[str, dict, int]]:
     """(label, stats, multiplier) in pipeline order; per-step stages are shown times the step count."""
     stages, steps = report["stages"], report["config"]["steps"]
-    cfg = " (CFG)" if report["config"]["guidance_scale"] > 1 else ""
-    rows = [("CLIP", stages.get(SPAN_TEXT), 1), ("VAE-Enc", stages.get(SPAN_VAE_ENCODE), 1),
-            (f"UNet x {steps}{cfg}", stages.get(SPAN_UNET), steps), (f"Scheduler x {steps}", stages.get(SPAN_SCHEDULER), steps),
+    diffusion = report["diffusion"]
+    cfg = " (CFG)" if diffusion["unet_batch"] > report["config"]["batch"] else ""
+    preset = report["config"]["preset"]
+    text = "Text encoders" if "flux" in preset or "sdxl" in preset else "CLIP"  # SDXL: 2 CLIPs; FLUX: CLIP + T5
+    rows = [(text, stages.get(SPAN_TEXT), 1), ("VAE-Enc", stages.get(SPAN_VAE_ENCODE), 1),
+            (f"{_denoiser(report)} x {steps}{cfg}", stages.get(SPAN_UNET), steps),
+            (f"Scheduler x {steps}", stages.get(SPAN_SCHEDULER), steps),
             ("Diffusion (end to end)", stages.get(SPAN_DIFFUSION), 1)]
     return [r for r in rows if r[1] is not None]
 
@@ -91,7 +101,7 @@ def format_table(report: dict) -> str:
         lines.append(_row(f"Pipeline ({name})", _ms(d["pipeline_median_ms"]), "", ""))
     lines.append(_rule())
     lines += ["", "Decoder versus diffusion (medians):", _rule(4),
-              _row("Decoder", "share of total", f"vs UNet x {c['steps']}", "images/s"), _rule(4)]
+              _row("Decoder", "share of total", f"vs {_denoiser(report)} x {c['steps']}", "images/s"), _rule(4)]
     for name, d in report["decoders"].items():
         lines.append(_row(name, f"{100 * d['decode_share']:.1f} %", f"{100 * d['decode_vs_unet_total']:.1f} %",
                           f"{d['images_per_s']:.3f}"))
@@ -121,17 +131,25 @@ def format_flop_table(job: dict) -> str:
     """The counted decoder-versus-diffusion table, and its floor on named GPUs (``asymvq.profiling.flops.project``)."""
     f, steps = job["flops"], job["steps"]
     cfg = ", CFG" if job["unet_batch"] > job["batch"] else ""
-    unet_all = next(k for k in f if k.startswith(f"UNet x {steps}"))
+    unet_all = denoiser_total_label(job)
     w = FLOP_WIDTHS
     lines = [f"Decoder versus diffusion, counted FLOPs (not measured): {job['preset']} {job['height']}x{job['width']}, "
              f"batch {job['batch']}, {steps} steps {job['scheduler'].upper()}{cfg}; counted on the meta device in "
              f"{job['count_s']:.1f} s",
-             f"job = CLIP + VAE-Enc + {steps} x (UNet + scheduler) + decode; diffusion part "
+             f"job = text + VAE-Enc + {steps} x ({unet_all.split(' x ')[0]} + scheduler) + decode; diffusion part "
              f"{_si(job['diffusion_flops'], 'FLOP')} ({unet_all} {_si(f[unet_all], 'FLOP')})",
-             _rule(4, w), _row("Decoder", "decode", "share of job", f"vs UNet x {steps}", widths=w), _rule(4, w)]
+             _rule(4, w), _row("Decoder", "decode", "share of job", f"vs {unet_all.split(' (')[0]}", widths=w),
+             _rule(4, w)]
     for name, d in job["decoders"].items():
         lines.append(_row(name, _si(d["flops"], "FLOP"), _pct(d["share_of_job"]), _pct(d["vs_unet_total"]), widths=w))
     lines.append(_rule(4, w))
+    shares = job.get("shares_at_steps")
+    if shares:
+        counts = list(next(iter(shares.values())))
+        lines += ["", "Decoder's share of the job by step count (counted):", _rule(1 + len(counts), w),
+                  _row("Decoder", *(f"{n} steps" for n in counts), widths=w), _rule(1 + len(counts), w)]
+        lines += [_row(name, *(_pct(v) for v in by.values()), widths=w) for name, by in shares.items()]
+        lines.append(_rule(1 + len(counts), w))
     proj = job.get("projection")
     if proj:
         gpus = list(proj["gpus"])

@@ -70,7 +70,8 @@ def test_profile_writes_table_json_and_png(tmp_path, capsys):
     [
         (["--decoders", "x3"], "--decoders: unknown decoder presets ['x3']"),
         (["--size", "500x512"], "--size: expected HxW with positive multiples of 8"),
-        (["--preset", "sd21"], "--preset: expected one of ['tiny', 'sd15']"),
+        (["--preset", "sd21"], "--preset: expected one of ['tiny', 'sd15', 'tiny-flux-fill', 'flux-fill', 'tiny-sdxl', 'sdxl']"),
+        (["--preset", "tiny-flux-fill", "--size", "40x48"], "--size: expected multiples of 16 for FLUX.1 Fill"),
         (["--dtype", "fp8"], "--dtype: expected one of"),
         (["--scheduler", "lms"], "--scheduler: expected one of"),
         (["--steps", "0"], "steps: expected an integer >= 1"),
