@@ -14,7 +14,7 @@ import typer
 
 from ..models.extras import missing_extra
 from ..pipeline.source import PipelineSource
-from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_QUEUE, RAY_MAX_QUEUE, SHUTDOWN_TIMEOUT_S
+from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, RAY_MAX_QUEUE, SHUTDOWN_TIMEOUT_S
 from .options import BACKEND_HELP, PRECISION_HELP, SCHEDULER_HELP
 
 
@@ -31,6 +31,7 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+    max_n: int = typer.Option(MAX_N, help="Most images one POST /v1/images/edits may ask for (OpenAI's `n`)."),
     max_queue: Optional[int] = typer.Option(None, help="Requests held at once, from the moment their body starts "
                                             "(reading, parsing, queued, running); more are answered 503 "
                                             f"(default: {MAX_QUEUE}, with --ray {RAY_MAX_QUEUE})."),
@@ -52,8 +53,9 @@ def serve(
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
-    """Serve POST /v1/inpaint, GET /healthz and GET /metrics over HTTP (docs/server.md): one request at a
-    time in this process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
+    """Serve POST /v1/inpaint, POST /v1/images/edits (OpenAI's image edits), GET /healthz and GET /metrics over
+    HTTP (docs/server.md): one request at a time in this process, or with --ray on Ray Serve (a stage per
+    deployment, dynamic batching)."""
     source = PipelineSource.serving(preset=preset, model=model, decoder=decoder, engines=engines, device=device,
                                     dtype=dtype, scheduler=scheduler, backend=backend, precision=precision)
     if ray:
@@ -68,7 +70,7 @@ def serve(
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
-    app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_queue=max_queue or MAX_QUEUE,
+    app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_n=max_n, max_queue=max_queue or MAX_QUEUE,
                       body_timeout_s=body_timeout)
     # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
     # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that
@@ -77,7 +79,7 @@ def serve(
 
 
 RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",
-               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps")
+               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps", "max_n")
 
 
 def _serve_ray(source: PipelineSource, opts: dict) -> None:

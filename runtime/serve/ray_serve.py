@@ -39,7 +39,7 @@ from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
 from .http_form import RequestError
-from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, RAY_MAX_QUEUE, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
+from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, MAX_N, RAY_MAX_QUEUE, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .metrics import ServerMetrics
 from .server import JobResult, build_app
 
@@ -64,6 +64,7 @@ class RayServeConfig:
     batch_wait_ms: float = 20.0
     max_pixels: int = 1024 * 1024
     max_steps: int = 150
+    max_n: int = MAX_N  # /v1/images/edits: most images per request
     max_body_bytes: int = MAX_BODY_BYTES
     max_queue: int = RAY_MAX_QUEUE  # requests one ingress replica holds before answering 503
     body_timeout_s: float = BODY_TIMEOUT_S  # the whole body within this, or 408
@@ -73,8 +74,8 @@ class RayServeConfig:
     def __post_init__(self):
         if not isinstance(self.source, PipelineSource):
             raise ValueError(f"source: expected a PipelineSource, got {type(self.source).__name__}")
-        for name in ("denoise_replicas", "decode_replicas", "max_batch", "max_pixels", "max_steps", "max_body_bytes",
-                     "max_queue"):
+        for name in ("denoise_replicas", "decode_replicas", "max_batch", "max_pixels", "max_steps", "max_n",
+                     "max_body_bytes", "max_queue"):
             check_int(getattr(self, name), f"--{name.replace('_', '-')}")
         for name in ("gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode", "batch_wait_ms",
                      "body_timeout_s", "shutdown_timeout_s", "retry_timeout_s"):
@@ -268,7 +269,7 @@ class Ingress:
         cfg = self.cfg
         return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
                          max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
-                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s)
+                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s, max_n=cfg.max_n)
 
     async def _deployments(self) -> dict | None:
         """{deployment: {"status", "replicas"}} from Serve's controller, asked on every call (what it knows now:
@@ -300,7 +301,7 @@ class Ingress:
             except (asyncio.TimeoutError, *_REPLICA_LOST):
                 ready = False
         body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, **(self._describe or {}),
-                "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps,
+                "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps, "max_n": cfg.max_n,
                 "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
                         "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms,
                         **({"deployments": deployments} if deployments is not None else {})}}

@@ -34,17 +34,29 @@ from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
 from ..pipeline.inpaint_run import run_inpaint
+from ..pipeline.job_rules import SEED_MAX
 from ..pipeline.source import PipelineSource
 from ..profiling.timing import StageTimer
 from .http_form import RequestError, parse_form, parse_job
-from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_QUEUE
+from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE
 from .metrics import ServerMetrics
+from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
 
 log = logging.getLogger("asymvq.serve.server")
+ENDPOINTS = ("/v1/inpaint", "/v1/images/edits")  # the job endpoints: counted in /metrics' requests
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(openai_error(status, message), status_code=status, headers=headers)
+
+
+def _error_for(path: str):
+    """The error shape of the endpoint at ``path``: OpenAI's under /v1/images/, asymvq's elsewhere."""
+    return _openai_error if path.startswith("/v1/images/") else _error
 
 
 # -- the request body -------------------------------------------------------------------------
@@ -94,10 +106,11 @@ class _HeaderLimit:
             size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
                 len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
             if size > self.limit:
-                if scope.get("path") == "/v1/inpaint":
+                if scope.get("path") in ENDPOINTS:
                     self.metrics.requests.labels("431").inc()
-                response = _error(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
-                                       f"got {size}", headers={"Connection": "close"})
+                shape = _error_for(scope.get("path") or "")
+                response = shape(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
+                                      f"got {size}", headers={"Connection": "close"})
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -140,7 +153,7 @@ class _Runner:
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
                max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
-               max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
+               max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N) -> FastAPI:
     """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
     one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
@@ -156,10 +169,10 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
     health = {"status": "ok", "source": source or "pipeline", "device": str(pipe.spec.device),
               "dtype": dtype_name(pipe.spec.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
-              "max_pixels": max_pixels, "max_steps": max_steps}
+              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
     app = build_app(lambda job: run_in_threadpool(runner.run, job), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
-                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes)
+                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n)
     app.state.runner = runner
     return app
 
@@ -167,14 +180,15 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
 def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = MAX_BODY_BYTES,
               max_queue: int = MAX_QUEUE,
               queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
-              body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
+              body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
+              max_n: int = MAX_N) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
     ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
     runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes),
-                        ("max_queue", max_queue), ("max_header_bytes", max_header_bytes)):
+                        ("max_queue", max_queue), ("max_header_bytes", max_header_bytes), ("max_n", max_n)):
         check_int(value, name)
     if not isinstance(body_timeout_s, (int, float)) or isinstance(body_timeout_s, bool) or not body_timeout_s > 0:
         raise ValueError(f"body_timeout_s: expected a number of seconds > 0, got {body_timeout_s!r}")
@@ -189,7 +203,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # 404/405 in the same {"error": ...} shape as everything else
-        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        return _error_for(request.url.path)(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
     @app.get("/healthz")
     async def healthz():
@@ -202,11 +216,12 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.post("/v1/inpaint")
-    async def inpaint(request: Request):
+    async def admitted(request: Request, error, handle):
+        """One request's life on either endpoint: its place in the queue, body, parse, run and errors, each error in
+        the endpoint's shape (``error(status, message, headers)``); ``handle(body)`` parses and runs the job."""
         t0 = time.perf_counter()
         try:
-            response = await _inpaint(request)
+            response = await _admitted(request, error, handle)
         except asyncio.CancelledError:  # the front proxy (Ray Serve's) cancels a request whose client left
             metrics.requests.labels(str(CLIENT_CLOSED)).inc()
             raise
@@ -215,42 +230,71 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)
         return response
 
-    async def _inpaint(request: Request):
+    async def _admitted(request: Request, error, handle):
         # A request holds its place from the moment its body starts, through parsing, the queue and the run:
         # counted after parsing, bodies that finish together would all pass the bound (40 x 200, no 503).
         if state["waiting"] >= max_queue:
-            return _error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
-                          headers={"Retry-After": "1"})
+            return error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
+                         {"Retry-After": "1"})
         state["waiting"] += 1
         waiting.inc()
         try:
             body = await _read_body(request, max_body_bytes, body_timeout_s)
-            job = parse_job(parse_form(body, request.headers.get("content-type", "")),
-                            max_pixels=max_pixels, max_steps=max_steps)
-            result = await run_job(job)
+            return await handle(body)
         except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
             log.info("client closed the connection before its request was read (%s)", request.client)
-            return _error(CLIENT_CLOSED, "client closed the connection")
+            return error(CLIENT_CLOSED, "client closed the connection", None)
         except RequestError as exc:
-            return _error(exc.status, exc.message, headers=exc.headers)
+            return error(exc.status, exc.message, exc.headers)
         except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
-            return _error(400, " ".join(str(exc).split()))
+            return error(400, " ".join(str(exc).split()), None)
         except Exception:  # the server keeps serving; the traceback goes to the log only
-            log.exception("inpaint request failed")
-            return _error(500, "internal error while inpainting (details in the server log)")
+            log.exception("%s request failed", request.url.path)
+            return error(500, "internal error while inpainting (details in the server log)", None)
         finally:
             state["waiting"] -= 1
             waiting.dec()
+
+    def observed(result: JobResult) -> dict[str, str]:
+        """The result's stages into /metrics; its response headers."""
         for name, ms in result.stages.items():
             metrics.stage_seconds.labels(name).observe(ms / 1e3)
         for name, size in result.batches.items():
             metrics.batch_size.labels(name).observe(size)
-        headers = {
+        return {
             "X-Asymvq-Latency-ms": f"{result.total_ms:.1f}",
             "X-Asymvq-Pre-Error": f"{result.pre_error:.4f}",
             "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in result.stages.items()),
             **result.headers,
         }
-        return Response(result.png, media_type="image/png", headers=headers)
+
+    @app.post("/v1/inpaint")
+    async def inpaint(request: Request):
+        async def handle(body: bytes):
+            job = parse_job(parse_form(body, request.headers.get("content-type", "")),
+                            max_pixels=max_pixels, max_steps=max_steps)
+            result = await run_job(job)
+            return Response(result.png, media_type="image/png", headers=observed(result))
+
+        return await admitted(request, _error, handle)
+
+    @app.post("/v1/images/edits")
+    async def images_edits(request: Request):
+        async def handle(body: bytes):
+            job, opts = parse_edit(parse_form(body, request.headers.get("content-type", ""), OPENAI_FIELDS),
+                                   max_pixels=max_pixels, max_steps=max_steps, max_n=max_n)
+            created = int(time.time())
+            # image i: seed + i (wrapping inside the seed's range); on Ray the n jobs can share a batch
+            results = await asyncio.gather(*(run_job({**job, "seed": (job["seed"] + i) % (SEED_MAX + 1)})
+                                             for i in range(opts["n"])))
+            data = [{"b64_json": encode(r.png, opts["output_format"], opts["output_compression"])} for r in results]
+            headers = observed(results[0]) if len(results) == 1 else {
+                "X-Asymvq-Latency-ms": f"{max(r.total_ms for r in results):.1f}",
+                "X-Asymvq-Pre-Error": ", ".join(f"{r.pre_error:.4f}" for r in results)}
+            # no "usage": OpenAI's counts tokens of its own models; nothing here means the same
+            return JSONResponse({"created": created, "data": data, "output_format": opts["output_format"],
+                                 "size": opts["size"]}, headers=headers)
+
+        return await admitted(request, _openai_error, handle)
 
     return app
