@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from .. import __version__
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
 from ..pipeline.inpaint_pipeline import InpaintPipeline
@@ -41,6 +42,7 @@ from .http_form import RequestError, parse_form, parse_job
 from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
+from .schema import EditForm, ImagesResponse, InpaintForm, NativeError, OpenAIError, error_responses, form_schema
 
 log = logging.getLogger("asymvq.serve.server")
 ENDPOINTS = ("/v1/inpaint", "/v1/images/edits")  # the job endpoints: counted in /metrics' requests
@@ -196,7 +198,13 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
 
-    app = FastAPI(title="asymvq", docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json and /docs from the typed models of asymvq.serve.schema; the forms there only document the
+    # body, which the routes still read under their limits and split with http_form (why: schema.py's docstring)
+    app = FastAPI(title="asymvq", version=__version__, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+                  description="Diffusion inpainting with conditional decoders (docs/server.md). Limits of this server: "
+                              f"max_pixels {max_pixels}, max_steps {max_steps}, max_n {max_n}, max_queue {max_queue}, "
+                              f"max_body_bytes {max_body_bytes}, max_header_bytes {max_header_bytes}, "
+                              f"body_timeout_s {body_timeout_s:g}.")
     app.state.metrics = metrics
     app.add_middleware(_HeaderLimit, limit=max_header_bytes, metrics=metrics)
 
@@ -205,14 +213,16 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         # 404/405 in the same {"error": ...} shape as everything else
         return _error_for(request.url.path)(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"description": "Ready: the pipeline is loaded and every stage healthy."},
+                                    503: {"description": "Not ready (loading, a stage unavailable); Retry-After."}})
     async def healthz():
         body = health if isinstance(health, dict) else await health()
         if body.get("status") != "ok":  # readiness: a load balancer takes the server out while it is not
             return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         return body
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=metrics.content_type)
 
@@ -268,7 +278,11 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             **result.headers,
         }
 
-    @app.post("/v1/inpaint")
+    @app.post("/v1/inpaint", response_class=Response,
+              openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels),
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                               "description": "The inpainted image; X-Asymvq-Latency-ms, X-Asymvq-Pre-Error, "
+                                              "Server-Timing headers."}, **error_responses(NativeError)})
     async def inpaint(request: Request):
         async def handle(body: bytes):
             job = parse_job(parse_form(body, request.headers.get("content-type", "")),
@@ -278,7 +292,9 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
 
         return await admitted(request, _error, handle)
 
-    @app.post("/v1/images/edits")
+    @app.post("/v1/images/edits", response_model=ImagesResponse,
+              openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n),
+              responses=error_responses(OpenAIError))
     async def images_edits(request: Request):
         async def handle(body: bytes):
             job, opts = parse_edit(parse_form(body, request.headers.get("content-type", ""), OPENAI_FIELDS),
