@@ -70,12 +70,25 @@ def serve(
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
+    _server_log()
     app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_n=max_n, max_queue=max_queue or MAX_QUEUE,
                       body_timeout_s=body_timeout)
     # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
     # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that
     uvicorn.run(app_, host=host, port=port, workers=1, http="h11", h11_max_incomplete_event_size=4 * MAX_HEADER_BYTES,
                 timeout_graceful_shutdown=shutdown_timeout)
+
+
+def _server_log() -> None:
+    """The server's own lines (client closes, cancelled jobs, tracebacks of 500s) on stderr, beside uvicorn's."""
+    import logging
+
+    ours = logging.getLogger("asymvq.serve")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
 
 
 RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",

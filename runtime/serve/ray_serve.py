@@ -33,7 +33,7 @@ from ray import serve
 from ..engines.contract import DECODER_COMPONENTS
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
-from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
 from ..pipeline.source import PipelineSource
 from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
@@ -44,6 +44,7 @@ from .metrics import ServerMetrics
 from .server import JobResult, build_app
 
 log = logging.getLogger("asymvq.serve.ray_serve")
+CANCEL_POLL_S = 0.02  # how often the ingress looks whether a job it waits on was cancelled
 APP_NAME = "asymvq"
 
 
@@ -90,6 +91,10 @@ class RayServeConfig:
         names = PipelineSource.field_names()
         source = PipelineSource.serving(**{k: v for k, v in options.items() if k in names})
         return cls(source=source, **{k: v for k, v in options.items() if k not in names})
+
+
+async def _awaited(response):
+    return await response
 
 
 # -- the stages ---------------------------------------------------------------------------------
@@ -307,21 +312,38 @@ class Ingress:
                         **({"deployments": deployments} if deployments is not None else {})}}
         return body  # build_app answers 503 when status is not "ok"
 
-    async def _call(self, stage: str, handle, payload: dict) -> dict:
+    @staticmethod
+    async def _until_cancelled(response, cancel):
+        """The stage's answer, or ``JobCancelled`` soon after ``cancel`` is set: the call is cancelled in Serve
+        (a job still waiting for its batch leaves it; one already in a batch's step loop runs to its end there)."""
+        if cancel is None:
+            return await response
+        task = asyncio.ensure_future(_awaited(response))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_S)
+            if done:
+                return task.result()
+            if cancel.is_set():
+                response.cancel()
+                task.cancel()
+                raise JobCancelled("cancelled while a stage ran it")
+
+    async def _call(self, stage: str, handle, payload: dict, cancel=None) -> dict:
         """One stage call; a call that met a lost replica is retried once (same job: same seed, same image),
         bounded by ``retry_timeout_s``; a second loss or a retry past that is a 503, never a 500."""
         queue = self.metrics.queue_depth.labels(stage)
         queue.inc()
         try:
             try:
-                return _check(await handle.remote(payload))
+                return _check(await self._until_cancelled(handle.remote(payload), cancel))
             except serve.exceptions.BackPressureError:
                 raise _unavailable(stage, "every replica's queue full") from None
             except _REPLICA_LOST as exc:
                 log.warning("%s: a replica was lost (%s); retrying the job once", stage, type(exc).__name__)
                 self.metrics.retries.labels(stage).inc()
             try:
-                return _check(await asyncio.wait_for(handle.remote(payload), self.cfg.retry_timeout_s))
+                return _check(await asyncio.wait_for(self._until_cancelled(handle.remote(payload), cancel),
+                                                     self.cfg.retry_timeout_s))
             except asyncio.TimeoutError:
                 raise _unavailable(stage, f"none within {self.cfg.retry_timeout_s:g} s of the retry") from None
             except (serve.exceptions.BackPressureError, *_REPLICA_LOST) as exc:
@@ -329,11 +351,13 @@ class Ingress:
         finally:
             queue.dec()
 
-    async def run_job(self, job: dict):
+    async def run_job(self, job: dict, cancel=None):
         t0 = time.perf_counter()
-        den = await self._call("denoise", self.denoise, job)
+        den = await self._call("denoise", self.denoise, job, cancel)
         t1 = time.perf_counter()
-        dec = await self._call("decode", self.decode, den)
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled("cancelled before decoding")
+        dec = await self._call("decode", self.decode, den, cancel)
         t2 = time.perf_counter()
         stages = {**den["stages"], **dec["stages"], "denoise_stage": (t1 - t0) * 1e3, "decode_stage": (t2 - t1) * 1e3}
         return JobResult(dec["png"], dec["pre_error"], (t2 - t0) * 1e3, stages,

@@ -94,7 +94,7 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorBody
 
 
-class JobCancelled(BaseModel):
+class JobCancelledBody(BaseModel):
     id: str
     cancelled: bool = Field(description="False when the job had already finished or was never known.")
 
@@ -103,6 +103,7 @@ ERRORS = {  # status -> when; every job endpoint answers these, in its own error
     400: "A field is missing, malformed or out of range (the message names it).",
     408: "The body did not all arrive within the server's body timeout.",
     413: "The body or an image is larger than the server's limits.",
+    409: "The job was cancelled (DELETE /v1/jobs/{id}), or the X-Asymvq-Job-Id it asked for is in use.",
     415: "The body is not multipart/form-data with a boundary.",
     431: "The request line and headers are larger than the server's limit.",
     499: "The client closed the connection before its answer (logged; the client never reads it).",

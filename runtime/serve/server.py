@@ -33,18 +33,20 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
-from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
 from ..pipeline.inpaint_run import run_inpaint
 from ..pipeline.job_rules import SEED_MAX
 from ..pipeline.source import PipelineSource
 from ..profiling.timing import StageTimer
 from .http_form import RequestError, parse_form, parse_job
+from .jobs import JOB_HEADER, Jobs, watch_disconnect
 from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
-from .schema import EditForm, ImagesResponse, InpaintForm, NativeError, OpenAIError, error_responses, form_schema
+from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
 
 log = logging.getLogger("asymvq.serve.server")
+LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
 ENDPOINTS = ("/v1/inpaint", "/v1/images/edits")  # the job endpoints: counted in /metrics' requests
 
 
@@ -137,17 +139,25 @@ class _Runner:
         self.pipe = pipe
         self.lock = threading.Lock()
 
-    def run(self, job: dict) -> JobResult:
-        with self.lock:
+    def run(self, job: dict, cancel: threading.Event | None = None) -> JobResult:
+        cancel = cancel or threading.Event()
+        # waiting for the pipeline, a cancelled job leaves at once rather than after the job ahead of it
+        while not self.lock.acquire(timeout=LOCK_POLL_S):
+            if cancel.is_set():
+                raise JobCancelled("cancelled while waiting for the pipeline")
+        try:
             timer = StageTimer(self.pipe.spec.device)
             t0 = time.perf_counter()
             result = run_inpaint(self.pipe, job["source"], job["hole"], job["prompt"],
                                  negative_prompt=job["negative_prompt"], steps=job["steps"], guidance=job["guidance"],
-                                 strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer)
+                                 strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer,
+                                 cancel=cancel.is_set)
             total_ms = (time.perf_counter() - t0) * 1e3
             stages: dict[str, float] = {}
             for name, ms in timer.collect():
                 stages[name] = stages.get(name, 0.0) + ms
+        finally:
+            self.lock.release()
         buf = io.BytesIO()
         result.images[0].save(buf, format="PNG")
         return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1})
@@ -172,7 +182,7 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
               "dtype": dtype_name(pipe.spec.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
               "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
-    app = build_app(lambda job: run_in_threadpool(runner.run, job), health=health, max_pixels=max_pixels,
+    app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
                     body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n)
     app.state.runner = runner
@@ -186,7 +196,8 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
               max_n: int = MAX_N) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
-    ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
+    ``run_job(job, cancel)`` is awaited with each parsed job and its ``threading.Event`` (set when the job is
+    cancelled: stop and raise ``JobCancelled``) and returns a ``JobResult`` (the single-process
     runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes),
@@ -197,6 +208,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
+    jobs = Jobs()
 
     # /openapi.json and /docs from the typed models of asymvq.serve.schema; the forms there only document the
     # body, which the routes still read under their limits and split with http_form (why: schema.py's docstring)
@@ -246,24 +258,39 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         if state["waiting"] >= max_queue:
             return error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
                          {"Retry-After": "1"})
-        state["waiting"] += 1
-        waiting.inc()
         try:
-            body = await _read_body(request, max_body_bytes, body_timeout_s)
-            return await handle(body)
-        except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
-            log.info("client closed the connection before its request was read (%s)", request.client)
-            return error(CLIENT_CLOSED, "client closed the connection", None)
+            ticket = jobs.open(request.headers.get(JOB_HEADER), request.url.path)
         except RequestError as exc:
             return error(exc.status, exc.message, exc.headers)
+        state["waiting"] += 1
+        waiting.inc()
+        watcher = None
+        try:
+            body = await _read_body(request, max_body_bytes, body_timeout_s)
+            watcher = asyncio.ensure_future(watch_disconnect(request, ticket))
+            response = await handle(body, ticket.event)
+        except JobCancelled as exc:
+            log.info("job %s stopped: %s (%s)", ticket.id, ticket.reason, exc)
+            closed = ticket.reason.startswith("client")
+            response = error(CLIENT_CLOSED if closed else 409, f"job: {ticket.reason or 'cancelled'} ({exc})", None)
+        except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
+            log.info("client closed the connection before its request was read (%s)", request.client)
+            response = error(CLIENT_CLOSED, "client closed the connection", None)
+        except RequestError as exc:
+            response = error(exc.status, exc.message, exc.headers)
         except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
-            return error(400, " ".join(str(exc).split()), None)
+            response = error(400, " ".join(str(exc).split()), None)
         except Exception:  # the server keeps serving; the traceback goes to the log only
             log.exception("%s request failed", request.url.path)
-            return error(500, "internal error while inpainting (details in the server log)", None)
+            response = error(500, "internal error while inpainting (details in the server log)", None)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+            jobs.close(ticket)
             state["waiting"] -= 1
             waiting.dec()
+        response.headers[JOB_HEADER] = ticket.id
+        return response
 
     def observed(result: JobResult) -> dict[str, str]:
         """The result's stages into /metrics; its response headers."""
@@ -284,10 +311,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
                                "description": "The inpainted image; X-Asymvq-Latency-ms, X-Asymvq-Pre-Error, "
                                               "Server-Timing headers."}, **error_responses(NativeError)})
     async def inpaint(request: Request):
-        async def handle(body: bytes):
+        async def handle(body: bytes, cancel: threading.Event):
             job = parse_job(parse_form(body, request.headers.get("content-type", "")),
                             max_pixels=max_pixels, max_steps=max_steps)
-            result = await run_job(job)
+            result = await run_job(job, cancel)
             return Response(result.png, media_type="image/png", headers=observed(result))
 
         return await admitted(request, _error, handle)
@@ -296,12 +323,12 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
               openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n),
               responses=error_responses(OpenAIError))
     async def images_edits(request: Request):
-        async def handle(body: bytes):
+        async def handle(body: bytes, cancel: threading.Event):
             job, opts = parse_edit(parse_form(body, request.headers.get("content-type", ""), OPENAI_FIELDS),
                                    max_pixels=max_pixels, max_steps=max_steps, max_n=max_n)
             created = int(time.time())
             # image i: seed + i (wrapping inside the seed's range); on Ray the n jobs can share a batch
-            results = await asyncio.gather(*(run_job({**job, "seed": (job["seed"] + i) % (SEED_MAX + 1)})
+            results = await asyncio.gather(*(run_job({**job, "seed": (job["seed"] + i) % (SEED_MAX + 1)}, cancel)
                                              for i in range(opts["n"])))
             data = [{"b64_json": encode(r.png, opts["output_format"], opts["output_compression"])} for r in results]
             headers = observed(results[0]) if len(results) == 1 else {
@@ -312,5 +339,19 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
                                  "size": opts["size"]}, headers=headers)
 
         return await admitted(request, _openai_error, handle)
+
+    @app.get("/v1/jobs", responses={200: {"description": "The jobs in progress: id, path, age_s, cancelled."}})
+    async def list_jobs():
+        return {"jobs": jobs.listing()}
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobCancelledBody,
+                responses={404: {"model": NativeError, "description": "No job in progress has this id."}})
+    async def cancel_job(job_id: str):
+        """Cancel a job in progress (its id: the X-Asymvq-Job-Id header, the client's own or the server's): it stops
+        at its next denoising step, or at once if it waits for the pipeline, and its request is answered 409."""
+        if not jobs.cancel(job_id):
+            shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+            return _error(404, f"job: expected the id of a job in progress, got {shown!r}")
+        return {"id": job_id, "cancelled": True}
 
     return app

@@ -102,6 +102,15 @@ def inpaint_request(seed: int = 0, steps: int = 2, extra_headers: str = "", **fi
     return head.encode() + body
 
 
+def inpaint_png_request(size: int, steps: int = 2, extra_headers: str = "", **fields) -> bytes:
+    """``inpaint_request`` at ``size`` x ``size``."""
+    image, mask = png_pair(size, size)
+    body, ctype = multipart({"image": image, "mask": mask, "prompt": "a red sofa", "steps": str(steps), **fields})
+    head = (f"POST /v1/inpaint HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra_headers}\r\n")
+    return head.encode() + body
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
     """(status, headers, body) read until the server closes (requests are sent with Connection: close)."""
     data = b""
