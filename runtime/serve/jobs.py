@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from .http_form import RequestError
 
 JOB_HEADER = "X-Asymvq-Job-Id"
+TIMEOUT_HEADER = "X-Asymvq-Timeout-s"  # a request's own deadline, seconds from its arrival; capped by the server's
+DEADLINE = "deadline"  # Ticket.reason of a job stopped by its deadline (answered 504)
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DISCONNECT_POLL_S = 0.02  # how often a running request looks for its client's disconnect
 
@@ -63,6 +65,20 @@ class Jobs:
         now = time.monotonic()
         return [{"id": t.id, "path": t.path, "age_s": round(now - t.started, 3), "cancelled": t.event.is_set()}
                 for t in self._open.values()]
+
+
+def request_timeout(value: str | None, cap: float) -> float:
+    """The request's deadline in seconds: its ``X-Asymvq-Timeout-s`` if it sends one, never more than the server's."""
+    if value is None:
+        return cap
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise RequestError(400, f"{TIMEOUT_HEADER}: expected a number of seconds > 0 (at most the server's {cap:g} "
+                                f"are used), got {value[:40]!r}")
+    return min(seconds, cap)
 
 
 async def watch_disconnect(request, ticket: Ticket) -> None:

@@ -39,7 +39,7 @@ from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
 from .http_form import RequestError
-from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, MAX_N, RAY_MAX_QUEUE, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
+from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, MAX_N, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .metrics import ServerMetrics
 from .server import JobResult, build_app
 
@@ -69,6 +69,7 @@ class RayServeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     max_queue: int = RAY_MAX_QUEUE  # requests one ingress replica holds before answering 503
     body_timeout_s: float = BODY_TIMEOUT_S  # the whole body within this, or 408
+    request_timeout_s: float = REQUEST_TIMEOUT_S  # a request's deadline (X-Asymvq-Timeout-s asks for less), or 504
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S  # a replica's graceful shutdown (Serve's graceful_shutdown_timeout_s)
     retry_timeout_s: float = RETRY_TIMEOUT_S  # how long the one retry of a job that met a lost replica may wait
 
@@ -79,7 +80,7 @@ class RayServeConfig:
                      "max_body_bytes", "max_queue"):
             check_int(getattr(self, name), f"--{name.replace('_', '-')}")
         for name in ("gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode", "batch_wait_ms",
-                     "body_timeout_s", "shutdown_timeout_s", "retry_timeout_s"):
+                     "body_timeout_s", "request_timeout_s", "shutdown_timeout_s", "retry_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value!r}")
@@ -274,7 +275,8 @@ class Ingress:
         cfg = self.cfg
         return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
                          max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
-                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s, max_n=cfg.max_n)
+                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s, max_n=cfg.max_n,
+                         request_timeout_s=cfg.request_timeout_s)
 
     async def _deployments(self) -> dict | None:
         """{deployment: {"status", "replicas"}} from Serve's controller, asked on every call (what it knows now:

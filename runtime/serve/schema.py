@@ -107,6 +107,7 @@ ERRORS = {  # status -> when; every job endpoint answers these, in its own error
     415: "The body is not multipart/form-data with a boundary.",
     431: "The request line and headers are larger than the server's limit.",
     499: "The client closed the connection before its answer (logged; the client never reads it).",
+    504: "The request's deadline passed (X-Asymvq-Timeout-s, at most the server's --request-timeout); its job stopped.",
     500: "Internal error; details in the server log only.",
     503: "The server holds max_queue requests already, or a stage is unavailable; Retry-After says when to retry.",
 }

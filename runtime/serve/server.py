@@ -39,8 +39,8 @@ from ..pipeline.job_rules import SEED_MAX
 from ..pipeline.source import PipelineSource
 from ..profiling.timing import StageTimer
 from .http_form import RequestError, parse_form, parse_job
-from .jobs import JOB_HEADER, Jobs, watch_disconnect
-from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE
+from .jobs import DEADLINE, JOB_HEADER, TIMEOUT_HEADER, Jobs, request_timeout, watch_disconnect
+from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, REQUEST_TIMEOUT_S
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
 from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
@@ -165,7 +165,8 @@ class _Runner:
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
                max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
-               max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N) -> FastAPI:
+               max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N,
+               request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
     """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
     one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
@@ -184,7 +185,8 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
               "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
     app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
-                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n)
+                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n,
+                    request_timeout_s=request_timeout_s)
     app.state.runner = runner
     return app
 
@@ -193,7 +195,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
               max_queue: int = MAX_QUEUE,
               queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
               body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
-              max_n: int = MAX_N) -> FastAPI:
+              max_n: int = MAX_N, request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
     ``run_job(job, cancel)`` is awaited with each parsed job and its ``threading.Event`` (set when the job is
@@ -203,8 +205,9 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes),
                         ("max_queue", max_queue), ("max_header_bytes", max_header_bytes), ("max_n", max_n)):
         check_int(value, name)
-    if not isinstance(body_timeout_s, (int, float)) or isinstance(body_timeout_s, bool) or not body_timeout_s > 0:
-        raise ValueError(f"body_timeout_s: expected a number of seconds > 0, got {body_timeout_s!r}")
+    for name, value in (("body_timeout_s", body_timeout_s), ("request_timeout_s", request_timeout_s)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise ValueError(f"{name}: expected a number of seconds > 0, got {value!r}")
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
@@ -216,7 +219,8 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
                   description="Diffusion inpainting with conditional decoders (docs/server.md). Limits of this server: "
                               f"max_pixels {max_pixels}, max_steps {max_steps}, max_n {max_n}, max_queue {max_queue}, "
                               f"max_body_bytes {max_body_bytes}, max_header_bytes {max_header_bytes}, "
-                              f"body_timeout_s {body_timeout_s:g}.")
+                              f"body_timeout_s {body_timeout_s:g}, request_timeout_s {request_timeout_s:g} (a request's "
+                              f"{TIMEOUT_HEADER} header may ask for less).")
     app.state.metrics = metrics
     app.add_middleware(_HeaderLimit, limit=max_header_bytes, metrics=metrics)
 
@@ -225,13 +229,22 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         # 404/405 in the same {"error": ...} shape as everything else
         return _error_for(request.url.path)(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
-    @app.get("/healthz", responses={200: {"description": "Ready: the pipeline is loaded and every stage healthy."},
-                                    503: {"description": "Not ready (loading, a stage unavailable); Retry-After."}})
-    async def healthz():
+    async def readiness():
         body = health if isinstance(health, dict) else await health()
         if body.get("status") != "ok":  # readiness: a load balancer takes the server out while it is not
             return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         return body
+
+    ready_doc = {200: {"description": "Ready: the pipeline is loaded and every stage healthy; what it serves."},
+                 503: {"description": "Not ready (a stage loading or unavailable); Retry-After."}}
+    # /healthz stays readiness (what it always answered); /readyz is its Kubernetes name
+    app.get("/healthz", responses=ready_doc, summary="Readiness (also /readyz)")(readiness)
+    app.get("/readyz", responses=ready_doc, summary="Readiness")(readiness)
+
+    @app.get("/livez", responses={200: {"description": "The process answers: restart it only when this fails."}})
+    async def liveness():
+        # no back end asked: a busy or loading server is alive, and a restart would not make it ready sooner
+        return {"status": "alive", "in_progress": state["waiting"], "max_queue": max_queue}
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
@@ -258,21 +271,29 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         if state["waiting"] >= max_queue:
             return error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
                          {"Retry-After": "1"})
+        t0 = asyncio.get_running_loop().time()
         try:
+            timeout_s = request_timeout(request.headers.get(TIMEOUT_HEADER), request_timeout_s)
             ticket = jobs.open(request.headers.get(JOB_HEADER), request.url.path)
         except RequestError as exc:
             return error(exc.status, exc.message, exc.headers)
         state["waiting"] += 1
         waiting.inc()
-        watcher = None
+        watcher = alarm = None
         try:
             body = await _read_body(request, max_body_bytes, body_timeout_s)
             watcher = asyncio.ensure_future(watch_disconnect(request, ticket))
+            # the deadline counts from the request's arrival; past it the job stops at its next step (504)
+            alarm = asyncio.get_running_loop().call_at(t0 + timeout_s, ticket.cancel, DEADLINE)
             response = await handle(body, ticket.event)
         except JobCancelled as exc:
             log.info("job %s stopped: %s (%s)", ticket.id, ticket.reason, exc)
-            closed = ticket.reason.startswith("client")
-            response = error(CLIENT_CLOSED if closed else 409, f"job: {ticket.reason or 'cancelled'} ({exc})", None)
+            if ticket.reason == DEADLINE:
+                response = error(504, f"timeout: expected the job within {timeout_s:g} s ({TIMEOUT_HEADER}, at most the "
+                                      f"server's {request_timeout_s:g}), got past it; {exc}", None)
+            else:
+                closed = ticket.reason.startswith("client")
+                response = error(CLIENT_CLOSED if closed else 409, f"job: {ticket.reason or 'cancelled'} ({exc})", None)
         except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
             log.info("client closed the connection before its request was read (%s)", request.client)
             response = error(CLIENT_CLOSED, "client closed the connection", None)
@@ -284,8 +305,9 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             log.exception("%s request failed", request.url.path)
             response = error(500, "internal error while inpainting (details in the server log)", None)
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for pending in (watcher, alarm):
+                if pending is not None:
+                    pending.cancel()
             jobs.close(ticket)
             state["waiting"] -= 1
             waiting.dec()

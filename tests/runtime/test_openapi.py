@@ -29,7 +29,8 @@ def _resolve(spec, schema):
 def test_every_endpoint_is_listed(spec):
     assert spec["openapi"].startswith("3.")
     assert {p: set(ops) for p, ops in spec["paths"].items()} == {
-        "/healthz": {"get"}, "/metrics": {"get"}, "/v1/inpaint": {"post"}, "/v1/images/edits": {"post"},
+        "/healthz": {"get"}, "/readyz": {"get"}, "/livez": {"get"}, "/metrics": {"get"}, "/v1/inpaint": {"post"},
+        "/v1/images/edits": {"post"},
         "/v1/jobs": {"get"}, "/v1/jobs/{job_id}": {"delete"}}
     delete = spec["paths"]["/v1/jobs/{job_id}"]["delete"]["responses"]
     assert _resolve(spec, delete["404"]["content"]["application/json"]["schema"]) is spec["components"]["schemas"]["NativeError"]

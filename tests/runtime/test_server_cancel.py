@@ -113,3 +113,34 @@ def test_delete_cancels_a_job_in_progress(server):
     assert status == 404 and b"job: expected the id of a job in progress, got 'job-7'" in body
     status, _, body = request(server.port, inpaint_png_request(SIZE, steps=2, extra_headers="X-Asymvq-Job-Id: a b\r\n"))
     assert status == 400 and b"X-Asymvq-Job-Id: expected 1 to 64 letters" in body
+
+
+def test_a_request_deadline_stops_its_job_with_504(server):
+    t0 = time.perf_counter()
+    status, headers, body = request(server.port, inpaint_png_request(LONG, steps=150,
+                                                                     extra_headers="X-Asymvq-Timeout-s: 0.5\r\n"))
+    took = time.perf_counter() - t0
+    assert status == 504, body
+    assert b"timeout: expected the job within 0.5 s (X-Asymvq-Timeout-s, at most the server's 600)" in body
+    assert b"before denoising step" in body and took < 5, took
+    status, _, body = request(server.port, inpaint_png_request(SIZE, extra_headers="X-Asymvq-Timeout-s: soon\r\n"))
+    assert status == 400 and b"X-Asymvq-Timeout-s: expected a number of seconds > 0" in body
+    assert timed(server.port, 2)[1] == 200  # and the pipeline is free again
+
+
+def test_the_servers_own_deadline_caps_every_request_and_liveness_is_apart():
+    from fastapi.testclient import TestClient
+    from test_server import png
+
+    from asymvq.serve.server import create_app
+
+    source, hole = source_and_mask(LONG, LONG)
+    with TestClient(create_app(InpaintPipeline.from_preset("tiny"), max_steps=150, request_timeout_s=0.3)) as client:
+        resp = client.post("/v1/inpaint", files={"image": ("i.png", png(source)), "mask": ("m.png", png(hole))},
+                           data={"prompt": "a sofa", "steps": "150"}, headers={"X-Asymvq-Timeout-s": "30"})
+        assert resp.status_code == 504 and "within 0.3 s" in resp.json()["error"]
+        assert client.get("/livez").json() == {"status": "alive", "in_progress": 0, "max_queue": 8}
+        assert client.get("/readyz").json() == client.get("/healthz").json()
+        assert client.get("/readyz").json()["status"] == "ok"
+    with pytest.raises(ValueError, match="request_timeout_s: expected a number of seconds > 0, got 0"):
+        create_app(InpaintPipeline.from_preset("tiny"), request_timeout_s=0)
