@@ -1,4 +1,6 @@
-"""HTTP server for SD inpainting: ``POST /v1/inpaint`` and ``GET /healthz`` (docs/server.md).
+"""HTTP server for SD inpainting: ``POST /v1/inpaint``, OpenAI's ``POST /v1/images/edits``
+(``asymvq.serve.openai_edits``), ``GET/DELETE /v1/jobs``, ``/healthz`` (= ``/readyz``), ``/livez``,
+``/metrics``, ``/openapi.json`` and ``/docs`` (docs/server.md).
 
 ``create_app(pipeline)`` returns a FastAPI app around one ``InpaintPipeline``. Concurrency:
 one request at a time goes through the pipeline, behind a lock. Each request passes its own
@@ -10,7 +12,11 @@ answers 503 at once rather than holding connections for minutes. Run one process
 Bad input never reaches the GPU: the form is parsed and checked first (``asymvq.serve.http_form``),
 and every error a client can fix is a 4xx ``{"error": "<argument>: expected ..., got ..."}``,
 the same words the pipeline's own ValueErrors use. Anything else is a 500 ``{"error": ...}``
-with the traceback in the server log only. The body is read under ``max_body_bytes``.
+with the traceback in the server log only. The body is read under ``max_body_bytes``. On
+``/v1/images/`` paths the same statuses and words come in OpenAI's error shape.
+
+Every job request has an id (``asymvq.serve.jobs``); a client's disconnect, ``DELETE /v1/jobs/{id}`` or the
+request's deadline stops its job at the next denoising step and frees its place.
 
 ``build_app(run_job, ...)`` is that HTTP surface (routes, limits, errors, headers, ``GET /metrics``)
 around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``.
