@@ -359,9 +359,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             results = await asyncio.gather(*(run_job({**job, "seed": (job["seed"] + i) % (SEED_MAX + 1)}, cancel)
                                              for i in range(opts["n"])))
             data = [{"b64_json": encode(r.png, opts["output_format"], opts["output_compression"])} for r in results]
-            headers = observed(results[0]) if len(results) == 1 else {
-                "X-Asymvq-Latency-ms": f"{max(r.total_ms for r in results):.1f}",
-                "X-Asymvq-Pre-Error": ", ".join(f"{r.pre_error:.4f}" for r in results)}
+            headers = [observed(r) for r in results][0]  # every image's stages into /metrics
+            if len(results) > 1:  # the slowest image's latency; each image's Pre_error, in data's order
+                headers["X-Asymvq-Latency-ms"] = f"{max(r.total_ms for r in results):.1f}"
+                headers["X-Asymvq-Pre-Error"] = ", ".join(f"{r.pre_error:.4f}" for r in results)
             # no "usage": OpenAI's counts tokens of its own models; nothing here means the same
             return JSONResponse({"created": created, "data": data, "output_format": opts["output_format"],
                                  "size": opts["size"]}, headers=headers)

@@ -91,6 +91,7 @@ def test_n_images_use_consecutive_seeds_and_output_format(client):
     data = resp.json()["data"]
     assert len(data) == 2 and all(decoded(d).format == "JPEG" for d in data)
     png_resp = edit(client, n="2", size=f"{SIZE}x{SIZE}", response_format="b64_json")
+    assert len(png_resp.headers["X-Asymvq-Pre-Error"].split(", ")) == 2 and "unet_step" in png_resp.headers["Server-Timing"]
     first, second = (np.asarray(decoded(d)) for d in png_resp.json()["data"])
     assert np.array_equal(first, native(client)) and np.array_equal(second, native(client, seed="4"))
 
