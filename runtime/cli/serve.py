@@ -14,7 +14,7 @@ import typer
 
 from ..models.extras import missing_extra
 from ..pipeline.source import PipelineSource
-from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_QUEUE, RAY_MAX_QUEUE, SHUTDOWN_TIMEOUT_S
+from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .options import BACKEND_HELP, PRECISION_HELP, SCHEDULER_HELP
 
 
@@ -31,10 +31,13 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),
     max_steps: int = typer.Option(150, help="Largest `steps` accepted."),
+    max_n: int = typer.Option(MAX_N, help="Most images one POST /v1/images/edits may ask for (OpenAI's `n`)."),
     max_queue: Optional[int] = typer.Option(None, help="Requests held at once, from the moment their body starts "
                                             "(reading, parsing, queued, running); more are answered 503 "
                                             f"(default: {MAX_QUEUE}, with --ray {RAY_MAX_QUEUE})."),
     body_timeout: float = typer.Option(BODY_TIMEOUT_S, help="Seconds a request's whole body may take to arrive, else 408."),
+    request_timeout: float = typer.Option(REQUEST_TIMEOUT_S, help="Seconds a request may take from its arrival, else "
+                                          "504 and its job stops (a request's X-Asymvq-Timeout-s header may ask for less)."),
     shutdown_timeout: float = typer.Option(SHUTDOWN_TIMEOUT_S, help="After SIGTERM or Ctrl-C, seconds open requests may "
                                            "take to finish before they are cancelled."),
     ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
@@ -52,8 +55,9 @@ def serve(
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
-    """Serve POST /v1/inpaint, GET /healthz and GET /metrics over HTTP (docs/server.md): one request at a
-    time in this process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
+    """Serve POST /v1/inpaint, POST /v1/images/edits (OpenAI's image edits), GET /healthz and GET /metrics over
+    HTTP (docs/server.md): one request at a time in this process, or with --ray on Ray Serve (a stage per
+    deployment, dynamic batching)."""
     source = PipelineSource.serving(preset=preset, model=model, decoder=decoder, engines=engines, device=device,
                                     dtype=dtype, scheduler=scheduler, backend=backend, precision=precision)
     if ray:
@@ -68,16 +72,29 @@ def serve(
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
-    app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_queue=max_queue or MAX_QUEUE,
-                      body_timeout_s=body_timeout)
+    _server_log()
+    app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_n=max_n, max_queue=max_queue or MAX_QUEUE,
+                      body_timeout_s=body_timeout, request_timeout_s=request_timeout)
     # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
     # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that
     uvicorn.run(app_, host=host, port=port, workers=1, http="h11", h11_max_incomplete_event_size=4 * MAX_HEADER_BYTES,
                 timeout_graceful_shutdown=shutdown_timeout)
 
 
+def _server_log() -> None:
+    """The server's own lines (client closes, cancelled jobs, tracebacks of 500s) on stderr, beside uvicorn's."""
+    import logging
+
+    ours = logging.getLogger("asymvq.serve")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+
+
 RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",
-               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps")
+               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps", "max_n")
 
 
 def _serve_ray(source: PipelineSource, opts: dict) -> None:
@@ -88,7 +105,8 @@ def _serve_ray(source: PipelineSource, opts: dict) -> None:
         raise missing_extra("ray", "asymvq serve --ray", e) from None
     cfg = RayServeConfig(source=source, **{k: opts[k] for k in RAY_OPTIONS},
                          **({"max_queue": opts["max_queue"]} if opts["max_queue"] is not None else {}),
-                         body_timeout_s=opts["body_timeout"], shutdown_timeout_s=opts["shutdown_timeout"])
+                         body_timeout_s=opts["body_timeout"], request_timeout_s=opts["request_timeout"],
+                         shutdown_timeout_s=opts["shutdown_timeout"])
     serve_forever(cfg, host=opts["host"], port=opts["port"], address=opts["address"],
                   ready=lambda url: typer.echo(f"asymvq serve --ray: serving on {url} (Ctrl-C stops)"))
 

@@ -41,6 +41,10 @@ from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
 )
 
 
+class JobCancelled(Exception):
+    """``denoise``'s ``cancel()`` said stop: raised at the step boundary after it did (a server's cancelled job)."""
+
+
 class InpaintPipeline:
     """SD inpainting / text-to-image over ``{component: Engine}``; see ``from_preset``,
     ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines.
@@ -276,8 +280,12 @@ class InpaintPipeline:
     def denoise(self, prompt=None, image=None, mask_image=None, *, negative_prompt=None, prompt_embeds=None,
                 negative_prompt_embeds=None, height=None, width=None, num_inference_steps: int = 50,
                 guidance_scale: float = 7.5, strength: float = 1.0, eta: float = 0.0, num_images_per_prompt: int = 1,
-                generator=None, scheduler: str | None = None, timer=None, progress: bool = False) -> Denoised:
+                generator=None, scheduler: str | None = None, timer=None, progress: bool = False,
+                cancel=None) -> Denoised:
         """Everything before the decoder: text, VAE encode, the UNet loop. Returns the latents and condition.
+        ``cancel``: a no-argument callable (``threading.Event.is_set``) asked before each UNet step; when it
+        returns true, ``JobCancelled`` is raised there (a server frees its place; the results of runs it lets
+        finish are unchanged).
 
         Steps: 1. check the arguments; 2. prepare image and mask; 3. encode the prompts; 4. set up a
         fresh scheduler and the timesteps; 5. draw the initial latents; 6. encode the masked image;
@@ -350,7 +358,7 @@ class InpaintPipeline:
         # 7. the UNet loop
         step_args = step_kwargs(scheduler, generator, eta)
         latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance, step_args,
-                             timer, progress)
+                             timer, progress, cancel)
         if not inpaint:
             return Denoised(latents, None, None)
         # The decoder broadcasts a batch of 1; any other image batch is tiled like the latents were.
@@ -378,9 +386,12 @@ class InpaintPipeline:
             raise ValueError("strength: only applies to inpainting (with image and mask_image); leave it at 1.0")
         return inpaint
 
-    def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_args, timer, progress):
+    def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_args, timer, progress,
+              cancel=None):
         stages = self.stages
-        for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
+        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+            if cancel is not None and cancel():
+                raise JobCancelled(f"cancelled before denoising step {i + 1} of {len(timesteps)}")
             with timer.span(SPAN_UNET):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)

@@ -48,8 +48,9 @@ def _param(header, param: str, field: str, where: str) -> str | None:
                                 f"email parser cannot read ({type(exc).__name__})") from None
 
 
-def parse_form(body: bytes, content_type: str) -> dict[str, bytes]:
-    """multipart/form-data -> {field name: raw bytes}; unknown or repeated fields are errors, not ignored."""
+def parse_form(body: bytes, content_type: str, allowed: tuple[str, ...] = FIELDS) -> dict[str, bytes]:
+    """multipart/form-data -> {field name: raw bytes}; fields not in ``allowed`` (the endpoint's) or repeated
+    ones are errors, not ignored."""
     header = BytesHeaderParser().parsebytes(b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n")
     boundary = _param(header, "boundary", "content-type", "Content-Type")
     if header.get_content_type() != "multipart/form-data" or not boundary:
@@ -73,9 +74,9 @@ def parse_form(body: bytes, content_type: str) -> dict[str, bytes]:
         name = _param(part, "name", "content-disposition", "body: a part's Content-Disposition")
         if not name:
             raise RequestError(400, "body: expected every part to have Content-Disposition: form-data; name=...")
-        if name not in FIELDS:  # the client's name, shown so that the message stays one printable line
+        if name not in allowed:  # the client's name, shown so that the message stays one printable line
             shown = name if name.isprintable() and len(name) <= 40 else repr(name[:40])
-            raise RequestError(400, f"{shown}: expected a field among {list(FIELDS)}, got an unknown field")
+            raise RequestError(400, f"{shown}: expected a field among {list(allowed)}, got an unknown field")
         if name in fields:
             raise RequestError(400, f"{name}: expected once, got it twice")
         fields[name] = data
@@ -144,6 +145,11 @@ def parse_job(fields: dict, *, max_pixels: int, max_steps: int) -> dict:
         check_same_size(source, hole, "mask")
     except ValueError as exc:
         raise RequestError(400, str(exc)) from None
+    return dict(source=source, hole=hole, **job_values(fields, max_steps=max_steps))
+
+
+def job_values(fields: dict, *, max_steps: int) -> dict:
+    """The job's values (prompt, steps, ...) from the form, by ``check_job``: every endpoint's one set of rules."""
     if any(len(fields.get(name) or b"") > PROMPT_MAX_BYTES for name in ("prompt", "negative_prompt")):
         name = "prompt" if len(fields["prompt"]) > PROMPT_MAX_BYTES else "negative_prompt"
         # refused from the raw size, before decoding megabytes of text
@@ -156,4 +162,4 @@ def parse_job(fields: dict, *, max_pixels: int, max_steps: int) -> dict:
                            scheduler=_text(fields, "scheduler"), max_steps=max_steps)
     except ValueError as exc:
         raise RequestError(400, str(exc)) from None
-    return dict(source=source, hole=hole, **values)
+    return values

@@ -33,17 +33,18 @@ from ray import serve
 from ..engines.contract import DECODER_COMPONENTS
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
-from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
 from ..pipeline.source import PipelineSource
 from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
 from .http_form import RequestError
-from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, RAY_MAX_QUEUE, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
+from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, MAX_N, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .metrics import ServerMetrics
 from .server import JobResult, build_app
 
 log = logging.getLogger("asymvq.serve.ray_serve")
+CANCEL_POLL_S = 0.02  # how often the ingress looks whether a job it waits on was cancelled
 APP_NAME = "asymvq"
 
 
@@ -64,20 +65,22 @@ class RayServeConfig:
     batch_wait_ms: float = 20.0
     max_pixels: int = 1024 * 1024
     max_steps: int = 150
+    max_n: int = MAX_N  # /v1/images/edits: most images per request
     max_body_bytes: int = MAX_BODY_BYTES
     max_queue: int = RAY_MAX_QUEUE  # requests one ingress replica holds before answering 503
     body_timeout_s: float = BODY_TIMEOUT_S  # the whole body within this, or 408
+    request_timeout_s: float = REQUEST_TIMEOUT_S  # a request's deadline (X-Asymvq-Timeout-s asks for less), or 504
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S  # a replica's graceful shutdown (Serve's graceful_shutdown_timeout_s)
     retry_timeout_s: float = RETRY_TIMEOUT_S  # how long the one retry of a job that met a lost replica may wait
 
     def __post_init__(self):
         if not isinstance(self.source, PipelineSource):
             raise ValueError(f"source: expected a PipelineSource, got {type(self.source).__name__}")
-        for name in ("denoise_replicas", "decode_replicas", "max_batch", "max_pixels", "max_steps", "max_body_bytes",
-                     "max_queue"):
+        for name in ("denoise_replicas", "decode_replicas", "max_batch", "max_pixels", "max_steps", "max_n",
+                     "max_body_bytes", "max_queue"):
             check_int(getattr(self, name), f"--{name.replace('_', '-')}")
         for name in ("gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise", "cpus_per_decode", "batch_wait_ms",
-                     "body_timeout_s", "shutdown_timeout_s", "retry_timeout_s"):
+                     "body_timeout_s", "request_timeout_s", "shutdown_timeout_s", "retry_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value!r}")
@@ -89,6 +92,10 @@ class RayServeConfig:
         names = PipelineSource.field_names()
         source = PipelineSource.serving(**{k: v for k, v in options.items() if k in names})
         return cls(source=source, **{k: v for k, v in options.items() if k not in names})
+
+
+async def _awaited(response):
+    return await response
 
 
 # -- the stages ---------------------------------------------------------------------------------
@@ -268,7 +275,8 @@ class Ingress:
         cfg = self.cfg
         return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
                          max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
-                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s)
+                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s, max_n=cfg.max_n,
+                         request_timeout_s=cfg.request_timeout_s)
 
     async def _deployments(self) -> dict | None:
         """{deployment: {"status", "replicas"}} from Serve's controller, asked on every call (what it knows now:
@@ -300,27 +308,44 @@ class Ingress:
             except (asyncio.TimeoutError, *_REPLICA_LOST):
                 ready = False
         body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, **(self._describe or {}),
-                "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps,
+                "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps, "max_n": cfg.max_n,
                 "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
                         "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms,
                         **({"deployments": deployments} if deployments is not None else {})}}
         return body  # build_app answers 503 when status is not "ok"
 
-    async def _call(self, stage: str, handle, payload: dict) -> dict:
+    @staticmethod
+    async def _until_cancelled(response, cancel):
+        """The stage's answer, or ``JobCancelled`` soon after ``cancel`` is set: the call is cancelled in Serve
+        (a job still waiting for its batch leaves it; one already in a batch's step loop runs to its end there)."""
+        if cancel is None:
+            return await response
+        task = asyncio.ensure_future(_awaited(response))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_S)
+            if done:
+                return task.result()
+            if cancel.is_set():
+                response.cancel()
+                task.cancel()
+                raise JobCancelled("cancelled while a stage ran it")
+
+    async def _call(self, stage: str, handle, payload: dict, cancel=None) -> dict:
         """One stage call; a call that met a lost replica is retried once (same job: same seed, same image),
         bounded by ``retry_timeout_s``; a second loss or a retry past that is a 503, never a 500."""
         queue = self.metrics.queue_depth.labels(stage)
         queue.inc()
         try:
             try:
-                return _check(await handle.remote(payload))
+                return _check(await self._until_cancelled(handle.remote(payload), cancel))
             except serve.exceptions.BackPressureError:
                 raise _unavailable(stage, "every replica's queue full") from None
             except _REPLICA_LOST as exc:
                 log.warning("%s: a replica was lost (%s); retrying the job once", stage, type(exc).__name__)
                 self.metrics.retries.labels(stage).inc()
             try:
-                return _check(await asyncio.wait_for(handle.remote(payload), self.cfg.retry_timeout_s))
+                return _check(await asyncio.wait_for(self._until_cancelled(handle.remote(payload), cancel),
+                                                     self.cfg.retry_timeout_s))
             except asyncio.TimeoutError:
                 raise _unavailable(stage, f"none within {self.cfg.retry_timeout_s:g} s of the retry") from None
             except (serve.exceptions.BackPressureError, *_REPLICA_LOST) as exc:
@@ -328,11 +353,13 @@ class Ingress:
         finally:
             queue.dec()
 
-    async def run_job(self, job: dict):
+    async def run_job(self, job: dict, cancel=None):
         t0 = time.perf_counter()
-        den = await self._call("denoise", self.denoise, job)
+        den = await self._call("denoise", self.denoise, job, cancel)
         t1 = time.perf_counter()
-        dec = await self._call("decode", self.decode, den)
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled("cancelled before decoding")
+        dec = await self._call("decode", self.decode, den, cancel)
         t2 = time.perf_counter()
         stages = {**den["stages"], **dec["stages"], "denoise_stage": (t1 - t0) * 1e3, "decode_stage": (t2 - t1) * 1e3}
         return JobResult(dec["png"], dec["pre_error"], (t2 - t0) * 1e3, stages,

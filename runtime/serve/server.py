@@ -1,4 +1,6 @@
-"""HTTP server for SD inpainting: ``POST /v1/inpaint`` and ``GET /healthz`` (docs/server.md).
+"""HTTP server for SD inpainting: ``POST /v1/inpaint``, OpenAI's ``POST /v1/images/edits``
+(``asymvq.serve.openai_edits``), ``GET/DELETE /v1/jobs``, ``/healthz`` (= ``/readyz``), ``/livez``,
+``/metrics``, ``/openapi.json`` and ``/docs`` (docs/server.md).
 
 ``create_app(pipeline)`` returns a FastAPI app around one ``InpaintPipeline``. Concurrency:
 one request at a time goes through the pipeline, behind a lock. Each request passes its own
@@ -10,7 +12,11 @@ answers 503 at once rather than holding connections for minutes. Run one process
 Bad input never reaches the GPU: the form is parsed and checked first (``asymvq.serve.http_form``),
 and every error a client can fix is a 4xx ``{"error": "<argument>: expected ..., got ..."}``,
 the same words the pipeline's own ValueErrors use. Anything else is a 500 ``{"error": ...}``
-with the traceback in the server log only. The body is read under ``max_body_bytes``.
+with the traceback in the server log only. The body is read under ``max_body_bytes``. On
+``/v1/images/`` paths the same statuses and words come in OpenAI's error shape.
+
+Every job request has an id (``asymvq.serve.jobs``); a client's disconnect, ``DELETE /v1/jobs/{id}`` or the
+request's deadline stops its job at the next denoising step and frees its place.
 
 ``build_app(run_job, ...)`` is that HTTP surface (routes, limits, errors, headers, ``GET /metrics``)
 around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``.
@@ -30,21 +36,37 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from .. import __version__
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
-from ..pipeline.inpaint_pipeline import InpaintPipeline
+from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
 from ..pipeline.inpaint_run import run_inpaint
+from ..pipeline.job_rules import SEED_MAX
 from ..pipeline.source import PipelineSource
 from ..profiling.timing import StageTimer
 from .http_form import RequestError, parse_form, parse_job
-from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_QUEUE
+from .jobs import DEADLINE, JOB_HEADER, TIMEOUT_HEADER, Jobs, request_timeout, watch_disconnect
+from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, REQUEST_TIMEOUT_S
 from .metrics import ServerMetrics
+from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
+from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
 
 log = logging.getLogger("asymvq.serve.server")
+LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
+ENDPOINTS = ("/v1/inpaint", "/v1/images/edits")  # the job endpoints: counted in /metrics' requests
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(openai_error(status, message), status_code=status, headers=headers)
+
+
+def _error_for(path: str):
+    """The error shape of the endpoint at ``path``: OpenAI's under /v1/images/, asymvq's elsewhere."""
+    return _openai_error if path.startswith("/v1/images/") else _error
 
 
 # -- the request body -------------------------------------------------------------------------
@@ -94,10 +116,11 @@ class _HeaderLimit:
             size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
                 len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
             if size > self.limit:
-                if scope.get("path") == "/v1/inpaint":
+                if scope.get("path") in ENDPOINTS:
                     self.metrics.requests.labels("431").inc()
-                response = _error(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
-                                       f"got {size}", headers={"Connection": "close"})
+                shape = _error_for(scope.get("path") or "")
+                response = shape(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
+                                      f"got {size}", headers={"Connection": "close"})
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -122,17 +145,25 @@ class _Runner:
         self.pipe = pipe
         self.lock = threading.Lock()
 
-    def run(self, job: dict) -> JobResult:
-        with self.lock:
+    def run(self, job: dict, cancel: threading.Event | None = None) -> JobResult:
+        cancel = cancel or threading.Event()
+        # waiting for the pipeline, a cancelled job leaves at once rather than after the job ahead of it
+        while not self.lock.acquire(timeout=LOCK_POLL_S):
+            if cancel.is_set():
+                raise JobCancelled("cancelled while waiting for the pipeline")
+        try:
             timer = StageTimer(self.pipe.spec.device)
             t0 = time.perf_counter()
             result = run_inpaint(self.pipe, job["source"], job["hole"], job["prompt"],
                                  negative_prompt=job["negative_prompt"], steps=job["steps"], guidance=job["guidance"],
-                                 strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer)
+                                 strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer,
+                                 cancel=cancel.is_set)
             total_ms = (time.perf_counter() - t0) * 1e3
             stages: dict[str, float] = {}
             for name, ms in timer.collect():
                 stages[name] = stages.get(name, 0.0) + ms
+        finally:
+            self.lock.release()
         buf = io.BytesIO()
         result.images[0].save(buf, format="PNG")
         return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1})
@@ -140,7 +171,8 @@ class _Runner:
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
                max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
-               max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
+               max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N,
+               request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
     """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
     one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
@@ -156,10 +188,11 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
     health = {"status": "ok", "source": source or "pipeline", "device": str(pipe.spec.device),
               "dtype": dtype_name(pipe.spec.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
-              "max_pixels": max_pixels, "max_steps": max_steps}
-    app = build_app(lambda job: run_in_threadpool(runner.run, job), health=health, max_pixels=max_pixels,
+              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
+    app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
-                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes)
+                    body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n,
+                    request_timeout_s=request_timeout_s)
     app.state.runner = runner
     return app
 
@@ -167,46 +200,69 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
 def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_bytes: int = MAX_BODY_BYTES,
               max_queue: int = MAX_QUEUE,
               queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
-              body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> FastAPI:
+              body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
+              max_n: int = MAX_N, request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
 
-    ``run_job(job)`` is awaited with each parsed job and returns a ``JobResult`` (the single-process
+    ``run_job(job, cancel)`` is awaited with each parsed job and its ``threading.Event`` (set when the job is
+    cancelled: stop and raise ``JobCancelled``) and returns a ``JobResult`` (the single-process
     runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes),
-                        ("max_queue", max_queue), ("max_header_bytes", max_header_bytes)):
+                        ("max_queue", max_queue), ("max_header_bytes", max_header_bytes), ("max_n", max_n)):
         check_int(value, name)
-    if not isinstance(body_timeout_s, (int, float)) or isinstance(body_timeout_s, bool) or not body_timeout_s > 0:
-        raise ValueError(f"body_timeout_s: expected a number of seconds > 0, got {body_timeout_s!r}")
+    for name, value in (("body_timeout_s", body_timeout_s), ("request_timeout_s", request_timeout_s)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+            raise ValueError(f"{name}: expected a number of seconds > 0, got {value!r}")
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
+    jobs = Jobs()
 
-    app = FastAPI(title="asymvq", docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json and /docs from the typed models of asymvq.serve.schema; the forms there only document the
+    # body, which the routes still read under their limits and split with http_form (why: schema.py's docstring)
+    app = FastAPI(title="asymvq", version=__version__, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+                  description="Diffusion inpainting with conditional decoders (docs/server.md). Limits of this server: "
+                              f"max_pixels {max_pixels}, max_steps {max_steps}, max_n {max_n}, max_queue {max_queue}, "
+                              f"max_body_bytes {max_body_bytes}, max_header_bytes {max_header_bytes}, "
+                              f"body_timeout_s {body_timeout_s:g}, request_timeout_s {request_timeout_s:g} (a request's "
+                              f"{TIMEOUT_HEADER} header may ask for less).")
     app.state.metrics = metrics
     app.add_middleware(_HeaderLimit, limit=max_header_bytes, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # 404/405 in the same {"error": ...} shape as everything else
-        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        return _error_for(request.url.path)(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
-    @app.get("/healthz")
-    async def healthz():
+    async def readiness():
         body = health if isinstance(health, dict) else await health()
         if body.get("status") != "ok":  # readiness: a load balancer takes the server out while it is not
             return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         return body
 
-    @app.get("/metrics")
+    ready_doc = {200: {"description": "Ready: the pipeline is loaded and every stage healthy; what it serves."},
+                 503: {"description": "Not ready (a stage loading or unavailable); Retry-After."}}
+    # /healthz stays readiness (what it always answered); /readyz is its Kubernetes name
+    app.get("/healthz", responses=ready_doc, summary="Readiness (also /readyz)")(readiness)
+    app.get("/readyz", responses=ready_doc, summary="Readiness")(readiness)
+
+    @app.get("/livez", responses={200: {"description": "The process answers: restart it only when this fails."}})
+    async def liveness():
+        # no back end asked: a busy or loading server is alive, and a restart would not make it ready sooner
+        return {"status": "alive", "in_progress": state["waiting"], "max_queue": max_queue}
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.post("/v1/inpaint")
-    async def inpaint(request: Request):
+    async def admitted(request: Request, error, handle):
+        """One request's life on either endpoint: its place in the queue, body, parse, run and errors, each error in
+        the endpoint's shape (``error(status, message, headers)``); ``handle(body)`` parses and runs the job."""
         t0 = time.perf_counter()
         try:
-            response = await _inpaint(request)
+            response = await _admitted(request, error, handle)
         except asyncio.CancelledError:  # the front proxy (Ray Serve's) cancels a request whose client left
             metrics.requests.labels(str(CLIENT_CLOSED)).inc()
             raise
@@ -215,42 +271,116 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)
         return response
 
-    async def _inpaint(request: Request):
+    async def _admitted(request: Request, error, handle):
         # A request holds its place from the moment its body starts, through parsing, the queue and the run:
         # counted after parsing, bodies that finish together would all pass the bound (40 x 200, no 503).
         if state["waiting"] >= max_queue:
-            return _error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
-                          headers={"Retry-After": "1"})
+            return error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
+                         {"Retry-After": "1"})
+        t0 = asyncio.get_running_loop().time()
+        try:
+            timeout_s = request_timeout(request.headers.get(TIMEOUT_HEADER), request_timeout_s)
+            ticket = jobs.open(request.headers.get(JOB_HEADER), request.url.path)
+        except RequestError as exc:
+            return error(exc.status, exc.message, exc.headers)
         state["waiting"] += 1
         waiting.inc()
+        watcher = alarm = None
         try:
             body = await _read_body(request, max_body_bytes, body_timeout_s)
-            job = parse_job(parse_form(body, request.headers.get("content-type", "")),
-                            max_pixels=max_pixels, max_steps=max_steps)
-            result = await run_job(job)
+            watcher = asyncio.ensure_future(watch_disconnect(request, ticket))
+            # the deadline counts from the request's arrival; past it the job stops at its next step (504)
+            alarm = asyncio.get_running_loop().call_at(t0 + timeout_s, ticket.cancel, DEADLINE)
+            response = await handle(body, ticket.event)
+        except JobCancelled as exc:
+            log.info("job %s stopped: %s (%s)", ticket.id, ticket.reason, exc)
+            if ticket.reason == DEADLINE:
+                response = error(504, f"timeout: expected the job within {timeout_s:g} s ({TIMEOUT_HEADER}, at most the "
+                                      f"server's {request_timeout_s:g}), got past it; {exc}", None)
+            else:
+                closed = ticket.reason.startswith("client")
+                response = error(CLIENT_CLOSED if closed else 409, f"job: {ticket.reason or 'cancelled'} ({exc})", None)
         except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
             log.info("client closed the connection before its request was read (%s)", request.client)
-            return _error(CLIENT_CLOSED, "client closed the connection")
+            response = error(CLIENT_CLOSED, "client closed the connection", None)
         except RequestError as exc:
-            return _error(exc.status, exc.message, headers=exc.headers)
+            response = error(exc.status, exc.message, exc.headers)
         except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
-            return _error(400, " ".join(str(exc).split()))
+            response = error(400, " ".join(str(exc).split()), None)
         except Exception:  # the server keeps serving; the traceback goes to the log only
-            log.exception("inpaint request failed")
-            return _error(500, "internal error while inpainting (details in the server log)")
+            log.exception("%s request failed", request.url.path)
+            response = error(500, "internal error while inpainting (details in the server log)", None)
         finally:
+            for pending in (watcher, alarm):
+                if pending is not None:
+                    pending.cancel()
+            jobs.close(ticket)
             state["waiting"] -= 1
             waiting.dec()
+        response.headers[JOB_HEADER] = ticket.id
+        return response
+
+    def observed(result: JobResult) -> dict[str, str]:
+        """The result's stages into /metrics; its response headers."""
         for name, ms in result.stages.items():
             metrics.stage_seconds.labels(name).observe(ms / 1e3)
         for name, size in result.batches.items():
             metrics.batch_size.labels(name).observe(size)
-        headers = {
+        return {
             "X-Asymvq-Latency-ms": f"{result.total_ms:.1f}",
             "X-Asymvq-Pre-Error": f"{result.pre_error:.4f}",
             "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in result.stages.items()),
             **result.headers,
         }
-        return Response(result.png, media_type="image/png", headers=headers)
+
+    @app.post("/v1/inpaint", response_class=Response,
+              openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels),
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                               "description": "The inpainted image; X-Asymvq-Latency-ms, X-Asymvq-Pre-Error, "
+                                              "Server-Timing headers."}, **error_responses(NativeError)})
+    async def inpaint(request: Request):
+        async def handle(body: bytes, cancel: threading.Event):
+            job = parse_job(parse_form(body, request.headers.get("content-type", "")),
+                            max_pixels=max_pixels, max_steps=max_steps)
+            result = await run_job(job, cancel)
+            return Response(result.png, media_type="image/png", headers=observed(result))
+
+        return await admitted(request, _error, handle)
+
+    @app.post("/v1/images/edits", response_model=ImagesResponse,
+              openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n),
+              responses=error_responses(OpenAIError))
+    async def images_edits(request: Request):
+        async def handle(body: bytes, cancel: threading.Event):
+            job, opts = parse_edit(parse_form(body, request.headers.get("content-type", ""), OPENAI_FIELDS),
+                                   max_pixels=max_pixels, max_steps=max_steps, max_n=max_n)
+            created = int(time.time())
+            # image i: seed + i (wrapping inside the seed's range); on Ray the n jobs can share a batch
+            results = await asyncio.gather(*(run_job({**job, "seed": (job["seed"] + i) % (SEED_MAX + 1)}, cancel)
+                                             for i in range(opts["n"])))
+            data = [{"b64_json": encode(r.png, opts["output_format"], opts["output_compression"])} for r in results]
+            headers = [observed(r) for r in results][0]  # every image's stages into /metrics
+            if len(results) > 1:  # the slowest image's latency; each image's Pre_error, in data's order
+                headers["X-Asymvq-Latency-ms"] = f"{max(r.total_ms for r in results):.1f}"
+                headers["X-Asymvq-Pre-Error"] = ", ".join(f"{r.pre_error:.4f}" for r in results)
+            # no "usage": OpenAI's counts tokens of its own models; nothing here means the same
+            return JSONResponse({"created": created, "data": data, "output_format": opts["output_format"],
+                                 "size": opts["size"]}, headers=headers)
+
+        return await admitted(request, _openai_error, handle)
+
+    @app.get("/v1/jobs", responses={200: {"description": "The jobs in progress: id, path, age_s, cancelled."}})
+    async def list_jobs():
+        return {"jobs": jobs.listing()}
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobCancelledBody,
+                responses={404: {"model": NativeError, "description": "No job in progress has this id."}})
+    async def cancel_job(job_id: str):
+        """Cancel a job in progress (its id: the X-Asymvq-Job-Id header, the client's own or the server's): it stops
+        at its next denoising step, or at once if it waits for the pipeline, and its request is answered 409."""
+        if not jobs.cancel(job_id):
+            shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+            return _error(404, f"job: expected the id of a job in progress, got {shown!r}")
+        return {"id": job_id, "cancelled": True}
 
     return app

@@ -93,10 +93,19 @@ def multipart(fields: dict[str, bytes | str]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def inpaint_request(seed: int = 0, steps: int = 2, extra_headers: str = "", **fields) -> bytes:
+def inpaint_request(seed: int = 0, steps: int = 2, extra_headers: str = "", path: str = "/v1/inpaint", **fields) -> bytes:
     image, mask = png_pair()
     body, ctype = multipart({"image": image, "mask": mask, "prompt": "a red sofa", "steps": str(steps),
                              "seed": str(seed), **fields})
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra_headers}\r\n")
+    return head.encode() + body
+
+
+def inpaint_png_request(size: int, steps: int = 2, extra_headers: str = "", **fields) -> bytes:
+    """``inpaint_request`` at ``size`` x ``size``."""
+    image, mask = png_pair(size, size)
+    body, ctype = multipart({"image": image, "mask": mask, "prompt": "a red sofa", "steps": str(steps), **fields})
     head = (f"POST /v1/inpaint HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra_headers}\r\n")
     return head.encode() + body

@@ -4,6 +4,7 @@ Skipped only when the `ray` extra is missing (`make test` installs it through `d
 """
 from __future__ import annotations
 
+import base64
 import io
 import os
 import socket
@@ -223,6 +224,26 @@ def test_end_to_end_on_a_local_ray(tiny_pipe):
         total = metrics[("asymvq_batch_size_sum", (("stage", "denoise"),))]
         assert count == 24 and total > count, (count, total)  # batches larger than 1 happened
         assert metrics[("asymvq_queue_depth", (("stage", "denoise"),))] == 0
+        # the OpenAI endpoint on the same Ray graph: n=2 images, seeds 5 and 6, batched like any two jobs
+        item = job(5)
+        alpha = np.where(np.asarray(item["hole"]) > 127, 0, 255).astype(np.uint8)
+        mask = png(PIL.Image.fromarray(np.dstack([np.zeros(alpha.shape + (3,), np.uint8), alpha]), "RGBA"))
+        resp = httpx.post(f"{url}/v1/images/edits", timeout=150, files={"image": ("i.png", png(item["source"])),
+                                                                       "mask": ("m.png", mask)},
+                          data={"prompt": item["prompt"], "n": "2", "steps": "2", "seed": "5"})
+        assert resp.status_code == 200, resp.text
+        got = [pixels(base64.b64decode(d["b64_json"])) for d in resp.json()["data"]]
+        for seed, image in zip((5, 6), got):
+            assert np.abs(image - reference_png(tiny_pipe, {**item, "seed": seed})).max() <= 1
+        bad = httpx.post(f"{url}/v1/images/edits", files={"image": ("i.png", png(item["source"]))},
+                         data={"prompt": "x", "n": "9"}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "mask"
+        # a deadline shorter than the job: the ingress cancels its stage call, 504, and the graph keeps serving
+        files = {"image": ("i.png", png(item["source"])), "mask": ("m.png", png(item["hole"]))}
+        late = httpx.post(f"{url}/v1/inpaint", files=files, data={"prompt": "x", "steps": "20"},
+                          headers={"X-Asymvq-Timeout-s": "0.001"}, timeout=60)
+        assert late.status_code == 504 and "timeout: expected the job within 0.001 s" in late.json()["error"], late.text
+        assert httpx.post(f"{url}/v1/inpaint", files=files, data={"prompt": "x", "steps": "2"}, timeout=60).status_code == 200
         print(f"ray e2e: started in {started:.1f} s, mean denoise batch {total / count:.2f}, "
               f"total {time.monotonic() - t0:.1f} s")
     finally:

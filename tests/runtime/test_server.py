@@ -217,7 +217,7 @@ def test_jpeg_input_and_healthz(client):
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "source": "preset:tiny", "device": "cpu", "dtype": "fp32",
                              "decoders": ["decoder", "decoder-plain"], "scheduler": "DDIMScheduler", "max_pixels": 4096,
-                             "max_steps": 20}
+                             "max_steps": 20, "max_n": 4}
 
 
 def test_create_app_rejects_what_it_cannot_serve(pipe):

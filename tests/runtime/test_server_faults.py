@@ -95,6 +95,30 @@ def test_oversized_headers_are_refused(server):
     assert request(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
 
 
+def test_the_openai_endpoint_meets_the_same_transport_limits_in_its_own_shape(server):
+    """408, 431 and 499 on POST /v1/images/edits too, with OpenAI's {"error": {"message", ...}}."""
+    edit = dict(path="/v1/images/edits", mask_mode="white")
+    raw = inpaint_request(**edit)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=BODY_TIMEOUT + 20) as sock:
+        sock.sendall(raw[: len(raw) // 2])
+        status, _, body = read_response(sock)
+    error = json.loads(body)["error"]
+    assert status == 408 and error["message"].startswith(f"body: expected the whole body within {BODY_TIMEOUT} s")
+    assert error["type"] == "invalid_request_error" and error["param"] is None
+    status, _, body = request(server.port, inpaint_request(extra_headers=f"X-Junk: {'a' * 20_000}\r\n", **edit))
+    assert status == 431 and json.loads(body)["error"]["message"].startswith("headers: expected at most 16384 bytes")
+    before = metric(server.port, "asymvq_requests_total", status="499")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(raw[: len(raw) // 3])
+        time.sleep(0.2)
+    deadline = time.monotonic() + 20
+    while metric(server.port, "asymvq_requests_total", status="499") < before + 1:
+        assert time.monotonic() < deadline, "the dropped upload was not counted as 499"
+        time.sleep(0.2)
+    status, _, body = request(server.port, raw)
+    assert status == 200 and json.loads(body)["data"][0]["b64_json"]
+
+
 def test_sigterm_ends_the_server_within_its_shutdown_deadline(tmp_path):
     """A half-sent upload (body deadline 60 s) does not hold SIGTERM past --shutdown-timeout 2."""
     srv = ServerProcess(["--preset", "tiny", "--body-timeout", "60", "--shutdown-timeout", "2"], tmp_path / "s.log")
