@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 import torch
-from bench_common import loadavg, package_versions, psnr, time_ms
+from bench_common import cpu_record, loadavg, package_versions, psnr, time_ms
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -197,8 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here (default: print it)")
     args = ap.parse_args(argv)
     dtype = DTYPES[args.dtype or ("fp16" if torch.device(args.device).type == "cuda" else "fp32")]
-    report = {"device": args.device, "dtype": str(dtype), "loadavg_before": loadavg(), "versions": package_versions(("torch", "diffusers")),
-              "points": []}
+    report = {"device": args.device, "dtype": str(dtype), "cpu": cpu_record(), "loadavg_before": loadavg(),
+              "versions": package_versions(("torch", "diffusers")), "points": []}
     if torch.device(args.device).type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(args.device)
     for preset in args.presets:
