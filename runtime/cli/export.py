@@ -12,6 +12,7 @@ import typer
 
 from ..engines.tensorrt_engine import build_plans
 from ..export import Source, export_directory, parse_shapes
+from .options import log_to_stderr
 
 FORMATS = ("onnx", "trt", "aoti", "openvino")
 
@@ -71,12 +72,7 @@ def _quiet_exporters() -> None:
     import logging
     import warnings
 
-    ours = logging.getLogger("asymvq")
-    if not ours.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
+    log_to_stderr("asymvq", "%(message)s")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")

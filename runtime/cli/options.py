@@ -1,7 +1,21 @@
-"""What the commands of ``asymvq`` share: option help texts, the decode-mode options, ``--size``."""
+"""What the commands of ``asymvq`` share: option help texts, the decode-mode options, ``--size``, and
+where a command's own log lines go."""
 from __future__ import annotations
 
+import logging
+
 import typer
+
+
+def log_to_stderr(name: str, fmt: str) -> logging.Logger:
+    """Logger ``name`` at INFO on stderr in ``fmt`` (one handler however often a command runs in-process)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(fmt))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger
 
 SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
 BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "

@@ -15,7 +15,7 @@ import typer
 from ..models.extras import missing_extra
 from ..pipeline.source import PipelineSource
 from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
-from .options import BACKEND_HELP, PRECISION_HELP, SCHEDULER_HELP
+from .options import BACKEND_HELP, PRECISION_HELP, SCHEDULER_HELP, log_to_stderr
 
 
 def serve(
@@ -83,14 +83,7 @@ def serve(
 
 def _server_log() -> None:
     """The server's own lines (client closes, cancelled jobs, tracebacks of 500s) on stderr, beside uvicorn's."""
-    import logging
-
-    ours = logging.getLogger("asymvq.serve")
-    if not ours.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
+    log_to_stderr("asymvq.serve", "%(levelname)s:     %(name)s: %(message)s")
 
 
 RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",
