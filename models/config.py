@@ -85,12 +85,6 @@ class DecoderConfig:
         return self.out_channels + (self.condition == "asuka")
 
     @property
-    def level_mask_mode(self) -> str:
-        """How the full-resolution mask is brought to a blend point's size: ``"nearest"`` (the
-        Asymmetric VQGAN's ``F.interpolate``) or ``"any"`` (ASUKA: area average, any covered cell 1)."""
-        return "any" if self.condition == "asuka" else "nearest"
-
-    @property
     def condition_channels(self) -> tuple[int, ...]:
         """Output channels of the five condition-encoder layers L0..L4 (c, 2c, 4c, 4c, 4c)."""
         c, top = self.block_out_channels[0], self.block_out_channels[-1]
