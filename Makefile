@@ -44,7 +44,7 @@ host: $(STAMP)
 
 test: $(STAMP) $(if $(HAVE_CMAKE),host)
 	$(VENV)/bin/ruff check .   # pyflakes, pycodestyle, import order, bugbear, blind excepts ([tool.ruff] in pyproject.toml)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # Coverage-guided fuzzing (atheris, the `fuzz` extra) of the multipart form and the manifest reader,
 # FUZZ_SECONDS each; new inputs go to out/fuzz/<name>, findings to out/fuzz/<name>-crash-*.

@@ -1,15 +1,18 @@
-"""The tiny decoder as an AOTInductor package, compiled once on the CPU (about 70 s of the
-file's time, nearly all of it inductor's C++ compile): parity with torch at two resolutions
-and two batch sizes of one package, the feeds it refuses, and the manifest's hash check."""
+"""The tiny decoder as an AOTInductor package: parity with torch at two resolutions and two batch
+sizes of one package, the feeds it refuses, and the manifest's hash check. The package is the one the
+C++ host's tests load (tests/aoti_engines.py: the CLI's `export --format aoti --preset tiny`, default
+shapes), exported once per run for both: an AOTInductor export is about a minute of inductor's C++
+compile, and this file and tests/host/ run on the same xdist worker (tests/conftest.py)."""
 import json
 import shutil
 
 import pytest
 import torch
+from aoti_engines import cached_engines  # tests/aoti_engines.py
 
 from asymvq.engines import load_engine_dir
 from asymvq.engines.manifest import sha256_file
-from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
+from asymvq.export import ManifestError, Source, build_module
 
 ATOL = 1e-4  # fp32 AOTInductor (CPU) against torch eager
 # (batch, height, width) in pixels: two resolutions x two batch sizes, all from one package
@@ -17,11 +20,8 @@ GRID = [(1, 64, 64), (3, 64, 64), (1, 96, 128), (3, 96, 128)]
 
 
 @pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("aoti")
-    export_directory(out, "decoder", Source(preset="tiny"), precision="fp32", shapes=DEFAULT_SHAPES["tiny"],
-                     formats=["aoti"])
-    return out
+def engine_dir():
+    return cached_engines()["tiny"]  # all five components, AOTInductor only
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _compare(engine, module, feeds):
 def test_manifest_records_the_package(engine_dir, engine):
     manifest = json.loads((engine_dir / "manifest.json").read_text())
     art = manifest["components"]["decoder"]["artifacts"]
-    assert set(art) == {"aoti"}, "formats=['aoti'] must not export ONNX"
+    assert set(art) == {"aoti"}, "--format aoti must not export ONNX"
     assert art["aoti"]["path"] == "decoder.pt2" and art["aoti"]["device"] == "cpu"
     assert art["aoti"]["files"] == {"decoder.pt2": sha256_file(engine_dir / "decoder.pt2")}
     assert engine.backend == "aoti" and engine.input_names == ("latent", "image", "mask")

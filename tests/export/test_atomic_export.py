@@ -27,7 +27,7 @@ from asymvq.export.atomic_dir import clean_stale, publish, staging_dir
 
 pytest.importorskip("onnxruntime")
 
-KILLS = 4  # random kills of the real CLI; every filesystem step is killed deterministically below
+KILLS = 3  # random kills of the real CLI; every filesystem step is killed deterministically below
 SEED = 0
 
 
