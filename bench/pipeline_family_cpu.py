@@ -13,7 +13,8 @@ What runs (seeded random weights, no downloads; say this next to every number):
   ViT-bigG, the real SDXL VAE. ``MEDIUM`` below writes these down.
 - ``--scale tiny``: asymvq's ``tiny-flux-fill`` / ``tiny-sdxl`` presets (a check, seconds).
 
-Contenders, interleaved round-robin in one process, same prompt, image, mask and seed:
+Contenders, interleaved round-robin in one process (one family, then the other), same prompt, image,
+mask and seed:
 - ``diffusers eager fp32``: ``FluxFillPipeline`` / ``StableDiffusionXLInpaintPipeline``;
 - ``asymvq <fastest>``: asymvq's pipeline (``FluxFillInpaintPipeline`` / ``SDXLInpaintPipeline``) with
   every stage at this CPU's fastest backend and precision: torch bf16 (networks cast to bf16,
@@ -36,16 +37,20 @@ result), so it measures that too. Writes bench/results/pipeline_family_cpu.json 
 
 The record (issue 20), one command on a quiet machine:
 
-    .venv/bin/python bench/pipeline_family_cpu.py --family both --size 512 --steps 4 --warmup 1 --repeats 2
+    .venv/bin/python bench/pipeline_family_cpu.py --family both --size 512 --steps 2 --warmup 1 --repeats 2
 
-Estimate on the 2-core Xeon (AMX), quiet: ~6 min (building the random networks ~40 s; per round
-~65 s FLUX and ~55 s SDXL, diffusers fp32 most of it; 3 rounds). A check: ``--scale tiny --size 64
---warmup 0 --repeats 1`` (~30 s).
+2 steps, to stay within ~6 min: the denoise stage is per step (``denoise`` / steps gives any other step
+count; counted FLOPs at 512: the medium FLUX transformer 0.84 TFLOP per step, the medium SDXL UNet 0.97
+TFLOP per step with CFG, each VAE decoder 2.5 TFLOP, ASUKA's 3.1). Estimate on the 2-core Xeon (AMX),
+quiet: ~6 min (building the random networks ~1 min; per round ~45 s FLUX and ~45 s SDXL, diffusers fp32
+most of it; 3 rounds); peak RSS ~9 GB (one family at a time; FLUX measured 7.4 GB at 128x128).
+A check: ``--scale tiny --size 64 --warmup 0 --repeats 1`` (~30 s).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import math
 import os
@@ -255,7 +260,7 @@ def main() -> None:
     ap.add_argument("--family", choices=("flux-fill", "sdxl", "both"), default="both")
     ap.add_argument("--scale", choices=("medium", "tiny"), default="medium")
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--guidance", type=float, default=7.5, help="SDXL's CFG scale (FLUX Fill: its distilled 30)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
@@ -269,16 +274,21 @@ def main() -> None:
     load_before = loadavg()
     cpu = cpu_record()
     fast = torch.bfloat16 if cpu["default_dtype"] == "bf16" else torch.float32
-    clock = StageClock()
-    runs, backend = {}, {}
+    names, backend, times, outputs, stages = [], {}, {}, {}, {}
+    # one family after the other (interleaved within it): both families' networks at once would need ~16 GB
     for family in (("flux-fill", "sdxl") if args.family == "both" else (args.family,)):
+        clock = StageClock()
         r, b = family_runs(family, args, clock, fast, log)
-        runs |= r
+        names += list(r)
         backend |= b
-    stages = {n: [] for n in runs}
-    times, outputs = interleaved(
-        runs, args.warmup, args.repeats, log, before=clock.reset,
-        measured=lambda name, dt: stages[name].append({**clock.seconds, "other": dt - sum(clock.seconds.values())}))
+        stages |= {n: [] for n in r}
+        t, o = interleaved(
+            r, args.warmup, args.repeats, log, before=clock.reset,
+            measured=lambda name, dt: stages[name].append({**clock.seconds, "other": dt - sum(clock.seconds.values())}))
+        times |= t
+        outputs |= o
+        del r, clock  # the networks go with the jobs' closures
+        gc.collect()
     stage_med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in stages.items()}
     result = {
         "what": (f"FLUX.1 Fill and SDXL inpainting jobs ({args.scale} random networks: see networks), "
@@ -300,9 +310,9 @@ def main() -> None:
                   "batch of 2); other = the job minus its stages; PSNR of images in [0, 1] against diffusers fp32 "
                   "(bf16 and ASUKA's decoder change the image: it measures that too)"),
     }
-    for family in {n.split(" ", 1)[0] for n in runs}:
+    for family in dict.fromkeys(n.split(" ", 1)[0] for n in names):
         peer = f"{family} {PEER}"
-        mine = [n for n in runs if n.startswith(family + " ") and n != peer]
+        mine = [n for n in names if n.startswith(family + " ") and n != peer]
         for n in [peer, *mine]:
             result["speedup_vs_diffusers"][n] = {"median": statistics.median(times[peer]) / statistics.median(times[n]),
                                                  "min": min(times[peer]) / min(times[n])}
