@@ -1,0 +1,62 @@
+"""The benchmarks of the decoder family and the newer pipelines compare like with like: the peer diffusers
+VAE has the preset's latent space and topology, ASUKA's decoder shares the plain one's weights, and the GPU
+anchors sit beside the right variants. Cheap: tiny presets, no benchmark run (those are bench/'s scripts)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+pytest.importorskip("diffusers")
+
+
+@pytest.mark.parametrize("preset, peer_class, peer_preset", [
+    ("tiny-flux", "AutoencoderKL", "tiny-flux"), ("tiny-asuka", "AutoencoderKL", "tiny-flux"),
+    ("tiny", "AsymmetricAutoencoderKL", "tiny")])
+def test_decoder_cpu_peer_has_the_presets_latent_space(preset, peer_class, peer_preset):
+    import decoder_cpu
+
+    from asymvq.models import preset_config
+    from asymvq.models.checkpoints import decoder_from_vae
+
+    vae = decoder_cpu.diffusers_decoder(preset, seed=0)
+    assert type(vae).__name__ == peer_class
+    if peer_class == "AutoencoderKL":  # channels, scale, shift and (no) quant convs read back from the peer
+        assert decoder_from_vae(vae).config == preset_config(peer_preset)
+    ours = decoder_cpu.our_decoder(preset, vae)
+    assert ours.config == decoder_cpu.peer_config(preset)
+    z = preset_config(preset).latent_space.to_vae(torch.randn(1, ours.config.latent_channels, 4, 4))
+    with torch.inference_mode():
+        if peer_class == "AutoencoderKL":
+            assert torch.allclose(ours(z), vae.decode(z).sample, atol=1e-5)
+
+
+def test_decoder_cpu_asuka_shares_the_plain_decoders_weights():
+    import decoder_cpu
+
+    vae = decoder_cpu.diffusers_decoder("tiny-asuka", seed=0)
+    plain = decoder_cpu.our_decoder("tiny-asuka", vae)
+    asuka = decoder_cpu.our_asuka("tiny-asuka", plain, seed=0)
+    shared = plain.state_dict()
+    own = asuka.state_dict()
+    assert shared and all(torch.equal(own[k], v) for k, v in shared.items())
+    assert any(k.startswith("condition_encoder.") for k in own)
+    assert asuka.config.condition == "asuka" and plain.config.condition is None
+
+
+def test_gpu_anchors_beside_the_matching_variants():
+    from gpu_anchors import decoder_anchors
+
+    rows = decoder_anchors("flux", 1024, 1, {"torch": 50.0, "triton": 20.0})
+    sglang, unsloth = rows
+    assert sglang["compare"]["torch"]["ours_over_theirs"] == pytest.approx(50.0 / 97.6)
+    assert sglang["compare"]["triton"]["theirs_ms"] == 29.2
+    assert unsloth["compare"]["compile"]["ours_ms"] is None  # not run: no ratio invented
+    sdxl = decoder_anchors("sdxl", 1024, 1, {"torch": 90.0, "triton": 60.0})[0]
+    assert sdxl["compare"]["best"]["ours_ms"] == 60.0  # TensorRT against our fastest
+    assert decoder_anchors("asuka-flux", 1024, 1, {}) and not decoder_anchors("flux", 512, 1, {"torch": 1.0})
