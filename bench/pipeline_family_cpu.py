@@ -281,13 +281,14 @@ def main() -> None:
         r, b = family_runs(family, args, clock, fast, log)
         names += list(r)
         backend |= b
-        stages |= {n: [] for n in r}
+        stages.update({n: [] for n in r})
         t, o = interleaved(
             r, args.warmup, args.repeats, log, before=clock.reset,
-            measured=lambda name, dt: stages[name].append({**clock.seconds, "other": dt - sum(clock.seconds.values())}))
+            measured=lambda name, dt, clock=clock: stages[name].append(
+                {**clock.seconds, "other": dt - sum(clock.seconds.values())}))
         times |= t
         outputs |= o
-        del r, clock  # the networks go with the jobs' closures
+        del r  # the networks go with the jobs' closures
         gc.collect()
     stage_med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in stages.items()}
     result = {
