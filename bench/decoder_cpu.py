@@ -259,8 +259,10 @@ def main() -> None:
     runs |= mine
     if asuka:
         asuka_names = {n for n in ASUKA_BACKENDS if only is None or ASUKA + n in only}
+        asuka_export_s: dict = {}
         theirs = backends(our_asuka(args.preset, ours, args.seed), feeds, args.threads, openvino, log,
-                          {}, {}, asuka_names)
+                          {}, asuka_export_s, asuka_names)
+        export_s |= {ASUKA + k: v for k, v in asuka_export_s.items()}
         theirs.pop("_files", None)
         runs |= {ASUKA + n: f for n, f in theirs.items()}
     precision = {n: ("bf16" if "bf16" in n else "fp32") for n in runs}
