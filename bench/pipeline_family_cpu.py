@@ -152,15 +152,19 @@ def asymvq_pipeline(family: str, pipe, dtype: torch.dtype):
                **nets, **extra)
 
 
-def bf16_decoder_engines(preset: str | None, pipe, seed: int) -> dict:
-    """Decoder engines at bf16 (cpu_bf16): the pipeline VAE's own decoder, or a seeded decoder ``preset`` (ASUKA's)."""
+def decoder_engines(preset: str | None, pipe, seed: int, dtype: torch.dtype) -> dict:
+    """Decoder engines at ``dtype`` (bf16: prepared by cpu_bf16): the pipeline VAE's own decoder, or a seeded
+    decoder ``preset`` (ASUKA's)."""
     from asymvq.engines.torch_engine import torch_decoder_engines
     from asymvq.models.checkpoints import decoder_from_vae
     from asymvq.models.cpu_bf16 import to_cpu_bf16
     from asymvq.models.sources import random_decoder
 
-    decoder = random_decoder(preset, seed=seed + 7, dtype="bf16") if preset else to_cpu_bf16(decoder_from_vae(pipe.vae))
-    return torch_decoder_engines(decoder)
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    if preset:
+        return torch_decoder_engines(random_decoder(preset, seed=seed + 7, dtype=name))
+    decoder = decoder_from_vae(pipe.vae)
+    return torch_decoder_engines(to_cpu_bf16(decoder) if dtype == torch.bfloat16 else decoder)
 
 
 class StageClock:
@@ -202,11 +206,10 @@ def family_runs(family: str, args, clock: StageClock, fast: torch.dtype, log) ->
     pipe.set_progress_bar_config(disable=True)
     fast_name = "bf16" if fast == torch.bfloat16 else "fp32"
     ours_fast = asymvq_pipeline(family, pipe, fast)  # copies made before any hook goes on (deepcopy carries them)
-    decoders = {"": bf16_decoder_engines(None, pipe, args.seed) if fast == torch.bfloat16 else None}
+    decoders = {"": decoder_engines(None, pipe, args.seed, fast)}
     if family == "flux-fill":
-        decoders[" + ASUKA"] = (bf16_decoder_engines("asuka-flux" if args.scale == "medium" else "tiny-asuka", pipe,
-                                                     args.seed) if fast == torch.bfloat16 else
-                                _fp32_engines("asuka-flux" if args.scale == "medium" else "tiny-asuka", args.seed))
+        decoders[" + ASUKA"] = decoder_engines("asuka-flux" if args.scale == "medium" else "tiny-asuka", pipe,
+                                               args.seed, fast)
     ours_fp32 = asymvq_pipeline(family, pipe, torch.float32) if args.with_fp32 else None
     log(f"{family}: networks built in {time.perf_counter() - t:.0f} s")
     for stage, modules in networks(pipe).items():
@@ -227,8 +230,8 @@ def family_runs(family: str, args, clock: StageClock, fast: torch.dtype, log) ->
             clock.hook(e.module, "decoder")
 
     image, mask = inputs(args.size, args.seed + 1)
-    call = dict(prompt=PROMPT if args.scale == "medium" else TINY_PROMPT, image=image, mask_image=mask, height=args.size, width=args.size,
-                num_inference_steps=args.steps, strength=1.0, output_type="pt")
+    call = dict(prompt=PROMPT if args.scale == "medium" else TINY_PROMPT, image=image, mask_image=mask,
+                height=args.size, width=args.size, num_inference_steps=args.steps, strength=1.0, output_type="pt")
     if family == "flux-fill":
         call |= dict(guidance_scale=30.0, max_sequence_length=TEXT_LEN if args.scale == "medium" else 8)
     else:
@@ -246,13 +249,6 @@ def family_runs(family: str, args, clock: StageClock, fast: torch.dtype, log) ->
         runs[f"{family} asymvq torch fp32"] = lambda: ours_fp32(**call, generator=gen()).images
         backend[f"{family} asymvq torch fp32"] = dict.fromkeys(STAGES, "torch fp32")
     return runs, backend
-
-
-def _fp32_engines(preset: str, seed: int) -> dict:
-    from asymvq.engines.torch_engine import torch_decoder_engines
-    from asymvq.models.sources import random_decoder
-
-    return torch_decoder_engines(random_decoder(preset, seed=seed + 7))
 
 
 def main() -> None:
