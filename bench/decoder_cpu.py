@@ -31,9 +31,11 @@ The record for the FLUX decoder and ASUKA's (issue 19), one command, on a quiet 
 
     .venv/bin/python bench/decoder_cpu.py --preset asuka-flux --size 512 --warmup 1 --repeats 2
 
-512x512, not 1024: one fp32 FLUX decode at 1024 is ~10 TFLOP, a minute or more on two cores, and the
-record decodes 10 rows x 3 rounds. Estimate on the 2-core Xeon (AMX), quiet: ~6 min, of which ~1.5 min
-are the two first exports (cached afterwards). 1024 (``--size 1024 --repeats 1``) runs ~20 min.
+512x512, not 1024: one fp32 FLUX decode at 1024 is ~10 TFLOP, about a minute on two cores, and the
+record decodes 10 rows x 3 rounds. Estimate on the 2-core Xeon (AMX), quiet: ~6 min (a round ~90 s:
+the fp32 rows 11-19 s each, the bf16 ones 3-5 s; plus the matmul probes, OpenVINO compiles and load
+times), ~1 min more on the first run for the two exports (cached afterwards). 1024 (``--size 1024
+--repeats 1``): ~15 min.
 """
 from __future__ import annotations
 
