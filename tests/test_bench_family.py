@@ -1,6 +1,8 @@
 """The benchmarks of the decoder family and the newer pipelines compare like with like: the peer diffusers
 VAE has the preset's latent space and topology, ASUKA's decoder shares the plain one's weights, and the GPU
-anchors sit beside the right variants. Cheap: tiny presets, no benchmark run (those are bench/'s scripts)."""
+anchors sit beside the right variants. Cheap: tiny presets, no benchmark run (those are bench/'s scripts);
+the first test pays for importing diffusers, the memory case for the tiled decode's planning (35 s for the
+file under load average 10-15 here, a fraction of it on a quiet machine)."""
 from __future__ import annotations
 
 import sys
@@ -60,3 +62,19 @@ def test_gpu_anchors_beside_the_matching_variants():
     sdxl = decoder_anchors("sdxl", 1024, 1, {"torch": 90.0, "triton": 60.0})[0]
     assert sdxl["compare"]["best"]["ours_ms"] == 60.0  # TensorRT against our fastest
     assert decoder_anchors("asuka-flux", 1024, 1, {}) and not decoder_anchors("flux", 512, 1, {"torch": 1.0})
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the RSS high-water mark needs Linux")
+def test_decoder_memory_case_measures_one_decode():
+    """One case as its fresh process runs it, here in-process on the tiny FLUX decoder (full in bf16, tiled
+    2x2 in fp32): a few seconds, most of it the tiled decode's planning."""
+    import decoder_memory
+
+    full = decoder_memory.run_case("tiny-flux", 160, 19, "full", "bf16")
+    tiled = decoder_memory.run_case("tiny-flux", 160, 19, "tiled", "fp32")
+    for row in (full, tiled):
+        assert row["finite"] and row["peak_bytes"] >= row["before_bytes"] > 0 and row["added_bytes"] >= 0
+    assert full["output_bytes"] == 3 * 160 * 160 * 2 and tiled["output_bytes"] == 3 * 160 * 160 * 4
+    assert tiled["host_state_bytes"] > 0  # the values between segments, counted
+    with pytest.raises(SystemExit, match="fp32 only"):
+        decoder_memory.run_case("tiny-flux", 160, 19, "diffusers_tiled", "bf16")
