@@ -78,3 +78,26 @@ def test_decoder_memory_case_measures_one_decode():
     assert tiled["host_state_bytes"] > 0  # the values between segments, counted
     with pytest.raises(SystemExit, match="fp32 only"):
         decoder_memory.run_case("tiny-flux", 160, 19, "diffusers_tiled", "bf16")
+
+
+def test_decoder_memory_counts_allocations_on_meta():
+    """The counted peak: the image is in it, views are not, a freed tensor leaves it; diffusers' per-tile
+    decode holds less than its full one (nothing image-wide between tiles)."""
+    import decoder_memory
+
+    mode = decoder_memory._LiveBytes()
+    with torch.device("meta"), mode:
+        x = torch.empty(1, 4, 256, 256)  # 1 MiB each, counted (an op inside the mode)
+        a = x * 2
+        b = a + 1
+        del a
+        b.view(-1)
+        c = b * 3
+    # x, a and b at once (3 MiB), then a freed and c made: 3 MiB live; the view added nothing
+    assert mode.peak == 3 * 2**20 and mode.live == 3 * 2**20 and c.shape == b.shape
+    full = decoder_memory.count_case("tiny-flux", 256, 20, "diffusers_full", "fp32")
+    tiled = decoder_memory.count_case("tiny-flux", 256, 20, "diffusers_tiled", "fp32")
+    assert full["counted_output_bytes"] == tiled["counted_output_bytes"] == 3 * 256 * 256 * 4
+    assert full["counted_peak_bytes"] > tiled["counted_peak_bytes"] >= tiled["counted_output_bytes"]
+    ours = decoder_memory.count_case("tiny-asuka", 256, 20, "tiled", "bf16")
+    assert ours["counted_state_bytes"] > 0 and ours["counted_output_bytes"] == 3 * 256 * 256 * 2
