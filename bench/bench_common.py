@@ -98,6 +98,32 @@ def versions(*distributions: str) -> dict:
     return package_versions(distributions)
 
 
+def diffusers_vae(config, seed: int):
+    """The diffusers VAE whose decoder has ``config``'s shape and latent space, seeded: ``AsymmetricAutoencoderKL``
+    for the Asymmetric VQGAN's branch (condition "conv"), else ``AutoencoderKL`` with ``config``'s channels,
+    scale, shift and quant convs (the decoder without its branch: diffusers has no class for ASUKA's or the
+    partial-conv one). Its encoder is minimal where decoding is all that runs."""
+    from diffusers import AsymmetricAutoencoderKL, AutoencoderKL
+
+    n = len(config.block_out_channels)
+    torch.manual_seed(seed)
+    if config.condition == "conv":
+        return AsymmetricAutoencoderKL(
+            down_block_types=["DownEncoderBlock2D"] * n, layers_per_down_block=1,
+            down_block_out_channels=[config.norm_num_groups] * n, up_block_types=["UpDecoderBlock2D"] * n,
+            up_block_out_channels=list(config.block_out_channels), layers_per_up_block=config.layers_per_block,
+            norm_num_groups=config.norm_num_groups, latent_channels=config.latent_channels,
+            scaling_factor=config.scaling_factor,
+        ).eval()
+    return AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=list(config.block_out_channels), layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups, latent_channels=config.latent_channels,
+        scaling_factor=config.scaling_factor, shift_factor=config.shift_factor or None,
+        use_quant_conv=config.post_quant_conv, use_post_quant_conv=config.post_quant_conv,
+    ).eval()
+
+
 def cpu_record() -> dict:
     """This CPU for a result JSON: model, avx2/avx512f/avx512_bf16/amx_bf16/vnni, torch's capability and
     the default CPU dtype those features give (bf16 only with avx512_bf16 or AMX)."""

@@ -1,12 +1,18 @@
 """One decoder, three ways: kernels="torch" (eager, cuDNN), kernels="triton" (fused kernels) and
 torch.compile of the torch path; same weights, same inputs, side by side in one run.
 
+Any decoder preset: latents with its channels (4 or 16) in its latent space (scale, shift); a decoder
+with a condition branch (x1.5, asuka-flux, ...) gets the image and mask, a plain one (flux, sdxl) not.
+At 1024x1024, batch 1, the published timings of gpu_anchors.py (FLUX.1/FLUX.2 VAE on B200/H200,
+SDXL VAE with TensorRT on an H100) are printed and stored beside ours (``anchors``).
+
 Timings: CUDA events around each decode after warm-up, one synchronisation per measurement
 (perf_counter on a CPU); min / median / p90 in ms, peak memory, achieved TFLOP/s from the counted
 FLOPs (asymvq.profiling.flops), max |diff| of each variant against kernels="torch". The JSON is rewritten
 after every variant, so a run cut short keeps what it measured.
 
     python bench/decoder_gpu.py --out bench/results/gpu/decoder-x1.5.json          # x1.5, 512x512, fp16, CUDA
+    python bench/decoder_gpu.py --preset flux --size 1024 --dtype bf16 --out flux-1024.json   # beside the anchors
     TRITON_INTERPRET=1 python bench/decoder_gpu.py --device cpu --preset tiny --size 32 --dtype fp32 \\
         --warmup 0 --repeats 1 --out out/decoder-tiny.json                           # CPU smoke run (no timings worth reading)
 """
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 from bench_common import time_ms, versions
+from gpu_anchors import decoder_anchors, print_anchors
 
 VARIANTS = ("torch", "triton", "compile")
 
@@ -77,10 +84,15 @@ def main(argv=None) -> int:
 
     g = torch.Generator().manual_seed(1)
     s = args.size
-    latents = torch.randn(args.batch, 4, s // 8, s // 8, generator=g).to(device, dtype)
-    image = (torch.rand(1, 3, s, s, generator=g) * 2 - 1).to(device, dtype)
-    mask = (torch.rand(1, 1, s, s, generator=g) > 0.5).to(device, dtype)
     dec = random_decoder(args.preset, seed=0, dtype=args.dtype, device=device)
+    space = dec.config.latent_space
+    f = space.vae_scale_factor
+    latents = space.to_vae(torch.randn(args.batch, space.channels, s // f, s // f, generator=g)).to(device, dtype)
+    image = mask = None
+    if dec.config.has_condition:
+        image = (torch.rand(1, 3, s, s, generator=g) * 2 - 1).to(device, dtype)
+        mask = (torch.rand(1, 1, s, s, generator=g) > 0.5).to(device, dtype)
+    result["latent_space"] = space.to_dict()
     if cuda:
         dec = dec.to(memory_format=torch.channels_last)
     reference = None
@@ -121,6 +133,9 @@ def main(argv=None) -> int:
         for row in result["variants"].values():
             if row.get("median_ms"):
                 row["speedup_vs_torch"] = base / row["median_ms"]
+    ours = {v: r["median_ms"] for v, r in result["variants"].items() if r.get("median_ms")}
+    result["anchors"] = decoder_anchors(args.preset, s, args.batch, ours)
+    print_anchors(result["anchors"], f"{args.preset} {s}x{s} {args.dtype}")
     save()
     print(f"wrote {args.out}")
     return 0 if all(r["status"] == "ok" for r in result["variants"].values()) else 1

@@ -24,30 +24,27 @@ on the meta device. Random seeded weights, random latents; PSNR over [-1, 1].
     python bench/decoder_tiled.py --device cpu --presets tiny --sizes 256 --tile 20 --warmup 0 --repeats 1  # a check
 
 Timings are only meaningful on a quiet machine (the load average is recorded). ``--out`` writes JSON.
+On the CPU the peak RSS here is of one process across methods; bench/decoder_memory.py measures each
+case in a fresh process (the FLUX decoder at 1024 and 2048, full against tiled).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import torch
-from bench_common import cpu_record, loadavg, package_versions, psnr, time_ms
+from bench_common import cpu_record, diffusers_vae, loadavg, package_versions, psnr, time_ms
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def plain_vae(config, seed: int):
-    """diffusers AutoencoderKL whose decoder has ``config``'s shape and no condition branch (encoder minimal)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=list(config.block_out_channels), layers_per_block=config.layers_per_block,
-        norm_num_groups=config.norm_num_groups, latent_channels=config.latent_channels,
-    ).eval()
+    """diffusers AutoencoderKL whose decoder has ``config``'s shape and latent space and no condition branch
+    (no quant convs for FLUX / SD3, as theirs)."""
+    return diffusers_vae(dataclasses.replace(config, condition=None, gate_conv=False), seed)
 
 
 def diffusers_tiling(vae, tile: int, on: bool) -> None:

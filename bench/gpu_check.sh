@@ -11,11 +11,19 @@
 #                                                                                 -> pytest-gpu.jsonl, .xml
 #   decoder      x1.5 decoder, 512x512 fp16: kernels="torch", "triton", torch.compile
 #                                                                                 -> decoder-x1.5-512-fp16.json
+#   family_decoders  the FLUX (bf16), ASUKA (bf16) and SDXL (fp16) decoders at 1024x1024, the same three
+#                ways, beside the published anchors (bench/gpu_anchors.py: FLUX.2 VAE H200 97.6 ms eager /
+#                29.2 ms fused GroupNorm+SiLU; FLUX.1 VAE B200 117.6 / 27.1 ms compiled; SDXL VAE
+#                TensorRT H100 127 ms)                                            -> decoder-<preset>-1024-<dtype>.json
 #   kernels      bench/kernels.py at 512x512 fp16 (rewritten after every case)    -> kernels-<gpu>-<time>.json
 #   profile      `asymvq profile --preset sd15 --device cuda --dtype fp16`, 512x512, 50 steps,
 #                all four decoders, --flops (needs diffusers)                     -> profile-sd15-512-fp16.json
 #   ort          ONNX Runtime CUDA EP vs torch, decoder and UNet, 512 fp16 (the UNet needs diffusers:
 #                the decoder alone without it; the CUDA EP needs onnxruntime-gpu) -> ort-cuda-512-fp16.json
+#   family_pipelines  SDXL inpainting, 30 steps at 1024x1024 fp16, real sizes with random weights,
+#                diffusers against asymvq, beside the anchor (H100: 1471 ms TensorRT, 2496 ms PyTorch);
+#                then FLUX.1 Fill (12B transformer, T5-XXL) at 1024, 4 steps, bf16 (needs diffusers)
+#                                                                                 -> pipeline-{sdxl-1024-fp16,flux-fill-1024-bf16}.json
 #   decoder_cpu  bench/decoder_cpu.py at 128x128 on the machine's CPU (needs diffusers; OpenVINO rows
 #                are left out without openvino)                                   -> decoder-cpu-128.json
 # A step whose Python packages are neither on the image nor carried is recorded as skipped, with
@@ -64,7 +72,7 @@ set -u -o pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PARTS_HOME=/tmp/asymvq-wheels          # where received parts and reassembled wheels live on the machine
 SPLIT_MIB=56   # a part plus the working tree must stay under one call's 64 MiB
-ALL_STEPS="env pytest_gpu decoder kernels profile ort decoder_cpu"
+ALL_STEPS="env pytest_gpu decoder family_decoders kernels profile ort family_pipelines decoder_cpu"
 DRY=0 MODE=check WHEELS="" DEST="" BUDGET="" PY="" SKIP_INSTALL=0 STEPS_ARG=""
 # What the GPU image lacks (docs/gpu_check.md; /work/.library/device/KINDS.md lists what it holds), as
 # top-level module names. The dry run makes them unimportable unless a carried wheel provides them.
@@ -76,7 +84,8 @@ usage() {
 Options:
   --dry-run          run the CPU side here (tiny shapes on the CPU, the GPU image's missing packages
                      made unimportable); print what needs a GPU
-  --steps A,B        run only these steps (among: env pytest_gpu decoder kernels profile ort decoder_cpu)
+  --steps A,B        run only these steps (among: env pytest_gpu decoder family_decoders kernels profile ort
+                     family_pipelines decoder_cpu)
   --wheels DIR       wheel folder (default: the first of $ASYMVQ_WHEELS, bench/wheels, .whl, shared/wheels,
                      plus /tmp/asymvq-wheels where parts were reassembled)
   --out DIR          where summary.json and the archive go (default: $OUT when set, the device tool's
@@ -360,6 +369,12 @@ if [ "$DRY" = 1 ]; then
     run_step decoder 600 "" env TRITON_INTERPRET=1 "$PY" "$ROOT/bench/decoder_gpu.py" --device cpu --preset tiny --size 32 \
         --dtype fp32 --variants torch,triton --warmup 0 --repeats 1 --out "$WORK/decoder-tiny-cpu.json"
     note decoder "$PY bench/decoder_gpu.py --preset x1.5 --size 512 --dtype fp16 --variants torch,triton,compile"
+    # the new latent space and ASUKA's branch (16 channels, the mask as a 4th input channel) through the
+    # Triton interpreter; the real FLUX / ASUKA / SDXL decoders at 1024 on the GPU only
+    run_step family_decoders 600 "" env TRITON_INTERPRET=1 "$PY" "$ROOT/bench/decoder_gpu.py" --device cpu --preset tiny-asuka \
+        --size 32 --dtype fp32 --variants torch,triton --warmup 0 --repeats 1 --out "$WORK/decoder-tiny-asuka-cpu.json"
+    note family_decoders "$PY bench/decoder_gpu.py --preset {flux,asuka-flux (bf16),sdxl (fp16)} --size 1024" \
+        "--variants torch,triton,compile (beside bench/gpu_anchors.py)"
     # the kernels: every case once through the Triton interpreter, checked against its reference
     run_step kernels 600 "" "$PY" "$ROOT/bench/kernels.py" --interpret
     note kernels "$PY bench/kernels.py --sizes 512 --warmup 5 --repeats 20 --out $WORK"
@@ -372,6 +387,11 @@ if [ "$DRY" = 1 ]; then
     run_step ort 600 onnxruntime,onnx,onnx_graphsurgeon,polygraphy "$PY" "$ROOT/bench/ort_cuda.py" --device cpu --preset tiny --size 32 \
         --components "$ORT_COMPONENTS" --precision fp32 --warmup 0 --repeats 1 --out "$WORK/ort-cpu-tiny.json"
     note ort "$PY bench/ort_cuda.py --size 512 --precision fp16 --out $WORK/ort-cuda-512-fp16.json"
+    # the whole SDXL job (tiny preset) through bench/pipeline_gpu.py; real sizes on the GPU only
+    run_step family_pipelines 600 diffusers "$PY" "$ROOT/bench/pipeline_gpu.py" --family sdxl --preset tiny-sdxl --size 64 \
+        --steps 2 --device cpu --dtype fp32 --warmup 0 --repeats 1 --out "$WORK/pipeline-tiny-sdxl-cpu.json"
+    note family_pipelines "$PY bench/pipeline_gpu.py --family sdxl --size 1024 --steps 30 --dtype fp16;" \
+        "--family flux-fill --size 1024 --steps 4 --dtype bf16"
     # the CPU benchmark of issue 10b is this machine's own (bench/results/decoder_cpu.json)
     note decoder_cpu "$PY bench/decoder_cpu.py --size 128 --warmup 0 --repeats 1 --threads 16 (on the GPU machine's CPU)"
 else
@@ -385,12 +405,23 @@ else
     run_step pytest_gpu 240 "" "${PYTEST[@]}" "${XDIST[@]}" "${GPU_TESTS[@]}"
     run_step decoder 150 "" "$PY" "$ROOT/bench/decoder_gpu.py" --preset x1.5 --size 512 --dtype fp16 \
         --variants torch,triton,compile --warmup 3 --repeats 10 --out "$WORK/decoder-x1.5-512-fp16.json"
+    # FLUX's and ASUKA's decoders in bf16 (as FLUX runs), SDXL's in fp16 (TensorRT's anchor); per preset: the
+    # Triton builds of its shapes and a torch.compile of the decoder at 1024
+    run_step family_decoders 300 "" bash -c 'rc=0; for spec in flux:bf16 asuka-flux:bf16 sdxl:fp16; do
+        "$0" "$1/bench/decoder_gpu.py" --preset "${spec%%:*}" --size 1024 --dtype "${spec##*:}" \
+            --variants torch,triton,compile --warmup 3 --repeats 10 --out "$2/decoder-${spec%%:*}-1024-${spec##*:}.json" || rc=1
+        done; exit $rc' "$PY" "$ROOT" "$WORK"
     run_step kernels 180 "" "$PY" "$ROOT/bench/kernels.py" --sizes 512 --warmup 5 --repeats 20 --out "$WORK"
     run_step profile 120 diffusers "${CLI[@]}" profile --preset sd15 --device cuda --dtype fp16 --size 512x512 --steps 50 \
         --decoders vanilla,base,x1.5,x2 --warmup 1 --repeats 3 --flops \
         --json "$WORK/profile-sd15-512-fp16.json" --plot "$WORK/profile-sd15-512-fp16.png"
     run_step ort 120 onnxruntime,onnx,onnx_graphsurgeon,polygraphy "$PY" "$ROOT/bench/ort_cuda.py" --size 512 --precision fp16 --warmup 3 \
         --components "$ORT_COMPONENTS" --repeats 10 --workdir "${TMPDIR:-/tmp}/asymvq-ort-$STAMP" --out "$WORK/ort-cuda-512-fp16.json"
+    # whole jobs at the real sizes (random weights built on the GPU): SDXL 30 steps beside its anchor, then FLUX Fill
+    run_step family_pipelines 300 diffusers bash -c '"$0" "$1/bench/pipeline_gpu.py" --family sdxl --size 1024 --steps 30 \
+        --dtype fp16 --warmup 1 --repeats 3 --out "$2/pipeline-sdxl-1024-fp16.json"; a=$?
+        "$0" "$1/bench/pipeline_gpu.py" --family flux-fill --size 1024 --steps 4 --dtype bf16 --warmup 1 --repeats 2 \
+            --out "$2/pipeline-flux-fill-1024-bf16.json"; b=$?; [ $a = 0 ] && [ $b = 0 ]' "$PY" "$ROOT" "$WORK"
     # last: least important here; without openvino its rows are left out, the others run
     run_step decoder_cpu 120 diffusers "$PY" "$ROOT/bench/decoder_cpu.py" --size 128 --warmup 0 --repeats 1 \
         --threads 16 --out "$WORK/decoder-cpu-128.json"

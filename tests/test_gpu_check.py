@@ -48,8 +48,8 @@ def test_dry_run_without_what_the_gpu_image_lacks(tmp_path):
     wheels = ROOT / "bench" / "wheels"
     if wheels.is_dir() and any(wheels.glob("diffusers-*.whl")):
         pytest.skip("bench/wheels carries diffusers: the dry run would not lack it")
-    r = _run("--dry-run", "--steps", "env,pytest_gpu,decoder,kernels,profile,ort", "--out", str(dest),
-             timeout=900, env=env)
+    r = _run("--dry-run", "--steps", "env,pytest_gpu,decoder,family_decoders,kernels,profile,ort,family_pipelines",
+             "--out", str(dest), timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     files = sorted(p.name for p in dest.iterdir())
     assert len(files) == 2 and "summary.json" in files, files  # within the device tool's return limits
@@ -60,9 +60,15 @@ def test_dry_run_without_what_the_gpu_image_lacks(tmp_path):
     assert status["pytest_gpu"] == "ok" and status["decoder"] == "ok" and status["kernels"] == "ok", status
     # the profile needs diffusers, the ONNX export's cleanup onnx_graphsurgeon and polygraphy: the
     # image lacks them and nothing carried them, so the steps say so instead of failing on an import
-    assert status["profile"] == status["ort"] == "skipped", status
+    assert status["profile"] == status["ort"] == status["family_pipelines"] == "skipped", status
+    # ASUKA's 16-channel decoder with the mask as a 4th branch channel, torch and Triton (interpreted): ~10 s
+    assert status["family_decoders"] == "ok", status
     commands = {s["step"]: s["command"] for s in summary["steps"]}
     assert "needs diffusers" in commands["profile"] and "needs onnx_graphsurgeon polygraphy" in commands["ort"]
+    assert "needs diffusers" in commands["family_pipelines"]
+    asuka = summary["results"]["decoder-tiny-asuka-cpu.json"]
+    assert asuka["latent_space"]["channels"] == 16 and asuka["variants"]["triton"]["status"] == "ok", asuka
+    assert asuka["variants"]["triton"]["max_abs_diff_vs_torch"] < 1e-4, asuka
     assert any("needs diffusers" in s["command"] for s in summary["steps"] if s["step"] == "profile")
     assert "decoder-tiny-cpu.json" in summary["results"] and "env.json" in summary["results"]
     with tarfile.open(dest / summary["archive"]) as tar:
