@@ -56,6 +56,7 @@ class FamilyBase:
     """The VAE encoder and decoder engines of one pipeline, its latent space, dtype and device."""
 
     family = ""
+    denoises = True  # False once keep_decoder_only() let go of the denoising networks
 
     def __init__(self, *, vae, decoder: AsymmetricDecoder, scheduler, compile: bool = False):
         if scheduler is None or not hasattr(scheduler, "config"):
@@ -68,6 +69,20 @@ class FamilyBase:
         self.stages = Stages({VAE_ENCODER: TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae), compile=compile),
                               **torch_decoder_engines(decoder, compile=compile)})
         self.scheduler = scheduler
+
+    def keep_decoder_only(self) -> None:
+        """Let go of the denoising network, the text encoders and the VAE encoder: what a Ray Serve decode stage
+        keeps (``PipelineSource.build(DECODER_COMPONENTS)``); ``decode`` runs, ``denoise`` is refused."""
+        for name in ("transformer", "unet", "text_encoder", "text_encoder_2"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+        self.stages = Stages(self.stages.decoders())
+        self.denoises = False
+
+    def check_denoises(self) -> None:
+        if not self.denoises:
+            raise ValueError(f"denoise: this {self.family} pipeline keeps only its decoder (a decode stage's); build "
+                             "it whole to denoise")
 
     # -- VAE posterior, drawn as diffusers draws it -------------------------------------------------
     def vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
