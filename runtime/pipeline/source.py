@@ -35,6 +35,17 @@ def _text(value) -> str | None:
     return None if value is None else str(value)
 
 
+def source_family(preset=None, model=None) -> str:
+    """The family of a preset (by its name) or a model folder (by its components' configs: read, not loaded,
+    milliseconds); SD's for anything else (an engines directory). What ``asymvq inpaint`` checks a job by
+    before any model loads."""
+    if preset is not None:
+        return preset_family(str(preset))
+    if model is not None:
+        return folder_family(model)
+    return SD
+
+
 @dataclass(frozen=True)
 class PipelineSource:
     """Exactly one of ``preset``, ``model`` (with an optional ``decoder``) or ``engines``; the rest
@@ -94,13 +105,8 @@ class PipelineSource:
 
     @property
     def family(self) -> str:
-        """The pipeline family (``asymvq.pipeline.family_rules``): from the preset's name or the folder's component
-        configs (read, not loaded: milliseconds); an engines directory is SD's."""
-        if self.preset is not None:
-            return preset_family(self.preset)
-        if self.model is not None:
-            return folder_family(self.model)
-        return SD
+        """The pipeline family (``asymvq.pipeline.family_rules``): ``source_family`` of its preset or folder."""
+        return source_family(self.preset, self.model)
 
     @classmethod
     def serving(cls, **options) -> "PipelineSource":

@@ -308,7 +308,8 @@ class Ingress:
                                   "scheduler": den["scheduler"]}
             except (asyncio.TimeoutError, *_REPLICA_LOST):
                 ready = False
-        body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, **(self._describe or {}),
+        body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, "family": cfg.source.family,
+                **(self._describe or {}),
                 "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps, "max_n": cfg.max_n,
                 "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
                         "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms,
