@@ -339,7 +339,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         }
 
     @app.post("/v1/inpaint", response_class=Response,
-              openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels),
+              openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels, family=family),
               responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                                "description": "The inpainted image; X-Asymvq-Latency-ms, X-Asymvq-Pre-Error, "
                                               "Server-Timing headers."}, **error_responses(NativeError)})
@@ -353,7 +353,8 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         return await admitted(request, _error, handle)
 
     @app.post("/v1/images/edits", response_model=ImagesResponse,
-              openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n),
+              openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n,
+                                        family=family),
               responses=error_responses(OpenAIError))
     async def images_edits(request: Request):
         async def handle(body: bytes, cancel: threading.Event):

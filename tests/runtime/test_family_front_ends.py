@@ -166,3 +166,18 @@ def test_sdxl_fp16_decoder_runs_in_fp32_where_fp16_overflows(force_upcast, caplo
     # what fp32 gives from the start: the redone decode is that, not a patched fp16 one
     ref = overflowing_sdxl(True)
     torch.testing.assert_close(image, ref.decode(den), rtol=0, atol=1e-5)
+
+
+def test_a_decode_stage_keeps_only_the_decoder(pipes):
+    """What a Ray Serve decode stage builds from an SDXL / FLUX.1 Fill source: the decoder, not the denoising
+    networks; it decodes what the whole pipeline denoised, to the whole pipeline's image, and refuses to denoise."""
+    from asymvq.engines.contract import DECODER_COMPONENTS
+
+    decode_only = PipelineSource(preset="tiny-flux-fill").build(components=DECODER_COMPONENTS)
+    assert decode_only.transformer is None and decode_only.text_encoder_2 is None
+    assert set(decode_only.stages.engines) == {"decoder-plain"}
+    source, hole = source_and_hole()
+    den = denoise_job(pipes["tiny-flux-fill"], "a sofa", source, hole, steps=1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(decode_only.decode(den), pipes["tiny-flux-fill"].decode(den), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="denoise: this FLUX.1 Fill pipeline keeps only its decoder"):
+        denoise_job(decode_only, "a sofa", source, hole, steps=1)

@@ -98,3 +98,22 @@ def test_a_deadline_stops_the_family_loop_at_a_step(served):
     status, _, body = request(srv.port, inpaint_request(steps=200, extra_headers="X-Asymvq-Timeout-s: 0.5\r\n"))
     assert status == 504 and "cancelled before denoising step" in json.loads(body)["error"], body[:300]
     assert request(srv.port, inpaint_request(steps=1))[0] == 200
+
+
+def test_openapi_and_the_form_follow_the_served_family(family_pipes):
+    """In-process: /openapi.json writes the family's guidance range and size multiple; a FLUX guidance SD's range
+    refuses (60) is served, a SD-only field refused."""
+    from fastapi.testclient import TestClient
+
+    from asymvq.serve.server import create_app
+
+    client = TestClient(create_app(family_pipes["tiny-flux-fill"], max_pixels=64 * 64, max_steps=4))
+    form = client.get("/openapi.json").json()["paths"]["/v1/inpaint"]["post"]["requestBody"]["content"]
+    props = form["multipart/form-data"]["schema"]["properties"]
+    assert (props["guidance"]["maximum"], props["guidance"]["default"]) == (100.0, 30.0)
+    assert "multiples of 16" in props["image"]["description"]
+    image, mask = png_pair()
+    files = {"image": ("i.png", image), "mask": ("m.png", mask)}
+    assert client.post("/v1/inpaint", files=files, data={"prompt": "x", "steps": "1", "guidance": "60"}).status_code == 200
+    resp = client.post("/v1/inpaint", files=files, data={"prompt": "x", "steps": "1", "guidance": "101"})
+    assert resp.status_code == 400 and resp.json()["error"].startswith("guidance: expected a value in [0, 100]")
