@@ -26,13 +26,14 @@ from ..models.family_networks import FAMILY_PRESETS
 from ..models.sd_networks import SD_PRESETS
 from ..models.sources import random_decoder
 from ..pipeline.decode_modes import as_cli_error, cli_decode_options
+from ..pipeline.family_rules import SD
 from ..pipeline.images import load_image, postprocess, prepare_image_and_mask
 from ..pipeline.inpaint_run import check_same_size, run_inpaint
 from ..pipeline.job_rules import ARGS as JOB_ARGS
-from ..pipeline.job_rules import check_job
+from ..pipeline.job_rules import check_image_size, check_job
 from ..pipeline.latents_io import load_latents
 from ..pipeline.schedulers import SCHEDULER_ALIASES, SCHEDULERS
-from ..pipeline.source import PipelineSource
+from ..pipeline.source import PipelineSource, source_family
 from ..profiling.profiler import ProfileConfig, default_config, flop_table_job, flops_only_report
 from ..profiling.profiler import profile as run_profile
 from ..profiling.report import format_flops_only, format_table, write_json
@@ -41,9 +42,14 @@ from .export import register as _register_export
 from .options import (
     BACKEND_HELP,
     DECODE_REGION_OPTION,
+    DECODER_HELP,
+    GUIDANCE_HELP,
     MARGIN_OPTION,
+    MODEL_HELP,
     OVERLAP_OPTION,
     PRECISION_HELP,
+    PRESET_HELP,
+    SCHEDULER_DEFAULT_HELP,
     SCHEDULER_HELP,
     TILE_OPTION,
     parse_size,
@@ -53,7 +59,8 @@ from .serve import register as _register_serve
 
 app = typer.Typer(
     name="asymvq",
-    help="Stable Diffusion inpainting with the Asymmetric VQGAN decoder: profile, inpaint, decode.",
+    help="Diffusion inpainting (SD 1.x, SDXL, FLUX.1 Fill) with conditional decoders (Asymmetric VQGAN, ASUKA): "
+         "profile, inpaint, decode, serve, export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,  # main() prints one line unless --debug
@@ -184,10 +191,10 @@ def _run_profile(config, pipeline=None) -> dict:
 # -- inpaint ----------------------------------------------------------------------------------
 @app.command()
 def inpaint(
-    preset: Optional[str] = typer.Option(None, help="Or seeded random networks, no files: tiny or sd15 (a demo, not real images)."),
-    model: Optional[Path] = typer.Option(None, help="Local diffusers-format SD inpainting folder (unet/, vae/, text_encoder/, ...)."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     engines: Optional[Path] = typer.Option(None, help="Or an engines directory from `asymvq export` (ONNX Runtime / TensorRT)."),
-    decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (default: the folder's own VAE decoder)."),
+    decoder: Optional[Path] = typer.Option(None, help=DECODER_HELP),
     image: Path = typer.Option(..., help="Source image (png, jpg, ...)."),
     mask: Path = typer.Option(..., help="Mask image, white = area to repaint; same size as the image."),
     prompt: str = typer.Option(..., help="What to paint into the hole."),
@@ -195,9 +202,9 @@ def inpaint(
     negative_prompt: Optional[str] = typer.Option(None, help="What to steer away from."),
     steps: int = typer.Option(50, help="Denoising steps."),
     seed: int = typer.Option(0, help="Seed of the noise."),
-    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    guidance: Optional[float] = typer.Option(None, help=GUIDANCE_HELP),
     strength: float = typer.Option(1.0, help="How much of the source to re-noise, in (0, 1]."),
-    scheduler: str = typer.Option("ddim", help=SCHEDULER_HELP),
+    scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_DEFAULT_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
@@ -207,14 +214,19 @@ def inpaint(
     decode_region: Optional[str] = DECODE_REGION_OPTION,
     margin: Optional[int] = MARGIN_OPTION,
 ):
-    """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT."""
-    # every value refused now, before minutes of model loading, by the servers' rules (asymvq.pipeline.job_rules)
+    """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT (SD 1.x, SDXL or FLUX.1 Fill: the
+    family of --preset or --model)."""
+    # every value refused now, before minutes of model loading, by the servers' rules (asymvq.pipeline.job_rules),
+    # those of the source's family (read from the preset's name or the folder's configs)
+    family = source_family(preset, model)
     job = check_job(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
-                    strength=strength, scheduler=scheduler, names=CLI_NAMES)
+                    strength=strength, scheduler=scheduler, names=CLI_NAMES, family=family)
     check_image_out(out)
     options = cli_decode_options(tile, overlap, decode_region, margin)
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
+    if family != SD:  # SD rounds a size down as diffusers does; the newer families' sizes are refused instead
+        check_image_size(source.width, source.height, "--image", family)
     pipe = PipelineSource(preset=preset, model=model, decoder=decoder, engines=engines, device=device, dtype=dtype,
                           scheduler=job["scheduler"], backend=backend, precision=precision).build()
     try:
@@ -222,10 +234,18 @@ def inpaint(
                           guidance=job["guidance"], strength=job["strength"], seed=job["seed"], progress=True,
                           mask_arg="--mask", decode_options=options)
     except ValueError as e:
-        raise as_cli_error(e) from None
+        raise _inpaint_error(e) from None
     _save_images(run.images, out)
     # The paper's Pre_error: how well the kept region survived decoding (lower is better).
     typer.echo(f"Pre_error (MSE on kept pixels, 0-255 units): {run.pre_error:.2f}")
+
+
+def _inpaint_error(exc: ValueError) -> ValueError:
+    """The pipeline's "prompt: ..." (a prompt past a text encoder's limit; prompt_2: the second encoder's, given
+    the same text here) as "--prompt: ..."; the decoder's words as ``as_cli_error`` maps them."""
+    head, sep, rest = str(exc).partition(":")
+    flag = {**CLI_NAMES, "prompt_2": CLI_NAMES["prompt"]}.get(head)
+    return ValueError(f"{flag}:{rest}") if sep and flag else as_cli_error(exc)
 
 
 def _save_images(images: list, out: Path) -> None:

@@ -18,6 +18,18 @@ def log_to_stderr(name: str, fmt: str) -> logging.Logger:
     return logger
 
 SCHEDULER_HELP = "ddim, pndm, euler or dpm++"
+SCHEDULER_DEFAULT_HELP = (f"{SCHEDULER_HELP} (default: ddim for SD, the pipeline's own for SDXL; FLUX.1 Fill runs its "
+                          "flow-matching scheduler only).")
+# `inpaint` and `serve`: the source's options, one text for both commands
+PRESET_HELP = ("Or seeded random networks, no files (a demo, not real images): tiny or sd15 (SD), tiny-sdxl or sdxl, "
+               "tiny-flux-fill or flux-fill (the real-size ones allocate every weight).")
+MODEL_HELP = ("Local diffusers-format inpainting folder: SD 1.x, SDXL or FLUX.1 Fill, the family read from its "
+              "components (unet/ or transformer/, vae/, text encoders, ...).")
+DECODER_HELP = ("Decoder checkpoint (default: the folder's own VAE decoder, FLUX's plain one for FLUX.1 Fill). For "
+                "SDXL / FLUX.1 Fill also with --preset, and a decoder preset works too: tiny-asuka or asuka-flux "
+                "(ASUKA's conditional decoder, seeded), tiny-flux.")
+GUIDANCE_HELP = ("Guidance scale (default: the family's: 7.5 classifier-free for SD and SDXL, in [0, 50]; 30 for "
+                 "FLUX.1 Fill's distilled guidance, in [0, 100]).")
 BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "
                 "CUDA when built, OpenVINO on the CPU when the directory has its IR, else ONNX Runtime).")
 # The decode modes of `inpaint` and `decode` (docs/decoder.md), one definition for both commands.

@@ -15,16 +15,17 @@ import typer
 from ..models.extras import missing_extra
 from ..pipeline.source import PipelineSource
 from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
-from .options import BACKEND_HELP, PRECISION_HELP, SCHEDULER_HELP, log_to_stderr
+from .options import BACKEND_HELP, DECODER_HELP, MODEL_HELP, PRECISION_HELP, PRESET_HELP, SCHEDULER_DEFAULT_HELP, log_to_stderr
 
 
 def serve(
-    model: Optional[Path] = typer.Option(None, help="Local diffusers-format SD inpainting folder."),
+    model: Optional[Path] = typer.Option(None, help=MODEL_HELP),
     engines: Optional[Path] = typer.Option(None, help="Or an engines directory from `asymvq export`."),
-    decoder: Optional[Path] = typer.Option(None, help="Decoder checkpoint (with --model)."),
-    preset: Optional[str] = typer.Option(None, help="Or seeded random networks: tiny or sd15 (default: tiny "
-                                         "when neither --model nor --engines is given; a demo, not real images)."),
-    scheduler: str = typer.Option("ddim", help=f"Default scheduler of requests that name none: {SCHEDULER_HELP}."),
+    decoder: Optional[Path] = typer.Option(None, help=DECODER_HELP),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP + " Default: tiny when neither --model nor "
+                                         "--engines is given."),
+    scheduler: Optional[str] = typer.Option(None, help="Default scheduler of requests that name none: "
+                                            + SCHEDULER_DEFAULT_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
@@ -56,8 +57,8 @@ def serve(
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
 ):
     """Serve POST /v1/inpaint, POST /v1/images/edits (OpenAI's image edits), GET /healthz and GET /metrics over
-    HTTP (docs/server.md): one request at a time in this process, or with --ray on Ray Serve (a stage per
-    deployment, dynamic batching)."""
+    HTTP (docs/server.md) for a pipeline of any family (SD 1.x, SDXL, FLUX.1 Fill): one request at a time in this
+    process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
     source = PipelineSource.serving(preset=preset, model=model, decoder=decoder, engines=engines, device=device,
                                     dtype=dtype, scheduler=scheduler, backend=backend, precision=precision)
     if ray:

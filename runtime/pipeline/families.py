@@ -15,11 +15,10 @@ from pathlib import Path
 from ..models.devices import parse_device, parse_dtype
 from ..models.family_networks import FAMILY_PRESETS, flux_fill_pipeline, sdxl_inpaint_pipeline
 from ..models.latent_space import VAE_SCALE_FACTOR
+from .family_rules import FAMILIES, FLUX_FILL, SD, SDXL  # noqa: F401 (FAMILIES is re-exported)
 from .flux_fill import FluxFillInpaintPipeline
 from .sdxl_inpaint import SDXLInpaintPipeline
 
-SD, SDXL, FLUX_FILL = "sd", "sdxl", "flux-fill"
-FAMILIES = (SD, SDXL, FLUX_FILL)
 _DIFFUSERS_CLASSES = {FLUX_FILL: "FluxFillPipeline", SDXL: "StableDiffusionXLInpaintPipeline"}
 
 

@@ -9,6 +9,9 @@ no component in the engine vocabulary yet (engines for them: issue 20 part 5).
 """
 from __future__ import annotations
 
+import copy
+import logging
+
 import torch
 
 from ..engines.contract import VAE_ENCODER
@@ -23,12 +26,19 @@ from .checks import is_number
 from .decode_modes import check_decode_options, run_decoder_with_modes
 from .stages import SPAN_TEXT, Stages, check_decoder_engines, run_decoder
 
+# The decoder of a float16 pipeline runs in float32 where float16 gives non-finite values (SDXL's VAE: its
+# activations pass float16's 65504). float32, not bfloat16: bfloat16 has the range too, but its 8-bit mantissa
+# moves the image away from diffusers' (which upcasts to float32), and CPUs without native bf16 run it slower.
+UPCAST_DTYPE = torch.float32
+log = logging.getLogger("asymvq.pipeline")
+
 
 def upcast_dtype(vae) -> torch.dtype | None:
-    """float32 for a float16 VAE whose config says ``force_upcast`` (SDXL's: its decoder overflows to
-    non-finite values in fp16, so diffusers decodes in fp32 and so does asymvq); None otherwise."""
+    """``UPCAST_DTYPE`` for a float16 VAE whose config says ``force_upcast`` (SDXL's: its decoder overflows to
+    non-finite values in fp16, so diffusers decodes in fp32 and so does asymvq); None otherwise (then a
+    float16 decode that still gives non-finite values is redone in float32: ``FamilyBase.decode``)."""
     p = next(vae.parameters())
-    return torch.float32 if p.dtype == torch.float16 and vae.config.get("force_upcast", False) else None
+    return UPCAST_DTYPE if p.dtype == torch.float16 and vae.config.get("force_upcast", False) else None
 
 
 def family_decoder(vae, decoder=None) -> AsymmetricDecoder:
@@ -56,6 +66,7 @@ class FamilyBase:
     """The VAE encoder and decoder engines of one pipeline, its latent space, dtype and device."""
 
     family = ""
+    denoises = True  # False once keep_decoder_only() let go of the denoising networks
 
     def __init__(self, *, vae, decoder: AsymmetricDecoder, scheduler, compile: bool = False):
         if scheduler is None or not hasattr(scheduler, "config"):
@@ -65,9 +76,24 @@ class FamilyBase:
         self.latent_space = LatentSpace.from_vae_config(dict(vae.config))
         self.decode_dtype = upcast_dtype(vae)  # the decoder's, when it runs above the pipeline's precision
         check_decoder_latents(decoder, self.latent_space, self.family)
+        self.decoder_module = decoder  # what an overflow's float32 copy is made from (decode)
         self.stages = Stages({VAE_ENCODER: TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae), compile=compile),
                               **torch_decoder_engines(decoder, compile=compile)})
         self.scheduler = scheduler
+
+    def keep_decoder_only(self) -> None:
+        """Let go of the denoising network, the text encoders and the VAE encoder: what a Ray Serve decode stage
+        keeps (``PipelineSource.build(DECODER_COMPONENTS)``); ``decode`` runs, ``denoise`` is refused."""
+        for name in ("transformer", "unet", "text_encoder", "text_encoder_2"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+        self.stages = Stages(self.stages.decoders())
+        self.denoises = False
+
+    def check_denoises(self) -> None:
+        if not self.denoises:
+            raise ValueError(f"denoise: this {self.family} pipeline keeps only its decoder (a decode stage's); build "
+                             "it whole to denoise")
 
     # -- VAE posterior, drawn as diffusers draws it -------------------------------------------------
     def vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
@@ -131,12 +157,30 @@ class FamilyBase:
 
     # -- the decoder half --------------------------------------------------------------------------
     def decode(self, denoised, decoder: dict | None = None, timer=None, decode_options: dict | None = None):
-        """Diffusion-space latents -> image in [-1, 1]; a conditional decoder (ASUKA's) gets image and mask."""
+        """Diffusion-space latents -> image in [-1, 1]; a conditional decoder (ASUKA's) gets image and mask. The
+        pipeline's own decoder runs in ``decode_dtype`` where set (float32 for SDXL's fp16 VAE), and a float16
+        decode with non-finite values is redone, and every later one run, in float32 (``UPCAST_DTYPE``)."""
+        options = check_decode_options(decode_options)
+        sample = self._decode(denoised, decoder, timer, options)
+        if decoder is None and sample.dtype == torch.float16 and not bool(torch.isfinite(sample).all()):
+            # float16 overflowed (a VAE without force_upcast, e.g. an fp16 "fix" that does not hold for these
+            # latents): this decode again, and every later one, in float32
+            log.warning("%s decoder: float16 gave non-finite values; decoding in float32 from now on", self.family)
+            self.upcast_decoder()
+            sample = self._decode(denoised, None, timer, options)
+        return sample
+
+    def upcast_decoder(self) -> None:
+        """Run the pipeline's own decoder in ``UPCAST_DTYPE`` from now on (a float32 copy; ``decode_dtype`` says so)."""
+        module = copy.deepcopy(self.decoder_module).to(UPCAST_DTYPE)
+        self.stages = Stages({**self.stages.engines, **torch_decoder_engines(module)})
+        self.decoder_module, self.decode_dtype = module, UPCAST_DTYPE
+
+    def _decode(self, denoised, decoder, timer, options):
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
         latent, image, mask = self.latent_space.to_vae(denoised.latents), denoised.image, denoised.mask
         if self.decode_dtype is not None and decoder is None:
             latent, image, mask = (None if x is None else x.to(self.decode_dtype) for x in (latent, image, mask))
-        options = check_decode_options(decode_options)
         if options:
             return run_decoder_with_modes(engines, timer or NULL_TIMER, latent, image, mask, options)
         return run_decoder(engines, timer or NULL_TIMER, latent, image, mask)

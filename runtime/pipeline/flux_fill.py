@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..models.flux_packing import PATCH, flux_image_ids, pack_flux_latents, pack_flux_mask, unpack_flux_latents
 from ..profiling.timing import NULL_TIMER
+from .cancel import loop_steps
 from .checks import check_generators, check_int, is_number
 from .family_base import FamilyBase, family_decoder
+from .family_rules import FLUX_FILL, RULES
 from .images import postprocess, prepare_image_and_mask
 from .outputs import Denoised, InpaintOutput
 from .schedulers import copy_scheduler
 from .stages import SPAN_SCHEDULER, SPAN_UNET
 
-SIZE_MULTIPLE = 16  # 8 (the VAE) x 2 (the 2x2 token packing)
-MAX_GUIDANCE = 100.0  # the distilled guidance embedding was trained on 1..~10 (Fill: 30); past 100 is a mistake
+SIZE_MULTIPLE = RULES[FLUX_FILL].size_multiple  # 8 (the VAE) x 2 (the 2x2 token packing)
+# the distilled guidance embedding was trained on 1..~10 (Fill: 30); past 100 is a mistake
+MAX_GUIDANCE = RULES[FLUX_FILL].guidance_range[1]
 
 
 def check_flux_size(height, width) -> None:
@@ -38,6 +40,7 @@ class FluxFillInpaintPipeline(FamilyBase):
     """FLUX.1 Fill over a ``FluxTransformer2DModel``; build it with ``from_diffusers(pipe, decoder=...)``."""
 
     family = "FLUX.1 Fill"
+    rules = RULES[FLUX_FILL]
 
     def __init__(self, *, transformer, vae, scheduler, decoder=None, text_encoder=None, tokenizer=None,
                  text_encoder_2=None, tokenizer_2=None, compile: bool = False):
@@ -128,10 +131,12 @@ class FluxFillInpaintPipeline(FamilyBase):
     def denoise(self, prompt=None, prompt_2=None, image=None, mask_image=None, *, height=None, width=None,
                 strength: float = 1.0, num_inference_steps: int = 50, sigmas=None, guidance_scale: float = 30.0,
                 num_images_per_prompt: int = 1, generator=None, prompt_embeds=None, pooled_prompt_embeds=None,
-                max_sequence_length: int = 512, timer=None, progress: bool = False) -> Denoised:
-        """Everything before the decoder; the latents come back unpacked, (B, 16, h, w), diffusion space."""
+                max_sequence_length: int = 512, timer=None, progress: bool = False, cancel=None) -> Denoised:
+        """Everything before the decoder; the latents come back unpacked, (B, 16, h, w), diffusion space.
+        ``cancel``: asked before each transformer step, as ``InpaintPipeline.denoise``'s (``asymvq.pipeline.cancel``)."""
         from diffusers.utils.torch_utils import randn_tensor
 
+        self.check_denoises()
         timer = timer or NULL_TIMER
         check_int(num_inference_steps, "num_inference_steps")
         check_int(num_images_per_prompt, "num_images_per_prompt")
@@ -177,12 +182,13 @@ class FluxFillInpaintPipeline(FamilyBase):
         condition = torch.cat([pack_flux_latents(masked), pack_flux_mask(mask_b)], dim=-1)
 
         latents = self._loop(scheduler, timesteps, latents, condition, embeds, pooled, guidance_scale, h, w,
-                             timer, progress)
+                             timer, progress, cancel)
         cond = [x.to(device=self.device, dtype=self.dtype) for x in (pixels, mask)]
         return Denoised(unpack_flux_latents(latents, height, width), *(
             x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in cond))
 
-    def _loop(self, scheduler, timesteps, latents, condition, embeds, pooled, guidance_scale, h, w, timer, progress):
+    def _loop(self, scheduler, timesteps, latents, condition, embeds, pooled, guidance_scale, h, w, timer, progress,
+              cancel=None):
         transformer = self.transformer
         batch = latents.shape[0]
         guidance = (torch.full([batch], guidance_scale, device=self.device, dtype=torch.float32)
@@ -190,7 +196,7 @@ class FluxFillInpaintPipeline(FamilyBase):
         text_dtype = self.text_encoder.dtype if self.text_encoder is not None else transformer.dtype
         text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=text_dtype)
         img_ids = flux_image_ids(h, w, device=self.device, dtype=embeds.dtype)
-        for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
+        for _, t in loop_steps(timesteps, cancel, progress):
             with timer.span(SPAN_UNET), torch.inference_mode():
                 timestep = t.expand(batch).to(latents.dtype)
                 noise_pred = transformer(hidden_states=torch.cat([latents, condition], dim=2), timestep=timestep / 1000,

@@ -11,13 +11,14 @@ Runtime, TensorRT or AOTInductor engines replace the torch ones without touching
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from ..engines.contract import COMPONENTS, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER, capabilities
 from . import families
 from . import parts as pipeline_parts
+from .cancel import JobCancelled, loop_steps  # noqa: F401 (JobCancelled is re-exported: the servers catch it)
 from .checks import check_generators, check_guidance, check_int, is_number
 from .decode_modes import check_decode_options, run_decoder_with_modes
+from .family_rules import RULES, SD
 from .images import check_size, postprocess, prepare_image_and_mask
 from .job_rules import check_strength, denoising_steps
 from .outputs import Denoised, InpaintOutput
@@ -41,16 +42,14 @@ from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
 )
 
 
-class JobCancelled(Exception):
-    """``denoise``'s ``cancel()`` said stop: raised at the step boundary after it did (a server's cancelled job)."""
-
-
 class InpaintPipeline:
     """SD inpainting / text-to-image over ``{component: Engine}``; see ``from_preset``,
     ``from_pretrained`` and ``from_diffusers`` for ready-made torch pipelines.
 
     ``components`` builds a pipeline of a subset: ``DENOISE_COMPONENTS`` runs ``denoise`` only,
     ``DECODER_COMPONENTS`` ``decode`` only (what the Ray Serve stages hold; each constructor takes it)."""
+
+    rules = RULES[SD]  # what a job may ask of this family (asymvq.pipeline.family_rules)
 
     def __init__(self, engines: dict, *, scheduler, spec: PipelineSpec, tokenizer=None, components=None):
         """``engines``: ``{component: Engine}``; ``scheduler``: the default diffusers scheduler (a
@@ -80,6 +79,15 @@ class InpaintPipeline:
                 raise ValueError("engines: an inpainting pipeline (9-channel UNet) needs a 'vae-encoder' engine")
         if self.decodes and not self.stages.decoders():
             raise ValueError("engines: a 'decoder' and/or 'decoder-plain' engine is required")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the networks run (every family's pipeline has ``device`` and ``dtype``: what the servers read)."""
+        return self.spec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.spec.dtype
 
     @property
     def denoises(self) -> bool:
@@ -389,9 +397,7 @@ class InpaintPipeline:
     def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_args, timer, progress,
               cancel=None):
         stages = self.stages
-        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
-            if cancel is not None and cancel():
-                raise JobCancelled(f"cancelled before denoising step {i + 1} of {len(timesteps)}")
+        for _, t in loop_steps(timesteps, cancel, progress):
             with timer.span(SPAN_UNET):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 
 from .checks import is_number
+from .family_rules import RULES, SD, family_rules
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
 PROMPT_MAX_BYTES = 4096  # prompt and negative_prompt, each, in UTF-8 bytes
 SEED_MAX = 2**63 - 1  # torch.Generator().manual_seed's range
-GUIDANCE_RANGE = (0.0, 50.0)
+GUIDANCE_RANGE = RULES[SD].guidance_range  # SD's and SDXL's; each family's: asymvq.pipeline.family_rules
 ARGS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "strength", "scheduler")
 
 
@@ -45,10 +46,12 @@ def check_steps(steps, max_steps: int | None = None, arg: str = "steps") -> int:
     return steps
 
 
-def check_guidance(guidance, arg: str = "guidance") -> float:
-    lo, hi = GUIDANCE_RANGE
+def check_guidance(guidance, arg: str = "guidance", family: str | None = None) -> float:
+    rules = family_rules(family)
+    lo, hi = rules.guidance_range
     if not is_number(guidance) or not lo <= guidance <= hi:
-        raise ValueError(f"{arg}: expected a value in [{lo:g}, {hi:g}], got {guidance!r}")
+        what = "" if rules.name == SD else f" for {rules.label}"
+        raise ValueError(f"{arg}: expected a value in [{lo:g}, {hi:g}]{what}, got {guidance!r}")
     return float(guidance)
 
 
@@ -72,25 +75,49 @@ def check_strength(strength, steps: int, arg: str = "strength") -> float:
     return float(strength)
 
 
-def check_scheduler(name, arg: str = "scheduler") -> str | None:
+def check_scheduler(name, arg: str = "scheduler", family: str | None = None) -> str | None:
     """None (the pipeline's default) or a canonical name among ``SCHEDULERS``; aliases and case accepted."""
     if name is None:
         return None
+    rules = family_rules(family)
+    if not rules.schedulers:
+        raise ValueError(f"{arg}: {rules.label} runs its own flow-matching scheduler only; leave it unset, "
+                         f"got {str(name)[:40]!r}")
     key = SCHEDULER_ALIASES.get(str(name).lower(), str(name).lower())
     if key not in SCHEDULERS:
         raise ValueError(f"{arg}: expected one of {list(SCHEDULERS)}, got {str(name)[:40]!r}")
     return key
 
 
-def check_job(*, prompt, negative_prompt=None, steps=50, guidance=7.5, seed=0, strength=1.0, scheduler=None,
-              max_steps: int | None = None, names: dict[str, str] | None = None) -> dict:
+def check_negative_prompt(text, arg: str = "negative_prompt", family: str | None = None) -> str | None:
+    rules = family_rules(family)
+    if text is not None and not rules.negative_prompt:
+        raise ValueError(f"{arg}: {rules.label} has no classifier-free guidance, so no negative prompt; drop it")
+    return check_prompt(text, arg, required=False)
+
+
+def check_job(*, prompt, negative_prompt=None, steps=50, guidance=None, seed=0, strength=1.0, scheduler=None,
+              max_steps: int | None = None, names: dict[str, str] | None = None, family: str | None = None) -> dict:
     """The job's values checked in the order a reader meets them; the first bad one is the ValueError.
-    Returns them normalised (canonical scheduler name, floats as floats)."""
+    Returns them normalised (canonical scheduler name, floats as floats). ``family``: the pipeline family's
+    rules (``asymvq.pipeline.family_rules``; default SD's); ``guidance`` None is the family's default."""
     n = {a: a for a in ARGS} | (names or {})
     steps = check_steps(steps, max_steps, n["steps"])
+    guidance = family_rules(family).default_guidance if guidance is None else guidance
     return dict(
         prompt=check_prompt(prompt, n["prompt"]),
-        negative_prompt=check_prompt(negative_prompt, n["negative_prompt"], required=False),
-        steps=steps, guidance=check_guidance(guidance, n["guidance"]), seed=check_seed(seed, n["seed"]),
-        strength=check_strength(strength, steps, n["strength"]), scheduler=check_scheduler(scheduler, n["scheduler"]),
+        negative_prompt=check_negative_prompt(negative_prompt, n["negative_prompt"], family),
+        steps=steps, guidance=check_guidance(guidance, n["guidance"], family), seed=check_seed(seed, n["seed"]),
+        strength=check_strength(strength, steps, n["strength"]),
+        scheduler=check_scheduler(scheduler, n["scheduler"], family),
     )
+
+
+def check_image_size(width: int, height: int, arg: str = "image", family: str | None = None) -> None:
+    """An image the family's pipeline takes at its own size: width and height multiples of its factor (the
+    pipeline would otherwise round down and resize: a silently different image)."""
+    rules = family_rules(family)
+    m = rules.size_multiple
+    if width % m or height % m:
+        why = "" if rules.name == SD else f" for {rules.label}"
+        raise ValueError(f"{arg}: expected width and height multiples of {m}{why}, got {width}x{height} (WxH)")

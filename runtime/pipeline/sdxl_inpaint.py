@@ -13,11 +13,12 @@ is skipped and only its draws are taken.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from ..profiling.timing import NULL_TIMER
+from .cancel import loop_steps
 from .checks import check_generators, check_guidance, check_int, is_number
 from .family_base import FamilyBase, family_decoder
+from .family_rules import RULES, SDXL
 from .images import postprocess, prepare_image_and_mask
 from .outputs import Denoised, InpaintOutput
 from .schedulers import copy_scheduler, step_kwargs, switch_scheduler
@@ -29,6 +30,7 @@ class SDXLInpaintPipeline(FamilyBase):
     it with ``from_diffusers(pipe, decoder=...)``."""
 
     family = "SDXL"
+    rules = RULES[SDXL]
 
     def __init__(self, *, unet, vae, scheduler, decoder=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
                  tokenizer_2=None, requires_aesthetics_score: bool = False, force_zeros_for_empty_prompt: bool = True,
@@ -184,10 +186,12 @@ class SDXLInpaintPipeline(FamilyBase):
                 negative_prompt=None, negative_prompt_2=None, num_images_per_prompt: int = 1, eta: float = 0.0,
                 generator=None, prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None,
                 negative_pooled_prompt_embeds=None, guidance_rescale: float = 0.0, time_ids: dict | None = None,
-                scheduler: str | None = None, timer=None, progress: bool = False) -> Denoised:
-        """Everything before the decoder: diffusion-space latents (B, 4, h, w) and the decoder's condition."""
+                scheduler: str | None = None, timer=None, progress: bool = False, cancel=None) -> Denoised:
+        """Everything before the decoder: diffusion-space latents (B, 4, h, w) and the decoder's condition.
+        ``cancel``: asked before each UNet step, as ``InpaintPipeline.denoise``'s (``asymvq.pipeline.cancel``)."""
         from diffusers.utils.torch_utils import randn_tensor
 
+        self.check_denoises()
         timer = timer or NULL_TIMER
         check_int(num_inference_steps, "num_inference_steps")
         check_int(num_images_per_prompt, "num_images_per_prompt")
@@ -253,15 +257,15 @@ class SDXLInpaintPipeline(FamilyBase):
         cond = dict(text_embeds=pooled, time_ids=add_time_ids)
         blend = None if nine else (source, noise, mask_latent)
         latents = self._loop(sched, timesteps, latents, embeds, cond, extra, do_cfg, guidance, guidance_rescale,
-                             step_kwargs(sched, generator, eta), blend, timer, progress)
+                             step_kwargs(sched, generator, eta), blend, timer, progress, cancel)
         out = [x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in (pixels, mask)]
         return Denoised(latents, *(x.to(device=self.device, dtype=self.dtype) for x in out))
 
     def _loop(self, sched, timesteps, latents, embeds, cond, extra, do_cfg, guidance, guidance_rescale, step_args,
-              blend, timer, progress):
+              blend, timer, progress, cancel=None):
         from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint import rescale_noise_cfg
 
-        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+        for i, t in loop_steps(timesteps, cancel, progress):
             with timer.span(SPAN_UNET), torch.inference_mode():
                 model_in = sched.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
                 if extra:

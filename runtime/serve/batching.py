@@ -18,8 +18,9 @@ from collections import defaultdict
 
 import torch
 
+from ..pipeline.family_rules import SD
 from ..pipeline.inpaint_pipeline import Denoised
-from ..pipeline.inpaint_run import InpaintRun, finish_run
+from ..pipeline.inpaint_run import InpaintRun, denoise_job, finish_run
 
 BATCH_FIELDS = ("size", "steps", "scheduler", "guidance on", "strength", "decoder")
 
@@ -43,18 +44,33 @@ def _one(x: torch.Tensor, i: int) -> torch.Tensor:
     return (x if x.shape[0] == 1 else x[i:i + 1]).clone()
 
 
+def call_key(job: dict, rules) -> tuple:
+    """What jobs of one ``batch_key`` must also share to run in one call of a family's pipeline (``pipe.rules``):
+    the guidance value where the family takes one per call (SDXL, FLUX.1 Fill), and whether a negative prompt
+    is given where none at all is not the empty prompt (SDXL's zero embeddings)."""
+    return (None if rules.guidance_per_prompt else job["guidance"],
+            None if rules.name == SD else job["negative_prompt"] is None)
+
+
 def denoise_jobs(pipe, jobs: list[dict], timer=None) -> list[Denoised]:
-    """Text, VAE encode and the UNet loop for jobs that share a ``batch_key``, in one batch; one ``Denoised`` each."""
+    """Text, VAE encode and the UNet loop for jobs that share a ``batch_key``, in as few calls as the pipeline's
+    family allows (one for SD; ``call_key`` for the others); one ``Denoised`` each, in the jobs' order."""
     if len({batch_key(j) for j in jobs}) != 1:
         raise ValueError(f"jobs: expected one batch key ({', '.join(BATCH_FIELDS)}), got {len({batch_key(j) for j in jobs})}")
-    first = jobs[0]
-    out = pipe.denoise(
-        [j["prompt"] for j in jobs], [j["source"] for j in jobs], [j["hole"] for j in jobs],
-        negative_prompt=[j["negative_prompt"] or "" for j in jobs], num_inference_steps=first["steps"],
-        guidance_scale=[j["guidance"] for j in jobs], strength=first["strength"],
-        generator=[torch.Generator().manual_seed(j["seed"]) for j in jobs], scheduler=first["scheduler"], timer=timer,
-    )
-    return [Denoised(_one(out.latents, i), _one(out.image, i), _one(out.mask, i)) for i in range(len(jobs))]
+    out: list = [None] * len(jobs)
+    for idx in group(jobs, lambda j: call_key(j, pipe.rules)):
+        part = [jobs[i] for i in idx]
+        first = part[0]
+        den = denoise_job(
+            pipe, [j["prompt"] for j in part], [j["source"] for j in part], [j["hole"] for j in part],
+            negative_prompt=[j["negative_prompt"] for j in part], steps=first["steps"],
+            guidance=[j["guidance"] for j in part], strength=first["strength"],
+            generator=[torch.Generator().manual_seed(j["seed"]) for j in part], scheduler=first["scheduler"],
+            timer=timer,
+        )
+        for k, i in enumerate(idx):
+            out[i] = Denoised(_one(den.latents, k), _one(den.image, k), _one(den.mask, k))
+    return out
 
 
 def decode_jobs(pipe, items: list[Denoised], timer=None, decoder: dict | None = None) -> list[torch.Tensor]:

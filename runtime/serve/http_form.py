@@ -21,7 +21,7 @@ import PIL.Image
 
 from ..pipeline.images import pil_convert
 from ..pipeline.inpaint_run import check_same_size
-from ..pipeline.job_rules import PROMPT_MAX_BYTES, check_job
+from ..pipeline.job_rules import PROMPT_MAX_BYTES, check_image_size, check_job
 
 IMAGE_FORMATS = ("PNG", "JPEG")  # only these decoders face the network: less attack surface than all of PIL's
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 bchars
@@ -107,8 +107,9 @@ def _number(fields: dict, name: str, kind, default):
         raise RequestError(400, f"{name}: expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
 
 
-def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int) -> PIL.Image.Image:
-    """PNG/JPEG bytes -> PIL in ``mode``; the size is checked from the header, before any pixel is decoded."""
+def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int, family: str | None = None) -> PIL.Image.Image:
+    """PNG/JPEG bytes -> PIL in ``mode``; the size is checked from the header, before any pixel is decoded
+    (multiples of the pipeline ``family``'s factor: ``asymvq.pipeline.family_rules``)."""
     if not data:
         raise RequestError(400, f"{name}: expected a PNG or JPEG file, got {'none (it is required)' if data is None else 'an empty file'}")
     try:
@@ -116,9 +117,10 @@ def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int) -> P
             w, h = im.size
             if w * h > max_pixels:
                 raise RequestError(413, f"{name}: expected at most {max_pixels} pixels, got {w}x{h} (WxH) = {w * h}")
-            if w % 8 or h % 8:
-                # the pipeline would round down and resize: a silently different image, so refuse
-                raise RequestError(400, f"{name}: expected width and height multiples of 8, got {w}x{h} (WxH)")
+            try:  # the pipeline would round down and resize: a silently different image, so refuse
+                check_image_size(w, h, name, family)
+            except ValueError as exc:
+                raise RequestError(400, str(exc)) from None
             im.load()  # decoding errors first, answered below
             try:
                 return pil_convert(im, mode, name)  # upright (EXIF), 16-bit scaled rather than clipped
@@ -132,23 +134,24 @@ def decode_image(data: bytes | None, name: str, mode: str, max_pixels: int) -> P
         raise RequestError(400, f"{name}: expected a complete PNG or JPEG file, got a damaged one ({exc})") from None
 
 
-def parse_job(fields: dict, *, max_pixels: int, max_steps: int) -> dict:
+def parse_job(fields: dict, *, max_pixels: int, max_steps: int, family: str | None = None) -> dict:
     """Every argument checked, in the order a client reads the form; the first bad one is the error.
     The values' rules are ``asymvq.pipeline.job_rules.check_job``, the CLI's too: a job this returns cannot fail
-    the pipeline's own argument checks, so nothing bad waits in the queue."""
+    the pipeline's own argument checks, so nothing bad waits in the queue. ``family``: the served pipeline's
+    (``asymvq.pipeline.family_rules``; default SD's)."""
     for name in ("image", "mask", "prompt"):
         if name not in fields:
             raise RequestError(400, f"{name}: expected a form field, got none (it is required)")
-    source = decode_image(fields["image"], "image", "RGB", max_pixels)
-    hole = decode_image(fields["mask"], "mask", "L", max_pixels)
+    source = decode_image(fields["image"], "image", "RGB", max_pixels, family)
+    hole = decode_image(fields["mask"], "mask", "L", max_pixels, family)
     try:
         check_same_size(source, hole, "mask")
     except ValueError as exc:
         raise RequestError(400, str(exc)) from None
-    return dict(source=source, hole=hole, **job_values(fields, max_steps=max_steps))
+    return dict(source=source, hole=hole, **job_values(fields, max_steps=max_steps, family=family))
 
 
-def job_values(fields: dict, *, max_steps: int) -> dict:
+def job_values(fields: dict, *, max_steps: int, family: str | None = None) -> dict:
     """The job's values (prompt, steps, ...) from the form, by ``check_job``: every endpoint's one set of rules."""
     if any(len(fields.get(name) or b"") > PROMPT_MAX_BYTES for name in ("prompt", "negative_prompt")):
         name = "prompt" if len(fields["prompt"]) > PROMPT_MAX_BYTES else "negative_prompt"
@@ -157,9 +160,9 @@ def job_values(fields: dict, *, max_steps: int) -> dict:
                                 f"tokens), got {len(fields[name])}")
     try:
         values = check_job(prompt=_text(fields, "prompt", ...), negative_prompt=_text(fields, "negative_prompt"),
-                           steps=_number(fields, "steps", int, 50), guidance=_number(fields, "guidance", float, 7.5),
+                           steps=_number(fields, "steps", int, 50), guidance=_number(fields, "guidance", float, None),
                            seed=_number(fields, "seed", int, 0), strength=_number(fields, "strength", float, 1.0),
-                           scheduler=_text(fields, "scheduler"), max_steps=max_steps)
+                           scheduler=_text(fields, "scheduler"), max_steps=max_steps, family=family)
     except ValueError as exc:
         raise RequestError(400, str(exc)) from None
     return values

@@ -88,37 +88,39 @@ def _has_alpha(data: bytes) -> bool:
         return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
 
 
-def _alpha_hole(data: bytes, name: str, max_pixels: int) -> PIL.Image.Image:
+def _alpha_hole(data: bytes, name: str, max_pixels: int, family: str | None) -> PIL.Image.Image:
     """The edit area of a transparent PNG: white (255) where alpha is 0, black elsewhere."""
-    alpha = np.asarray(decode_image(data, name, "RGBA", max_pixels))[..., 3]
+    alpha = np.asarray(decode_image(data, name, "RGBA", max_pixels, family))[..., 3]
     return PIL.Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8), "L")
 
 
-def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int) -> tuple[dict, dict]:
-    """(job, options): the job as ``parse_job`` makes it for ``/v1/inpaint``; options: n, output_format,
-    output_compression, size. Checked in the order the API reference lists the fields; the first bad one is the error."""
+def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int,
+               family: str | None = None) -> tuple[dict, dict]:
+    """(job, options): the job as ``parse_job`` makes it for ``/v1/inpaint`` (``family``: the served pipeline's);
+    options: n, output_format, output_compression, size. Checked in the order the API reference lists the fields;
+    the first bad one is the error."""
     if "image" in fields and "image[]" in fields:
         raise RequestError(400, "image: expected one image (image or image[]), got both")
     image = fields.get("image", fields.get("image[]"))
     for name, value in (("image", image), ("prompt", fields.get("prompt"))):
         if value is None:
             raise RequestError(400, f"{name}: expected a form field, got none (it is required)")
-    source = decode_image(image, "image", "RGB", max_pixels)
+    source = decode_image(image, "image", "RGB", max_pixels, family)
     mask_mode = _choice(fields, "mask_mode", MASK_MODES, "alpha")
     if mask_mode == "white":
         if "mask" not in fields:
             raise RequestError(400, "mask: expected a form field, got none (it is required with mask_mode=white)")
-        hole = decode_image(fields["mask"], "mask", "L", max_pixels)
+        hole = decode_image(fields["mask"], "mask", "L", max_pixels, family)
     else:
         name, data = ("mask", fields["mask"]) if "mask" in fields else ("image", image)
-        decode_image(data, name, "L", max_pixels)  # the native endpoint's checks and words first
+        decode_image(data, name, "L", max_pixels, family)  # the native endpoint's checks and words first
         if not _has_alpha(data):
             raise RequestError(400, "mask: expected a PNG with an alpha channel whose fully transparent pixels mark the "
                                     "area to edit (OpenAI's mask), got one without alpha; send mask_mode=white for a "
                                     "white-means-edit mask" if name == "mask" else
                                     "mask: expected a form field (a PNG whose transparent pixels mark the area to edit) "
                                     "or an image with transparent pixels, got neither")
-        hole = _alpha_hole(data, name, max_pixels)
+        hole = _alpha_hole(data, name, max_pixels, family)
     try:
         check_same_size(source, hole, "mask")
     except ValueError as exc:
@@ -141,7 +143,7 @@ def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int) -> 
     _int(fields, "partial_images", 0, 0, 0, " (no streaming yet)")
     _choice(fields, "quality", ("auto",), "auto")
     _choice(fields, "background", ("auto", "opaque"), "auto")
-    job = dict(source=source, hole=hole, **job_values(fields, max_steps=max_steps))
+    job = dict(source=source, hole=hole, **job_values(fields, max_steps=max_steps, family=family))
     return job, {"n": n, "output_format": output_format, "output_compression": compression, "size": want}
 
 

@@ -33,7 +33,7 @@ from ray import serve
 from ..engines.contract import DECODER_COMPONENTS
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
-from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
+from ..pipeline.inpaint_pipeline import JobCancelled
 from ..pipeline.source import PipelineSource
 from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
@@ -99,9 +99,10 @@ async def _awaited(response):
 
 
 # -- the stages ---------------------------------------------------------------------------------
-def _stage_pipeline(cfg: RayServeConfig, components: tuple[str, ...], threads: float) -> InpaintPipeline:
-    """The pipeline ``asymvq serve`` would build, of this stage's components only (a preset builds only
-    those networks, an engines directory loads only those engines)."""
+def _stage_pipeline(cfg: RayServeConfig, components: tuple[str, ...], threads: float):
+    """The pipeline ``asymvq serve`` would build, of this stage's components only (an SD preset builds only
+    those networks, an engines directory loads only those engines; an SDXL / FLUX.1 Fill source builds its
+    pipeline whole and a decode stage then keeps its decoder only: ``PipelineSource.build``)."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
@@ -188,7 +189,7 @@ class DenoiseStage:
         _configure_batching(self.run_batch, cfg)
 
     def describe(self) -> dict:
-        return {"device": str(self.pipe.spec.device), "dtype": dtype_name(self.pipe.spec.dtype),
+        return {"device": str(self.pipe.device), "dtype": dtype_name(self.pipe.dtype),
                 "scheduler": type(self.pipe.scheduler).__name__, "node": self.node}
 
     async def __call__(self, job: dict) -> dict:
@@ -200,7 +201,7 @@ class DenoiseStage:
         return await asyncio.to_thread(_run_groups, jobs, batch_key, self._denoise)
 
     def _denoise(self, jobs: list[dict]) -> list[dict]:
-        timer = StageTimer(self.pipe.spec.device)
+        timer = StageTimer(self.pipe.device)
         denoised = denoise_jobs(self.pipe, jobs, timer)
         stages = _stages_ms(timer)
         return [dict(denoised=d, stages=stages, batch=len(jobs), node=self.node) for d in denoised]
@@ -230,7 +231,7 @@ class DecodeStage:
         return await asyncio.to_thread(_run_groups, items, key, self._decode)
 
     def _decode(self, items: list[dict]) -> list[dict]:
-        timer = StageTimer(self.pipe.spec.device)
+        timer = StageTimer(self.pipe.device)
         images = decode_jobs(self.pipe, [it["denoised"] for it in items], timer)
         stages = _stages_ms(timer)
         out = []
@@ -276,7 +277,7 @@ class Ingress:
         return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
                          max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
                          metrics=self.metrics, body_timeout_s=cfg.body_timeout_s, max_n=cfg.max_n,
-                         request_timeout_s=cfg.request_timeout_s)
+                         request_timeout_s=cfg.request_timeout_s, family=cfg.source.family)
 
     async def _deployments(self) -> dict | None:
         """{deployment: {"status", "replicas"}} from Serve's controller, asked on every call (what it knows now:
@@ -307,7 +308,8 @@ class Ingress:
                                   "scheduler": den["scheduler"]}
             except (asyncio.TimeoutError, *_REPLICA_LOST):
                 ready = False
-        body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, **(self._describe or {}),
+        body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, "family": cfg.source.family,
+                **(self._describe or {}),
                 "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps, "max_n": cfg.max_n,
                 "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
                         "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms,

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, Field
 
+from ..pipeline.family_rules import family_rules
 from ..pipeline.job_rules import GUIDANCE_RANGE, PROMPT_MAX_BYTES, SEED_MAX
 from ..pipeline.schedulers import SCHEDULERS
 
@@ -113,15 +114,26 @@ ERRORS = {  # status -> when; every job endpoint answers these, in its own error
 }
 
 
-def form_schema(model: type[BaseModel], *, max_steps: int, max_pixels: int, max_n: int | None = None) -> dict:
-    """``model``'s JSON schema as an OpenAPI multipart request body, with this server's bounds written in."""
+def form_schema(model: type[BaseModel], *, max_steps: int, max_pixels: int, max_n: int | None = None,
+                family: str | None = None) -> dict:
+    """``model``'s JSON schema as an OpenAPI multipart request body, with this server's bounds and its pipeline
+    family's rules (``asymvq.pipeline.family_rules``: sizes, guidance, what it refuses) written in."""
+    rules = family_rules(family)
     schema = model.model_json_schema()
     props = schema["properties"]
     props["steps"]["maximum"] = max_steps
     if max_n is not None:
         props["n"]["maximum"] = max_n
     for name in ("image", "mask"):
-        props[name]["description"] += f" (max_pixels here: {max_pixels})"
+        props[name]["description"] = props[name]["description"].replace(
+            "multiples of 8", f"multiples of {rules.size_multiple}") + f" (max_pixels here: {max_pixels})"
+    guidance = props["guidance"]
+    (guidance["minimum"], guidance["maximum"]), guidance["default"] = rules.guidance_range, rules.default_guidance
+    if not rules.negative_prompt:
+        guidance["description"] = f"{rules.label}'s distilled guidance (no classifier-free guidance)."
+        props["negative_prompt"]["description"] = f"Refused (400): {rules.label} has no classifier-free guidance."
+    if not rules.schedulers:
+        props["scheduler"]["description"] = f"Refused (400): {rules.label} runs its own flow-matching scheduler."
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 

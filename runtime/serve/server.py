@@ -1,8 +1,9 @@
-"""HTTP server for SD inpainting: ``POST /v1/inpaint``, OpenAI's ``POST /v1/images/edits``
+"""HTTP server for inpainting (any family: SD 1.x, SDXL, FLUX.1 Fill): ``POST /v1/inpaint``, OpenAI's ``POST /v1/images/edits``
 (``asymvq.serve.openai_edits``), ``GET/DELETE /v1/jobs``, ``/healthz`` (= ``/readyz``), ``/livez``,
 ``/metrics``, ``/openapi.json`` and ``/docs`` (docs/server.md).
 
-``create_app(pipeline)`` returns a FastAPI app around one ``InpaintPipeline``. Concurrency:
+``create_app(pipeline)`` returns a FastAPI app around one pipeline (an ``InpaintPipeline`` or an SDXL /
+FLUX.1 Fill one: ``pipe.rules`` says what its jobs may ask, and the form is checked by them). Concurrency:
 one request at a time goes through the pipeline, behind a lock. Each request passes its own
 timer and scheduler to the call (the pipeline's attributes are never touched), but one torch
 model run at a time per device is what keeps latency predictable, so the lock stays; requests queue for it in worker threads while the
@@ -39,6 +40,8 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
+from ..pipeline.family_base import FamilyBase
+from ..pipeline.family_rules import SD
 from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
 from ..pipeline.inpaint_run import run_inpaint
 from ..pipeline.job_rules import SEED_MAX
@@ -152,7 +155,7 @@ class _Runner:
             if cancel.is_set():
                 raise JobCancelled("cancelled while waiting for the pipeline")
         try:
-            timer = StageTimer(self.pipe.spec.device)
+            timer = StageTimer(self.pipe.device)
             t0 = time.perf_counter()
             result = run_inpaint(self.pipe, job["source"], job["hole"], job["prompt"],
                                  negative_prompt=job["negative_prompt"], steps=job["steps"], guidance=job["guidance"],
@@ -173,26 +176,27 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
                max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
                max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N,
                request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
-    """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
+    """A FastAPI app serving ``pipeline``: a pipeline of any family, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
     one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
     if isinstance(pipeline, PipelineSource):
         source, pipe = source or pipeline.label, pipeline.build()
     else:
-        pipe = pipeline if isinstance(pipeline, InpaintPipeline) else pipeline()
-    if not isinstance(pipe, InpaintPipeline):
-        raise ValueError(f"pipeline: expected an InpaintPipeline or a callable returning one, got {type(pipe).__name__}")
-    if not pipe.spec.inpainting:
+        pipe = pipeline if isinstance(pipeline, (InpaintPipeline, FamilyBase)) else pipeline()
+    if not isinstance(pipe, (InpaintPipeline, FamilyBase)):
+        raise ValueError(f"pipeline: expected an InpaintPipeline (or an SDXL / FLUX.1 Fill pipeline) or a callable "
+                         f"returning one, got {type(pipe).__name__}")
+    if isinstance(pipe, InpaintPipeline) and not pipe.spec.inpainting:
         raise ValueError("pipeline: expected an inpainting pipeline (9-channel UNet), got a text-to-image one")
     runner = _Runner(pipe)
-    health = {"status": "ok", "source": source or "pipeline", "device": str(pipe.spec.device),
-              "dtype": dtype_name(pipe.spec.dtype),
+    health = {"status": "ok", "source": source or "pipeline", "family": pipe.rules.name, "device": str(pipe.device),
+              "dtype": dtype_name(pipe.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
               "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
     app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
                     body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n,
-                    request_timeout_s=request_timeout_s)
+                    request_timeout_s=request_timeout_s, family=pipe.rules.name)
     app.state.runner = runner
     return app
 
@@ -201,8 +205,9 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
               max_queue: int = MAX_QUEUE,
               queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
               body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
-              max_n: int = MAX_N, request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
-    """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``.
+              max_n: int = MAX_N, request_timeout_s: float = REQUEST_TIMEOUT_S, family: str = SD) -> FastAPI:
+    """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``; ``family``: the
+    served pipeline's, whose rules check the forms (``asymvq.pipeline.family_rules``).
 
     ``run_job(job, cancel)`` is awaited with each parsed job and its ``threading.Event`` (set when the job is
     cancelled: stop and raise ``JobCancelled``) and returns a ``JobResult`` (the single-process
@@ -334,26 +339,27 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         }
 
     @app.post("/v1/inpaint", response_class=Response,
-              openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels),
+              openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels, family=family),
               responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                                "description": "The inpainted image; X-Asymvq-Latency-ms, X-Asymvq-Pre-Error, "
                                               "Server-Timing headers."}, **error_responses(NativeError)})
     async def inpaint(request: Request):
         async def handle(body: bytes, cancel: threading.Event):
             job = parse_job(parse_form(body, request.headers.get("content-type", "")),
-                            max_pixels=max_pixels, max_steps=max_steps)
+                            max_pixels=max_pixels, max_steps=max_steps, family=family)
             result = await run_job(job, cancel)
             return Response(result.png, media_type="image/png", headers=observed(result))
 
         return await admitted(request, _error, handle)
 
     @app.post("/v1/images/edits", response_model=ImagesResponse,
-              openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n),
+              openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n,
+                                        family=family),
               responses=error_responses(OpenAIError))
     async def images_edits(request: Request):
         async def handle(body: bytes, cancel: threading.Event):
             job, opts = parse_edit(parse_form(body, request.headers.get("content-type", ""), OPENAI_FIELDS),
-                                   max_pixels=max_pixels, max_steps=max_steps, max_n=max_n)
+                                   max_pixels=max_pixels, max_steps=max_steps, max_n=max_n, family=family)
             created = int(time.time())
             # image i: seed + i (wrapping inside the seed's range); on Ray the n jobs can share a batch
             results = await asyncio.gather(*(run_job({**job, "seed": (job["seed"] + i) % (SEED_MAX + 1)}, cancel)

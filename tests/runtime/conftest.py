@@ -27,3 +27,11 @@ def tiny_text2img_pipe():
     from asymvq.pipeline import InpaintPipeline
 
     return InpaintPipeline.from_preset("tiny", in_channels=4)
+
+
+@pytest.fixture(scope="session")
+def family_pipes():
+    """The tiny SDXL and FLUX.1 Fill presets, built once (the references of the families' front-end tests)."""
+    from asymvq.pipeline.source import PipelineSource
+
+    return {p: PipelineSource(preset=p).build() for p in ("tiny-sdxl", "tiny-flux-fill")}

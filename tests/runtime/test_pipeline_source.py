@@ -13,7 +13,10 @@ from asymvq.pipeline import InpaintPipeline, PipelineSource
 @pytest.mark.parametrize("options, needle", [
     (dict(preset="tiny", model="sd"), "--preset: give either --preset or --model/--engines (with --decoder), not both"),
     (dict(preset="tiny", decoder="d.pt"), "--preset: give either --preset"),
-    (dict(preset="big"), "preset must be one of ['tiny', 'sd15'], got 'big'"),
+    (dict(preset="big"), "preset must be one of ['tiny', 'sd15', 'tiny-flux-fill', 'flux-fill', 'tiny-sdxl', 'sdxl'], got 'big'"),
+    (dict(preset="tiny-flux-fill", decoder="nowhere.pt"), "--decoder: expected a decoder checkpoint or a decoder preset"),
+    (dict(preset="tiny-flux-fill", scheduler="ddim"), "--scheduler: FLUX.1 Fill runs its own flow-matching scheduler only"),
+    (dict(preset="tiny-sdxl", kernels="triton"), "--kernels: the sdxl pipelines run the torch decoder kernels only"),
     (dict(), "--model / --engines: give exactly one"),
     (dict(model="sd", engines="eng"), "--model / --engines: give exactly one"),
     (dict(engines="eng", decoder="d.pt"), "--decoder: an engines directory brings its own decoder"),

@@ -101,6 +101,51 @@ def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_g
     assert health["ray"]["max_batch"] == 8
 
 
+# per family: 3 jobs (the first two can share one call, the third cannot) and a job the family refuses
+FAMILY_JOBS = {
+    # SDXL: one guidance value per call, and no negative prompt (zero embeddings) is not the empty one
+    "tiny-sdxl": ([dict(guidance=7.5), dict(guidance=7.5), dict(guidance=7.5, negative_prompt="blurry")],
+                  dict(scheduler="lms"), "scheduler: expected one of"),
+    # FLUX.1 Fill: one guidance value per call, and no negative prompt at all
+    "tiny-flux-fill": ([dict(guidance=30.0), dict(guidance=30.0), dict(guidance=10.0)],
+                       dict(negative_prompt="blurry", guidance=30.0), "negative_prompt: FLUX.1 Fill has no classifier"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_JOBS))
+def local_family_graph(request):
+    """The same graph over tiny-sdxl / tiny-flux-fill, in Serve's local testing mode: its stages build the family's
+    pipeline (whole; the decode stage then keeps its decoder only: PipelineSource.build). Not on the real local
+    Ray of the end-to-end test: redeploying it there with FLUX.1 Fill cost 29 s more (new replica processes import
+    diffusers and build the pipeline), and what crosses processes (jobs, Denoised) is the same as SD's."""
+    from ray.serve.batching import _BatchQueue
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
+    handle = serve.run(ray_app(preset=request.param, batch_wait_ms=200, **LIMITS), name=f"asymvq-{request.param}",
+                       route_prefix=None, _local_testing_mode=True)
+    yield request.param, handle
+    mp.undo()
+
+
+def test_graph_stages_run_the_families_and_keep_each_jobs_image(local_family_graph, family_pipes):
+    """SDXL / FLUX.1 Fill jobs through DenoiseStage and DecodeStage: batched where one call of the family can take
+    them, each job's image its single-process one; the family's rules hold in the stage (the client's error)."""
+    preset, graph = local_family_graph
+    good, bad, needle = FAMILY_JOBS[preset]
+    jobs = [job(s, **kw) for s, kw in enumerate(good)]
+    results = [r.result(timeout_s=120) for r in [graph.run_job.remote(j) for j in jobs]]
+    for j, res in zip(jobs, results):
+        assert np.abs(pixels(res.png) - reference_png(family_pipes[preset], j)).max() <= 1, j["seed"]
+    # the stage batched them (its batch: one batch_key); denoise_jobs split the batch into the calls the family takes
+    # (else the third job fails: one guidance value per call; or, SDXL, the first two get the empty prompt's embeds)
+    assert max(res.batches["denoise"] for res in results) > 1
+    with pytest.raises(ValueError, match=needle):
+        graph.run_job.remote(job(4, **bad)).result(timeout_s=120)
+    health = graph.health.remote().result(timeout_s=60)
+    assert health["family"] == family_pipes[preset].rules.name and health["source"] == f"preset:{preset}"
+
+
 def test_config_and_builder_check_their_arguments():
     assert RayServeConfig().source.preset == "tiny" and RayServeConfig.from_options(model="sd").source.preset is None
     assert RayServeConfig.from_options(model="sd").source == PipelineSource(model="sd")  # one source, one set of rules

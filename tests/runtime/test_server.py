@@ -215,7 +215,7 @@ def test_jpeg_input_and_healthz(client):
     assert resp.status_code == 200, resp.text
     health = client.get("/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "source": "preset:tiny", "device": "cpu", "dtype": "fp32",
+    assert health.json() == {"status": "ok", "source": "preset:tiny", "family": "sd", "device": "cpu", "dtype": "fp32",
                              "decoders": ["decoder", "decoder-plain"], "scheduler": "DDIMScheduler", "max_pixels": 4096,
                              "max_steps": 20, "max_n": 4}
 
@@ -246,7 +246,7 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
     assert health["source"] == "preset:tiny" and health["max_steps"] == 7
 
     for argv, needle in ((["serve", "--preset", "tiny", "--model", "sd"], "--preset: give either --preset or --model"),
-                         (["serve", "--preset", "big"], "preset must be one of ['tiny', 'sd15'], got 'big'")):
+                         (["serve", "--preset", "big"], "preset must be one of ['tiny', 'sd15', 'tiny-flux-fill'")):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         err = capsys.readouterr().err
