@@ -89,11 +89,12 @@ def measure(kind: str, repeats: int) -> dict:
         for _ in range(3):  # warm: both sizes
             post(server.url, *SHORT)
         post(server.url, LONG[0], 2)
-        rows: dict[str, list[float]] = {"idle_2step_ms": [post(server.url, *SHORT)[1] for _ in range(repeats)]}
-        for k in range(repeats):
-            for name, value in {**delete_round(server.url, k), **abandon_round(server.url, k)}.items():
+        rows: dict[str, list[float]] = {}
+        for k in range(repeats):  # idle ones between the others: on a loaded machine the load drifts
+            for name, value in {"idle_2step_ms": post(server.url, *SHORT)[1], **delete_round(server.url, k),
+                                **abandon_round(server.url, k)}.items():
                 rows.setdefault(name, []).append(value)
-            time.sleep(2 if kind == "ray" else 0)
+            time.sleep(10 if kind == "ray" else 0)  # Ray: a cancelled job's batch may still run; let it end
         load = round(os.getloadavg()[0], 2)
     finally:
         exit_s = server.stop()

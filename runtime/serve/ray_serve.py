@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ from .server import JobResult, build_app
 
 log = logging.getLogger("asymvq.serve.ray_serve")
 GRACE_LOOP_S = 0.5  # Serve's graceful_shutdown_wait_loop_s of every deployment
+STOP = "_stop"  # a job's key in the denoise replica only: the threading.Event set when its caller gives up
 CANCEL_POLL_S = 0.02  # how often the ingress looks whether a job it waits on was cancelled
 APP_NAME = "asymvq"
 
@@ -148,6 +150,8 @@ def _failure(exc: Exception) -> dict:
     """An error travels back as data: a ValueError is the client's (400), anything else a 500."""
     if isinstance(exc, ValueError):
         return {"error": "value", "message": " ".join(str(exc).split())}
+    if isinstance(exc, JobCancelled):  # every caller of the batch gave up: nobody waits for this answer
+        return {"error": "cancelled", "message": str(exc)}
     log.exception("stage failed")
     return {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
 
@@ -194,7 +198,12 @@ class DenoiseStage:
                 "scheduler": type(self.pipe.scheduler).__name__, "node": self.node}
 
     async def __call__(self, job: dict) -> dict:
-        return await self.run_batch(job)
+        stop = threading.Event()
+        try:
+            return await self.run_batch({**job, STOP: stop})
+        except asyncio.CancelledError:  # the ingress cancelled the call (client gone, DELETE, deadline, drain)
+            stop.set()
+            raise
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def run_batch(self, jobs: list[dict]) -> list[dict]:
@@ -203,7 +212,12 @@ class DenoiseStage:
 
     def _denoise(self, jobs: list[dict]) -> list[dict]:
         timer = StageTimer(self.pipe.spec.device)
-        denoised = denoise_jobs(self.pipe, jobs, timer)
+        stops = [j[STOP] for j in jobs if STOP in j]
+
+        def cancelled() -> bool:  # the batch's loop stops once every job in it was given up (a batch of one, often)
+            return len(stops) == len(jobs) and all(s.is_set() for s in stops)
+
+        denoised = denoise_jobs(self.pipe, jobs, timer, cancel=cancelled)
         stages = _stages_ms(timer)
         return [dict(denoised=d, stages=stages, batch=len(jobs), node=self.node) for d in denoised]
 
@@ -248,6 +262,8 @@ def _check(result: dict) -> dict:
     if "error" in result:
         if result["error"] == "value":
             raise ValueError(result["message"])
+        if result["error"] == "cancelled":
+            raise JobCancelled(result["message"])
         raise RuntimeError(result["message"])
     return result
 

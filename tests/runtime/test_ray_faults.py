@@ -156,6 +156,26 @@ def _send(port: int, raw: bytes, out: dict, key, timeout: float = 150) -> thread
     return thread
 
 
+def test_a_cancelled_job_on_ray_stops_its_denoise_loop(ray_server):
+    """DELETE of a job inside a denoise batch stops that batch's step loop (the replica's call is cancelled, and a
+    batch whose every job was given up stops at its next step): the next request does not wait for 900 steps."""
+    port = ray_server.port
+    out: dict = {}
+    thread = _send(port, inpaint_png_request(256, steps=900, extra_headers="X-Asymvq-Job-Id: doomed\r\n"), out, "doomed")
+    _wait_listed(port, "doomed")
+    time.sleep(1.0)  # in the denoise replica's step loop
+    t0 = time.monotonic()
+    assert request(port, b"DELETE /v1/jobs/doomed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
+    thread.join(60)
+    status, _, body = request(port, inpaint_request(seed=5))
+    took = time.monotonic() - t0
+    print(f"ray cancel: DELETE to its answer {out[('doomed', 't')] - t0:.2f} s, then a 2-step request answered "
+          f"{took:.2f} s after the DELETE")
+    assert out["doomed"][0] == 409 and status == 200, (out["doomed"], body)
+    # the rest of 900 steps at 256x256 is 40 s here, 15 s or more on any CPU; a 2-step job takes well under 1 s
+    assert took < 10, took
+
+
 def test_killing_the_ingress_replica_answers_in_flight_500_and_new_requests_recover(ray_server):
     """The ingress replica holds its requests' state: Serve's HTTP proxy, not our code, answers those in flight when
     it dies, with its own plain-text 500 (ray 2.60: a RayActorError is a 500 whose body is uvicorn's default,
