@@ -4,7 +4,7 @@
 
 Per server, the median of ``--repeats`` of each:
 - ``idle_2step_ms``: a 2-step request (64x64) on an idle server;
-- ``delete_to_answer_ms``: a 150-step request (128x128) is running; ``DELETE /v1/jobs/{id}`` is sent: the time until
+- ``delete_to_answer_ms``: a 150-step request (256x256) is running; ``DELETE /v1/jobs/{id}`` is sent: the time until
   its own request is answered (409), i.e. request to stop as a client sees it;
 - ``after_delete_2step_ms``: a 2-step request sent right after that DELETE's answer: its latency;
 - ``after_abandon_2step_ms``: a 150-step request is running and its client closes the connection; a 2-step
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from serve_load import Server, machine, png_pair
 
-LONG, SHORT = (128, 150), (64, 2)  # (size, steps)
+LONG, SHORT = (256, 150), (64, 2)  # (size, steps): the long one seconds of steps even on a fast CPU
 
 
 def post(url: str, size: int, steps: int, job_id: str | None = None, timeout: float = 600) -> tuple[int, float]:
@@ -59,10 +59,10 @@ def delete_round(url: str, k: int) -> dict:
     thread.start()
     wait_running(url, job_id)
     t0 = time.perf_counter()
-    assert httpx.delete(f"{url}/v1/jobs/{job_id}", timeout=30).status_code == 200
+    deleted = httpx.delete(f"{url}/v1/jobs/{job_id}", timeout=30).status_code
     thread.join(600)
     status, after = post(url, *SHORT)
-    assert answer["status"] == 409 and status == 200, (answer, status)
+    assert deleted == 200 and answer["status"] == 409 and status == 200, (deleted, answer, status)
     return dict(delete_to_answer_ms=(answer["t"] - t0) * 1e3, after_delete_2step_ms=after)
 
 
@@ -88,7 +88,7 @@ def measure(kind: str, repeats: int) -> dict:
     try:
         for _ in range(3):  # warm: both sizes
             post(server.url, *SHORT)
-        post(server.url, LONG[0], 2)
+        post(server.url, LONG[0], 2)  # the long one's size, once
         rows: dict[str, list[float]] = {}
         for k in range(repeats):  # idle ones between the others: on a loaded machine the load drifts
             for name, value in {"idle_2step_ms": post(server.url, *SHORT)[1], **delete_round(server.url, k),

@@ -1,5 +1,7 @@
 """`asymvq serve --ray` as a user starts it (its own process, local Ray, tiny preset): where the Ray it starts
-listens, and what clients see when the denoise replica is killed under load (bounded: well under 90 s of load)."""
+listens, what clients see when the denoise replica is killed under load (bounded: well under 90 s of load), that a
+cancelled job stops its denoise loop, what they see when the ingress replica is killed, and, last, the drain on
+SIGTERM (one server for the whole module: the drain is how it stops)."""
 from __future__ import annotations
 
 import json
