@@ -10,8 +10,8 @@ drain returns the server closes it and exits 0.
 
 ``run_uvicorn`` is ``asymvq serve``'s uvicorn with that drain on the first SIGTERM/SIGINT (uvicorn's own
 would close the listener at once, cut the requests still open at its timeout without an answer, and
-re-raise the signal, so the process ended by SIGTERM, not with 0). A second signal is uvicorn's own: it
-ends at once.
+re-raise the signal, so the process ended by SIGTERM, not with 0). A second signal ends it at once, open
+connections cut, by that signal (uvicorn's forced exit).
 """
 from __future__ import annotations
 
@@ -77,8 +77,10 @@ def run_uvicorn(app, **config) -> None:
         asked = False
 
         def handle_exit(self, sig, frame):
-            if self.asked:  # a second signal: uvicorn's own (SIGINT forces the exit; the signal is re-raised)
-                return super().handle_exit(sig, frame)
+            if self.asked:  # a second signal: out now, open connections cut, the signal re-raised (uvicorn's own)
+                super().handle_exit(sig, frame)
+                self.should_exit = self.force_exit = True
+                return
             self.asked = True
             log.info("%s: draining", signal.Signals(sig).name)
 
