@@ -16,8 +16,8 @@ is answered at once): the "after" rows show what that costs the next request.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import socket
 import statistics
 import threading

@@ -2,8 +2,8 @@
 
 The one place the CLI reaches the other front end: inside the command, through imports that defer
 the server and ray extras, and for the transport limits' defaults of ``--help`` (``asymvq.serve.limits``,
-standard library only), and the drain that runs its uvicorn (``asymvq.serve.drain``); .importlinter names these edges. Registered on the main ``app`` by
-``asymvq.cli.app``.
+standard library only), and the drain that runs its uvicorn (``asymvq.serve.drain``); .importlinter names
+these edges. Registered on the main ``app`` by ``asymvq.cli.app``.
 """
 from __future__ import annotations
 

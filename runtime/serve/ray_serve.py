@@ -40,8 +40,16 @@ from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
 from .http_form import RequestError
-from .limits import (BODY_TIMEOUT_S, DRAIN_CANCEL_GRACE_S, MAX_BODY_BYTES, MAX_N, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S,
-                     RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S)
+from .limits import (
+    BODY_TIMEOUT_S,
+    DRAIN_CANCEL_GRACE_S,
+    MAX_BODY_BYTES,
+    MAX_N,
+    RAY_MAX_QUEUE,
+    REQUEST_TIMEOUT_S,
+    RETRY_TIMEOUT_S,
+    SHUTDOWN_TIMEOUT_S,
+)
 from .metrics import ServerMetrics
 from .server import JobResult, build_app
 

@@ -47,8 +47,17 @@ from ..profiling.timing import StageTimer
 from .drain import DRAINING, Drain
 from .http_form import RequestError, parse_form, parse_job
 from .jobs import DEADLINE, JOB_HEADER, TIMEOUT_HEADER, Jobs, request_timeout, watch_disconnect
-from .limits import (BODY_TIMEOUT_S, CLIENT_CLOSED, DRAIN_RETRY_AFTER_S, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE,
-                     REQUEST_TIMEOUT_S, SHUTDOWN_TIMEOUT_S)
+from .limits import (
+    BODY_TIMEOUT_S,
+    CLIENT_CLOSED,
+    DRAIN_RETRY_AFTER_S,
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_N,
+    MAX_QUEUE,
+    REQUEST_TIMEOUT_S,
+    SHUTDOWN_TIMEOUT_S,
+)
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
 from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
