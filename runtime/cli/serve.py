@@ -2,8 +2,8 @@
 
 The one place the CLI reaches the other front end: inside the command, through imports that defer
 the server and ray extras, and for the transport limits' defaults of ``--help`` (``asymvq.serve.limits``,
-standard library only); .importlinter names these three edges. Registered on the main ``app`` by
-``asymvq.cli.app``.
+standard library only), and the drain that runs its uvicorn (``asymvq.serve.drain``); .importlinter names
+these edges. Registered on the main ``app`` by ``asymvq.cli.app``.
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def serve(
     body_timeout: float = typer.Option(BODY_TIMEOUT_S, help="Seconds a request's whole body may take to arrive, else 408."),
     request_timeout: float = typer.Option(REQUEST_TIMEOUT_S, help="Seconds a request may take from its arrival, else "
                                           "504 and its job stops (a request's X-Asymvq-Timeout-s header may ask for less)."),
-    shutdown_timeout: float = typer.Option(SHUTDOWN_TIMEOUT_S, help="After SIGTERM or Ctrl-C, seconds open requests may "
-                                           "take to finish before they are cancelled."),
+    shutdown_timeout: float = typer.Option(SHUTDOWN_TIMEOUT_S, help="Drain: after SIGTERM or Ctrl-C new requests are "
+                                           "503 and /readyz fails; open requests may take this many seconds to "
+                                           "finish before their jobs are cancelled (503); then exit 0."),
     ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: ingress, denoise and decode deployments with "
                              "dynamic batching (the `ray` extra; docs/server.md)."),
     address: Optional[str] = typer.Option(None, help="--ray: join this Ray cluster (auto, ray://host:10001); "
@@ -67,19 +68,20 @@ def serve(
         raise ValueError("--address: joins a Ray cluster; add --ray")
 
     try:
-        import uvicorn  # defers the server extra
+        import uvicorn  # noqa: F401 - the server extra, checked before minutes of model loading
 
+        from ..serve.drain import run_uvicorn  # defers the server extra
         from ..serve.server import create_app  # defers the server extra (fastapi)
     except ImportError as e:
         raise missing_extra("server", "asymvq serve", e) from None
 
     _server_log()
     app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_n=max_n, max_queue=max_queue or MAX_QUEUE,
-                      body_timeout_s=body_timeout, request_timeout_s=request_timeout)
+                      body_timeout_s=body_timeout, request_timeout_s=request_timeout, shutdown_timeout_s=shutdown_timeout)
     # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
-    # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that
-    uvicorn.run(app_, host=host, port=port, workers=1, http="h11", h11_max_incomplete_event_size=4 * MAX_HEADER_BYTES,
-                timeout_graceful_shutdown=shutdown_timeout)
+    # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that.
+    # SIGTERM drains (asymvq.serve.drain): 503 to new requests, open ones finish for --shutdown-timeout, exit 0
+    run_uvicorn(app_, host=host, port=port, workers=1, http="h11", h11_max_incomplete_event_size=4 * MAX_HEADER_BYTES)
 
 
 def _server_log() -> None:

@@ -61,6 +61,12 @@ class Jobs:
         ticket.cancel("cancelled by DELETE /v1/jobs/" + job_id)
         return True
 
+    def cancel_all(self, reason: str) -> int:
+        """Cancel every job in progress (the drain's bound); how many were open."""
+        for ticket in self._open.values():
+            ticket.cancel(reason)
+        return len(self._open)
+
     def listing(self) -> list[dict]:
         now = time.monotonic()
         return [{"id": t.id, "path": t.path, "age_s": round(now - t.started, 3), "cancelled": t.event.is_set()}

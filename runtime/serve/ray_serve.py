@@ -24,6 +24,7 @@ import io
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -39,11 +40,22 @@ from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
 from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
 from .http_form import RequestError
-from .limits import BODY_TIMEOUT_S, MAX_BODY_BYTES, MAX_N, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, RETRY_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
+from .limits import (
+    BODY_TIMEOUT_S,
+    DRAIN_CANCEL_GRACE_S,
+    MAX_BODY_BYTES,
+    MAX_N,
+    RAY_MAX_QUEUE,
+    REQUEST_TIMEOUT_S,
+    RETRY_TIMEOUT_S,
+    SHUTDOWN_TIMEOUT_S,
+)
 from .metrics import ServerMetrics
 from .server import JobResult, build_app
 
 log = logging.getLogger("asymvq.serve.ray_serve")
+GRACE_LOOP_S = 0.5  # Serve's graceful_shutdown_wait_loop_s of every deployment
+STOP = "_stop"  # a job's key in the denoise replica only: the threading.Event set when its caller gives up
 CANCEL_POLL_S = 0.02  # how often the ingress looks whether a job it waits on was cancelled
 APP_NAME = "asymvq"
 
@@ -147,6 +159,8 @@ def _failure(exc: Exception) -> dict:
     """An error travels back as data: a ValueError is the client's (400), anything else a 500."""
     if isinstance(exc, ValueError):
         return {"error": "value", "message": " ".join(str(exc).split())}
+    if isinstance(exc, JobCancelled):  # every caller of the batch gave up: nobody waits for this answer
+        return {"error": "cancelled", "message": str(exc)}
     log.exception("stage failed")
     return {"error": "internal", "message": f"{type(exc).__name__}: {exc}"}
 
@@ -193,7 +207,12 @@ class DenoiseStage:
                 "scheduler": type(self.pipe.scheduler).__name__, "node": self.node}
 
     async def __call__(self, job: dict) -> dict:
-        return await self.run_batch(job)
+        stop = threading.Event()
+        try:
+            return await self.run_batch({**job, STOP: stop})
+        except asyncio.CancelledError:  # the ingress cancelled the call (client gone, DELETE, deadline, drain)
+            stop.set()
+            raise
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def run_batch(self, jobs: list[dict]) -> list[dict]:
@@ -202,7 +221,12 @@ class DenoiseStage:
 
     def _denoise(self, jobs: list[dict]) -> list[dict]:
         timer = StageTimer(self.pipe.device)
-        denoised = denoise_jobs(self.pipe, jobs, timer)
+        stops = [j[STOP] for j in jobs if STOP in j]
+
+        def cancelled() -> bool:  # the batch's loop stops once every job in it was given up (a batch of one, often)
+            return len(stops) == len(jobs) and all(s.is_set() for s in stops)
+
+        denoised = denoise_jobs(self.pipe, jobs, timer, cancel=cancelled)
         stages = _stages_ms(timer)
         return [dict(denoised=d, stages=stages, batch=len(jobs), node=self.node) for d in denoised]
 
@@ -247,6 +271,8 @@ def _check(result: dict) -> dict:
     if "error" in result:
         if result["error"] == "value":
             raise ValueError(result["message"])
+        if result["error"] == "cancelled":
+            raise JobCancelled(result["message"])
         raise RuntimeError(result["message"])
     return result
 
@@ -271,13 +297,21 @@ class Ingress:
         self.metrics = ServerMetrics()
         self.node = _node()
         self._describe: dict | None = None
+        self._app = None
 
     def __serve_build_asgi_app__(self):
         cfg = self.cfg
-        return build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
-                         max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
-                         metrics=self.metrics, body_timeout_s=cfg.body_timeout_s, max_n=cfg.max_n,
-                         request_timeout_s=cfg.request_timeout_s, family=cfg.source.family)
+        self._app = build_app(self.run_job, health=self.health, max_pixels=cfg.max_pixels, max_steps=cfg.max_steps,
+                              max_body_bytes=cfg.max_body_bytes, max_queue=cfg.max_queue, queue_stage="ingress",
+                              metrics=self.metrics, body_timeout_s=cfg.body_timeout_s, max_n=cfg.max_n,
+                              request_timeout_s=cfg.request_timeout_s, shutdown_timeout_s=cfg.shutdown_timeout_s,
+                              family=cfg.source.family)
+        return self._app
+
+    async def drain(self) -> dict:
+        """What ``asymvq serve --ray`` calls on SIGTERM before ``serve.shutdown()`` (``asymvq.serve.drain``): new
+        requests 503, ``/readyz`` draining, open ones finish for ``shutdown_timeout_s``, then are cancelled (503)."""
+        return await self._app.state.drain.run()
 
     async def _deployments(self) -> dict | None:
         """{deployment: {"status", "replicas"}} from Serve's controller, asked on every call (what it knows now:
@@ -395,7 +429,10 @@ def ray_app(config: RayServeConfig | None = None, **kwargs):
         raise ValueError("ray_app: pass a RayServeConfig or keyword arguments, not both")
     cfg = config or RayServeConfig.from_options(**kwargs)
     ongoing = 2 * cfg.max_batch  # a full batch computing and the next one gathering
-    grace = dict(graceful_shutdown_timeout_s=cfg.shutdown_timeout_s)
+    # Serve's graceful shutdown of each replica (serve.shutdown, a redeploy, a scale-down): it takes no new
+    # requests and waits for its open ones, checking every half second (Serve's default 2 s made an idle
+    # graph's shutdown 2 s longer per deployment), at most shutdown_timeout_s
+    grace = dict(graceful_shutdown_timeout_s=cfg.shutdown_timeout_s, graceful_shutdown_wait_loop_s=GRACE_LOOP_S)
     denoise = DENOISE.options(
         num_replicas=cfg.denoise_replicas, max_ongoing_requests=ongoing, **grace,
         ray_actor_options=_actor_options(cfg.cpus_per_denoise, cfg.gpus_per_denoise, cfg.denoise_resources),
@@ -444,10 +481,29 @@ def loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+class _Stop(Exception):
+    """The first SIGTERM or SIGINT of ``serve_forever``."""
+
+
+def _drain(cfg: RayServeConfig, why: str) -> None:
+    """Drain the ingress replica (the ingress is one replica: a handle call reaches it) and log what it did."""
+    log.warning("%s: draining (at most %g s), then shutting Serve down", why, cfg.shutdown_timeout_s)
+    try:
+        done = serve.get_app_handle(APP_NAME).drain.remote().result(
+            timeout_s=cfg.shutdown_timeout_s + DRAIN_CANCEL_GRACE_S + 10)
+        log.warning("drained in %.2f s: %d cancelled, %d still open", done["waited_s"], done["cancelled"], done["left"])
+    except Exception as exc:  # noqa: BLE001 - no graph yet (a signal during startup) or the ingress gone: shut down anyway
+        log.warning("drain skipped: %s: %s", type(exc).__name__, exc)
+
+
 def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
                   ready=None) -> None:
     """Start (or join, with ``address``) Ray, deploy the graph with HTTP on ``host:port``, serve until
-    interrupted, then shut Serve (and a Ray started here) down. ``ready(url)`` is called once serving."""
+    interrupted, then shut Serve (and a Ray started here) down. ``ready(url)`` is called once serving.
+
+    The first SIGTERM or SIGINT drains the ingress (``Ingress.drain``: new requests 503, open ones finish for
+    ``cfg.shutdown_timeout_s``, then are cancelled) before ``serve.shutdown()``, and the function returns
+    (``asymvq serve --ray`` exits 0); a second one skips what is left of the drain (KeyboardInterrupt)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
@@ -456,10 +512,16 @@ def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8
         # "local": a new Ray of its own, never one a `ray start` on this machine left behind
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False, **({"_node_ip_address": LOOPBACK} if address is None else {}))
-    def stop(signum, frame):  # SIGTERM (Kubernetes, systemd, kill) shuts down like Ctrl-C, through the finally below
+    def stop(signum, frame):  # SIGTERM (Kubernetes, systemd, kill) and Ctrl-C: drain, then the finally below
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, hurry)
+        raise _Stop(signal.Signals(signum).name)
+
+    def hurry(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(ray_app(cfg), name=APP_NAME, route_prefix="/")
@@ -468,6 +530,8 @@ def serve_forever(cfg: RayServeConfig, *, host: str = "127.0.0.1", port: int = 8
             ready(url)
         while True:
             time.sleep(3600)
+    except _Stop as why:
+        _drain(cfg, str(why))
     finally:
         try:
             serve.shutdown()

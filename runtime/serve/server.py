@@ -47,9 +47,20 @@ from ..pipeline.inpaint_run import run_inpaint
 from ..pipeline.job_rules import SEED_MAX
 from ..pipeline.source import PipelineSource
 from ..profiling.timing import StageTimer
+from .drain import DRAINING, Drain
 from .http_form import RequestError, parse_form, parse_job
 from .jobs import DEADLINE, JOB_HEADER, TIMEOUT_HEADER, Jobs, request_timeout, watch_disconnect
-from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, REQUEST_TIMEOUT_S
+from .limits import (
+    BODY_TIMEOUT_S,
+    CLIENT_CLOSED,
+    DRAIN_RETRY_AFTER_S,
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_N,
+    MAX_QUEUE,
+    REQUEST_TIMEOUT_S,
+    SHUTDOWN_TIMEOUT_S,
+)
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
 from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
@@ -73,9 +84,10 @@ def _error_for(path: str):
 
 
 # -- the request body -------------------------------------------------------------------------
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent) and
-    with 408 when it has not all arrived after ``timeout_s``."""
+async def _read_body(request: Request, limit: int, timeout_s: float, cancel: threading.Event) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent),
+    with 408 when it has not all arrived after ``timeout_s``, and ``JobCancelled`` soon after ``cancel`` is set
+    (the drain's bound: a stalled upload holds SIGTERM no longer than a running job)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body: expected at most {limit} bytes, got {int(declared)}")
@@ -99,11 +111,19 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 raise RequestError(413, f"body: expected at most {limit} bytes, got more")
             chunks.append(chunk)
 
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    reading = asyncio.ensure_future(read())
     try:
-        await asyncio.wait_for(read(), timeout_s)
-    except asyncio.TimeoutError:
-        raise RequestError(408, f"body: expected the whole body within {timeout_s:g} s, got {size} bytes by then",
-                           headers={"Connection": "close"}) from None
+        while not (await asyncio.wait({reading}, timeout=min(LOCK_POLL_S, max(0.0, deadline - loop.time()))))[0]:
+            if cancel.is_set():
+                raise JobCancelled(f"while its body arrived ({size} bytes by then)")
+            if loop.time() >= deadline:
+                raise RequestError(408, f"body: expected the whole body within {timeout_s:g} s, got {size} bytes by "
+                                        "then", headers={"Connection": "close"})
+    finally:
+        reading.cancel()
+    reading.result()
     return b"".join(chunks)
 
 
@@ -175,7 +195,7 @@ class _Runner:
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
                max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
                max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N,
-               request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
+               request_timeout_s: float = REQUEST_TIMEOUT_S, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S) -> FastAPI:
     """A FastAPI app serving ``pipeline``: a pipeline of any family, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
     one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
@@ -196,7 +216,7 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
     app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
                     body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n,
-                    request_timeout_s=request_timeout_s, family=pipe.rules.name)
+                    request_timeout_s=request_timeout_s, shutdown_timeout_s=shutdown_timeout_s, family=pipe.rules.name)
     app.state.runner = runner
     return app
 
@@ -205,24 +225,29 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
               max_queue: int = MAX_QUEUE,
               queue_stage: str = "pipeline", metrics: ServerMetrics | None = None,
               body_timeout_s: float = BODY_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES,
-              max_n: int = MAX_N, request_timeout_s: float = REQUEST_TIMEOUT_S, family: str = SD) -> FastAPI:
+              max_n: int = MAX_N, request_timeout_s: float = REQUEST_TIMEOUT_S,
+              shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S, family: str = SD) -> FastAPI:
     """The HTTP surface every front end shares: routes, limits, errors, headers and ``/metrics``; ``family``: the
     served pipeline's, whose rules check the forms (``asymvq.pipeline.family_rules``).
 
     ``run_job(job, cancel)`` is awaited with each parsed job and its ``threading.Event`` (set when the job is
     cancelled: stop and raise ``JobCancelled``) and returns a ``JobResult`` (the single-process
     runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
-    or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too."""
+    or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too.
+    ``app.state.drain`` (``asymvq.serve.drain``) is what SIGTERM runs: 503 to new requests, the open ones
+    finish for at most ``shutdown_timeout_s``."""
     for name, value in (("max_pixels", max_pixels), ("max_steps", max_steps), ("max_body_bytes", max_body_bytes),
                         ("max_queue", max_queue), ("max_header_bytes", max_header_bytes), ("max_n", max_n)):
         check_int(value, name)
-    for name, value in (("body_timeout_s", body_timeout_s), ("request_timeout_s", request_timeout_s)):
+    for name, value in (("body_timeout_s", body_timeout_s), ("request_timeout_s", request_timeout_s),
+                        ("shutdown_timeout_s", shutdown_timeout_s)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
             raise ValueError(f"{name}: expected a number of seconds > 0, got {value!r}")
     metrics = metrics or ServerMetrics()
     waiting = metrics.queue_depth.labels(queue_stage)
     state = {"waiting": 0}  # touched only on the event loop's thread
     jobs = Jobs()
+    drain = Drain(shutdown_timeout_s, lambda: state["waiting"], jobs.cancel_all)
 
     # /openapi.json and /docs from the typed models of asymvq.serve.schema; the forms there only document the
     # body, which the routes still read under their limits and split with http_form (why: schema.py's docstring)
@@ -233,6 +258,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
                               f"body_timeout_s {body_timeout_s:g}, request_timeout_s {request_timeout_s:g} (a request's "
                               f"{TIMEOUT_HEADER} header may ask for less).")
     app.state.metrics = metrics
+    app.state.drain = drain
     app.add_middleware(_HeaderLimit, limit=max_header_bytes, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
@@ -241,13 +267,17 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         return _error_for(request.url.path)(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
     async def readiness():
+        if drain.draining:  # out of the load balancer first; the requests it holds still finish
+            return JSONResponse({"status": "draining", "in_progress": state["waiting"]}, status_code=503,
+                                headers={"Retry-After": str(DRAIN_RETRY_AFTER_S)})
         body = health if isinstance(health, dict) else await health()
         if body.get("status") != "ok":  # readiness: a load balancer takes the server out while it is not
             return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         return body
 
     ready_doc = {200: {"description": "Ready: the pipeline is loaded and every stage healthy; what it serves."},
-                 503: {"description": "Not ready (a stage loading or unavailable); Retry-After."}}
+                 503: {"description": "Not ready (a stage loading or unavailable, or draining after SIGTERM); "
+                                        "Retry-After."}}
     # /healthz stays readiness (what it always answered); /readyz is its Kubernetes name
     app.get("/healthz", responses=ready_doc, summary="Readiness (also /readyz)")(readiness)
     app.get("/readyz", responses=ready_doc, summary="Readiness")(readiness)
@@ -255,7 +285,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     @app.get("/livez", responses={200: {"description": "The process answers: restart it only when this fails."}})
     async def liveness():
         # no back end asked: a busy or loading server is alive, and a restart would not make it ready sooner
-        return {"status": "alive", "in_progress": state["waiting"], "max_queue": max_queue}
+        return {"status": "alive", "in_progress": state["waiting"], "max_queue": max_queue, "draining": drain.draining}
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
@@ -279,6 +309,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     async def _admitted(request: Request, error, handle):
         # A request holds its place from the moment its body starts, through parsing, the queue and the run:
         # counted after parsing, bodies that finish together would all pass the bound (40 x 200, no 503).
+        if drain.draining:
+            return error(503, "server: expected a server that is not shutting down, got one draining; retry later "
+                              "(another replica, or this one restarted)",
+                         {"Retry-After": str(DRAIN_RETRY_AFTER_S), "Connection": "close"})
         if state["waiting"] >= max_queue:
             return error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
                          {"Retry-After": "1"})
@@ -292,14 +326,18 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         waiting.inc()
         watcher = alarm = None
         try:
-            body = await _read_body(request, max_body_bytes, body_timeout_s)
+            body = await _read_body(request, max_body_bytes, body_timeout_s, ticket.event)
             watcher = asyncio.ensure_future(watch_disconnect(request, ticket))
             # the deadline counts from the request's arrival; past it the job stops at its next step (504)
             alarm = asyncio.get_running_loop().call_at(t0 + timeout_s, ticket.cancel, DEADLINE)
             response = await handle(body, ticket.event)
         except JobCancelled as exc:
             log.info("job %s stopped: %s (%s)", ticket.id, ticket.reason, exc)
-            if ticket.reason == DEADLINE:
+            if ticket.reason == DRAINING:
+                response = error(503, f"server: expected the job within the drain's {shutdown_timeout_s:g} s "
+                                      f"(--shutdown-timeout), got past it; {exc}; retry later",
+                                 {"Retry-After": str(DRAIN_RETRY_AFTER_S), "Connection": "close"})
+            elif ticket.reason == DEADLINE:
                 response = error(504, f"timeout: expected the job within {timeout_s:g} s ({TIMEOUT_HEADER}, at most the "
                                       f"server's {request_timeout_s:g}), got past it; {exc}", None)
             else:

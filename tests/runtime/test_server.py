@@ -230,18 +230,18 @@ def test_create_app_rejects_what_it_cannot_serve(pipe):
 
 
 def test_serve_command_builds_the_app_and_runs_uvicorn(monkeypatch, capsys):
-    import uvicorn
-
+    import asymvq.serve.drain as drain
     from asymvq.cli import main
 
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(drain, "run_uvicorn", lambda app, **kw: calls.append((app, kw)))  # uvicorn that drains
     with pytest.raises(SystemExit) as exc:
-        main(["serve", "--port", "8123", "--max-steps", "7"])  # no pipeline option: the tiny preset
+        main(["serve", "--port", "8123", "--max-steps", "7", "--shutdown-timeout", "12"])  # no pipeline: tiny
     assert (exc.value.code or 0) == 0 and len(calls) == 1
     app, kwargs = calls[0]
     assert kwargs == {"host": "127.0.0.1", "port": 8123, "workers": 1, "http": "h11",
-                      "h11_max_incomplete_event_size": 65536, "timeout_graceful_shutdown": 30.0}
+                      "h11_max_incomplete_event_size": 65536}
+    assert app.state.drain.timeout_s == 12.0  # the drain's bound (tests/runtime/test_server_drain.py)
     health = TestClient(app).get("/healthz").json()
     assert health["source"] == "preset:tiny" and health["max_steps"] == 7
 

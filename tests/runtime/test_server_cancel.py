@@ -139,7 +139,7 @@ def test_the_servers_own_deadline_caps_every_request_and_liveness_is_apart():
         resp = client.post("/v1/inpaint", files={"image": ("i.png", png(source)), "mask": ("m.png", png(hole))},
                            data={"prompt": "a sofa", "steps": "150"}, headers={"X-Asymvq-Timeout-s": "30"})
         assert resp.status_code == 504 and "within 0.3 s" in resp.json()["error"]
-        assert client.get("/livez").json() == {"status": "alive", "in_progress": 0, "max_queue": 8}
+        assert client.get("/livez").json() == {"status": "alive", "in_progress": 0, "max_queue": 8, "draining": False}
         assert client.get("/readyz").json() == client.get("/healthz").json()
         assert client.get("/readyz").json()["status"] == "ok"
     with pytest.raises(ValueError, match="request_timeout_s: expected a number of seconds > 0, got 0"):
