@@ -13,13 +13,15 @@ not cut, so the client learns that the text was not all read.
 """
 from __future__ import annotations
 
-import math
-
 from .checks import is_number
 from .family_rules import RULES, SD, family_rules
 from .schedulers import SCHEDULER_ALIASES, SCHEDULERS
 
 PROMPT_MAX_BYTES = 4096  # prompt and negative_prompt, each, in UTF-8 bytes
+# Every family's schedulers index tables of their 1000 training timesteps (num_train_timesteps); more
+# inference steps than that step past them (DDIM: IndexError in scheduling_ddim.step), so no bound
+# given with --max-steps lifts this one.
+STEPS_MAX = 1000
 SEED_MAX = 2**63 - 1  # torch.Generator().manual_seed's range
 GUIDANCE_RANGE = RULES[SD].guidance_range  # SD's and SDXL's; each family's: asymvq.pipeline.family_rules
 ARGS = ("prompt", "negative_prompt", "steps", "guidance", "seed", "strength", "scheduler")
@@ -40,9 +42,9 @@ def check_prompt(text, arg: str = "prompt", required: bool = True) -> str | None
 def check_steps(steps, max_steps: int | None = None, arg: str = "steps") -> int:
     if not isinstance(steps, int) or isinstance(steps, bool):
         raise ValueError(f"{arg}: expected an integer, got {steps!r}")
-    hi = max_steps if max_steps is not None else math.inf
+    hi = STEPS_MAX if max_steps is None else min(max_steps, STEPS_MAX)
     if not 1 <= steps <= hi:
-        raise ValueError(f"{arg}: expected a value in [1, {max_steps if max_steps is not None else 'inf'}], got {steps}")
+        raise ValueError(f"{arg}: expected a value in [1, {hi}], got {steps}")
     return steps
 
 

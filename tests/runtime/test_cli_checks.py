@@ -31,7 +31,8 @@ def images(tmp_path_factory):
     (["--seed", "-1"], "--seed: expected a value in [0, 9223372036854775807], got -1"),
     (["--strength", "1.5"], "--strength: expected a value in (0, 1], got 1.5"),
     (["--strength", "0.1", "--steps", "2"], "--strength: expected a value that leaves at least one of the 2 denoising"),
-    (["--steps", "0"], "--steps: expected a value in [1, inf], got 0"),
+    (["--steps", "0"], "--steps: expected a value in [1, 1000], got 0"),
+    (["--steps", "1001"], "--steps: expected a value in [1, 1000], got 1001"),  # past the schedulers' tables
     (["--guidance", "80"], "--guidance: expected a value in [0, 50], got 80.0"),
     (["--scheduler", "lms"], "--scheduler: expected one of ['ddim', 'pndm', 'euler', 'dpm++'], got 'lms'"),
     (["--prompt", "x" * (PROMPT_MAX_BYTES + 1)], f"--prompt: expected at most {PROMPT_MAX_BYTES} bytes"),
