@@ -32,7 +32,8 @@ def check_same_size(source, hole, mask_arg: str = "mask") -> None:
 
 def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps: int = 50, guidance: float = 7.5,
                 strength: float = 1.0, seed: int = 0, scheduler: str | None = None, timer=None, progress: bool = False,
-                mask_arg: str = "mask", decode_options: dict | None = None, cancel=None) -> InpaintRun:
+                mask_arg: str = "mask", decode_options: dict | None = None, cancel=None,
+                on_step=None) -> InpaintRun:
     """Inpaint PIL ``source`` where PIL ``hole`` is white; noise from ``torch.Generator().manual_seed(seed)``.
 
     The generator is a CPU one whatever the device, so a seed gives the same noise on every machine
@@ -42,7 +43,8 @@ def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps:
     check_same_size(source, hole, mask_arg)
     denoised = pipe.denoise(prompt, source, hole, negative_prompt=negative_prompt, num_inference_steps=steps,
                             guidance_scale=guidance, strength=strength, generator=torch.Generator().manual_seed(seed),
-                            scheduler=scheduler, timer=timer, progress=progress, cancel=cancel)
+                            scheduler=scheduler, timer=timer, progress=progress, cancel=cancel,
+                            on_step=on_step)
     return finish_run(pipe.decode(denoised, timer=timer, decode_options=decode_options), denoised)
 
 

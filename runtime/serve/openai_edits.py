@@ -14,7 +14,10 @@ What is OpenAI's and what is asymvq's:
   400 rather than a silent resize.
 - ``n``: 1 to the server's ``max_n``; image ``i`` uses ``seed + i``.
 - ``response_format``: ``b64_json`` only; the server keeps no files to link to, so ``url`` is a 400.
-- ``stream`` / ``partial_images``: not streamed yet; ``stream=true`` and ``partial_images > 0`` are 400s.
+- ``stream`` / ``partial_images`` (0-3): server-sent events, OpenAI's ``image_edit.partial_image`` (previews
+  from a linear latent-to-RGB projection, resized to the image's size) and ``image_edit.completed`` (its
+  ``usage`` all zeros: asymvq counts no tokens); ``n`` must be 1 there (the events carry no image index).
+  The events are ``asymvq.serve.progress``'s.
 - asymvq's own values ride as extra fields (the client's ``extra_body``): ``negative_prompt``, ``steps``,
   ``seed``, ``scheduler``, ``strength``, ``guidance``.
 - ``model``, ``user``, ``safety_identifier``, ``moderation`` are accepted and not used (one model per server;
@@ -31,6 +34,7 @@ import PIL.Image
 
 from ..pipeline.inpaint_run import check_same_size
 from .http_form import IMAGE_FORMATS, RequestError, decode_image, job_values
+from .progress import openai_schedule
 
 OPENAI_FIELDS = ("image", "image[]", "mask", "prompt", "n", "size", "response_format", "output_format",
                  "output_compression", "stream", "partial_images", "model", "user", "safety_identifier", "moderation",
@@ -96,7 +100,7 @@ def _alpha_hole(data: bytes, name: str, max_pixels: int) -> PIL.Image.Image:
 
 def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int) -> tuple[dict, dict]:
     """(job, options): the job as ``parse_job`` makes it for ``/v1/inpaint``; options: n, output_format,
-    output_compression, size. Checked in the order the API reference lists the fields; the first bad one is the error."""
+    output_compression, size, background, schedule (the stream's preview schedule, None when not streamed). Checked in the order the API reference lists the fields; the first bad one is the error."""
     if "image" in fields and "image[]" in fields:
         raise RequestError(400, "image: expected one image (image or image[]), got both")
     image = fields.get("image", fields.get("image[]"))
@@ -136,13 +140,12 @@ def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int) -> 
         raise RequestError(400, "response_format: expected b64_json, got 'url' (this server keeps no files to link to)")
     output_format = _choice(fields, "output_format", OUTPUT_FORMATS, "png")
     compression = _int(fields, "output_compression", 0, 100, 100)
-    if _choice(fields, "stream", ("false", "true", "0", "1"), "false") in ("true", "1"):
-        raise RequestError(400, "stream: expected false, got true (this server does not stream image edits yet)")
-    _int(fields, "partial_images", 0, 0, 0, " (no streaming yet)")
+    schedule = openai_schedule(fields, n)
     _choice(fields, "quality", ("auto",), "auto")
-    _choice(fields, "background", ("auto", "opaque"), "auto")
+    background = _choice(fields, "background", ("auto", "opaque"), "auto")
     job = dict(source=source, hole=hole, **job_values(fields, max_steps=max_steps))
-    return job, {"n": n, "output_format": output_format, "output_compression": compression, "size": want}
+    return job, {"n": n, "output_format": output_format, "output_compression": compression, "size": want,
+                 "background": background, "schedule": schedule}
 
 
 def encode(png: bytes, output_format: str, compression: int) -> str:
