@@ -19,7 +19,6 @@ import asyncio
 import base64
 import io
 import json
-import logging
 import time
 
 import numpy as np
@@ -30,7 +29,6 @@ from starlette.responses import StreamingResponse
 from ..models.latent_space import rgb_projection
 from .http_form import RequestError
 
-log = logging.getLogger("asymvq.serve.progress")
 PREVIEW_EVERY = 5  # the native endpoint's default: a preview every 5 steps (preview_every=0: none)
 MAX_PARTIAL_IMAGES = 3  # OpenAI's bound on partial_images
 STREAM_FIELDS = ("stream", "preview_every")  # the native endpoint's streaming fields
@@ -226,6 +224,7 @@ class JobStream(StreamingResponse):
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.events, self.ticket, self.arrived, self.failure, self.release = events, ticket, arrived, failure, release
+        self.answered = False  # whether the job's failure went out as an error event (and into the log)
         self.task = asyncio.ensure_future(run(self._on_step))  # now, so that a stream never read still ends
         super().__init__(self._body(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                                 **(headers or {})})
@@ -257,6 +256,7 @@ class JobStream(StreamingResponse):
             try:
                 results = self.task.result()
             except Exception as exc:  # noqa: BLE001 - answered as the endpoint's error event
+                self.answered = True
                 status, message = self.failure(exc)
                 yield self.events.error(status, message, self._base())
                 return
@@ -274,10 +274,8 @@ class JobStream(StreamingResponse):
             self.task.add_done_callback(self._finished)
 
     def _finished(self, task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            if not isinstance(exc, (RequestError, ValueError)) and type(exc).__name__ != "JobCancelled":
-                log.error("streamed job %s failed", self.ticket.id, exc_info=exc)
+        if not task.cancelled() and task.exception() is not None and not self.answered:
+            self.failure(task.exception())  # logged as a plain answer's failure is (why the job stopped)
         self.release()
 
 
