@@ -50,7 +50,19 @@ from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BY
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
 from .progress import STREAM_FIELDS, JobStream, NativeEvents, OpenAIEvents, StreamRequest, job_on_step, native_schedule
-from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
+from .schema import (
+    NATIVE_EVENTS,
+    OPENAI_EVENTS,
+    EditForm,
+    ImagesResponse,
+    InpaintForm,
+    JobCancelledBody,
+    NativeError,
+    OpenAIError,
+    error_responses,
+    form_schema,
+    stream_content,
+)
 
 log = logging.getLogger("asymvq.serve.server")
 LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
@@ -355,9 +367,11 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
 
     @app.post("/v1/inpaint", response_class=Response,
               openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels),
-              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                           **stream_content(NATIVE_EVENTS)},
                                "description": "The inpainted image; X-Asymvq-Latency-ms, X-Asymvq-Pre-Error, "
-                                              "Server-Timing headers."}, **error_responses(NativeError)})
+                                              "Server-Timing headers. With stream=true: server-sent events "
+                                              "(progress, preview, result, error)."}, **error_responses(NativeError)})
     async def inpaint(request: Request):
         async def handle(body: bytes, cancel: threading.Event):
             fields = parse_form(body, request.headers.get("content-type", ""), FIELDS + STREAM_FIELDS)
@@ -377,7 +391,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
 
     @app.post("/v1/images/edits", response_model=ImagesResponse,
               openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n),
-              responses=error_responses(OpenAIError))
+              responses={200: {"content": stream_content(OPENAI_EVENTS),
+                               "description": "OpenAI's ImagesResponse; with stream=true OpenAI's image edit stream "
+                                              "events (image_edit.partial_image, image_edit.completed, error)."},
+                         **error_responses(OpenAIError)})
     async def images_edits(request: Request):
         async def handle(body: bytes, cancel: threading.Event):
             job, opts = parse_edit(parse_form(body, request.headers.get("content-type", ""), OPENAI_FIELDS),
