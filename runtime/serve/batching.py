@@ -43,8 +43,9 @@ def _one(x: torch.Tensor, i: int) -> torch.Tensor:
     return (x if x.shape[0] == 1 else x[i:i + 1]).clone()
 
 
-def denoise_jobs(pipe, jobs: list[dict], timer=None) -> list[Denoised]:
-    """Text, VAE encode and the UNet loop for jobs that share a ``batch_key``, in one batch; one ``Denoised`` each."""
+def denoise_jobs(pipe, jobs: list[dict], timer=None, on_step=None, cancel=None) -> list[Denoised]:
+    """Text, VAE encode and the UNet loop for jobs that share a ``batch_key``, in one batch; one ``Denoised`` each.
+    ``on_step`` / ``cancel``: the pipeline's hooks for the whole batch (``InpaintPipeline.denoise``)."""
     if len({batch_key(j) for j in jobs}) != 1:
         raise ValueError(f"jobs: expected one batch key ({', '.join(BATCH_FIELDS)}), got {len({batch_key(j) for j in jobs})}")
     first = jobs[0]
@@ -53,6 +54,7 @@ def denoise_jobs(pipe, jobs: list[dict], timer=None) -> list[Denoised]:
         negative_prompt=[j["negative_prompt"] or "" for j in jobs], num_inference_steps=first["steps"],
         guidance_scale=[j["guidance"] for j in jobs], strength=first["strength"],
         generator=[torch.Generator().manual_seed(j["seed"]) for j in jobs], scheduler=first["scheduler"], timer=timer,
+        on_step=on_step, cancel=cancel,
     )
     return [Denoised(_one(out.latents, i), _one(out.image, i), _one(out.mask, i)) for i in range(len(jobs))]
 

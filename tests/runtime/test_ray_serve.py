@@ -92,6 +92,25 @@ def test_graph_batches_jobs_and_each_keeps_its_single_process_image(local_graph,
     assert results[0].pre_error == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
+STREAMED: list = []
+
+
+def _streamed(event):  # by reference: Serve's local testing mode copies a call's arguments
+    STREAMED.append(event)
+
+
+def test_graph_streams_a_jobs_progress_through_the_denoise_stage(local_graph, tiny_pipe):
+    """A streamed job (its preview schedule in the job) comes through the denoise stage's streaming handle: every
+    step's event, previews on the schedule's steps, and the image it gets unstreamed."""
+    events = STREAMED
+    events.clear()
+    item = job(7, steps=3, preview=("every", 1))
+    res = local_graph.run_job.remote(item, None, _streamed).result(timeout_s=120)
+    assert [(e["step"], e["total"]) for e in events] == [(1, 3), (2, 3), (3, 3)]
+    assert [e["preview"].shape for e in events if "preview" in e] == [(4, 4, 3)] * 2  # not the last step's
+    assert np.abs(pixels(res.png) - reference_png(tiny_pipe, item)).max() <= 1
+
+
 def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_graph):
     with pytest.raises(ValueError, match=r"strength: expected a value that leaves at least one of the 2 denoising steps"):
         local_graph.run_job.remote(job(1, strength=0.1)).result(timeout_s=120)
