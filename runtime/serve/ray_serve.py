@@ -406,14 +406,17 @@ class Ingress:
         stream = handle.options(stream=True).stream.remote(payload)
         while True:
             step = asyncio.ensure_future(stream.__anext__())
-            while True:
-                done, _ = await asyncio.wait({step}, timeout=CANCEL_POLL_S)
-                if done:
-                    break
-                if cancel is not None and cancel.is_set():
-                    stream.cancel()
-                    step.cancel()
-                    raise JobCancelled("cancelled while a stage ran it")
+            try:
+                while True:
+                    done, _ = await asyncio.wait({step}, timeout=CANCEL_POLL_S)
+                    if done:
+                        break
+                    if cancel is not None and cancel.is_set():
+                        raise JobCancelled("cancelled while a stage ran it")
+            except (JobCancelled, asyncio.CancelledError):  # this call cancelled too (Serve's proxy: client gone)
+                stream.cancel()
+                step.cancel()
+                raise
             try:
                 item = step.result()
             except StopAsyncIteration:
