@@ -29,7 +29,6 @@ from .schedulers import (  # noqa: F401 (SCHEDULERS, SCHEDULER_ALIASES and make_
     step_kwargs,
     switch_scheduler,
 )
-from .steps import report_step
 from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
     DENOISE_COMPONENTS,
     NULL_TIMER,
@@ -40,6 +39,7 @@ from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
     check_decoder_engines,
     run_decoder,
 )
+from .steps import report_step
 
 
 class JobCancelled(Exception):

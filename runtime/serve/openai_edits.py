@@ -28,13 +28,14 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 
 import numpy as np
 import PIL.Image
 
 from ..pipeline.inpaint_run import check_same_size
 from .http_form import IMAGE_FORMATS, RequestError, decode_image, job_values
-from .progress import openai_schedule
+from .progress import openai_schedule, preview_png, sse
 
 OPENAI_FIELDS = ("image", "image[]", "mask", "prompt", "n", "size", "response_format", "output_format",
                  "output_compression", "stream", "partial_images", "model", "user", "safety_identifier", "moderation",
@@ -100,7 +101,8 @@ def _alpha_hole(data: bytes, name: str, max_pixels: int) -> PIL.Image.Image:
 
 def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int) -> tuple[dict, dict]:
     """(job, options): the job as ``parse_job`` makes it for ``/v1/inpaint``; options: n, output_format,
-    output_compression, size, background, schedule (the stream's preview schedule, None when not streamed). Checked in the order the API reference lists the fields; the first bad one is the error."""
+    output_compression, size, background, schedule (the stream's preview schedule, None when not streamed).
+    Checked in the order the API reference lists the fields; the first bad one is the error."""
     if "image" in fields and "image[]" in fields:
         raise RequestError(400, "image: expected one image (image or image[]), got both")
     image = fields.get("image", fields.get("image[]"))
@@ -158,3 +160,42 @@ def encode(png: bytes, output_format: str, compression: int) -> str:
             im.convert("RGB").save(buf, format=OUTPUT_FORMATS[output_format], quality=max(1, compression))
         data = buf.getvalue()
     return base64.b64encode(data).decode("ascii")
+
+
+class OpenAIEvents:
+    """OpenAI's image edit stream: ``image_edit.partial_image`` (the previews, at the image's size) and
+    ``image_edit.completed``; a failure is ``error`` with OpenAI's error body (the official client raises it)."""
+
+    def __init__(self, observed, opts: dict, error_body):
+        self.observed, self.opts, self.error_body = observed, opts, error_body
+        self.background = opts["background"]
+        self.partials = 0
+        width, height = opts["size"].split("x")
+        self.size = (int(width), int(height))
+
+    def _common(self) -> dict:
+        return {"created_at": int(time.time()), "size": self.opts["size"], "quality": "auto",
+                "background": self.background, "output_format": self.opts["output_format"]}
+
+    def _b64(self, png: bytes) -> str:
+        return encode(png, self.opts["output_format"], self.opts["output_compression"])
+
+    def step(self, event: dict, base: dict) -> list[bytes]:
+        if "preview" not in event:
+            return []  # OpenAI's stream has no per-step event; the job id is in the X-Asymvq-Job-Id header
+        data = {"type": "image_edit.partial_image", "b64_json": self._b64(preview_png(event["preview"], self.size)),
+                **self._common(), "partial_image_index": self.partials}
+        self.partials += 1
+        return [sse("image_edit.partial_image", data)]
+
+    def result(self, results: list, base: dict) -> bytes:
+        r = results[0]
+        self.observed(r)
+        # usage: OpenAI's event requires it; asymvq counts no tokens (no billing), so every count is 0
+        usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+                 "total_tokens": 0}
+        return sse("image_edit.completed", {"type": "image_edit.completed", "b64_json": self._b64(r.png),
+                                            **self._common(), "usage": usage})
+
+    def error(self, status: int, message: str, base: dict) -> bytes:
+        return sse("error", self.error_body(status, message))

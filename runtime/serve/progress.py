@@ -7,9 +7,9 @@ From the step loop to the client:
    denoise stage does and the events travel back through its streaming handle.
 2. ``JobStream`` (a Starlette streaming response) carries them across to the event loop, stamps the job id and the
    milliseconds since the request arrived, and writes them in the endpoint's words (``NativeEvents``:
-   ``progress``, ``preview``, ``result``, ``error``; ``OpenAIEvents``: OpenAI's ``image_edit.partial_image`` and
-   ``image_edit.completed``), then the result, or an ``error`` event in the endpoint's error shape when the job
-   fails after the 200 went out (a failure before that is the endpoint's ordinary 4xx/5xx).
+   ``progress``, ``preview``, ``result``, ``error``; ``asymvq.serve.openai_edits.OpenAIEvents``: OpenAI's
+   ``image_edit.partial_image`` and ``image_edit.completed``), then the result, or an ``error`` event in the
+   endpoint's error shape when the job fails after the 200 went out (before that: the endpoint's plain 4xx/5xx).
 3. The request keeps its place in the queue until its job has stopped: a client that disconnects mid-stream
    cancels the job, which stops at its next step boundary, and only then is its place freed.
 """
@@ -19,7 +19,6 @@ import asyncio
 import base64
 import io
 import json
-import time
 
 import numpy as np
 import PIL.Image
@@ -128,7 +127,7 @@ def sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _png(pixels: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+def preview_png(pixels: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
     image = PIL.Image.fromarray(pixels, "RGB")
     if size is not None and image.size != size:
         image = image.resize(size, PIL.Image.BILINEAR)
@@ -149,7 +148,7 @@ class NativeEvents:
             pixels = event["preview"]
             out.append(sse("preview", {**base, "step": event["step"], "total": event["total"], "width": pixels.shape[1],
                                        "height": pixels.shape[0],
-                                       "image": base64.b64encode(_png(pixels)).decode("ascii")}))
+                                       "image": base64.b64encode(preview_png(pixels)).decode("ascii")}))
         return out
 
     def result(self, results: list, base: dict) -> bytes:
@@ -160,47 +159,6 @@ class NativeEvents:
 
     def error(self, status: int, message: str, base: dict) -> bytes:
         return sse("error", {"error": message, "status": status, **base})
-
-
-class OpenAIEvents:
-    """OpenAI's image edit stream: ``image_edit.partial_image`` (the previews, at the image's size) and
-    ``image_edit.completed``; a failure is ``error`` with OpenAI's error body (the official client raises it)."""
-
-    def __init__(self, observed, opts: dict, error_body):
-        self.observed, self.opts, self.error_body = observed, opts, error_body
-        self.background = opts["background"]
-        self.partials = 0
-        width, height = opts["size"].split("x")
-        self.size = (int(width), int(height))
-
-    def _common(self) -> dict:
-        return {"created_at": int(time.time()), "size": self.opts["size"], "quality": "auto",
-                "background": self.background, "output_format": self.opts["output_format"]}
-
-    def _b64(self, png: bytes) -> str:
-        from .openai_edits import encode
-
-        return encode(png, self.opts["output_format"], self.opts["output_compression"])
-
-    def step(self, event: dict, base: dict) -> list[bytes]:
-        if "preview" not in event:
-            return []  # OpenAI's stream has no per-step event; the job id is in the X-Asymvq-Job-Id header
-        data = {"type": "image_edit.partial_image", "b64_json": self._b64(_png(event["preview"], self.size)),
-                **self._common(), "partial_image_index": self.partials}
-        self.partials += 1
-        return [sse("image_edit.partial_image", data)]
-
-    def result(self, results: list, base: dict) -> bytes:
-        r = results[0]
-        self.observed(r)
-        # usage: OpenAI's event requires it; asymvq counts no tokens (no billing), so every count is 0
-        usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
-                 "total_tokens": 0}
-        return sse("image_edit.completed", {"type": "image_edit.completed", "b64_json": self._b64(r.png),
-                                            **self._common(), "usage": usage})
-
-    def error(self, status: int, message: str, base: dict) -> bytes:
-        return sse("error", self.error_body(status, message))
 
 
 # -- the response ---------------------------------------------------------------------------------

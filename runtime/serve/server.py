@@ -48,8 +48,8 @@ from .http_form import FIELDS, RequestError, parse_form, parse_job
 from .jobs import DEADLINE, JOB_HEADER, TIMEOUT_HEADER, Jobs, request_timeout, watch_disconnect
 from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, REQUEST_TIMEOUT_S
 from .metrics import ServerMetrics
-from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
-from .progress import STREAM_FIELDS, JobStream, NativeEvents, OpenAIEvents, StreamRequest, job_on_step, native_schedule
+from .openai_edits import OPENAI_FIELDS, OpenAIEvents, encode, openai_error, parse_edit
+from .progress import STREAM_FIELDS, JobStream, NativeEvents, StreamRequest, job_on_step, native_schedule
 from .schema import (
     NATIVE_EVENTS,
     OPENAI_EVENTS,
