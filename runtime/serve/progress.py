@@ -198,6 +198,7 @@ class JobStream(StreamingResponse):
         return {"job_id": self.ticket.id, "elapsed_ms": round((self.loop.time() - self.arrived) * 1e3, 1)}
 
     async def _body(self):
+        getter = None
         try:
             while True:
                 getter = asyncio.ensure_future(self.queue.get())
@@ -220,7 +221,7 @@ class JobStream(StreamingResponse):
                 return
             yield self.events.result(results, self._base())
         finally:
-            if "getter" in locals() and not getter.done():
+            if getter is not None and not getter.done():
                 getter.cancel()
 
     async def __call__(self, scope, receive, send):

@@ -285,7 +285,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             metrics.requests.labels(str(CLIENT_CLOSED)).inc()
             raise
         metrics.requests.labels(str(response.status_code)).inc()
-        if response.status_code == 200:
+        if response.status_code == 200 and not isinstance(response, JobStream):  # a stream's 200 is its start
             metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)
         return response
 
