@@ -63,9 +63,9 @@ def streamed(client: httpx.Client, url: str, body, steps: int) -> dict:
     return dict(first=first, total=done, counts=counts)
 
 
-def measure(kind: str, preset: str, repeats: int) -> dict:
+def measure(kind: str, preset: str, repeats: int, threads: int) -> dict:
     cfg = SETTINGS[preset]
-    server = Server(kind, preset)
+    server = Server(kind, preset, threads=threads)
     try:
         body = png_pair(cfg["size"], cfg["size"], 0)
         with httpx.Client(timeout=1800) as client:
@@ -77,7 +77,7 @@ def measure(kind: str, preset: str, repeats: int) -> dict:
                 streams.append(streamed(client, server.url, body, cfg["steps"]))
         p50 = statistics.median(plains) * 1e3
         s50 = statistics.median(s["total"] for s in streams) * 1e3
-        return dict(server=kind, preset=preset, size=cfg["size"], steps=cfg["steps"], repeats=repeats,
+        return dict(server=kind, preset=preset, size=cfg["size"], steps=cfg["steps"], repeats=repeats, threads=threads,
                     startup_s=round(server.startup_s, 1), plain_ms=round(p50, 1), stream_ms=round(s50, 1),
                     overhead_ms=round(s50 - p50, 1), overhead_pct=round(100 * (s50 - p50) / p50, 1),
                     first_progress_ms=round(statistics.median(s["first"] for s in streams) * 1e3, 1),
@@ -91,13 +91,15 @@ def main(argv=None) -> None:
     p.add_argument("--servers", default="fastapi,ray")
     p.add_argument("--presets", default="tiny,sd15")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of `asymvq serve` (Ray's stages: 1 "
+                   "each); 1 keeps a loaded machine's spin-waiting threads out of the comparison")
     p.add_argument("--note", default="")
     p.add_argument("--out", default="bench/results/serve_stream.json")
     args = p.parse_args(argv)
     out = dict(cpu=cpu_model(), machine_start=machine(), note=args.note, runs=[])
     for preset in args.presets.split(","):
         for kind in args.servers.split(","):
-            row = measure(kind, preset, args.repeats)
+            row = measure(kind, preset, args.repeats, args.threads)
             out["runs"].append(row)
             print(json.dumps(row), flush=True)
     out["machine_end"] = machine()

@@ -183,7 +183,10 @@ class JobStream(StreamingResponse):
         self.queue: asyncio.Queue = asyncio.Queue()
         self.events, self.ticket, self.arrived, self.failure, self.release = events, ticket, arrived, failure, release
         self.answered = False  # whether the job's failure went out as an error event (and into the log)
-        self.task = asyncio.ensure_future(run(self._on_step))  # now, so that a stream never read still ends
+        self.streaming = False  # whether the stream is being written (it then reports the job's failure)
+        self.task = asyncio.ensure_future(run(self._on_step))
+        # the place is freed when the job stops, however the stream ends, even one the server never starts writing
+        self.task.add_done_callback(self._finished)
         super().__init__(self._body(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                                 **(headers or {})})
 
@@ -225,17 +228,27 @@ class JobStream(StreamingResponse):
                 getter.cancel()
 
     async def __call__(self, scope, receive, send):
+        self.streaming = True
         try:
             await super().__call__(scope, receive, send)
         finally:
+            self.streaming = False
             if not self.task.done():  # the client left mid-stream: stop the job at its next step
                 self.ticket.cancel("client closed the connection")
-            self.task.add_done_callback(self._finished)
+            else:
+                self._log_unanswered()
 
     def _finished(self, task) -> None:
-        if not task.cancelled() and task.exception() is not None and not self.answered:
-            self.failure(task.exception())  # logged as a plain answer's failure is (why the job stopped)
         self.release()
+        if not self.streaming:
+            self._log_unanswered()
+
+    def _log_unanswered(self) -> None:
+        """A failure no error event reported (the stream was gone): logged as a plain answer's failure is."""
+        task = self.task
+        if not self.answered and not task.cancelled() and task.exception() is not None:
+            self.answered = True
+            self.failure(task.exception())
 
 
 def _running_loop():
