@@ -4,7 +4,8 @@
 spans), ``parts`` (what a pipeline is built from, per kind of source), ``source`` (``PipelineSource``:
 the one value the front ends turn their options into), ``schedulers``, ``decode_modes`` (tiled and
 region decoding), ``images`` and ``latents_io`` (inputs and outputs), ``inpaint_run`` (one run to
-images and Pre_error), ``preservation`` (Pre_error) and ``checks`` (argument checks, written once); the other
+images and Pre_error), ``steps`` (what the step loop's ``on_step`` hook is given), ``preservation``
+(Pre_error) and ``checks`` (argument checks, written once); the other
 families: ``flux_fill`` (FLUX.1 Fill), ``sdxl_inpaint`` (SDXL), ``family_base`` (what they share) and ``families``
 (which family a diffusers pipeline or folder is). The front ends (``asymvq.cli``,
 ``asymvq.serve``) use this room; nothing here imports them.

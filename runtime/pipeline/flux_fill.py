@@ -23,6 +23,7 @@ from .images import postprocess, prepare_image_and_mask
 from .outputs import Denoised, InpaintOutput
 from .schedulers import copy_scheduler
 from .stages import SPAN_SCHEDULER, SPAN_UNET
+from .steps import report_step
 
 SIZE_MULTIPLE = RULES[FLUX_FILL].size_multiple  # 8 (the VAE) x 2 (the 2x2 token packing)
 # the distilled guidance embedding was trained on 1..~10 (Fill: 30); past 100 is a mistake
@@ -131,9 +132,11 @@ class FluxFillInpaintPipeline(FamilyBase):
     def denoise(self, prompt=None, prompt_2=None, image=None, mask_image=None, *, height=None, width=None,
                 strength: float = 1.0, num_inference_steps: int = 50, sigmas=None, guidance_scale: float = 30.0,
                 num_images_per_prompt: int = 1, generator=None, prompt_embeds=None, pooled_prompt_embeds=None,
-                max_sequence_length: int = 512, timer=None, progress: bool = False, cancel=None) -> Denoised:
+                max_sequence_length: int = 512, timer=None, progress: bool = False, cancel=None,
+                on_step=None) -> Denoised:
         """Everything before the decoder; the latents come back unpacked, (B, 16, h, w), diffusion space.
-        ``cancel``: asked before each transformer step, as ``InpaintPipeline.denoise``'s (``asymvq.pipeline.cancel``)."""
+        ``cancel``: asked before each transformer step, as ``InpaintPipeline.denoise``'s (``asymvq.pipeline.cancel``);
+        ``on_step``: told after each step, the latents unpacked (``asymvq.pipeline.steps``)."""
         from diffusers.utils.torch_utils import randn_tensor
 
         self.check_denoises()
@@ -181,14 +184,16 @@ class FluxFillInpaintPipeline(FamilyBase):
         mask_b = mask.repeat(batch // mask.shape[0], 1, 1, 1).to(device=self.device, dtype=self.dtype)
         condition = torch.cat([pack_flux_latents(masked), pack_flux_mask(mask_b)], dim=-1)
 
+        report = None if on_step is None else (
+            lambda i, n, packed: report_step(on_step, i, n, unpack_flux_latents(packed, height, width)))
         latents = self._loop(scheduler, timesteps, latents, condition, embeds, pooled, guidance_scale, h, w,
-                             timer, progress, cancel)
+                             timer, progress, cancel, report)
         cond = [x.to(device=self.device, dtype=self.dtype) for x in (pixels, mask)]
         return Denoised(unpack_flux_latents(latents, height, width), *(
             x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in cond))
 
     def _loop(self, scheduler, timesteps, latents, condition, embeds, pooled, guidance_scale, h, w, timer, progress,
-              cancel=None):
+              cancel=None, report=None):
         transformer = self.transformer
         batch = latents.shape[0]
         guidance = (torch.full([batch], guidance_scale, device=self.device, dtype=torch.float32)
@@ -196,7 +201,7 @@ class FluxFillInpaintPipeline(FamilyBase):
         text_dtype = self.text_encoder.dtype if self.text_encoder is not None else transformer.dtype
         text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=text_dtype)
         img_ids = flux_image_ids(h, w, device=self.device, dtype=embeds.dtype)
-        for _, t in loop_steps(timesteps, cancel, progress):
+        for i, t in loop_steps(timesteps, cancel, progress):
             with timer.span(SPAN_UNET), torch.inference_mode():
                 timestep = t.expand(batch).to(latents.dtype)
                 noise_pred = transformer(hidden_states=torch.cat([latents, condition], dim=2), timestep=timestep / 1000,
@@ -204,4 +209,6 @@ class FluxFillInpaintPipeline(FamilyBase):
                                          txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
             with timer.span(SPAN_SCHEDULER):
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if report is not None:  # the caller's progress hook, outside the spans
+                report(i + 1, len(timesteps), latents)
         return latents

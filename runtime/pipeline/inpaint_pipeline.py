@@ -40,6 +40,7 @@ from .stages import (  # noqa: F401 (DENOISE_COMPONENTS is re-exported)
     check_decoder_engines,
     run_decoder,
 )
+from .steps import report_step
 
 
 class InpaintPipeline:
@@ -88,6 +89,11 @@ class InpaintPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.spec.dtype
+
+    @property
+    def latent_space(self):
+        """The diffusion latents' space (``LatentSpace``; the family pipelines hold the same attribute)."""
+        return self.spec.latent_space
 
     @property
     def denoises(self) -> bool:
@@ -289,11 +295,12 @@ class InpaintPipeline:
                 negative_prompt_embeds=None, height=None, width=None, num_inference_steps: int = 50,
                 guidance_scale: float = 7.5, strength: float = 1.0, eta: float = 0.0, num_images_per_prompt: int = 1,
                 generator=None, scheduler: str | None = None, timer=None, progress: bool = False,
-                cancel=None) -> Denoised:
+                cancel=None, on_step=None) -> Denoised:
         """Everything before the decoder: text, VAE encode, the UNet loop. Returns the latents and condition.
         ``cancel``: a no-argument callable (``threading.Event.is_set``) asked before each UNet step; when it
         returns true, ``JobCancelled`` is raised there (a server frees its place; the results of runs it lets
-        finish are unchanged).
+        finish are unchanged). ``on_step``: a callable given an ``asymvq.pipeline.steps.Step`` after each UNet
+        step (a server's progress events and previews); it changes no result.
 
         Steps: 1. check the arguments; 2. prepare image and mask; 3. encode the prompts; 4. set up a
         fresh scheduler and the timesteps; 5. draw the initial latents; 6. encode the masked image;
@@ -366,7 +373,7 @@ class InpaintPipeline:
         # 7. the UNet loop
         step_args = step_kwargs(scheduler, generator, eta)
         latents = self._loop(scheduler, timesteps, latents, embeds, extra, do_cfg, guidance, step_args,
-                             timer, progress, cancel)
+                             timer, progress, cancel, on_step)
         if not inpaint:
             return Denoised(latents, None, None)
         # The decoder broadcasts a batch of 1; any other image batch is tiled like the latents were.
@@ -395,9 +402,9 @@ class InpaintPipeline:
         return inpaint
 
     def _loop(self, scheduler, timesteps, latents, embeds, extra, do_cfg, guidance_scale, step_args, timer, progress,
-              cancel=None):
+              cancel=None, on_step=None):
         stages = self.stages
-        for _, t in loop_steps(timesteps, cancel, progress):
+        for i, t in loop_steps(timesteps, cancel, progress):
             with timer.span(SPAN_UNET):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
@@ -410,7 +417,9 @@ class InpaintPipeline:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
             with timer.span(SPAN_SCHEDULER):
-                latents = scheduler.step(noise_pred, t, latents, **step_args, return_dict=False)[0]
+                out = scheduler.step(noise_pred, t, latents, **step_args, return_dict=False)
+                latents = out[0]
+            report_step(on_step, i + 1, len(timesteps), latents, out)  # the caller's progress hook, outside the spans
         return latents
 
 

@@ -33,7 +33,7 @@ def check_same_size(source, hole, mask_arg: str = "mask") -> None:
 
 def denoise_job(pipe, prompt, image, mask, *, negative_prompt=None, steps: int = 50, guidance=None,
                 strength: float = 1.0, generator=None, scheduler: str | None = None, timer=None, progress: bool = False,
-                cancel=None):
+                cancel=None, on_step=None):
     """``pipe.denoise`` with a job's values, the one call for every family's pipeline (SD's ``InpaintPipeline``,
     SDXL's, FLUX.1 Fill's; what each takes: ``pipe.rules``, ``asymvq.pipeline.family_rules``). ``prompt``,
     ``image``, ``mask`` and ``negative_prompt`` may be lists (a batch); ``guidance`` a list, one per prompt,
@@ -53,7 +53,8 @@ def denoise_job(pipe, prompt, image, mask, *, negative_prompt=None, steps: int =
         if isinstance(negative_prompt, list):
             negative_prompt = [n or "" for n in negative_prompt]
     kwargs = dict(prompt=prompt, image=image, mask_image=mask, num_inference_steps=steps, guidance_scale=guidance,
-                  strength=strength, generator=generator, timer=timer, progress=progress, cancel=cancel)
+                  strength=strength, generator=generator, timer=timer, progress=progress, cancel=cancel,
+                  on_step=on_step)
     if rules.negative_prompt:
         kwargs["negative_prompt"] = negative_prompt
     check_scheduler(scheduler, family=rules.name)  # FLUX.1 Fill: its own only
@@ -64,7 +65,8 @@ def denoise_job(pipe, prompt, image, mask, *, negative_prompt=None, steps: int =
 
 def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps: int = 50, guidance=None,
                 strength: float = 1.0, seed: int = 0, scheduler: str | None = None, timer=None, progress: bool = False,
-                mask_arg: str = "mask", decode_options: dict | None = None, cancel=None) -> InpaintRun:
+                mask_arg: str = "mask", decode_options: dict | None = None, cancel=None,
+                on_step=None) -> InpaintRun:
     """Inpaint PIL ``source`` where PIL ``hole`` is white; noise from ``torch.Generator().manual_seed(seed)``.
 
     The generator is a CPU one whatever the device, so a seed gives the same noise on every machine
@@ -75,7 +77,7 @@ def run_inpaint(pipe, source, hole, prompt: str, *, negative_prompt=None, steps:
     check_same_size(source, hole, mask_arg)
     denoised = denoise_job(pipe, prompt, source, hole, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                            strength=strength, generator=torch.Generator().manual_seed(seed), scheduler=scheduler,
-                           timer=timer, progress=progress, cancel=cancel)
+                           timer=timer, progress=progress, cancel=cancel, on_step=on_step)
     return finish_run(pipe.decode(denoised, timer=timer, decode_options=decode_options), denoised)
 
 

@@ -23,6 +23,7 @@ from .images import postprocess, prepare_image_and_mask
 from .outputs import Denoised, InpaintOutput
 from .schedulers import copy_scheduler, step_kwargs, switch_scheduler
 from .stages import SPAN_SCHEDULER, SPAN_UNET
+from .steps import report_step
 
 
 class SDXLInpaintPipeline(FamilyBase):
@@ -186,9 +187,11 @@ class SDXLInpaintPipeline(FamilyBase):
                 negative_prompt=None, negative_prompt_2=None, num_images_per_prompt: int = 1, eta: float = 0.0,
                 generator=None, prompt_embeds=None, negative_prompt_embeds=None, pooled_prompt_embeds=None,
                 negative_pooled_prompt_embeds=None, guidance_rescale: float = 0.0, time_ids: dict | None = None,
-                scheduler: str | None = None, timer=None, progress: bool = False, cancel=None) -> Denoised:
+                scheduler: str | None = None, timer=None, progress: bool = False, cancel=None,
+                on_step=None) -> Denoised:
         """Everything before the decoder: diffusion-space latents (B, 4, h, w) and the decoder's condition.
-        ``cancel``: asked before each UNet step, as ``InpaintPipeline.denoise``'s (``asymvq.pipeline.cancel``)."""
+        ``cancel``: asked before each UNet step, as ``InpaintPipeline.denoise``'s (``asymvq.pipeline.cancel``);
+        ``on_step``: told after each step (``asymvq.pipeline.steps``)."""
         from diffusers.utils.torch_utils import randn_tensor
 
         self.check_denoises()
@@ -257,12 +260,12 @@ class SDXLInpaintPipeline(FamilyBase):
         cond = dict(text_embeds=pooled, time_ids=add_time_ids)
         blend = None if nine else (source, noise, mask_latent)
         latents = self._loop(sched, timesteps, latents, embeds, cond, extra, do_cfg, guidance, guidance_rescale,
-                             step_kwargs(sched, generator, eta), blend, timer, progress, cancel)
+                             step_kwargs(sched, generator, eta), blend, timer, progress, cancel, on_step)
         out = [x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in (pixels, mask)]
         return Denoised(latents, *(x.to(device=self.device, dtype=self.dtype) for x in out))
 
     def _loop(self, sched, timesteps, latents, embeds, cond, extra, do_cfg, guidance, guidance_rescale, step_args,
-              blend, timer, progress, cancel=None):
+              blend, timer, progress, cancel=None, on_step=None):
         from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint import rescale_noise_cfg
 
         for i, t in loop_steps(timesteps, cancel, progress):
@@ -278,11 +281,13 @@ class SDXLInpaintPipeline(FamilyBase):
                     if guidance_rescale > 0.0:
                         noise_pred = rescale_noise_cfg(noise_pred, text, guidance_rescale=guidance_rescale)
             with timer.span(SPAN_SCHEDULER):
-                latents = sched.step(noise_pred, t, latents, **step_args, return_dict=False)[0]
+                out = sched.step(noise_pred, t, latents, **step_args, return_dict=False)
+                latents = out[0]
                 if blend is not None:  # 4-channel UNet: keep the known region at the next step's noise level
                     source, noise, mask_latent = blend
                     proper = source
                     if i < len(timesteps) - 1:
                         proper = sched.add_noise(source, noise, torch.tensor([timesteps[i + 1]]))
                     latents = (1 - mask_latent) * proper + mask_latent * latents
+            report_step(on_step, i + 1, len(timesteps), latents, out)  # the caller's progress hook, outside the spans
         return latents

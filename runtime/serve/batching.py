@@ -52,10 +52,10 @@ def call_key(job: dict, rules) -> tuple:
             None if rules.name == SD else job["negative_prompt"] is None)
 
 
-def denoise_jobs(pipe, jobs: list[dict], timer=None, cancel=None) -> list[Denoised]:
+def denoise_jobs(pipe, jobs: list[dict], timer=None, on_step=None, cancel=None) -> list[Denoised]:
     """Text, VAE encode and the UNet loop for jobs that share a ``batch_key``, in as few calls as the pipeline's
     family allows (one for SD; ``call_key`` for the others); one ``Denoised`` each, in the jobs' order.
-    ``cancel``: as ``InpaintPipeline.denoise``'s, for the whole batch (``JobCancelled`` at the next step)."""
+    ``on_step`` / ``cancel``: the pipeline's hooks for the whole batch (``InpaintPipeline.denoise``)."""
     if len({batch_key(j) for j in jobs}) != 1:
         raise ValueError(f"jobs: expected one batch key ({', '.join(BATCH_FIELDS)}), got {len({batch_key(j) for j in jobs})}")
     out: list = [None] * len(jobs)
@@ -67,7 +67,7 @@ def denoise_jobs(pipe, jobs: list[dict], timer=None, cancel=None) -> list[Denois
             negative_prompt=[j["negative_prompt"] for j in part], steps=first["steps"],
             guidance=[j["guidance"] for j in part], strength=first["strength"],
             generator=[torch.Generator().manual_seed(j["seed"]) for j in part], scheduler=first["scheduler"],
-            timer=timer, cancel=cancel,
+            timer=timer, cancel=cancel, on_step=on_step,
         )
         for k, i in enumerate(idx):
             out[i] = Denoised(_one(den.latents, k), _one(den.image, k), _one(den.mask, k))

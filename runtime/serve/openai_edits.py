@@ -14,7 +14,10 @@ What is OpenAI's and what is asymvq's:
   400 rather than a silent resize.
 - ``n``: 1 to the server's ``max_n``; image ``i`` uses ``seed + i``.
 - ``response_format``: ``b64_json`` only; the server keeps no files to link to, so ``url`` is a 400.
-- ``stream`` / ``partial_images``: not streamed yet; ``stream=true`` and ``partial_images > 0`` are 400s.
+- ``stream`` / ``partial_images`` (0-3): server-sent events, OpenAI's ``image_edit.partial_image`` (previews
+  from a linear latent-to-RGB projection, resized to the image's size) and ``image_edit.completed`` (its
+  ``usage`` all zeros: asymvq counts no tokens); ``n`` must be 1 there (the events carry no image index).
+  The events are ``asymvq.serve.progress``'s.
 - asymvq's own values ride as extra fields (the client's ``extra_body``): ``negative_prompt``, ``steps``,
   ``seed``, ``scheduler``, ``strength``, ``guidance``.
 - ``model``, ``user``, ``safety_identifier``, ``moderation`` are accepted and not used (one model per server;
@@ -25,12 +28,14 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 
 import numpy as np
 import PIL.Image
 
 from ..pipeline.inpaint_run import check_same_size
 from .http_form import IMAGE_FORMATS, RequestError, decode_image, job_values
+from .progress import openai_schedule, preview_png, sse
 
 OPENAI_FIELDS = ("image", "image[]", "mask", "prompt", "n", "size", "response_format", "output_format",
                  "output_compression", "stream", "partial_images", "model", "user", "safety_identifier", "moderation",
@@ -97,8 +102,9 @@ def _alpha_hole(data: bytes, name: str, max_pixels: int, family: str | None) -> 
 def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int,
                family: str | None = None) -> tuple[dict, dict]:
     """(job, options): the job as ``parse_job`` makes it for ``/v1/inpaint`` (``family``: the served pipeline's);
-    options: n, output_format, output_compression, size. Checked in the order the API reference lists the fields;
-    the first bad one is the error."""
+    options: n, output_format, output_compression, size, background, schedule (the stream's preview schedule,
+    None when not streamed). Checked in the order the API reference lists the fields; the first bad one is the
+    error."""
     if "image" in fields and "image[]" in fields:
         raise RequestError(400, "image: expected one image (image or image[]), got both")
     image = fields.get("image", fields.get("image[]"))
@@ -138,13 +144,12 @@ def parse_edit(fields: dict, *, max_pixels: int, max_steps: int, max_n: int,
         raise RequestError(400, "response_format: expected b64_json, got 'url' (this server keeps no files to link to)")
     output_format = _choice(fields, "output_format", OUTPUT_FORMATS, "png")
     compression = _int(fields, "output_compression", 0, 100, 100)
-    if _choice(fields, "stream", ("false", "true", "0", "1"), "false") in ("true", "1"):
-        raise RequestError(400, "stream: expected false, got true (this server does not stream image edits yet)")
-    _int(fields, "partial_images", 0, 0, 0, " (no streaming yet)")
+    schedule = openai_schedule(fields, n)
     _choice(fields, "quality", ("auto",), "auto")
-    _choice(fields, "background", ("auto", "opaque"), "auto")
+    background = _choice(fields, "background", ("auto", "opaque"), "auto")
     job = dict(source=source, hole=hole, **job_values(fields, max_steps=max_steps, family=family))
-    return job, {"n": n, "output_format": output_format, "output_compression": compression, "size": want}
+    return job, {"n": n, "output_format": output_format, "output_compression": compression, "size": want,
+                 "background": background, "schedule": schedule}
 
 
 def encode(png: bytes, output_format: str, compression: int) -> str:
@@ -157,3 +162,42 @@ def encode(png: bytes, output_format: str, compression: int) -> str:
             im.convert("RGB").save(buf, format=OUTPUT_FORMATS[output_format], quality=max(1, compression))
         data = buf.getvalue()
     return base64.b64encode(data).decode("ascii")
+
+
+class OpenAIEvents:
+    """OpenAI's image edit stream: ``image_edit.partial_image`` (the previews, at the image's size) and
+    ``image_edit.completed``; a failure is ``error`` with OpenAI's error body (the official client raises it)."""
+
+    def __init__(self, observed, opts: dict, error_body):
+        self.observed, self.opts, self.error_body = observed, opts, error_body
+        self.background = opts["background"]
+        self.partials = 0
+        width, height = opts["size"].split("x")
+        self.size = (int(width), int(height))
+
+    def _common(self) -> dict:
+        return {"created_at": int(time.time()), "size": self.opts["size"], "quality": "auto",
+                "background": self.background, "output_format": self.opts["output_format"]}
+
+    def _b64(self, png: bytes) -> str:
+        return encode(png, self.opts["output_format"], self.opts["output_compression"])
+
+    def step(self, event: dict, base: dict) -> list[bytes]:
+        if "preview" not in event:
+            return []  # OpenAI's stream has no per-step event; the job id is in the X-Asymvq-Job-Id header
+        data = {"type": "image_edit.partial_image", "b64_json": self._b64(preview_png(event["preview"], self.size)),
+                **self._common(), "partial_image_index": self.partials}
+        self.partials += 1
+        return [sse("image_edit.partial_image", data)]
+
+    def result(self, results: list, base: dict) -> bytes:
+        r = results[0]
+        self.observed(r)
+        # usage: OpenAI's event requires it; asymvq counts no tokens (no billing), so every count is 0
+        usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+                 "total_tokens": 0}
+        return sse("image_edit.completed", {"type": "image_edit.completed", "b64_json": self._b64(r.png),
+                                            **self._common(), "usage": usage})
+
+    def error(self, status: int, message: str, base: dict) -> bytes:
+        return sse("error", self.error_body(status, message))

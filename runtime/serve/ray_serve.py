@@ -51,11 +51,11 @@ from .limits import (
     SHUTDOWN_TIMEOUT_S,
 )
 from .metrics import ServerMetrics
+from .progress import step_events
 from .server import JobResult, build_app
 
 log = logging.getLogger("asymvq.serve.ray_serve")
 GRACE_LOOP_S = 0.5  # Serve's graceful_shutdown_wait_loop_s of every deployment
-STOP = "_stop"  # a job's key in the denoise replica only: the threading.Event set when its caller gives up
 CANCEL_POLL_S = 0.02  # how often the ingress looks whether a job it waits on was cancelled
 APP_NAME = "asymvq"
 
@@ -157,6 +157,8 @@ def _stages_ms(timer: StageTimer) -> dict[str, float]:
 
 def _failure(exc: Exception) -> dict:
     """An error travels back as data: a ValueError is the client's (400), anything else a 500."""
+    if isinstance(exc, JobCancelled):  # every job of its group left: nobody reads this
+        return {"error": "cancelled", "message": str(exc)}
     if isinstance(exc, ValueError):
         return {"error": "value", "message": " ".join(str(exc).split())}
     if isinstance(exc, JobCancelled):  # every caller of the batch gave up: nobody waits for this answer
@@ -193,7 +195,13 @@ def _configure_batching(method, cfg: RayServeConfig) -> None:
 
 
 class DenoiseStage:
-    """CLIP, VAE encoder, UNet loop and scheduler for batches of jobs."""
+    """CLIP, VAE encoder, UNet loop and scheduler for batches of jobs.
+
+    The batch handler is an async generator (``@serve.batch`` streams per request): it yields each job's progress
+    events as its steps run (``asymvq.serve.progress.step_events``, for jobs that carry a ``preview`` schedule),
+    then its result. ``stream`` is the streaming handle's method (``Ingress`` with ``on_step``), ``__call__`` the
+    plain one: both share the batches. A job whose caller left (Serve cancels its call) marks itself cancelled;
+    a group of the batch whose jobs have all left stops at its next step."""
 
     def __init__(self, cfg: RayServeConfig):
         _replica_on_loopback()
@@ -207,26 +215,75 @@ class DenoiseStage:
                 "scheduler": type(self.pipe.scheduler).__name__, "node": self.node}
 
     async def __call__(self, job: dict) -> dict:
-        stop = threading.Event()
+        result = None
+        async for item in self._items(job):  # to its end: Serve's batch queue then has no future left unread
+            result = item.get("result", result)
+        if result is None:
+            raise RuntimeError("denoise: the batch ended without this job's result")
+        return result
+
+    async def stream(self, job: dict):
+        async for item in self._items(job):
+            for event in item.get("events", ()):
+                yield {"event": event}
+            if "result" in item:
+                yield {"result": item["result"]}
+
+    async def _items(self, job: dict):
+        left = None
         try:
-            return await self.run_batch({**job, STOP: stop})
-        except asyncio.CancelledError:  # the ingress cancelled the call (client gone, DELETE, deadline, drain)
-            stop.set()
+            async for item in self.run_batch(job):
+                left = item.get("left", left)
+                yield item
+        except (asyncio.CancelledError, GeneratorExit):  # the caller left (Serve cancelled the call)
+            if left is not None:
+                left.set()
             raise
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def run_batch(self, jobs: list[dict]) -> list[dict]:
+    async def run_batch(self, jobs: list[dict]):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        left = [threading.Event() for _ in jobs]
+        slots = [{**job, "_slot": i} for i, job in enumerate(jobs)]
+
+        def run_group(group_jobs):
+            return self._denoise(group_jobs, lambda i, event: loop.call_soon_threadsafe(queue.put_nowait, (i, event)),
+                                 [left[j["_slot"]] for j in group_jobs])
+
+        yield [{"left": event} for event in left]
         # a thread, so the next batch gathers while this one computes
-        return await asyncio.to_thread(_run_groups, jobs, batch_key, self._denoise)
+        task = asyncio.ensure_future(asyncio.to_thread(_run_groups, slots, batch_key, run_group))
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                break
+            events: list[list] = [[] for _ in jobs]
+            i, event = getter.result()
+            events[i].append(event)
+            while not queue.empty():
+                i, event = queue.get_nowait()
+                events[i].append(event)
+            yield [{"events": e} for e in events]
+        events = [[] for _ in jobs]
+        while not queue.empty():  # the last steps' events, queued before the thread returned
+            i, event = queue.get_nowait()
+            events[i].append(event)
+        yield [{"events": e, "result": r} for e, r in zip(events, task.result())]
 
-    def _denoise(self, jobs: list[dict]) -> list[dict]:
+    def _denoise(self, jobs: list[dict], on_event=None, left=None) -> list[dict]:
         timer = StageTimer(self.pipe.device)
-        stops = [j[STOP] for j in jobs if STOP in j]
-
-        def cancelled() -> bool:  # the batch's loop stops once every job in it was given up (a batch of one, often)
-            return len(stops) == len(jobs) and all(s.is_set() for s in stops)
-
-        denoised = denoise_jobs(self.pipe, jobs, timer, cancel=cancelled)
+        schedules = [j.get("preview") for j in jobs]
+        on_step = None
+        if on_event is not None and any(s is not None for s in schedules):
+            def on_step(step):
+                for job, event in zip(jobs, step_events(step, schedules, self.pipe.latent_space)):
+                    if event is not None:
+                        on_event(job["_slot"], event)
+        cancel = (lambda: all(e.is_set() for e in left)) if left else None
+        denoised = denoise_jobs(self.pipe, jobs, timer, on_step=on_step, cancel=cancel)
         stages = _stages_ms(timer)
         return [dict(denoised=d, stages=stages, batch=len(jobs), node=self.node) for d in denoised]
 
@@ -366,22 +423,55 @@ class Ingress:
                 task.cancel()
                 raise JobCancelled("cancelled while a stage ran it")
 
-    async def _call(self, stage: str, handle, payload: dict, cancel=None) -> dict:
-        """One stage call; a call that met a lost replica is retried once (same job: same seed, same image),
-        bounded by ``retry_timeout_s``; a second loss or a retry past that is a 503, never a 500."""
+    @staticmethod
+    async def _streamed(handle, payload, cancel, on_step) -> dict:
+        """The denoise stage's streaming call: each progress event to ``on_step`` as it arrives, then the result;
+        ``JobCancelled`` soon after ``cancel`` is set (the call is cancelled in Serve: its job marks itself left)."""
+        stream = handle.options(stream=True).stream.remote(payload)
+        while True:
+            step = asyncio.ensure_future(stream.__anext__())
+            try:
+                while True:
+                    done, _ = await asyncio.wait({step}, timeout=CANCEL_POLL_S)
+                    if done:
+                        break
+                    if cancel is not None and cancel.is_set():
+                        raise JobCancelled("cancelled while a stage ran it")
+            except (JobCancelled, asyncio.CancelledError):  # this call cancelled too (Serve's proxy: client gone)
+                stream.cancel()
+                step.cancel()
+                raise
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                raise RuntimeError("denoise: the stream ended without the job's result") from None
+            if "event" in item:
+                on_step(item["event"])
+            else:
+                return item["result"]
+
+    async def _call(self, stage: str, handle, payload: dict, cancel=None, on_step=None) -> dict:
+        """One stage call; a call that met a lost replica is retried once (same job: same seed, same image; a
+        stream's progress then starts again), bounded by ``retry_timeout_s``; a second loss or a retry past that is
+        a 503, never a 500. ``on_step``: stream the stage's progress events (the denoise stage)."""
         queue = self.metrics.queue_depth.labels(stage)
         queue.inc()
+
+        def attempt():
+            if on_step is not None:
+                return self._streamed(handle, payload, cancel, on_step)
+            return self._until_cancelled(handle.remote(payload), cancel)
+
         try:
             try:
-                return _check(await self._until_cancelled(handle.remote(payload), cancel))
+                return _check(await attempt())
             except serve.exceptions.BackPressureError:
                 raise _unavailable(stage, "every replica's queue full") from None
             except _REPLICA_LOST as exc:
                 log.warning("%s: a replica was lost (%s); retrying the job once", stage, type(exc).__name__)
                 self.metrics.retries.labels(stage).inc()
             try:
-                return _check(await asyncio.wait_for(self._until_cancelled(handle.remote(payload), cancel),
-                                                     self.cfg.retry_timeout_s))
+                return _check(await asyncio.wait_for(attempt(), self.cfg.retry_timeout_s))
             except asyncio.TimeoutError:
                 raise _unavailable(stage, f"none within {self.cfg.retry_timeout_s:g} s of the retry") from None
             except (serve.exceptions.BackPressureError, *_REPLICA_LOST) as exc:
@@ -389,9 +479,10 @@ class Ingress:
         finally:
             queue.dec()
 
-    async def run_job(self, job: dict, cancel=None):
+    async def run_job(self, job: dict, cancel=None, on_step=None):
+        """``build_app``'s back end: ``on_step(event)`` takes a streamed job's progress events (on this loop)."""
         t0 = time.perf_counter()
-        den = await self._call("denoise", self.denoise, job, cancel)
+        den = await self._call("denoise", self.denoise, job, cancel, on_step)
         t1 = time.perf_counter()
         if cancel is not None and cancel.is_set():
             raise JobCancelled("cancelled before decoding")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from ..pipeline.family_rules import family_rules
 from ..pipeline.job_rules import GUIDANCE_RANGE, PROMPT_MAX_BYTES, SEED_MAX
 from ..pipeline.schedulers import SCHEDULERS
+from .progress import MAX_PARTIAL_IMAGES, PREVIEW_EVERY
 
 _SCHEDULERS = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 
@@ -39,6 +40,10 @@ class InpaintForm(_JobFields):
                          description="PNG or JPEG; width and height multiples of 8; at most max_pixels pixels.")
     mask: bytes = Field(json_schema_extra={"format": "binary"},
                         description="PNG or JPEG, the image's size; white marks the area to inpaint.")
+    stream: bool = Field(False, description="true: answer text/event-stream: progress each step, preview every "
+                                            "preview_every steps, then result (or error).")
+    preview_every: int = Field(PREVIEW_EVERY, ge=0, description="With stream=true only: a preview every this many "
+                                                                "steps (0: none); at most max_steps.")
 
 
 class EditForm(_JobFields):
@@ -57,8 +62,9 @@ class EditForm(_JobFields):
     response_format: Literal["b64_json"] = Field("b64_json", description="url is a 400: no files are kept.")
     output_format: Literal["png", "jpeg", "webp"] = "png"
     output_compression: int = Field(100, ge=0, le=100, description="jpeg/webp quality.")
-    stream: Literal[False] = Field(False, description="Not streamed: true is a 400.")
-    partial_images: int = Field(0, ge=0, le=0, description="Not streamed: more than 0 is a 400.")
+    stream: bool = Field(False, description="true: OpenAI's image edit stream (text/event-stream); n must be 1.")
+    partial_images: int = Field(0, ge=0, le=MAX_PARTIAL_IMAGES, description="With stream=true: previews sent as "
+                                "image_edit.partial_image before image_edit.completed (fewer on short runs).")
     model: Optional[str] = Field(None, description="Accepted, not used: one model per server.")
     quality: Literal["auto"] = "auto"
     background: Literal["auto", "opaque"] = "auto"
@@ -95,6 +101,69 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorBody
 
 
+# -- the streams' events (each event's ``data:``, JSON) ---------------------------------------------------
+class _EventBase(BaseModel):
+    job_id: str = Field(description="The job's id (X-Asymvq-Job-Id): DELETE /v1/jobs/{id} cancels it.")
+    elapsed_ms: float = Field(description="Milliseconds since the request arrived.")
+
+
+class ProgressEvent(_EventBase):
+    step: int = Field(description="Denoising steps done, 1..total.")
+    total: int
+
+
+class PreviewEvent(ProgressEvent):
+    width: int = Field(description="Latent resolution: the image's width / 8.")
+    height: int
+    image: str = Field(description="PNG, base64: a linear latent-to-RGB projection of the step's estimate.")
+
+
+class ResultEvent(_EventBase):
+    image: str = Field(description="The PNG the plain answer carries, base64.")
+    pre_error: float
+    latency_ms: float
+    server_timing: str = Field(description="The plain answer's Server-Timing header.")
+
+
+class StreamError(_EventBase):
+    error: str = Field(description="The words the plain answer's error would have.")
+    status: int = Field(description="The status the plain answer would have had (409, 499, 500, 504, ...).")
+
+
+class ImageEditPartialImageEvent(BaseModel):
+    type: Literal["image_edit.partial_image"]
+    b64_json: str
+    created_at: int
+    size: str
+    quality: Literal["auto"]
+    background: Literal["auto", "opaque"]
+    output_format: Literal["png", "jpeg", "webp"]
+    partial_image_index: int
+
+
+class ImageEditCompletedEvent(BaseModel):
+    type: Literal["image_edit.completed"]
+    b64_json: str
+    created_at: int
+    size: str
+    quality: Literal["auto"]
+    background: Literal["auto", "opaque"]
+    output_format: Literal["png", "jpeg", "webp"]
+    usage: dict = Field(description="OpenAI's token counts; all 0 (asymvq counts no tokens).")
+
+
+def stream_content(events: dict[str, type[BaseModel]]) -> dict:
+    """A ``text/event-stream`` answer's content; each event's ``data:`` schema under ``x-events`` (OpenAPI 3.1 has
+    no standard place for them; 3.2's ``itemSchema`` would be it)."""
+    return {"text/event-stream": {"schema": {"type": "string"},
+                                  "x-events": {name: model.model_json_schema() for name, model in events.items()}}}
+
+
+NATIVE_EVENTS = {"progress": ProgressEvent, "preview": PreviewEvent, "result": ResultEvent, "error": StreamError}
+OPENAI_EVENTS = {"image_edit.partial_image": ImageEditPartialImageEvent,
+                 "image_edit.completed": ImageEditCompletedEvent, "error": OpenAIError}
+
+
 class JobCancelledBody(BaseModel):
     id: str
     cancelled: bool = Field(description="False when the job had already finished or was never known.")
@@ -122,6 +191,8 @@ def form_schema(model: type[BaseModel], *, max_steps: int, max_pixels: int, max_
     schema = model.model_json_schema()
     props = schema["properties"]
     props["steps"]["maximum"] = max_steps
+    if "preview_every" in props:
+        props["preview_every"]["maximum"] = max_steps
     if max_n is not None:
         props["n"]["maximum"] = max_n
     for name in ("image", "mask"):

@@ -48,7 +48,7 @@ from ..pipeline.job_rules import SEED_MAX
 from ..pipeline.source import PipelineSource
 from ..profiling.timing import StageTimer
 from .drain import DRAINING, Drain
-from .http_form import RequestError, parse_form, parse_job
+from .http_form import FIELDS, RequestError, parse_form, parse_job
 from .jobs import DEADLINE, JOB_HEADER, TIMEOUT_HEADER, Jobs, request_timeout, watch_disconnect
 from .limits import (
     BODY_TIMEOUT_S,
@@ -62,8 +62,21 @@ from .limits import (
     SHUTDOWN_TIMEOUT_S,
 )
 from .metrics import ServerMetrics
-from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
-from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
+from .openai_edits import OPENAI_FIELDS, OpenAIEvents, encode, openai_error, parse_edit
+from .progress import STREAM_FIELDS, JobStream, NativeEvents, StreamRequest, job_on_step, native_schedule
+from .schema import (
+    NATIVE_EVENTS,
+    OPENAI_EVENTS,
+    EditForm,
+    ImagesResponse,
+    InpaintForm,
+    JobCancelledBody,
+    NativeError,
+    OpenAIError,
+    error_responses,
+    form_schema,
+    stream_content,
+)
 
 log = logging.getLogger("asymvq.serve.server")
 LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
@@ -168,7 +181,8 @@ class _Runner:
         self.pipe = pipe
         self.lock = threading.Lock()
 
-    def run(self, job: dict, cancel: threading.Event | None = None) -> JobResult:
+    def run(self, job: dict, cancel: threading.Event | None = None, on_step=None) -> JobResult:
+        """``on_step(event)``: the job's progress events (``asymvq.serve.progress``), from this thread."""
         cancel = cancel or threading.Event()
         # waiting for the pipeline, a cancelled job leaves at once rather than after the job ahead of it
         while not self.lock.acquire(timeout=LOCK_POLL_S):
@@ -180,7 +194,8 @@ class _Runner:
             result = run_inpaint(self.pipe, job["source"], job["hole"], job["prompt"],
                                  negative_prompt=job["negative_prompt"], steps=job["steps"], guidance=job["guidance"],
                                  strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer,
-                                 cancel=cancel.is_set)
+                                 cancel=cancel.is_set,
+                                 on_step=job_on_step(on_step, job.get("preview"), self.pipe.latent_space))
             total_ms = (time.perf_counter() - t0) * 1e3
             stages: dict[str, float] = {}
             for name, ms in timer.collect():
@@ -213,7 +228,8 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
               "dtype": dtype_name(pipe.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
               "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
-    app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
+    app = build_app(lambda job, cancel, on_step=None: run_in_threadpool(runner.run, job, cancel, on_step), health=health,
+                    max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
                     body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n,
                     request_timeout_s=request_timeout_s, shutdown_timeout_s=shutdown_timeout_s, family=pipe.rules.name)
@@ -231,7 +247,9 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     served pipeline's, whose rules check the forms (``asymvq.pipeline.family_rules``).
 
     ``run_job(job, cancel)`` is awaited with each parsed job and its ``threading.Event`` (set when the job is
-    cancelled: stop and raise ``JobCancelled``) and returns a ``JobResult`` (the single-process
+    cancelled: stop and raise ``JobCancelled``) and returns a ``JobResult``; a streamed job (``job["preview"]``, its
+    preview schedule) is run as ``run_job(job, cancel, on_step)``, ``on_step(event)`` taking its progress events
+    from any thread (``asymvq.serve.progress.step_events``) (the single-process
     runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too.
     ``app.state.drain`` (``asymvq.serve.drain``) is what SIGTERM runs: 503 to new requests, the open ones
@@ -302,7 +320,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             metrics.requests.labels(str(CLIENT_CLOSED)).inc()
             raise
         metrics.requests.labels(str(response.status_code)).inc()
-        if response.status_code == 200:
+        if response.status_code == 200 and not isinstance(response, JobStream):  # a stream's 200 is its start
             metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)
         return response
 
@@ -325,41 +343,55 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         state["waiting"] += 1
         waiting.inc()
         watcher = alarm = None
-        try:
-            body = await _read_body(request, max_body_bytes, body_timeout_s, ticket.event)
-            watcher = asyncio.ensure_future(watch_disconnect(request, ticket))
-            # the deadline counts from the request's arrival; past it the job stops at its next step (504)
-            alarm = asyncio.get_running_loop().call_at(t0 + timeout_s, ticket.cancel, DEADLINE)
-            response = await handle(body, ticket.event)
-        except JobCancelled as exc:
-            log.info("job %s stopped: %s (%s)", ticket.id, ticket.reason, exc)
-            if ticket.reason == DRAINING:
-                response = error(503, f"server: expected the job within the drain's {shutdown_timeout_s:g} s "
-                                      f"(--shutdown-timeout), got past it; {exc}; retry later",
-                                 {"Retry-After": str(DRAIN_RETRY_AFTER_S), "Connection": "close"})
-            elif ticket.reason == DEADLINE:
-                response = error(504, f"timeout: expected the job within {timeout_s:g} s ({TIMEOUT_HEADER}, at most the "
-                                      f"server's {request_timeout_s:g}), got past it; {exc}", None)
-            else:
-                closed = ticket.reason.startswith("client")
-                response = error(CLIENT_CLOSED if closed else 409, f"job: {ticket.reason or 'cancelled'} ({exc})", None)
-        except ClientDisconnect:  # the client went away mid-upload: not a server error, no traceback
-            log.info("client closed the connection before its request was read (%s)", request.client)
-            response = error(CLIENT_CLOSED, "client closed the connection", None)
-        except RequestError as exc:
-            response = error(exc.status, exc.message, exc.headers)
-        except ValueError as exc:  # the pipeline's own argument checks: the client's to fix
-            response = error(400, " ".join(str(exc).split()), None)
-        except Exception:  # the server keeps serving; the traceback goes to the log only
-            log.exception("%s request failed", request.url.path)
-            response = error(500, "internal error while inpainting (details in the server log)", None)
-        finally:
+
+        def release():  # the request's place, freed once its job has stopped (a stream's: after its last event)
             for pending in (watcher, alarm):
                 if pending is not None:
                     pending.cancel()
             jobs.close(ticket)
             state["waiting"] -= 1
             waiting.dec()
+
+        def failure(exc: Exception) -> tuple[int, str, dict | None]:
+            """(status, message, headers) of a job that raised ``exc``: the plain answer's and a stream's error event."""
+            if isinstance(exc, JobCancelled):
+                log.info("job %s stopped: %s (%s)", ticket.id, ticket.reason, exc)
+                if ticket.reason == DRAINING:
+                    return 503, (f"server: expected the job within the drain's {shutdown_timeout_s:g} s "
+                                 f"(--shutdown-timeout), got past it; {exc}; retry later"), \
+                        {"Retry-After": str(DRAIN_RETRY_AFTER_S), "Connection": "close"}
+                if ticket.reason == DEADLINE:
+                    return 504, (f"timeout: expected the job within {timeout_s:g} s ({TIMEOUT_HEADER}, at most the "
+                                 f"server's {request_timeout_s:g}), got past it; {exc}"), None
+                closed = ticket.reason.startswith("client")
+                return CLIENT_CLOSED if closed else 409, f"job: {ticket.reason or 'cancelled'} ({exc})", None
+            if isinstance(exc, ClientDisconnect):  # the client went away mid-upload: not a server error, no traceback
+                log.info("client closed the connection before its request was read (%s)", request.client)
+                return CLIENT_CLOSED, "client closed the connection", None
+            if isinstance(exc, RequestError):
+                return exc.status, exc.message, exc.headers
+            if isinstance(exc, ValueError):  # the pipeline's own argument checks: the client's to fix
+                return 400, " ".join(str(exc).split()), None
+            # the server keeps serving; the traceback goes to the log only
+            log.error("%s request failed", request.url.path, exc_info=exc)
+            return 500, "internal error while inpainting (details in the server log)", None
+
+        streamed = False
+        try:
+            body = await _read_body(request, max_body_bytes, body_timeout_s, ticket.event)
+            watcher = asyncio.ensure_future(watch_disconnect(request, ticket))
+            # the deadline counts from the request's arrival; past it the job stops at its next step (504)
+            alarm = asyncio.get_running_loop().call_at(t0 + timeout_s, ticket.cancel, DEADLINE)
+            response = await handle(body, ticket.event)
+            if isinstance(response, StreamRequest):  # the job runs on inside the stream (asymvq.serve.progress)
+                response = JobStream(response.run, response.events, ticket=ticket, arrived=t0,
+                                     failure=lambda exc: failure(exc)[:2], release=release)
+                streamed = True
+        except Exception as exc:  # noqa: BLE001 - every failure answered in the endpoint's shape
+            response = error(*failure(exc))
+        finally:
+            if not streamed:
+                release()
         response.headers[JOB_HEADER] = ticket.id
         return response
 
@@ -378,13 +410,23 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
 
     @app.post("/v1/inpaint", response_class=Response,
               openapi_extra=form_schema(InpaintForm, max_steps=max_steps, max_pixels=max_pixels, family=family),
-              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                           **stream_content(NATIVE_EVENTS)},
                                "description": "The inpainted image; X-Asymvq-Latency-ms, X-Asymvq-Pre-Error, "
-                                              "Server-Timing headers."}, **error_responses(NativeError)})
+                                              "Server-Timing headers. With stream=true: server-sent events "
+                                              "(progress, preview, result, error)."}, **error_responses(NativeError)})
     async def inpaint(request: Request):
         async def handle(body: bytes, cancel: threading.Event):
-            job = parse_job(parse_form(body, request.headers.get("content-type", "")),
-                            max_pixels=max_pixels, max_steps=max_steps, family=family)
+            fields = parse_form(body, request.headers.get("content-type", ""), FIELDS + STREAM_FIELDS)
+            job = parse_job(fields, max_pixels=max_pixels, max_steps=max_steps, family=family)
+            schedule = native_schedule(fields, max_steps)
+            if schedule is not None:  # stream=true: progress, previews, then the result (asymvq.serve.progress)
+                job["preview"] = schedule
+
+                async def run(on_step):
+                    return [await run_job(job, cancel, on_step)]
+
+                return StreamRequest(run, NativeEvents(observed))
             result = await run_job(job, cancel)
             return Response(result.png, media_type="image/png", headers=observed(result))
 
@@ -393,11 +435,21 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     @app.post("/v1/images/edits", response_model=ImagesResponse,
               openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n,
                                         family=family),
-              responses=error_responses(OpenAIError))
+              responses={200: {"content": stream_content(OPENAI_EVENTS),
+                               "description": "OpenAI's ImagesResponse; with stream=true OpenAI's image edit stream "
+                                              "events (image_edit.partial_image, image_edit.completed, error)."},
+                         **error_responses(OpenAIError)})
     async def images_edits(request: Request):
         async def handle(body: bytes, cancel: threading.Event):
             job, opts = parse_edit(parse_form(body, request.headers.get("content-type", ""), OPENAI_FIELDS),
                                    max_pixels=max_pixels, max_steps=max_steps, max_n=max_n, family=family)
+            if opts["schedule"] is not None:  # stream=true: OpenAI's partial_image and completed events
+                job["preview"] = opts["schedule"]
+
+                async def run(on_step):
+                    return [await run_job(job, cancel, on_step)]
+
+                return StreamRequest(run, OpenAIEvents(observed, opts, openai_error))
             created = int(time.time())
             # image i: seed + i (wrapping inside the seed's range); on Ray the n jobs can share a batch
             results = await asyncio.gather(*(run_job({**job, "seed": (job["seed"] + i) % (SEED_MAX + 1)}, cancel)

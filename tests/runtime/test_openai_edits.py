@@ -108,8 +108,11 @@ def _openai_cases():
         ("url", dict(response_format="url"), 400, "response_format: expected b64_json, got 'url'", "response_format"),
         ("output format", dict(output_format="gif"), 400, "output_format: expected one of ['png', 'jpeg', 'webp']",
          "output_format"),
-        ("stream", dict(stream="true"), 400, "stream: expected false", "stream"),
-        ("partial images", dict(partial_images="2"), 400, "partial_images: expected a value in [0, 0]", "partial_images"),
+        ("stream", dict(stream="maybe"), 400, "stream: expected one of ['false', 'true', '0', '1']", "stream"),
+        ("partial images", dict(partial_images="2"), 400, "partial_images: expected 0 without stream=true, got 2",
+         "partial_images"),
+        ("partial images over", dict(stream="true", partial_images="4"), 400,
+         "partial_images: expected a value in [0, 3], got 4", "partial_images"),
         ("mask mode", dict(mask_mode="black"), 400, "mask_mode: expected one of ['alpha', 'white']", "mask_mode"),
         ("unknown field", dict(stpes="3"), 400, "stpes: expected a field among", None),
     ]
@@ -182,3 +185,25 @@ def test_official_openai_client(server):
         client.images.edit(image=("image.png", png(source), "image/png"), mask=("mask.png", alpha_mask(hole), "image/png"),
                            prompt="a red sofa", n=3)
     assert bad.value.param == "n" and "the server's max_n" in bad.value.message
+
+
+def test_official_openai_client_streams_partial_images_then_the_same_image(server):
+    """``client.images.edit(..., stream=True)``: OpenAI's image_edit.partial_image events (previews at the image's
+    size, indices 0..) then image_edit.completed with the image the plain call gives."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    source, hole = source_and_mask()
+    args = dict(image=("image.png", png(source), "image/png"), mask=("mask.png", alpha_mask(hole), "image/png"),
+                prompt="a red sofa", extra_body={"steps": 4, "seed": 3})
+    stream = client.images.edit(**args, stream=True, partial_images=2, output_format="png")
+    got = list(stream)
+    assert [type(e).__name__ for e in got] == ["ImageEditPartialImageEvent"] * 2 + ["ImageEditCompletedEvent"]
+    assert [e.partial_image_index for e in got[:2]] == [0, 1]
+    assert all(e.size == f"{SIZE}x{SIZE}" and e.output_format == "png" and e.created_at > 0 for e in got)
+    assert all(decoded({"b64_json": e.b64_json}).size == (SIZE, SIZE) for e in got)
+    assert got[-1].usage.total_tokens == 0  # asymvq counts no tokens
+    plain = client.images.edit(**args, response_format="b64_json")
+    assert np.array_equal(np.asarray(decoded({"b64_json": got[-1].b64_json})),
+                          np.asarray(decoded({"b64_json": plain.data[0].b64_json})))
+    # partial_images=0: the one completed event, as OpenAI streams it
+    assert [e.type for e in client.images.edit(**args, stream=True)] == ["image_edit.completed"]

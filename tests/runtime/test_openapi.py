@@ -60,3 +60,19 @@ def test_forms_bounds_and_error_shapes(spec, path, fields, error):
         assert schema is spec["components"]["schemas"][error]
     body = spec["components"]["schemas"]["OpenAIErrorBody"]["properties"]
     assert set(body) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("path, events", [("/v1/inpaint", {"progress", "preview", "result", "error"}),
+                                          ("/v1/images/edits", {"image_edit.partial_image", "image_edit.completed",
+                                                                "error"})])
+def test_streams_and_their_events_are_described(spec, path, events):
+    op = spec["paths"][path]["post"]
+    stream = op["responses"]["200"]["content"]["text/event-stream"]
+    assert set(stream["x-events"]) == events
+    form = op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["stream"]["type"] == "boolean"
+    if path == "/v1/inpaint":
+        assert form["preview_every"]["maximum"] == 20 and stream["x-events"]["preview"]["properties"]["image"]
+    else:
+        assert form["partial_images"]["maximum"] == 3
+        assert "partial_image_index" in stream["x-events"]["image_edit.partial_image"]["properties"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import socket
 import time
@@ -90,6 +91,55 @@ def test_graph_batches_jobs_and_each_keeps_its_single_process_image(local_graph,
     expected = run_inpaint(tiny_pipe, jobs[0]["source"], jobs[0]["hole"], jobs[0]["prompt"], steps=2, seed=0,
                            guidance=4.0).pre_error
     assert results[0].pre_error == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+STREAMED: list = []
+
+
+def _streamed(event):  # by reference: Serve's local testing mode copies a call's arguments
+    STREAMED.append(event)
+
+
+def test_graph_streams_a_jobs_progress_through_the_denoise_stage(local_graph, tiny_pipe):
+    """A streamed job (its preview schedule in the job) comes through the denoise stage's streaming handle: every
+    step's event, previews on the schedule's steps, and the image it gets unstreamed."""
+    events = STREAMED
+    events.clear()
+    item = job(7, steps=3, preview=("every", 1))
+    res = local_graph.run_job.remote(item, None, _streamed).result(timeout_s=120)
+    assert [(e["step"], e["total"]) for e in events] == [(1, 3), (2, 3), (3, 3)]
+    assert [e["preview"].shape for e in events if "preview" in e] == [(4, 4, 3)] * 2  # not the last step's
+    assert np.abs(pixels(res.png) - reference_png(tiny_pipe, item)).max() <= 1
+
+
+def test_graph_a_streamed_job_whose_caller_leaves_stops_at_its_next_step(local_graph, monkeypatch):
+    """The ingress's call cancelled mid-stream (what Serve's proxy does when the client leaves): the denoise
+    stage's job marks itself left and its batch, all of whose callers left, stops at its next step."""
+    import asymvq.serve.ray_serve as rs
+    from asymvq.pipeline.inpaint_pipeline import JobCancelled
+
+    stopped, real = [], rs.denoise_jobs
+
+    def recording(*args, **kwargs):
+        try:
+            return real(*args, **kwargs)
+        except JobCancelled as exc:
+            stopped.append(str(exc))
+            raise
+
+    monkeypatch.setattr(rs, "denoise_jobs", recording)
+    STREAMED.clear()
+    response = local_graph.run_job.remote(job(8, size=(64, 64), steps=150, preview=("every", 0)), None, _streamed)
+    deadline = time.monotonic() + 60
+    while not STREAMED and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert STREAMED, "no progress event"
+    response.cancel()
+    while not stopped and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stopped and "of 150" in stopped[0], stopped
+    assert int(stopped[0].split("before denoising step ")[1].split()[0]) < 150
+    assert local_graph.run_job.remote(job(9)).result(timeout_s=60).png  # and the stage serves the next job
 
 
 def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_graph):
@@ -289,6 +339,17 @@ def test_end_to_end_on_a_local_ray(tiny_pipe):
                           headers={"X-Asymvq-Timeout-s": "0.001"}, timeout=60)
         assert late.status_code == 504 and "timeout: expected the job within 0.001 s" in late.json()["error"], late.text
         assert httpx.post(f"{url}/v1/inpaint", files=files, data={"prompt": "x", "steps": "2"}, timeout=60).status_code == 200
+        # one streamed request: the denoise stage's progress through Serve's streaming handle and HTTP proxy
+        streamed = httpx.post(f"{url}/v1/inpaint", files=files, timeout=60,
+                              data={"prompt": item["prompt"], "steps": "3", "seed": "5", "stream": "true",
+                                    "preview_every": "1"})
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        sse = [(block.split("\n")[0][7:], json.loads(block.split("\n")[1][6:]))
+               for block in streamed.text.strip().split("\n\n")]
+        assert [n for n, _ in sse] == ["progress", "preview", "progress", "preview", "progress", "result"], sse
+        assert all(d["job_id"] == streamed.headers["X-Asymvq-Job-Id"] for _, d in sse)
+        image = pixels(base64.b64decode(sse[-1][1]["image"]))
+        assert np.abs(image - reference_png(tiny_pipe, {**item, "steps": 3, "seed": 5})).max() <= 1
         print(f"ray e2e: started in {started:.1f} s, mean denoise batch {total / count:.2f}, "
               f"total {time.monotonic() - t0:.1f} s")
     finally:

@@ -144,3 +144,41 @@ def test_the_servers_own_deadline_caps_every_request_and_liveness_is_apart():
         assert client.get("/readyz").json()["status"] == "ok"
     with pytest.raises(ValueError, match="request_timeout_s: expected a number of seconds > 0, got 0"):
         create_app(InpaintPipeline.from_preset("tiny"), request_timeout_s=0)
+
+
+def test_a_stream_whose_client_leaves_stops_its_job_and_frees_its_place(server):
+    """The client reads the first progress event (the stream is running the job), then leaves: the job stops at
+    its next step boundary, the request's place is freed, and the next request is served at once."""
+    timed(server.port, 2)  # warm
+    idle, _, _ = timed(server.port, 2)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    t0 = time.perf_counter()
+    sock.sendall(inpaint_png_request(LONG, steps=150, extra_headers="X-Asymvq-Job-Id: streamed\r\n", stream="true"))
+    seen = b""
+    while b"event: progress" not in seen:
+        chunk = sock.recv(1 << 16)
+        assert chunk, seen
+        seen += chunk
+    first = time.perf_counter() - t0
+    assert seen.startswith(b"HTTP/1.1 200") and b"text/event-stream" in seen and b'"job_id":"streamed"' in seen
+    sock.close()
+    after, status, _ = timed(server.port, 2)
+    assert status == 200
+    log = server.log()
+    assert "job streamed stopped: client closed the connection" in log, log[-2000:]
+    stopped_at = int(log.split("job streamed stopped")[1].split("before denoising step ")[1].split()[0])
+    assert stopped_at < 150
+    status, _, body = request(server.port, b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"streamed" not in body
+    print(f"stream: first progress event after {first * 1e3:.0f} ms; 2-step request idle {idle * 1e3:.0f} ms, after "
+          f"the abandoned stream {after * 1e3:.0f} ms (it stopped before step {stopped_at})")
+    assert after < idle + 3.0, (idle, after)
+
+
+def test_a_deadline_mid_stream_is_a_504_error_event(server):
+    status, headers, body = request(server.port, inpaint_png_request(LONG, steps=150, stream="true",
+                                                                     extra_headers="X-Asymvq-Timeout-s: 0.5\r\n"))
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    last = body[body.rindex(b"event: "):]  # the last event (the body is chunked)
+    assert last.startswith(b"event: error\ndata: ") and b'"status":504' in last, body[-500:]
+    assert b"timeout: expected the job within 0.5 s" in last and b"before denoising step" in last
