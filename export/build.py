@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from asymvq.engines.contract import COMPONENTS, DECODER_COMPONENTS
+from asymvq.engines.contract import COMPONENTS, DECODER, DECODER_COMPONENTS
 from asymvq.engines.manifest import artifact_entry, new_manifest, weights_sha256, write_manifest
 from asymvq.models.components import FAMILY_COMPONENTS, SD
 from asymvq.models.extras import missing_extra
@@ -54,6 +54,11 @@ def parse_components(value: str | list[str], family: str = SD) -> list[str]:
             if n not in out:
                 out.append(n)
     return out
+
+
+def _says_all(value: str | list[str]) -> bool:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return any(i.strip() == "all" for i in items)
 
 
 def _write_tokenizer_and_scheduler(out: Path, source: Source) -> dict:
@@ -131,6 +136,8 @@ def export_directory(
     shapes and latent space, its other components (and their files) are kept.
     """
     names = parse_components(components, source.family)
+    if _says_all(components) and DECODER in names and not source.decoder_module().config.has_condition:
+        names.remove(DECODER)  # "all" of a plain decoder (FLUX's, SDXL's own VAE): it has no conditioned entry
     if not formats or any(f not in EXPORT_FORMATS for f in formats):
         raise ValueError(f"formats: expected some of {list(EXPORT_FORMATS)}, got {list(formats)}")
     exporters = _exporters(formats)  # before any work: a missing extra is named at once

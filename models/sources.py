@@ -226,6 +226,10 @@ def build_module(component: str, source: Source) -> nn.Module:
         network = source.sd_part(SD_PARTS[component])
     elif component in FAMILY_PARTS:
         network = source.sd_part(FAMILY_PARTS[component])
+        if component == T5_ENCODER:
+            # T5's SDPA path reshapes a transposed view that torch.export's ONNX decomposition cannot view
+            # (transformers 4.5x); its eager attention exports, with the same weights (this network is ours alone)
+            network.config._attn_implementation = "eager"
         if component in (T5_ENCODER, FLUX_TRANSFORMER):  # exported for the preset's T5 length
             return WRAPPERS[component](network, text_len=flux_text_len(source.preset)).eval()
     else:
