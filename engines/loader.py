@@ -33,8 +33,11 @@ EXTRA_MODULES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "te
 # The extra each exported format needs at load time.
 BACKEND_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 # The manifest's artifact key each exported format's backend loads.
-# The tokenizers an engines directory may hold (SD's and SDXL's CLIP, FLUX's T5), loaded by their class name.
-TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast", "T5TokenizerFast")
+# The tokenizers an engines directory may hold (SD's and SDXL's CLIP, FLUX's T5): the class a folder's
+# tokenizer_config.json names -> the class that loads it. A T5TokenizerFast saves itself as "T5Tokenizer"
+# (the slow class, which needs sentencepiece); its tokenizer.json is what the fast one reads.
+TOKENIZER_CLASSES = {"CLIPTokenizer": "CLIPTokenizer", "CLIPTokenizerFast": "CLIPTokenizerFast",
+                     "T5Tokenizer": "T5TokenizerFast", "T5TokenizerFast": "T5TokenizerFast"}
 BACKEND_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "trt", "aoti": "aoti"}
 
 
@@ -149,7 +152,7 @@ def load_tokenizer(path: str | Path, *, manifest: dict | None = None, key: str =
         raise ManifestError(f"engines: {folder}/tokenizer_config.json cannot be read as JSON ({e})") from None
     if name not in TOKENIZER_CLASSES:
         raise ManifestError(f"engines: {folder} holds a {name!r}, expected one of {list(TOKENIZER_CLASSES)}")
-    return getattr(transformers, name).from_pretrained(folder, local_files_only=True)
+    return getattr(transformers, TOKENIZER_CLASSES[name]).from_pretrained(folder, local_files_only=True)
 
 
 def load_scheduler_config(path: str | Path, *, manifest: dict | None = None) -> dict:
