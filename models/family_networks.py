@@ -15,6 +15,7 @@ import string
 
 import torch
 
+from .components import FLUX_FILL, SDXL
 from .config import PRESETS
 from .latent_space import VAE_SCALE_FACTOR
 from .sd_networks import SCHEDULER_CONFIG
@@ -210,8 +211,6 @@ SCHEDULER_CONFIG_SDXL = {**{k: v for k, v in SCHEDULER_CONFIG.items() if k not i
 
 def preset_family(preset: str) -> str:
     """The family of a preset of ``FAMILY_PRESETS``: "flux-fill" or "sdxl" (``components.FAMILIES``)."""
-    from .components import FLUX_FILL, SDXL
-
     _check(preset)
     return FLUX_FILL if preset in _FLUX else SDXL
 

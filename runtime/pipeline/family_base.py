@@ -112,13 +112,14 @@ class FamilyBase:
         """A size the ``component`` engine is bound to (``Capabilities.static_dims``), None where it is free."""
         return capabilities(self.stages.engines[component]).static_dims.get(name) if self.stages.has(component) else None
 
-    def run(self, component: str, span: str, timer, **feeds) -> dict:
-        """Every output of one engine call, timed in ``span``."""
+    def run(self, component: str, span: str, timer, **feeds) -> tuple[torch.Tensor, ...]:
+        """The outputs of one engine call in the vocabulary's order, timed in ``span``."""
         engine = self.stages.engines.get(component)
         if engine is None:
             raise ValueError(f"this pipeline has no {component!r} engine")
         with timer.span(span), torch.inference_mode():
-            return engine(**feeds)
+            out = engine(**feeds)
+        return tuple(out[name] for name in engine.output_names)
 
     # -- VAE posterior, drawn as diffusers draws it -------------------------------------------------
     def vae_latents(self, pixels: torch.Tensor, generator, timer) -> torch.Tensor:
@@ -158,7 +159,7 @@ class FamilyBase:
         return tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                          return_tensors="pt").input_ids
 
-    def run_text(self, component: str, ids: torch.Tensor, timer) -> dict:
+    def run_text(self, component: str, ids: torch.Tensor, timer) -> tuple[torch.Tensor, ...]:
         """A text encoder's outputs for token ``ids`` (the span the SD pipeline times its encoder in)."""
         return self.run(component, SPAN_TEXT, timer, input_ids=ids)
 

@@ -112,9 +112,9 @@ class FluxFillInpaintPipeline(FamilyBase):
                 raise ValueError("prompt: this pipeline has no tokenizer/text encoder; pass prompt_embeds instead")
             clip_len = self.tokenizer.model_max_length if self.tokenizer is not None else 77
             ids = self.tokens(self.tokenizer, prompts, clip_len, "prompt")
-            pooled = self.run_text(FLUX_TEXT_ENCODER, ids, timer)["pooler_output"]
+            (pooled,) = self.run_text(FLUX_TEXT_ENCODER, ids, timer)
             ids_2 = self.tokens(self.tokenizer_2, prompts_2, max_sequence_length, "prompt_2")
-            embeds = self.run_text(T5_ENCODER, ids_2, timer)["last_hidden_state"]
+            (embeds,) = self.run_text(T5_ENCODER, ids_2, timer)
         else:
             if pooled_prompt_embeds is None:
                 raise ValueError("pooled_prompt_embeds: required with prompt_embeds (FLUX takes CLIP's pooled "
@@ -209,9 +209,9 @@ class FluxFillInpaintPipeline(FamilyBase):
         batch = latents.shape[0]
         guidance = torch.full([batch], guidance_scale, device=self.device, dtype=torch.float32)
         for t in tqdm(timesteps, desc="denoising", disable=not progress, leave=False):
-            noise_pred = self.run(FLUX_TRANSFORMER, SPAN_UNET, timer, sample=latents, masked_latent=masked, mask=mask,
-                                  timestep=t.expand(batch).to(torch.float32), guidance=guidance,
-                                  encoder_hidden_states=embeds, pooled_projections=pooled)["noise_pred"]
+            (noise_pred,) = self.run(FLUX_TRANSFORMER, SPAN_UNET, timer, sample=latents, masked_latent=masked,
+                                     mask=mask, timestep=t.expand(batch).to(torch.float32), guidance=guidance,
+                                     encoder_hidden_states=embeds, pooled_projections=pooled)
             with timer.span(SPAN_SCHEDULER):
                 latents = scheduler.step(noise_pred.to(latents.dtype), t, latents, return_dict=False)[0]
         return latents

@@ -129,9 +129,9 @@ class SDXLInpaintPipeline(FamilyBase):
             if not self.stages.has(encoder) or tokenizer is None:
                 raise ValueError(f"{arg}: this pipeline has no tokenizer/text encoder; pass prompt_embeds instead")
             ids = self.tokens(tokenizer, texts, length or tokenizer.model_max_length, arg)
-            out = self.run_text(encoder, ids, timer)
-            pooled = out.get("text_embeds", pooled)  # the second encoder's projection: the pooled embedding
-            hidden.append(out["penultimate_hidden_state"])
+            states, *projection = self.run_text(encoder, ids, timer)
+            pooled = projection[0] if projection else pooled  # the second encoder's: the pooled embedding
+            hidden.append(states)
         return torch.cat(hidden, dim=-1), pooled
 
     def encode_prompt(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
@@ -290,8 +290,9 @@ class SDXLInpaintPipeline(FamilyBase):
                 model_in = sched.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
                 if extra:
                     model_in = torch.cat([model_in, *extra], dim=1)
-                noise_pred = self.stages.engines[SDXL_UNET](sample=model_in, timestep=t, encoder_hidden_states=embeds,
-                                                            **cond)["noise_pred"].to(model_in.dtype)
+                (noise_pred,) = self.run(SDXL_UNET, SPAN_UNET, NULL_TIMER, sample=model_in, timestep=t,
+                                         encoder_hidden_states=embeds, **cond)  # timed with the guidance mix
+                noise_pred = noise_pred.to(model_in.dtype)
                 if do_cfg:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + guidance * (text - uncond)

@@ -1,8 +1,10 @@
-"""SDXL and FLUX.1 Fill through an engines directory: every component of the tiny presets exported once per
-family to ONNX and OpenVINO (one module fixture each, the slowest part of this file: about 50 s for SDXL and
-100 s for FLUX on 2 loaded cores; both backends come from one export, the IR converted from the ONNX), the
-manifest naming the family and its latent space, and ``InpaintPipeline.from_engines`` giving the torch
-pipeline's image (``from_preset``, built through diffusers' pipeline) on both backends."""
+"""The checks of an SDXL or FLUX.1 Fill engines directory, run by test_family_engines_sdxl.py and
+test_family_engines_flux.py on the directory each exports (one file per family, so that ``--dist loadfile``
+puts the two exports on two workers): every component of the tiny preset exported once to ONNX and OpenVINO
+(the module fixture is each file's cost: about 60 s for SDXL and 100 s for FLUX on 2 loaded cores; both
+backends come from one export, the IR converted from the ONNX), the manifest naming the family and its latent
+space, and ``InpaintPipeline.from_engines`` giving the torch pipeline's image (``from_preset``, built through
+diffusers' pipeline) on both backends."""
 import json
 import shutil
 
@@ -17,16 +19,12 @@ from asymvq.models.family_networks import family_vae, flux_text_len
 from asymvq.models.latent_space import LatentSpace
 from asymvq.pipeline import InpaintPipeline
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("openvino")
-
 PRESETS = {"tiny-flux-fill": FLUX_FILL, "tiny-sdxl": SDXL}
 ATOL = 1e-3  # an image after 2 steps of fp32 engines against torch eager, as the SD directory's test
 
 
-@pytest.fixture(scope="module", params=sorted(PRESETS))
-def family_dir(request, tmp_path_factory):
-    preset = request.param
+def export_family_dir(preset, tmp_path_factory):
+    """(preset, the engines directory of every component of ``preset``, ONNX and OpenVINO)."""
     out = tmp_path_factory.mktemp(preset)
     export_directory(out, "all", Source(preset=preset), shapes=DEFAULT_SHAPES["tiny"], formats=("onnx", "openvino"))
     return preset, out
