@@ -151,6 +151,15 @@ def _identity_dir(tmp_path, component="decoder-plain"):
     return tmp_path
 
 
+def test_parse_components_takes_the_familys(tmp_path):
+    assert parse_components("all", "sdxl") == list(FAMILY_COMPONENTS["sdxl"])
+    assert parse_components("unet,decoder") == ["unet", "decoder"]
+    with pytest.raises(ValueError, match="'flux-transformer' is not a network of the sd family"):
+        parse_components("flux-transformer")
+    m = read_manifest(_identity_dir(tmp_path))
+    assert m["family"] == "sd"
+
+
 def test_manifest_refusals(tmp_path):
     with pytest.raises(ManifestError, match="expected a directory"):
         read_manifest(tmp_path / "nope")
@@ -165,7 +174,10 @@ def test_manifest_refusals(tmp_path):
     for edit, match in [(lambda m: m.update(format_version=3), "format_version 3"),
                         (lambda m: m.update(format_version=1), "format_version 1; this asymvq reads 2 .*re-export"),
                         (lambda m: m["components"].update(vae={}), "unknown component 'vae'"),
-                        (lambda m: m["components"]["decoder-plain"].pop("artifacts"), "lacks inputs, outputs or artifacts")]:
+                        (lambda m: m["components"]["decoder-plain"].pop("artifacts"), "lacks inputs, outputs or artifacts"),
+                        (lambda m: m.update(family="sd3"), "family must be one of \\['sd', 'sdxl', 'flux-fill'\\]"),
+                        (lambda m: m["components"].update({"sdxl-unet": m["components"]["decoder-plain"]}),
+                         "is a sd directory but holds \\['sdxl-unet'\\]")]:
         bad = json.loads((d / "manifest.json").read_text())
         edit(bad)
         (d / "bad").mkdir(exist_ok=True)
