@@ -149,8 +149,9 @@ class Source:
 
     @property
     def sd_preset(self) -> str:
-        """The SD preset whose shapes apply (tiny for the tiny decoder, sd15 otherwise)."""
-        return "tiny" if self.preset == "tiny" else "sd15"
+        """The SD preset whose shapes apply (tiny for the tiny decoder and the tiny family presets, sd15 otherwise)."""
+        tiny_family = self.preset in FAMILY_PRESETS and self.preset.startswith("tiny")
+        return "tiny" if self.preset == "tiny" or tiny_family else "sd15"
 
     @property
     def family(self) -> str:
