@@ -7,6 +7,11 @@ its resolution-shifted sigmas, the distilled guidance embedding, no CFG) over pa
 masked-image latents and the folded mask as extra channels -> decoder. Random draws come in diffusers'
 order (source posterior, noise, masked-image posterior), so a seeded run gives diffusers' image; at
 strength 1 the source's encode, which diffusers multiplies by 0, is skipped and only its draws are taken.
+
+Every network is an engine of the vocabulary (``flux-text-encoder``, ``t5-encoder``, ``flux-transformer``, the
+VAE encoder and decoders): diffusers' modules wrapped (``from_diffusers``) or an exported directory
+(``from_engines``), one code path. The transformer's engine packs the tokens and makes the RoPE ids itself,
+so the latents stay (B, 16, h, w) through the loop (the flow-matching step is elementwise).
 """
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ extra channels) or the 4-channel base with diffusers' masked latent blending aft
 draws come in diffusers' order (source posterior when diffusers takes it, noise, masked-image
 posterior); a posterior diffusers computes and never uses (the masked image's, for a 4-channel UNet)
 is skipped and only its draws are taken.
+
+Every network is an engine of the vocabulary (``sdxl-text-encoder``, ``sdxl-text-encoder-2``, ``sdxl-unet``, the
+VAE encoder and decoders): diffusers' modules wrapped (``from_diffusers``) or an exported directory
+(``from_engines``), one code path.
 """
 from __future__ import annotations
 
