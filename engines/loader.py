@@ -33,6 +33,11 @@ EXTRA_MODULES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "te
 # The extra each exported format needs at load time.
 BACKEND_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 # The manifest's artifact key each exported format's backend loads.
+# The tokenizers an engines directory may hold (SD's and SDXL's CLIP, FLUX's T5): the class a folder's
+# tokenizer_config.json names -> the class that loads it. A T5TokenizerFast saves itself as "T5Tokenizer"
+# (the slow class, which needs sentencepiece); its tokenizer.json is what the fast one reads.
+TOKENIZER_CLASSES = {"CLIPTokenizer": "CLIPTokenizer", "CLIPTokenizerFast": "CLIPTokenizerFast",
+                     "T5Tokenizer": "T5TokenizerFast", "T5TokenizerFast": "T5TokenizerFast"}
 BACKEND_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "trt", "aoti": "aoti"}
 
 
@@ -132,14 +137,22 @@ def load_engine_dir(path: str | Path, *, device: str | torch.device = "cpu", bac
     return engines
 
 
-def load_tokenizer(path: str | Path, *, manifest: dict | None = None):
-    """The CLIP tokenizer stored in ``path/tokenizer`` by ``asymvq export`` (``manifest`` as in ``load_engine_dir``)."""
-    from transformers import CLIPTokenizer
+def load_tokenizer(path: str | Path, *, manifest: dict | None = None, key: str = "tokenizer"):
+    """The tokenizer stored in ``path/<key>`` by ``asymvq export`` (``key``: tokenizer, or tokenizer_2 of SDXL and
+    FLUX.1 Fill; ``manifest`` as in ``load_engine_dir``), of the class it was saved as (CLIP's, or FLUX's T5)."""
+    import transformers
 
     manifest = _manifest(path, manifest)
-    if "tokenizer" not in manifest:
-        raise ManifestError(f"engines: {path} has no tokenizer (exported without the SD components)")
-    return CLIPTokenizer.from_pretrained(safe_path(path, manifest["tokenizer"], "tokenizer"), local_files_only=True)
+    if key not in manifest:
+        raise ManifestError(f"engines: {path} has no {key} (exported without the text encoders)")
+    folder = safe_path(path, manifest[key], key)
+    try:
+        name = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class", "CLIPTokenizer")
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"engines: {folder}/tokenizer_config.json cannot be read as JSON ({e})") from None
+    if name not in TOKENIZER_CLASSES:
+        raise ManifestError(f"engines: {folder} holds a {name!r}, expected one of {list(TOKENIZER_CLASSES)}")
+    return getattr(transformers, TOKENIZER_CLASSES[name]).from_pretrained(folder, local_files_only=True)
 
 
 def load_scheduler_config(path: str | Path, *, manifest: dict | None = None) -> dict:

@@ -7,7 +7,8 @@ Layout (``format_version`` 2)::
      "source": {"preset", "model", "decoder", "unet_in_channels", "seed"},
      "shapes": {"batch": [min, opt, max], "height": [...], "width": [...]},
      "toolchain": {"torch": ..., "onnx": ..., ...},
-     "tokenizer": "tokenizer", "scheduler": "scheduler",       # sub-folders, when present
+     "family": "sd"|"sdxl"|"flux-fill",                        # absent: sd (directories before the families)
+     "tokenizer": "tokenizer", "tokenizer_2": "tokenizer_2", "scheduler": "scheduler",  # sub-folders, when present
      "components": {name: {"weights_sha256", "inputs": [TensorSpec], "outputs": [TensorSpec],
                            "artifacts": {"onnx": {"path", "sha256", "files": {path: sha256}},
                                          "trt": {...}, "aoti": {..., "device"}}}}}
@@ -17,6 +18,10 @@ Layout (``format_version`` 2)::
 loaders, the pipeline and the C++ host read the channel count, scaling and shift factors from
 it, and the specs' channel dims must agree with it. Format 1 did not record it and is refused
 (re-export: the manifest records the source).
+
+``family`` is the pipeline family the components belong to (``asymvq.models.components.FAMILIES``); a
+directory holds the components of one family only (its denoiser, when there, says the same), so the
+runtime builds that family's pipeline from it (``InpaintPipeline.from_engines``).
 
 Every file an artifact needs is hashed; ``verify_artifact`` recomputes the hashes and
 refuses a missing, truncated or swapped file with a ``ManifestError`` (a ValueError).
@@ -38,6 +43,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import torch
 from torch import nn
 
+from asymvq.models.components import FAMILIES, FAMILY_COMPONENTS, SD
 from asymvq.models.environment import package_versions
 from asymvq.models.latent_space import LatentSpace
 
@@ -82,9 +88,10 @@ def artifact_entry(root: Path, files: list[Path], **extra) -> dict:
     return {"path": rel[0], "files": {r: sha256_file(root / r) for r in rel}, **extra}
 
 
-def new_manifest(*, precision: str, source: dict, shapes: dict, latent_space: LatentSpace) -> dict:
+def new_manifest(*, precision: str, source: dict, shapes: dict, latent_space: LatentSpace, family: str = SD) -> dict:
     return {
         "format_version": FORMAT_VERSION,
+        "family": family,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": precision,
         "latent_space": latent_space.to_dict(),
@@ -173,6 +180,11 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
+def manifest_family(manifest: dict) -> str:
+    """The pipeline family of a manifest ``read_manifest`` returned: its ``family``, SD where it names none."""
+    return manifest.get("family", SD)
+
+
 def manifest_latent_space(manifest: dict) -> LatentSpace:
     """The latent space of a manifest ``read_manifest`` returned (checked there)."""
     return LatentSpace.from_dict(manifest["latent_space"])
@@ -250,12 +262,19 @@ def _check_manifest(manifest, where: str) -> None:
         ok = kinds[k]
         if not (v is None and ok is str or type(v) is ok):
             raise _bad(where, f"source.{k}", f"{'a string or null' if ok is str else 'an integer'}", v)
-    for k in ("tokenizer", "scheduler"):
+    for k in ("tokenizer", "tokenizer_2", "scheduler"):
         if k in manifest:
             _check_rel_path(where, k, manifest[k])
+    family = manifest.get("family", SD)
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise _bad(where, "family", f"one of {list(FAMILIES)}", family)
     comps = manifest.get("components")
     if not isinstance(comps, dict) or not comps:
         raise ManifestError(f"engines: {where} lists no components")
+    foreign = [name for name in comps if name in COMPONENTS and name not in FAMILY_COMPONENTS[family]]
+    if foreign:
+        raise ManifestError(f"engines: {where} is a {family} directory but holds {foreign}, components of another "
+                            f"family (a {family} pipeline runs {list(FAMILY_COMPONENTS[family])})")
     for name, entry in comps.items():
         if name not in COMPONENTS:
             raise ManifestError(f"engines: {where} has unknown component {name!r} (known: {list(COMPONENTS)})")

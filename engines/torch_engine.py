@@ -75,7 +75,7 @@ class TorchEngine(EngineBase):
             )
         with torch.inference_mode():
             out = self._run(*(feeds[n] for n in self.input_names))
-        return {self.output_names[0]: out}
+        return dict(zip(self.output_names, out)) if isinstance(out, tuple) else {self.output_names[0]: out}
 
 
 def torch_decoder_engines(decoder, *, compile: bool = False) -> dict[str, Engine]:

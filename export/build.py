@@ -18,9 +18,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from asymvq.engines.contract import COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER
+from asymvq.engines.contract import COMPONENTS, DECODER, DECODER_COMPONENTS
 from asymvq.engines.manifest import artifact_entry, new_manifest, weights_sha256, write_manifest
+from asymvq.models.components import FAMILY_COMPONENTS, SD
 from asymvq.models.extras import missing_extra
+from asymvq.models.family_networks import FAMILY_PRESETS, family_scheduler_config, family_tokenizers
 from asymvq.models.latent_space import LatentSpace
 from asymvq.models.sd_networks import SCHEDULER_CONFIG, SCHEDULER_FILE, SD_PRESETS, build_tokenizer
 from asymvq.models.sources import Source, build_module
@@ -32,22 +34,31 @@ from .specs import DEFAULT_OPSET, Shapes, io_specs, spatial_multiple
 
 log = logging.getLogger(__name__)
 
-SD_COMPONENTS = (TEXT_ENCODER, VAE_ENCODER, UNET)
 EXPORT_FORMATS = ("onnx", "aoti", "openvino")  # written here; TensorRT plans are built from the ONNX by the engines
 
 
-def parse_components(value: str | list[str]) -> list[str]:
-    """``"all"``, one name, or a comma-separated list; validated and de-duplicated in order."""
+def parse_components(value: str | list[str], family: str = SD) -> list[str]:
+    """``"all"`` (the ``family``'s components), one name, or a comma-separated list; validated (each a
+    component of ``family``) and de-duplicated in order."""
+    own = FAMILY_COMPONENTS[family]
     items = value.split(",") if isinstance(value, str) else list(value)
     out: list[str] = []
     for item in (i.strip() for i in items):
-        names = COMPONENTS if item == "all" else (item,)
+        names = own if item == "all" else (item,)
         for n in names:
             if n not in COMPONENTS:
                 raise ValueError(f"component must be 'all' or one of {list(COMPONENTS)}, got {item!r}")
+            if n not in own:
+                raise ValueError(f"component: {n!r} is not a network of the {family} family; its components are "
+                                 f"'all' or {list(own)}")
             if n not in out:
                 out.append(n)
     return out
+
+
+def _says_all(value: str | list[str]) -> bool:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return any(i.strip() == "all" for i in items)
 
 
 def _write_tokenizer_and_scheduler(out: Path, source: Source) -> dict:
@@ -59,6 +70,8 @@ def _write_tokenizer_and_scheduler(out: Path, source: Source) -> dict:
 
         tokenizer = CLIPTokenizer.from_pretrained(source.model, subfolder="tokenizer", local_files_only=True)
         scheduler = json.loads((Path(source.model) / "scheduler" / SCHEDULER_FILE).read_text())
+    elif source.preset in FAMILY_PRESETS:
+        return _write_family_texts(out, source.preset)
     elif source.preset in SD_PRESETS:
         tokenizer = build_tokenizer(source.preset)
         # SD 1.5's own file: PNDM with these keys (the other schedulers read the same keys).
@@ -72,6 +85,20 @@ def _write_tokenizer_and_scheduler(out: Path, source: Source) -> dict:
     (out / "scheduler").mkdir()
     (out / "scheduler" / SCHEDULER_FILE).write_text(json.dumps(scheduler, indent=2, sort_keys=True) + "\n")
     return {"tokenizer": "tokenizer", "scheduler": "scheduler"}
+
+
+def _write_family_texts(out: Path, preset: str) -> dict:
+    """A FLUX.1 Fill / SDXL preset's tokenizer/, tokenizer_2/ (SDXL: CLIP again; FLUX: T5) and scheduler/."""
+    import diffusers
+
+    for sub in ("tokenizer", "tokenizer_2", "scheduler"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    for key, tokenizer in family_tokenizers(preset).items():
+        tokenizer.save_pretrained(out / key)
+    (out / "scheduler").mkdir()
+    scheduler = {**family_scheduler_config(preset), "_diffusers_version": diffusers.__version__}
+    (out / "scheduler" / SCHEDULER_FILE).write_text(json.dumps(scheduler, indent=2, sort_keys=True) + "\n")
+    return {"tokenizer": "tokenizer", "tokenizer_2": "tokenizer_2", "scheduler": "scheduler"}
 
 
 def _exporters(formats) -> dict:
@@ -108,7 +135,9 @@ def export_directory(
     ``out`` is replaced atomically. When it is an engines directory of the same precision, source,
     shapes and latent space, its other components (and their files) are kept.
     """
-    names = parse_components(components)
+    names = parse_components(components, source.family)
+    if _says_all(components) and DECODER in names and not source.decoder_module().config.has_condition:
+        names.remove(DECODER)  # "all" of a plain decoder (FLUX's, SDXL's own VAE): it has no conditioned entry
     if not formats or any(f not in EXPORT_FORMATS for f in formats):
         raise ValueError(f"formats: expected some of {list(EXPORT_FORMATS)}, got {list(formats)}")
     exporters = _exporters(formats)  # before any work: a missing extra is named at once
@@ -120,6 +149,7 @@ def export_directory(
         source=source.to_dict(),
         shapes={"batch": list(shapes.batch), "height": list(shapes.height), "width": list(shapes.width)},
         latent_space=latent_space,
+        family=source.family,
     )
     old = previous_manifest(out, manifest)
     staged = staging_dir(out)
@@ -138,7 +168,7 @@ def _export_into(staged: Path, names: list[str], source: Source, manifest: dict,
                  old: dict | None, old_root: Path, precision: str, shapes: Shapes, latent_space: LatentSpace,
                  opset: int, formats) -> None:
     """Write the components ``names`` into ``staged`` and their entries into ``manifest``; link what is kept of ``old``."""
-    if any(n in SD_COMPONENTS for n in names):
+    if any(n not in DECODER_COMPONENTS for n in names):  # any network before the decoder reads them
         manifest.update(_write_tokenizer_and_scheduler(staged, source))
     if old is not None:
         keep_components(old, old_root, staged, manifest, names)

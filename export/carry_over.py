@@ -78,7 +78,7 @@ def keep_components(old: dict, out: Path, staged: Path, manifest: dict, rewritte
         kept = {fmt: art for fmt, art in entry["artifacts"].items() if _link_artifact(out, staged, name, entry, fmt)}
         if kept:
             manifest["components"][name] = {**entry, "artifacts": kept}
-    for key in ("tokenizer", "scheduler"):
+    for key in ("tokenizer", "tokenizer_2", "scheduler"):
         if key in old and key not in manifest:
             _link_tree(out, staged, old[key], key)
             manifest[key] = old[key]

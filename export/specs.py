@@ -15,7 +15,17 @@ import torch
 from torch import nn
 
 from asymvq.engines.contract import UNET, VOCABULARY, TensorSpec, check_component, check_io, split_dim
-from asymvq.models.components import BINARY, REAL, SIGNED_UNIT, TIMESTEPS, TOKEN_IDS
+from asymvq.models.components import (
+    BINARY,
+    CFG_DENOISERS,
+    FLUX_TRANSFORMER,
+    REAL,
+    SDXL_UNET,
+    SIGNED_UNIT,
+    TIMESTEPS,
+    TOKEN_IDS,
+)
+from asymvq.models.flux_packing import PATCH
 from asymvq.models.latent_space import VAE_SCALE_FACTOR, LatentSpace
 
 TEXT_LEN = 77  # CLIP's tokens a prompt (the tokenizer pads to it)
@@ -79,8 +89,10 @@ def parse_shapes(text: str | None, preset: str) -> Shapes:
 
 def spatial_multiple(component: str, module: nn.Module) -> int:
     """The latent size must be a multiple of this for the graph to be valid (UNet down-sampling)."""
-    if component == UNET:
+    if component in (UNET, SDXL_UNET):
         return 2 ** (len(module.unet.config.block_out_channels) - 1)
+    if component == FLUX_TRANSFORMER:
+        return PATCH  # 2x2 latent pixels a token
     return 1
 
 
@@ -91,7 +103,7 @@ def io_specs(component: str, module: nn.Module, shapes: Shapes, precision: str,
     directory's; None: the module's own channel count), the varying ones ranged over ``shapes``."""
     check_component(component)
     batch = shapes.batch
-    if component == UNET:  # classifier-free guidance runs the UNet on twice the batch
+    if component in CFG_DENOISERS:  # classifier-free guidance runs the UNet on twice the batch
         batch = (batch[0], 2 * batch[1], 2 * batch[2])
     m = spatial_multiple(component, module)
     # min is a lower bound: rounded up to the network's multiple (the smallest latent its down-sampling takes)

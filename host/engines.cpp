@@ -31,6 +31,14 @@ const std::map<std::string, std::pair<std::vector<std::string>, std::vector<std:
       {"unet", {{"sample", "timestep", "encoder_hidden_states"}, {"noise_pred"}}},
       {"decoder", {{"latent", "image", "mask"}, {"sample"}}},
       {"decoder-plain", {{"latent"}, {"sample"}}},
+      // SDXL and FLUX.1 Fill: known (a directory of theirs opens), run by the Python pipeline; the host decodes
+      {"sdxl-text-encoder", {{"input_ids"}, {"penultimate_hidden_state"}}},
+      {"sdxl-text-encoder-2", {{"input_ids"}, {"penultimate_hidden_state", "text_embeds"}}},
+      {"sdxl-unet", {{"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"}, {"noise_pred"}}},
+      {"t5-encoder", {{"input_ids"}, {"last_hidden_state"}}},
+      {"flux-text-encoder", {{"input_ids"}, {"pooler_output"}}},
+      {"flux-transformer", {{"sample", "masked_latent", "mask", "timestep", "guidance", "encoder_hidden_states",
+                             "pooled_projections"}, {"noise_pred"}}},
   };
   return io;
 }
@@ -446,6 +454,11 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
   if (const json::Value* p = m.find("precision"); p && p->is_string()) h->precision = p->str;
   if (h->precision != "fp32" && h->precision != "fp16") bad(mpath.string() + " has precision '" + h->precision + "' (fp32 or fp16)");
   h->latent_space = read_latent_space(m, mpath.string());
+  if (const json::Value* f = m.find("family")) {  // absent: sd (directories from before the families)
+    if (!f->is_string() || (f->str != "sd" && f->str != "sdxl" && f->str != "flux-fill"))
+      bad(mpath.string() + ": family must be one of ['sd', 'sdxl', 'flux-fill']");
+    h->family = f->str;
+  }
   const auto& io = component_io();
   for (auto& [name, entry] : comps->obj) {
     if (!io.count(name)) {

@@ -94,6 +94,7 @@ struct Host {
   at::Device device{at::kCPU};
   std::string precision = "fp32";
   LatentSpace latent_space;
+  std::string family = "sd";  // the manifest's: sd runs every call; sdxl and flux-fill decode only
   std::vector<std::unique_ptr<Engine>> engines;
   bool has_scheduler = false;
   SchedulerConfig scheduler;

@@ -235,6 +235,13 @@ class Euler : public Scheduler {
 
 at::Tensor run1(Engine& e, std::vector<at::Tensor> feeds) { return e.run(std::move(feeds)).at(0); }
 
+// The host runs SD 1.x's whole job; of SDXL and FLUX.1 Fill only the decode (their loops run in Python).
+void require_sd(const Host& h, const std::string& what) {
+  if (h.family != "sd")
+    fail(ASYMVQ_ERR_UNSUPPORTED, what + ": " + h.root + " is a " + h.family + " directory; the C++ host decodes its "
+         "latents only (decode), the whole job runs in Python (asymvq inpaint --engines DIR)");
+}
+
 }  // namespace
 
 at::Tensor LatentSpace::to_vae(const at::Tensor& z) const {
@@ -296,6 +303,7 @@ at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, c
 
 at::Tensor encode_text(Host& h, const at::Tensor& ids) {
   c10::InferenceMode guard;
+  require_sd(h, "encoding token ids");
   Engine& e = h.need("text-encoder", "encoding token ids");
   int64_t len = e.inputs[0].max[1];
   if (ids.dim() != 2 || ids.size(1) != len)
@@ -313,6 +321,7 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   c10::InferenceMode guard;
   auto t_start = Clock::now();
   asymvq_inpaint_stats st{};
+  require_sd(h, "inpaint");
   Engine& unet = h.need("unet", "inpaint");
   const TensorSpec& sample_spec = unet.inputs[0];
   const TensorSpec& ehs_spec = unet.inputs[2];

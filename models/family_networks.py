@@ -15,6 +15,7 @@ import string
 
 import torch
 
+from .components import FLUX_FILL, SDXL
 from .config import PRESETS
 from .latent_space import VAE_SCALE_FACTOR
 from .sd_networks import SCHEDULER_CONFIG
@@ -206,3 +207,41 @@ def sdxl_inpaint_pipeline(preset: str = "tiny-sdxl", *, seed: int = 0, in_channe
 # SDXL's scheduler_config.json: SD's noise schedule, Euler, "leading" spacing
 SCHEDULER_CONFIG_SDXL = {**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
                          "timestep_spacing": "leading", "interpolation_type": "linear", "use_karras_sigmas": False}
+
+
+def preset_family(preset: str) -> str:
+    """The family of a preset of ``FAMILY_PRESETS``: "flux-fill" or "sdxl" (``components.FAMILIES``)."""
+    _check(preset)
+    return FLUX_FILL if preset in _FLUX else SDXL
+
+
+def family_scheduler_config(preset: str) -> dict:
+    """The preset's scheduler config as diffusers writes it (``_class_name`` and its keys)."""
+    _check(preset)
+    if preset in _FLUX:
+        return {"_class_name": "FlowMatchEulerDiscreteScheduler", **FLUX_SCHEDULER_CONFIG}
+    return {"_class_name": "EulerDiscreteScheduler", **SCHEDULER_CONFIG_SDXL}
+
+
+def family_tokenizers(preset: str) -> dict:
+    """``tokenizer`` (CLIP) and ``tokenizer_2`` (SDXL: CLIP again; FLUX: T5) of the preset."""
+    _check(preset)
+    clip = build_clip_tokenizer("tiny" if preset.startswith("tiny") else "sd15")
+    return dict(tokenizer=clip, tokenizer_2=build_t5_tokenizer(_FLUX[preset]["text_len"]) if preset in _FLUX else clip)
+
+
+def family_network(preset: str, part: str, *, seed: int = 0, in_channels: int = 9):
+    """One network of the preset's pipeline, with the weights ``flux_fill_pipeline`` / ``sdxl_inpaint_pipeline``
+    give it: ``part`` is the diffusers attribute (transformer, unet, vae, text_encoder, text_encoder_2)."""
+    _check(preset)
+    if part == "vae":
+        return family_vae(preset, seed=seed)
+    if part == "transformer" and preset in _FLUX:
+        return build_flux_transformer(preset, seed=seed)
+    if part == "unet" and preset in _SDXL:
+        return build_sdxl_unet(preset, seed=seed, in_channels=in_channels)
+    if part == "text_encoder_2" and preset in _FLUX:
+        return build_t5(preset, seed=seed)
+    if part in ("text_encoder", "text_encoder_2"):
+        return text_encoders_of(preset, seed)[part]
+    raise ValueError(f"part: {preset} has no {part!r} network")

@@ -16,14 +16,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import load_decoder
+from .checkpoints import decoder_from_vae, load_decoder
 from .component_modules import WRAPPERS
-from .components import DECODER, DECODER_COMPONENTS, TEXT_ENCODER, UNET, VAE_ENCODER
+from .components import (
+    DECODER,
+    DECODER_COMPONENTS,
+    FAMILY_COMPONENTS,
+    FLUX_TEXT_ENCODER,
+    FLUX_TRANSFORMER,
+    SD,
+    SDXL_TEXT_ENCODER,
+    SDXL_TEXT_ENCODER_2,
+    SDXL_UNET,
+    T5_ENCODER,
+    TEXT_ENCODER,
+    UNET,
+    VAE_ENCODER,
+)
 from .config import PRESETS as DECODER_PRESETS
 from .config import preset_config
 from .cpu_bf16 import is_cpu_bf16, to_cpu_bf16
 from .decoder import AsymmetricDecoder
 from .devices import parse_device, parse_dtype
+from .family_networks import FAMILY_PRESETS, family_network, family_vae, flux_text_len, preset_family
 from .latent_space import LatentSpace
 from .op_select import select_ops
 from .sd_networks import (
@@ -38,6 +53,9 @@ from .sd_networks import (
 
 VAE_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL")
 SD_PARTS = {TEXT_ENCODER: "text_encoder", VAE_ENCODER: "vae", UNET: "unet"}  # component -> diffusers folder
+# The other families' components -> the diffusers attribute of their network
+FAMILY_PARTS = {SDXL_TEXT_ENCODER: "text_encoder", SDXL_TEXT_ENCODER_2: "text_encoder_2", SDXL_UNET: "unet",
+                FLUX_TEXT_ENCODER: "text_encoder", T5_ENCODER: "text_encoder_2", FLUX_TRANSFORMER: "transformer"}
 
 
 def random_decoder(name: str, *, seed: int = 0, dtype="fp32", device="cpu", kernels: str = "torch") -> AsymmetricDecoder:
@@ -108,8 +126,9 @@ def load_sd_networks(sd_dir, *, dtype=torch.float32) -> dict:
 class Source:
     """Where the weights come from: seeded random ``preset`` and/or local paths.
 
-    ``preset``: an SD preset (tiny, sd15) or, for the decoders alone, a decoder preset
-    (vanilla, base, x1.5, x2, tiny). ``model``: a local diffusers SD folder (unet/,
+    ``preset``: an SD preset (tiny, sd15), a FLUX.1 Fill / SDXL preset (``FAMILY_PRESETS``: their
+    networks, VAE encoder and plain decoder from their VAE; export of those families comes from presets
+    only) or, for the decoders alone, a decoder preset (vanilla, base, x1.5, x2, tiny). ``model``: a local diffusers SD folder (unet/,
     text_encoder/, vae/). ``decoder``: a decoder checkpoint path or a decoder preset name.
     """
 
@@ -122,7 +141,7 @@ class Source:
     def __post_init__(self):
         if self.preset is None and self.model is None and self.decoder is None:
             raise ValueError("source: give a preset, a --model PATH or a --decoder PATH")
-        known = set(SD_PRESETS) | set(DECODER_PRESETS)
+        known = set(SD_PRESETS) | set(DECODER_PRESETS) | set(FAMILY_PRESETS)
         if self.preset is not None and self.preset not in known:
             raise ValueError(f"preset must be one of {sorted(known)}, got {self.preset!r}")
         if self.model is not None and not Path(self.model).is_dir():
@@ -130,8 +149,14 @@ class Source:
 
     @property
     def sd_preset(self) -> str:
-        """The SD preset whose shapes apply (tiny for the tiny decoder, sd15 otherwise)."""
-        return "tiny" if self.preset == "tiny" else "sd15"
+        """The SD preset whose shapes apply (tiny for the tiny decoder and the tiny family presets, sd15 otherwise)."""
+        tiny_family = self.preset in FAMILY_PRESETS and self.preset.startswith("tiny")
+        return "tiny" if self.preset == "tiny" or tiny_family else "sd15"
+
+    @property
+    def family(self) -> str:
+        """The pipeline family of the networks (``components.FAMILIES``): a family preset's, else SD's."""
+        return preset_family(self.preset) if self.preset in FAMILY_PRESETS else SD
 
     def to_dict(self) -> dict:
         return {"preset": self.preset, "model": self.model, "decoder": self.decoder,
@@ -143,6 +168,8 @@ class Source:
             name = str(Path(self.model) / "vae")  # the SD folder's own decoder
         if name is not None and name not in DECODER_PRESETS:
             return load_decoder(name)
+        if name is None and self.preset in FAMILY_PRESETS:
+            return decoder_from_vae(family_vae(self.preset, seed=self.seed)).eval()  # what the family pipeline decodes with
         if name is None:
             name = PRESET_SHAPES[self.preset]["decoder_preset"] if self.preset in SD_PRESETS else self.preset
         if name is None:
@@ -150,6 +177,8 @@ class Source:
         return random_decoder(name, seed=self.seed)
 
     def sd_part(self, part: str):
+        if self.preset in FAMILY_PRESETS and self.model is None:
+            return family_network(self.preset, part, seed=self.seed, in_channels=self.unet_in_channels)
         if self.model is not None:
             return load_sd_part(self.model, part)
         if self.preset not in SD_PRESETS:
@@ -163,6 +192,8 @@ class Source:
         if self.model is not None:
             config = _need(Path(self.model) / "vae" / "config.json", "vae config")
             return LatentSpace.from_vae_config(json.loads(config.read_text()))
+        if self.preset in FAMILY_PRESETS:
+            return LatentSpace.from_vae_config(dict(family_vae(self.preset, seed=self.seed).config))
         if self.preset not in SD_PRESETS:
             raise ValueError(f"preset: the SD components need an SD preset {list(SD_PRESETS)} or --model PATH, "
                              f"got {self.preset!r}")
@@ -189,8 +220,19 @@ def build_module(component: str, source: Source) -> nn.Module:
         if component == DECODER and network.condition_encoder is None:
             raise ValueError("decoder: this decoder has no condition branch (a plain SD VAE decoder); export "
                              "'decoder-plain', or give an asymmetric decoder with --decoder PATH|PRESET")
+    elif component not in FAMILY_COMPONENTS[source.family]:
+        raise ValueError(f"component: {component!r} is not a network of the {source.family} family "
+                         f"(its components: {list(FAMILY_COMPONENTS[source.family])})")
     elif component in SD_PARTS:
         network = source.sd_part(SD_PARTS[component])
+    elif component in FAMILY_PARTS:
+        network = source.sd_part(FAMILY_PARTS[component])
+        if component == T5_ENCODER:
+            # T5's SDPA path reshapes a transposed view that torch.export's ONNX decomposition cannot view
+            # (transformers 4.5x); its eager attention exports, with the same weights (this network is ours alone)
+            network.config._attn_implementation = "eager"
+        if component in (T5_ENCODER, FLUX_TRANSFORMER):  # exported for the preset's T5 length
+            return WRAPPERS[component](network, text_len=flux_text_len(source.preset)).eval()
     else:
         raise ValueError(f"component: no network is built under the name {component!r}")
     return WRAPPERS[component](network).eval()

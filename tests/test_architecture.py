@@ -132,7 +132,9 @@ def test_component_names_are_written_once(needle):
 # in the vocabulary alone (everything else imports its constants or reads its table). Generic words
 # that are also argument names ("image", "mask", "unet" as a diffusers folder) are left out.
 CONTRACT_ONLY = ("text-encoder", "vae-encoder", "decoder-plain", "input_ids", "last_hidden_state", "moments",
-                 "timestep", "encoder_hidden_states", "noise_pred")
+                 "timestep", "encoder_hidden_states", "noise_pred", "sdxl-unet", "sdxl-text-encoder",
+                 "sdxl-text-encoder-2", "flux-transformer", "flux-text-encoder", "t5-encoder",
+                 "penultimate_hidden_state", "pooler_output", "masked_latent")
 # Where a literal is still known to be spelled, with the reason; to be emptied, never grown.
 KNOWN_SPELLINGS: set = set()  # emptied by issue 18 part 5 (engines state their static dims)
 
@@ -255,3 +257,13 @@ def test_every_room_is_a_package_of_the_wheel():
     rooms = {f"asymvq.{d.name}" for d in (ROOT / "runtime").iterdir() if (d / "__init__.py").is_file()}
     assert rooms and rooms <= listed, sorted(rooms - listed)
     assert {f"asymvq.{name}" for name in SUBPACKAGES.values()} <= listed
+
+
+def test_family_names_agree_between_the_vocabulary_and_the_job_rules():
+    """pipeline/family_rules.py repeats models/components.py's family names to stay free of torch."""
+    from asymvq.models import components
+    from asymvq.pipeline import family_rules
+
+    assert (family_rules.SD, family_rules.SDXL, family_rules.FLUX_FILL) == (components.SD, components.SDXL,
+                                                                           components.FLUX_FILL)
+    assert tuple(family_rules.FAMILIES) == tuple(components.FAMILIES)

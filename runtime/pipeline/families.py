@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..engines.manifest import manifest_family, read_manifest
 from ..models.devices import parse_device, parse_dtype
 from ..models.family_networks import FAMILY_PRESETS, flux_fill_pipeline, sdxl_inpaint_pipeline
 from ..models.latent_space import VAE_SCALE_FACTOR
@@ -103,3 +104,19 @@ def family_from_preset(preset: str, *, decoder=None, seed: int = 0, scheduler: s
     pipe = build(preset, seed=seed, text_encoders=text_encoders).to(parse_device(device), parse_dtype(dtype))
     return family_from_diffusers(pipe, FLUX_FILL if flux else SDXL, decoder=decoder, scheduler=scheduler,
                                  compile=compile)
+
+
+def engines_family(path) -> str:
+    """The family of an engines directory: its manifest's ``family`` (SD for directories that name none)."""
+    return manifest_family(read_manifest(path))
+
+
+def family_from_engines(path, family: str, *, device="cpu", backend: str | None = None, scheduler: str | None = None,
+                        **engine_options):
+    """The FLUX.1 Fill or SDXL pipeline over an engines directory of that family."""
+    if family == FLUX_FILL:
+        if scheduler is not None:
+            raise ValueError("scheduler: FLUX.1 Fill runs its flow-matching scheduler only; leave it unset")
+        return FluxFillInpaintPipeline.from_engines(path, device=device, backend=backend, **engine_options)
+    return SDXLInpaintPipeline.from_engines(path, device=device, backend=backend, scheduler=scheduler,
+                                            **engine_options)

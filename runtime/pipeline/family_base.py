@@ -1,11 +1,11 @@
 """What the newer families' pipelines (FLUX.1 Fill, SDXL inpainting) share with each other and with SD's:
-the VAE encoder and the decoders behind ``Engine`` (``stages.Stages``, so plain and conditional decoders,
-tiled and region decoding and the timing spans are the SD pipeline's), the posterior sample drawn with
+every network behind ``Engine`` (``stages.Stages``, so plain and conditional decoders, tiled and region
+decoding and the timing spans are the SD pipeline's), built from live torch networks (``torch_family_engines``)
+or loaded from an engines directory (``family_engines_dir``) the same way, the posterior sample drawn with
 the caller's generator, and the decode call.
 
-The denoising networks of these families (``FluxTransformer2DModel``, SDXL's UNet with its added
-conditions) and their text encoders are called as torch modules inside the same timing spans; they have
-no component in the engine vocabulary yet (engines for them: issue 20 part 5).
+The components are the vocabulary's (``asymvq.models.components.FAMILY_COMPONENTS``): the VAE encoder and
+decoders of every family, SDXL's UNet and two text encoders, FLUX.1 Fill's transformer, CLIP and T5.
 """
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ import logging
 
 import torch
 
-from ..engines.contract import VAE_ENCODER
+from ..engines.contract import DECODER_COMPONENTS, VAE_ENCODER, capabilities, precision_dtype
+from ..engines.loader import load_engine_dir, load_scheduler_config, load_tokenizer
+from ..engines.manifest import ManifestError, manifest_family, manifest_latent_space, read_manifest
 from ..engines.torch_engine import TorchEngine, torch_decoder_engines
 from ..models import PRESETS, AsymmetricDecoder
 from ..models.checkpoints import decoder_from_vae, load_decoder
-from ..models.component_modules import VaeEncoderComponent
+from ..models.component_modules import WRAPPERS, VaeEncoderComponent
+from ..models.components import DENOISERS, FAMILY_COMPONENTS
+from ..models.devices import parse_device
 from ..models.latent_space import LatentSpace
 from ..models.sources import random_decoder
 from ..profiling.timing import NULL_TIMER
@@ -56,37 +60,83 @@ def family_decoder(vae, decoder=None) -> AsymmetricDecoder:
     return load_decoder(decoder, dtype=dtype, device=p.device)
 
 
-def check_decoder_latents(decoder: AsymmetricDecoder, latent_space: LatentSpace, family: str) -> None:
-    if decoder.config.latent_channels != latent_space.channels:
-        raise ValueError(f"decoder: {family} makes {latent_space.channels}-channel latents, this decoder takes "
-                         f"{decoder.config.latent_channels} (a decoder of another latent space)")
+def check_decoder_latents(engines: dict, latent_space: LatentSpace, family: str) -> None:
+    """Refuse decoder engines bound to another latent space than the pipeline's."""
+    for name in DECODER_COMPONENTS:
+        channels = capabilities(engines[name]).static_dims.get("latent_channels") if name in engines else None
+        if channels is not None and channels != latent_space.channels:
+            raise ValueError(f"decoder: {family} makes {latent_space.channels}-channel latents, this decoder takes "
+                             f"{channels} (a decoder of another latent space)")
+
+
+def torch_family_engines(vae, decoder: AsymmetricDecoder, networks: dict, *, compile: bool = False) -> dict:
+    """``{component: TorchEngine}``: the VAE's encoder, ``decoder``'s entries and ``networks`` (component ->
+    a torch network, or a component wrapper already built, e.g. SDXL's UNet with its time ids), each through
+    its vocabulary wrapper, as an exported directory holds them."""
+    engines = {VAE_ENCODER: TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae), compile=compile),
+               **torch_decoder_engines(decoder, compile=compile)}
+    for name, network in networks.items():
+        if network is None:
+            continue
+        module = network if isinstance(network, WRAPPERS[name]) else WRAPPERS[name](network)
+        engines[name] = TorchEngine(name, module.eval(), compile=compile)
+    return engines
+
+
+def family_engines_dir(path, family: str, *, device="cpu", backend: str | None = None, **engine_options) -> dict:
+    """What a family pipeline takes from an engines directory of ``family``: its engines, latent space, dtype,
+    device, scheduler config and tokenizers (``tokenizer``, ``tokenizer_2``; None where not exported)."""
+    manifest = read_manifest(path)  # once: the loaders below take it
+    if manifest_family(manifest) != family:
+        raise ManifestError(f"engines: {path} is a {manifest_family(manifest)} directory, not {family}")
+    denoiser = DENOISERS[family]
+    if denoiser not in manifest["components"]:
+        raise ManifestError(f"engines: {path} has no {denoiser!r} engine; export with --component all "
+                            f"({list(FAMILY_COMPONENTS[family])})")
+    engines = load_engine_dir(path, device=device, backend=backend, manifest=manifest, **engine_options)
+    tokenizers = {k: load_tokenizer(path, manifest=manifest, key=k) if k in manifest else None
+                  for k in ("tokenizer", "tokenizer_2")}
+    return dict(engines=engines, latent_space=manifest_latent_space(manifest),
+                dtype=precision_dtype(manifest["precision"]), device=parse_device(device),
+                scheduler_config=load_scheduler_config(path, manifest=manifest), **tokenizers)
 
 
 class FamilyBase:
-    """The VAE encoder and decoder engines of one pipeline, its latent space, dtype and device."""
+    """The engines of one pipeline (every component of its family's, behind ``Stages``), its latent space,
+    dtype and device; ``decode_dtype``: the decoders', when they run above the pipeline's precision."""
 
     family = ""
     denoises = True  # False once keep_decoder_only() let go of the denoising networks
 
-    def __init__(self, *, vae, decoder: AsymmetricDecoder, scheduler, compile: bool = False):
+    def __init__(self, *, engines: dict, scheduler, latent_space: LatentSpace, dtype: torch.dtype,
+                 device: torch.device, decode_dtype: torch.dtype | None = None,
+                 decoder_module: AsymmetricDecoder | None = None):
         if scheduler is None or not hasattr(scheduler, "config"):
             raise ValueError(f"scheduler: expected a diffusers scheduler, got {type(scheduler).__name__}")
-        p = next(vae.parameters())
-        self.dtype, self.device = p.dtype, p.device
-        self.latent_space = LatentSpace.from_vae_config(dict(vae.config))
-        self.decode_dtype = upcast_dtype(vae)  # the decoder's, when it runs above the pipeline's precision
-        check_decoder_latents(decoder, self.latent_space, self.family)
-        self.decoder_module = decoder  # what an overflow's float32 copy is made from (decode)
-        self.stages = Stages({VAE_ENCODER: TorchEngine(VAE_ENCODER, VaeEncoderComponent(vae), compile=compile),
-                              **torch_decoder_engines(decoder, compile=compile)})
+        self.dtype, self.device = dtype, device
+        self.latent_space = latent_space
+        self.decode_dtype = decode_dtype
+        check_decoder_latents(engines, self.latent_space, self.family)
+        self.stages = Stages(engines)
         self.scheduler = scheduler
+        self.decoder_module = decoder_module  # what an fp16 overflow's float32 copy is made from (torch only)
+
+    def static_dim(self, component: str, name: str) -> int | None:
+        """A size the ``component`` engine is bound to (``Capabilities.static_dims``), None where it is free."""
+        return capabilities(self.stages.engines[component]).static_dims.get(name) if self.stages.has(component) else None
+
+    def run(self, component: str, span: str, timer, **feeds) -> tuple[torch.Tensor, ...]:
+        """The outputs of one engine call in the vocabulary's order, timed in ``span``."""
+        engine = self.stages.engines.get(component)
+        if engine is None:
+            raise ValueError(f"this pipeline has no {component!r} engine")
+        with timer.span(span), torch.inference_mode():
+            out = engine(**feeds)
+        return tuple(out[name] for name in engine.output_names)
 
     def keep_decoder_only(self) -> None:
         """Let go of the denoising network, the text encoders and the VAE encoder: what a Ray Serve decode stage
         keeps (``PipelineSource.build(DECODER_COMPONENTS)``); ``decode`` runs, ``denoise`` is refused."""
-        for name in ("transformer", "unet", "text_encoder", "text_encoder_2"):
-            if hasattr(self, name):
-                setattr(self, name, None)
         self.stages = Stages(self.stages.decoders())
         self.denoises = False
 
@@ -133,9 +183,9 @@ class FamilyBase:
         return tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                          return_tensors="pt").input_ids
 
-    def run_text(self, encoder, ids: torch.Tensor, timer, **kwargs):
-        with timer.span(SPAN_TEXT), torch.inference_mode():
-            return encoder(ids.to(encoder.device), **kwargs)
+    def run_text(self, component: str, ids: torch.Tensor, timer) -> tuple[torch.Tensor, ...]:
+        """A text encoder's outputs for token ``ids`` (the span the SD pipeline times its encoder in)."""
+        return self.run(component, SPAN_TEXT, timer, input_ids=ids)
 
     @staticmethod
     def check_embeds(embeds, arg: str, ndim: int, dim: int | None = None) -> torch.Tensor:
@@ -172,6 +222,9 @@ class FamilyBase:
 
     def upcast_decoder(self) -> None:
         """Run the pipeline's own decoder in ``UPCAST_DTYPE`` from now on (a float32 copy; ``decode_dtype`` says so)."""
+        if self.decoder_module is None:  # an exported engine: no weights here to make a float32 copy of
+            raise ValueError(f"decoder: the {self.family} decoder engine gave non-finite values in float16; export "
+                             "the decoder in fp32 or bf16 (asymvq export --precision)")
         module = copy.deepcopy(self.decoder_module).to(UPCAST_DTYPE)
         self.stages = Stages({**self.stages.engines, **torch_decoder_engines(module)})
         self.decoder_module, self.decode_dtype = module, UPCAST_DTYPE

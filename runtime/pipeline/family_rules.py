@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the names of asymvq.models.components (the manifest's "family"), repeated here to keep this module free of
+# torch (asymvq.models imports it); tests/test_architecture.py checks the two agree
 SD, SDXL, FLUX_FILL = "sd", "sdxl", "flux-fill"
 FAMILIES = (SD, SDXL, FLUX_FILL)
 

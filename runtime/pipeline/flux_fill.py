@@ -7,21 +7,28 @@ its resolution-shifted sigmas, the distilled guidance embedding, no CFG) over pa
 masked-image latents and the folded mask as extra channels -> decoder. Random draws come in diffusers'
 order (source posterior, noise, masked-image posterior), so a seeded run gives diffusers' image; at
 strength 1 the source's encode, which diffusers multiplies by 0, is skipped and only its draws are taken.
+
+Every network is an engine of the vocabulary (``flux-text-encoder``, ``t5-encoder``, ``flux-transformer``, the
+VAE encoder and decoders): diffusers' modules wrapped (``from_diffusers``) or an exported directory
+(``from_engines``), one code path. The transformer's engine packs the tokens and makes the RoPE ids itself,
+so the latents stay (B, 16, h, w) through the loop (the flow-matching step is elementwise).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..models.flux_packing import PATCH, flux_image_ids, pack_flux_latents, pack_flux_mask, unpack_flux_latents
+from ..models.components import FLUX_FILL, FLUX_TEXT_ENCODER, FLUX_TRANSFORMER, T5_ENCODER
+from ..models.flux_packing import PATCH, pack_flux_latents
+from ..models.latent_space import LatentSpace
 from ..profiling.timing import NULL_TIMER
 from .cancel import loop_steps
 from .checks import check_generators, check_int, is_number
-from .family_base import FamilyBase, family_decoder
-from .family_rules import FLUX_FILL, RULES
+from .family_base import FamilyBase, family_decoder, family_engines_dir, torch_family_engines, upcast_dtype
+from .family_rules import RULES
 from .images import postprocess, prepare_image_and_mask
 from .outputs import Denoised, InpaintOutput
-from .schedulers import copy_scheduler
+from .schedulers import copy_scheduler, make_family_scheduler
 from .stages import SPAN_SCHEDULER, SPAN_UNET
 from .steps import report_step
 
@@ -38,25 +45,43 @@ def check_flux_size(height, width) -> None:
 
 
 class FluxFillInpaintPipeline(FamilyBase):
-    """FLUX.1 Fill over a ``FluxTransformer2DModel``; build it with ``from_diffusers(pipe, decoder=...)``."""
+    """FLUX.1 Fill over a ``FluxTransformer2DModel``'s engine; build it with ``from_diffusers(pipe, decoder=...)``
+    (torch networks) or ``from_engines(dir)`` (an ``asymvq export`` of the flux-fill family)."""
 
     family = "FLUX.1 Fill"
     rules = RULES[FLUX_FILL]
 
-    def __init__(self, *, transformer, vae, scheduler, decoder=None, text_encoder=None, tokenizer=None,
-                 text_encoder_2=None, tokenizer_2=None, compile: bool = False):
-        super().__init__(vae=vae, decoder=family_decoder(vae, decoder), scheduler=scheduler, compile=compile)
-        self.transformer = transformer
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+    def __init__(self, *, engines: dict, scheduler, latent_space, dtype, device, tokenizer=None, tokenizer_2=None,
+                 decode_dtype=None, decoder_module=None):
+        super().__init__(engines=engines, scheduler=scheduler, latent_space=latent_space, dtype=dtype, device=device,
+                         decode_dtype=decode_dtype, decoder_module=decoder_module)
+        if not self.stages.has(FLUX_TRANSFORMER):
+            raise ValueError(f"engines: a FLUX.1 Fill pipeline needs a {FLUX_TRANSFORMER!r} engine")
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
 
     @classmethod
     def from_diffusers(cls, pipe, decoder=None, *, compile: bool = False) -> "FluxFillInpaintPipeline":
         """Take over a diffusers ``FluxFillPipeline``'s networks (shared, not copied); ``decoder``: ASUKA's
         (an ``AsymmetricDecoder`` or a checkpoint path) replaces FLUX's plain decoder."""
-        return cls(transformer=pipe.transformer, vae=pipe.vae, scheduler=copy_scheduler(pipe.scheduler),
-                   decoder=decoder, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                   text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2, compile=compile)
+        vae = pipe.vae
+        p = next(vae.parameters())
+        networks = {FLUX_TRANSFORMER: pipe.transformer, FLUX_TEXT_ENCODER: pipe.text_encoder,
+                    T5_ENCODER: pipe.text_encoder_2}
+        dec = family_decoder(vae, decoder)
+        engines = torch_family_engines(vae, dec, networks, compile=compile)
+        return cls(engines=engines, scheduler=copy_scheduler(pipe.scheduler),
+                   latent_space=LatentSpace.from_vae_config(dict(vae.config)), dtype=p.dtype, device=p.device,
+                   tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2, decode_dtype=upcast_dtype(vae),
+                   decoder_module=dec)
+
+    @classmethod
+    def from_engines(cls, engines_dir, *, device="cpu", backend: str | None = None,
+                     **engine_options) -> "FluxFillInpaintPipeline":
+        """An engines directory of the flux-fill family (``asymvq export --preset tiny-flux-fill``), any backend
+        ``load_engine_dir`` knows; the scheduler is the directory's (FLUX's flow matching)."""
+        parts = family_engines_dir(engines_dir, FLUX_FILL, device=device, backend=backend, **engine_options)
+        scheduler = make_family_scheduler(parts.pop("scheduler_config"))
+        return cls(scheduler=scheduler, **parts)
 
     def __call__(self, prompt=None, prompt_2=None, image=None, mask_image=None, *, height: int | None = None,
                  width: int | None = None, strength: float = 1.0, num_inference_steps: int = 50, sigmas=None,
@@ -90,18 +115,24 @@ class FluxFillInpaintPipeline(FamilyBase):
             if len(prompts_2) != len(prompts):
                 raise ValueError(f"prompt_2: expected {len(prompts)} prompts (one per prompt), got {len(prompts_2)}")
             check_int(max_sequence_length, "max_sequence_length")
+            bound = self.static_dim(T5_ENCODER, "text_len")
+            if bound is not None and max_sequence_length != bound:
+                raise ValueError(f"max_sequence_length: the T5 engine was exported for {bound} tokens, got "
+                                 f"{max_sequence_length}; pass {bound} (or re-export)")
+            if not (self.stages.has(FLUX_TEXT_ENCODER) and self.stages.has(T5_ENCODER)):
+                raise ValueError("prompt: this pipeline has no tokenizer/text encoder; pass prompt_embeds instead")
             clip_len = self.tokenizer.model_max_length if self.tokenizer is not None else 77
             ids = self.tokens(self.tokenizer, prompts, clip_len, "prompt")
-            pooled = self.run_text(self.text_encoder, ids, timer, output_hidden_states=False).pooler_output
+            (pooled,) = self.run_text(FLUX_TEXT_ENCODER, ids, timer)
             ids_2 = self.tokens(self.tokenizer_2, prompts_2, max_sequence_length, "prompt_2")
-            embeds = self.run_text(self.text_encoder_2, ids_2, timer, output_hidden_states=False)[0]
+            (embeds,) = self.run_text(T5_ENCODER, ids_2, timer)
         else:
             if pooled_prompt_embeds is None:
                 raise ValueError("pooled_prompt_embeds: required with prompt_embeds (FLUX takes CLIP's pooled "
                                  "embedding as well as T5's hidden states)")
-            cfg = self.transformer.config
-            embeds = self.check_embeds(prompt_embeds, "prompt_embeds", 3, cfg.joint_attention_dim)
-            pooled = self.check_embeds(pooled_prompt_embeds, "pooled_prompt_embeds", 2, cfg.pooled_projection_dim)
+            embeds = self.check_embeds(prompt_embeds, "prompt_embeds", 3, self.static_dim(FLUX_TRANSFORMER, "text_dim"))
+            pooled = self.check_embeds(pooled_prompt_embeds, "pooled_prompt_embeds", 2,
+                                       self.static_dim(FLUX_TRANSFORMER, "pooled_dim"))
             if pooled.shape[0] != embeds.shape[0]:
                 raise ValueError(f"pooled_prompt_embeds: expected batch {embeds.shape[0]} (prompt_embeds'), "
                                  f"got {pooled.shape[0]}")
@@ -176,39 +207,28 @@ class FluxFillInpaintPipeline(FamilyBase):
             source = torch.zeros((batch, self.latent_space.channels, h, w), device=self.device, dtype=self.dtype)
         noise = randn_tensor((batch, self.latent_space.channels, h, w), generator=generator, device=self.device,
                              dtype=self.dtype)
-        latents = pack_flux_latents(scheduler.scale_noise(source, timesteps[:1].repeat(batch), noise))
-
-        # the masked image's latents and the folded mask: the transformer's extra input channels
+        # flow matching is elementwise: the latents stay on their (h, w) grid, and the transformer's engine packs
+        # them into tokens with the masked image's latents and the folded mask (its extra input channels)
+        latents = scheduler.scale_noise(source, timesteps[:1].repeat(batch), noise)
         masked = self.vae_latents(pixels * (1 - mask), generator, timer)
         masked = masked.repeat(batch // masked.shape[0], 1, 1, 1)
         mask_b = mask.repeat(batch // mask.shape[0], 1, 1, 1).to(device=self.device, dtype=self.dtype)
-        condition = torch.cat([pack_flux_latents(masked), pack_flux_mask(mask_b)], dim=-1)
 
-        report = None if on_step is None else (
-            lambda i, n, packed: report_step(on_step, i, n, unpack_flux_latents(packed, height, width)))
-        latents = self._loop(scheduler, timesteps, latents, condition, embeds, pooled, guidance_scale, h, w,
-                             timer, progress, cancel, report)
+        latents = self._loop(scheduler, timesteps, latents, masked, mask_b, embeds, pooled, guidance_scale, timer,
+                             progress, cancel, on_step)
         cond = [x.to(device=self.device, dtype=self.dtype) for x in (pixels, mask)]
-        return Denoised(unpack_flux_latents(latents, height, width), *(
-            x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1) for x in cond))
+        return Denoised(latents, *(x if x.shape[0] in (1, batch) else x.repeat(batch // x.shape[0], 1, 1, 1)
+                                   for x in cond))
 
-    def _loop(self, scheduler, timesteps, latents, condition, embeds, pooled, guidance_scale, h, w, timer, progress,
-              cancel=None, report=None):
-        transformer = self.transformer
+    def _loop(self, scheduler, timesteps, latents, masked, mask, embeds, pooled, guidance_scale, timer, progress,
+              cancel=None, on_step=None):
         batch = latents.shape[0]
-        guidance = (torch.full([batch], guidance_scale, device=self.device, dtype=torch.float32)
-                    if transformer.config.guidance_embeds else None)
-        text_dtype = self.text_encoder.dtype if self.text_encoder is not None else transformer.dtype
-        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=text_dtype)
-        img_ids = flux_image_ids(h, w, device=self.device, dtype=embeds.dtype)
+        guidance = torch.full([batch], guidance_scale, device=self.device, dtype=torch.float32)
         for i, t in loop_steps(timesteps, cancel, progress):
-            with timer.span(SPAN_UNET), torch.inference_mode():
-                timestep = t.expand(batch).to(latents.dtype)
-                noise_pred = transformer(hidden_states=torch.cat([latents, condition], dim=2), timestep=timestep / 1000,
-                                         guidance=guidance, pooled_projections=pooled, encoder_hidden_states=embeds,
-                                         txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
+            (noise_pred,) = self.run(FLUX_TRANSFORMER, SPAN_UNET, timer, sample=latents, masked_latent=masked,
+                                     mask=mask, timestep=t.expand(batch).to(torch.float32), guidance=guidance,
+                                     encoder_hidden_states=embeds, pooled_projections=pooled)
             with timer.span(SPAN_SCHEDULER):
-                latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-            if report is not None:  # the caller's progress hook, outside the spans
-                report(i + 1, len(timesteps), latents)
+                latents = scheduler.step(noise_pred.to(latents.dtype), t, latents, return_dict=False)[0]
+            report_step(on_step, i + 1, len(timesteps), latents)  # the caller's progress hook, outside the spans
         return latents

@@ -127,11 +127,20 @@ class InpaintPipeline:
         return cls(**pipeline_parts.folder_parts(sd_dir, decoder=decoder, **kwargs), components=components)
 
     @classmethod
-    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str = "ddim", components=None,
+    def from_engines(cls, engines_dir, *, device="cpu", backend=None, scheduler: str | None = None, components=None,
                      **engine_options) -> "InpaintPipeline":
-        """An engines directory written by ``asymvq export`` (ONNX Runtime, TensorRT, AOTInductor or torch engines)."""
-        return cls(**pipeline_parts.engines_dir_parts(engines_dir, device=device, backend=backend, scheduler=scheduler,
-                                                      components=components, **engine_options),
+        """An engines directory written by ``asymvq export`` (ONNX Runtime, OpenVINO, TensorRT, AOTInductor or torch
+        engines). Its manifest's family says the pipeline, as the components do in ``from_diffusers``: SD 1.x gives
+        an ``InpaintPipeline`` (``scheduler``: default "ddim"), SDXL and FLUX.1 Fill their own (default: the
+        directory's scheduler)."""
+        family = families.engines_family(engines_dir)
+        if family != families.SD:
+            _whole_only(components)
+            return families.family_from_engines(engines_dir, family, device=device, backend=backend,
+                                                scheduler=scheduler, **engine_options)
+        return cls(**pipeline_parts.engines_dir_parts(engines_dir, device=device, backend=backend,
+                                                      scheduler=scheduler or "ddim", components=components,
+                                                      **engine_options),
                    components=components)
 
     @classmethod

@@ -70,6 +70,18 @@ def copy_scheduler(scheduler):
     return type(scheduler).from_config(scheduler_config(scheduler.config, type(scheduler)))
 
 
+# The scheduler classes an engines directory of another family may name (SDXL's Euler, FLUX's flow matching).
+FAMILY_SCHEDULER_CLASSES = (*_CLASSES.values(), "FlowMatchEulerDiscreteScheduler")
+
+
+def make_family_scheduler(config: dict):
+    """The scheduler an engines directory's config names by ``_class_name`` (one of FAMILY_SCHEDULER_CLASSES)."""
+    name = str(config.get("_class_name", ""))
+    if name not in FAMILY_SCHEDULER_CLASSES:
+        raise ValueError(f"scheduler: the directory's config names {name!r}, expected one of "
+                         f"{list(FAMILY_SCHEDULER_CLASSES)}")
+    return _diffusers_class(name).from_config(scheduler_config(config))
+
 
 def step_kwargs(scheduler, generator, eta: float) -> dict:
     """eta for DDIM, the generator for stochastic schedulers: what each ``step`` accepts (diffusers' rule)."""

@@ -9,57 +9,93 @@ extra channels) or the 4-channel base with diffusers' masked latent blending aft
 draws come in diffusers' order (source posterior when diffusers takes it, noise, masked-image
 posterior); a posterior diffusers computes and never uses (the masked image's, for a 4-channel UNet)
 is skipped and only its draws are taken.
+
+Every network is an engine of the vocabulary (``sdxl-text-encoder``, ``sdxl-text-encoder-2``, ``sdxl-unet``, the
+VAE encoder and decoders): diffusers' modules wrapped (``from_diffusers``) or an exported directory
+(``from_engines``), one code path.
 """
 from __future__ import annotations
 
 import torch
 
+from ..engines.contract import capabilities
+from ..models.component_modules import SDXLUNetComponent
+from ..models.components import SDXL, SDXL_TEXT_ENCODER, SDXL_TEXT_ENCODER_2, SDXL_UNET
+from ..models.latent_space import LatentSpace
 from ..profiling.timing import NULL_TIMER
 from .cancel import loop_steps
 from .checks import check_generators, check_guidance, check_int, is_number
-from .family_base import FamilyBase, family_decoder
-from .family_rules import RULES, SDXL
+from .family_base import FamilyBase, family_decoder, family_engines_dir, torch_family_engines, upcast_dtype
+from .family_rules import RULES
 from .images import postprocess, prepare_image_and_mask
 from .outputs import Denoised, InpaintOutput
-from .schedulers import copy_scheduler, step_kwargs, switch_scheduler
+from .schedulers import copy_scheduler, make_family_scheduler, make_scheduler, step_kwargs, switch_scheduler
 from .stages import SPAN_SCHEDULER, SPAN_UNET
 from .steps import report_step
 
 
 class SDXLInpaintPipeline(FamilyBase):
-    """SDXL inpainting over a diffusers ``UNet2DConditionModel`` with ``text_time`` added conditions; build
-    it with ``from_diffusers(pipe, decoder=...)``."""
+    """SDXL inpainting over a diffusers ``UNet2DConditionModel`` with ``text_time`` added conditions, as an
+    engine; build it with ``from_diffusers(pipe, decoder=...)`` (torch networks) or ``from_engines(dir)`` (an
+    ``asymvq export`` of the sdxl family)."""
 
     family = "SDXL"
     rules = RULES[SDXL]
 
-    def __init__(self, *, unet, vae, scheduler, decoder=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                 tokenizer_2=None, requires_aesthetics_score: bool = False, force_zeros_for_empty_prompt: bool = True,
-                 compile: bool = False):
-        if unet.config.in_channels not in (4, 9) or unet.config.addition_embed_type != "text_time":
-            raise ValueError(f"unet: expected an SDXL UNet (4 or 9 input channels, 'text_time' added conditions), got "
-                             f"{unet.config.in_channels} channels and addition_embed_type "
-                             f"{unet.config.addition_embed_type!r}")
-        if unet.config.time_cond_proj_dim is not None:
-            raise ValueError("unet: a guidance-embedding (LCM) UNet is not supported; use a plain SDXL UNet")
-        super().__init__(vae=vae, decoder=family_decoder(vae, decoder), scheduler=scheduler, compile=compile)
-        self.unet = unet
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+    def __init__(self, *, engines: dict, scheduler, latent_space, dtype, device, tokenizer=None, tokenizer_2=None,
+                 requires_aesthetics_score: bool = False, force_zeros_for_empty_prompt: bool = True,
+                 decode_dtype=None, decoder_module=None):
+        super().__init__(engines=engines, scheduler=scheduler, latent_space=latent_space, dtype=dtype, device=device,
+                         decode_dtype=decode_dtype, decoder_module=decoder_module)
+        if not self.stages.has(SDXL_UNET):
+            raise ValueError(f"engines: an SDXL pipeline needs a {SDXL_UNET!r} engine")
+        channels = self.static_dim(SDXL_UNET, "unet_in_channels")
+        if channels not in (4, 9):
+            raise ValueError(f"engines: the {SDXL_UNET} takes {channels} input channels, expected 9 (inpainting) or 4")
+        self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.requires_aesthetics_score = bool(requires_aesthetics_score)
         self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+        time_ids = self.static_dim(SDXL_UNET, "time_ids_dim")
+        if time_ids != (5 if self.requires_aesthetics_score else 6):
+            raise ValueError(f"requires_aesthetics_score: {self.requires_aesthetics_score} needs "
+                             f"{5 if self.requires_aesthetics_score else 6} time ids, the {SDXL_UNET} takes {time_ids}")
 
     @classmethod
     def from_diffusers(cls, pipe, decoder=None, *, scheduler: str | None = None,
                        compile: bool = False) -> "SDXLInpaintPipeline":
         """Take over a diffusers ``StableDiffusionXLInpaintPipeline``'s networks (shared, not copied);
         ``scheduler``: a name of ``SCHEDULERS`` to run instead of the pipeline's, with its noise schedule."""
+        unet, vae = pipe.unet, pipe.vae
+        if unet.config.in_channels not in (4, 9) or unet.config.addition_embed_type != "text_time":
+            raise ValueError(f"unet: expected an SDXL UNet (4 or 9 input channels, 'text_time' added conditions), got "
+                             f"{unet.config.in_channels} channels and addition_embed_type "
+                             f"{unet.config.addition_embed_type!r}")
+        if unet.config.time_cond_proj_dim is not None:
+            raise ValueError("unet: a guidance-embedding (LCM) UNet is not supported; use a plain SDXL UNet")
+        aesthetics = pipe.config.get("requires_aesthetics_score", False)
         sched = copy_scheduler(pipe.scheduler) if scheduler is None else switch_scheduler(scheduler, pipe.scheduler)
-        return cls(unet=pipe.unet, vae=pipe.vae, scheduler=sched, decoder=decoder,
-                   text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2,
-                   tokenizer_2=pipe.tokenizer_2,
-                   requires_aesthetics_score=pipe.config.get("requires_aesthetics_score", False),
-                   force_zeros_for_empty_prompt=pipe.config.get("force_zeros_for_empty_prompt", True), compile=compile)
+        networks = {SDXL_UNET: SDXLUNetComponent(unet, time_ids=5 if aesthetics else 6),
+                    SDXL_TEXT_ENCODER: pipe.text_encoder, SDXL_TEXT_ENCODER_2: pipe.text_encoder_2}
+        p = next(vae.parameters())
+        dec = family_decoder(vae, decoder)
+        return cls(engines=torch_family_engines(vae, dec, networks, compile=compile),
+                   scheduler=sched, latent_space=LatentSpace.from_vae_config(dict(vae.config)), dtype=p.dtype,
+                   device=p.device, tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2,
+                   requires_aesthetics_score=aesthetics,
+                   force_zeros_for_empty_prompt=pipe.config.get("force_zeros_for_empty_prompt", True),
+                   decode_dtype=upcast_dtype(vae), decoder_module=dec)
+
+    @classmethod
+    def from_engines(cls, engines_dir, *, device="cpu", backend: str | None = None, scheduler: str | None = None,
+                     **engine_options) -> "SDXLInpaintPipeline":
+        """An engines directory of the sdxl family (``asymvq export --preset tiny-sdxl``), any backend
+        ``load_engine_dir`` knows; ``scheduler``: a name of ``SCHEDULERS``, or None for the directory's own."""
+        parts = family_engines_dir(engines_dir, SDXL, device=device, backend=backend, **engine_options)
+        config = parts.pop("scheduler_config")
+        sched = make_family_scheduler(config) if scheduler is None else make_scheduler(scheduler, config)
+        unet = parts["engines"][SDXL_UNET]
+        aesthetics = capabilities(unet).static_dims.get("time_ids_dim") == 5  # the refiner's ids
+        return cls(scheduler=sched, requires_aesthetics_score=aesthetics, **parts)
 
     def __call__(self, prompt=None, prompt_2=None, image=None, mask_image=None, *, height=None, width=None,
                  strength: float = 0.9999, num_inference_steps: int = 50, guidance_scale: float = 7.5,
@@ -94,24 +130,23 @@ class SDXLInpaintPipeline(FamilyBase):
     # -- text --------------------------------------------------------------------------------------
     def _encode(self, prompts: list[str], prompts_2: list[str], arg: str, timer, length=None):
         """(hidden states of the encoders' penultimate layers, concatenated; pooled of the last encoder)."""
-        pairs = [(self.tokenizer, self.text_encoder, prompts)] if self.text_encoder is not None else []
-        pairs.append((self.tokenizer_2, self.text_encoder_2, prompts_2))
+        pairs = [(self.tokenizer, SDXL_TEXT_ENCODER, prompts)] if self.stages.has(SDXL_TEXT_ENCODER) else []
+        pairs.append((self.tokenizer_2, SDXL_TEXT_ENCODER_2, prompts_2))
         hidden, pooled = [], None
         for tokenizer, encoder, texts in pairs:
-            if encoder is None or tokenizer is None:
+            if not self.stages.has(encoder) or tokenizer is None:
                 raise ValueError(f"{arg}: this pipeline has no tokenizer/text encoder; pass prompt_embeds instead")
             ids = self.tokens(tokenizer, texts, length or tokenizer.model_max_length, arg)
-            out = self.run_text(encoder, ids, timer, output_hidden_states=True)
-            if out[0].ndim == 2:  # CLIPTextModelWithProjection's text_embeds: the pooled embedding
-                pooled = out[0]
-            hidden.append(out.hidden_states[-2])
+            states, *projection = self.run_text(encoder, ids, timer)
+            pooled = projection[0] if projection else pooled  # the second encoder's: the pooled embedding
+            hidden.append(states)
         return torch.cat(hidden, dim=-1), pooled
 
     def encode_prompt(self, prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                       negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, do_cfg: bool,
                       num_images_per_prompt: int, timer=NULL_TIMER):
         """(embeds, pooled), each (negative; positive) stacked under guidance, each prompt repeated in place."""
-        text_dim, pooled_dim = self.unet.config.cross_attention_dim, self._pooled_dim()
+        text_dim, pooled_dim = self.static_dim(SDXL_UNET, "text_dim"), self.static_dim(SDXL_UNET, "pooled_dim")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("prompt / prompt_embeds: pass exactly one of them")
         if prompt is not None:
@@ -151,12 +186,6 @@ class SDXLInpaintPipeline(FamilyBase):
         cast = dict(device=self.device, dtype=self.dtype)
         return (embeds.to(**cast).repeat_interleave(num_images_per_prompt, 0),
                 pooled.to(**cast).repeat_interleave(num_images_per_prompt, 0))
-
-    def _pooled_dim(self) -> int:
-        """The pooled width the UNet's added-condition layer expects: its input minus the 6 time ids'."""
-        cfg = self.unet.config
-        return self.unet.add_embedding.linear_1.in_features - cfg.addition_time_embed_dim * (
-            5 if self.requires_aesthetics_score else 6)
 
     def add_time_ids(self, height: int, width: int, t: dict, batch: int, do_cfg: bool) -> torch.Tensor:
         """The added time ids, (negative; positive) under guidance: diffusers' ``_get_add_time_ids``."""
@@ -234,7 +263,7 @@ class SDXLInpaintPipeline(FamilyBase):
             sched.set_begin_index(t_start * sched.order)
 
         # initial latents: the source's posterior where diffusers takes it, then the noise
-        nine = self.unet.config.in_channels == 9
+        nine = self.static_dim(SDXL_UNET, "unet_in_channels") == 9
         shape = (batch, self.latent_space.channels, height // 8, width // 8)
         full = strength == 1.0
         source = None
@@ -273,8 +302,9 @@ class SDXLInpaintPipeline(FamilyBase):
                 model_in = sched.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
                 if extra:
                     model_in = torch.cat([model_in, *extra], dim=1)
-                noise_pred = self.unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=cond,
-                                       return_dict=False)[0]
+                (noise_pred,) = self.run(SDXL_UNET, SPAN_UNET, NULL_TIMER, sample=model_in, timestep=t,
+                                         encoder_hidden_states=embeds, **cond)  # timed with the guidance mix
+                noise_pred = noise_pred.to(model_in.dtype)
                 if do_cfg:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + guidance * (text - uncond)

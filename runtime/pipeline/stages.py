@@ -23,12 +23,15 @@ from ..engines.contract import (
     VAE_ENCODER,
     Engine,
 )
+from ..models.components import FAMILY_COMPONENTS
+from ..models.components import SD as SD_FAMILY
 from ..models.latent_space import SD as SD_LATENTS
 from ..models.latent_space import LatentSpace
 from ..profiling.timing import NULL_TIMER
 
-# The components of each half: a pipeline built from one of these runs denoise() or decode() only.
-DENOISE_COMPONENTS = tuple(c for c in COMPONENT_IO if c not in DECODER_COMPONENTS)
+# The components of each half of SD's pipeline: a pipeline built from one of these runs denoise() or decode() only
+# (the other families' halves: FAMILY_COMPONENTS less the decoders).
+DENOISE_COMPONENTS = tuple(c for c in FAMILY_COMPONENTS[SD_FAMILY] if c not in DECODER_COMPONENTS)
 
 # Span names, shared by the pipeline, the profiler and the JSON report.
 SPAN_TEXT, SPAN_VAE_ENCODE, SPAN_UNET, SPAN_SCHEDULER, SPAN_DECODE = (

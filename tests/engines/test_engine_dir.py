@@ -10,12 +10,16 @@ import torch
 from asymvq.engines import COMPONENT_IO, load_engine_dir, load_scheduler_config, load_tokenizer
 from asymvq.engines.manifest import sha256_file
 from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
+from asymvq.models.components import FAMILY_COMPONENTS
+from asymvq.models.components import SD as SD_FAMILY
 
 pytest.importorskip("onnxruntime")
 
 ATOL = 1e-4  # fp32 ONNX Runtime against torch eager
 # (batch, height, width) in pixels: two resolutions x two batch sizes, all in one exported file
 GRID = [(1, 64, 64), (3, 64, 64), (1, 96, 128), (3, 96, 128)]
+
+SD_COMPONENTS = FAMILY_COMPONENTS[SD_FAMILY]  # the tiny preset's directory: SD's components
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,7 @@ def ort_engines(engine_dir):
 
 @pytest.fixture(scope="module")
 def torch_modules():
-    return {name: build_module(name, Source(preset="tiny")) for name in COMPONENT_IO}
+    return {name: build_module(name, Source(preset="tiny")) for name in SD_COMPONENTS}
 
 
 def _compare(engine, module, feeds, atol=ATOL):
@@ -52,7 +56,7 @@ def _decoder_feeds(b, hh, ww, seed=0):
 
 def test_manifest_describes_every_component(engine_dir):
     manifest = json.loads((engine_dir / "manifest.json").read_text())
-    assert set(manifest["components"]) == set(COMPONENT_IO)
+    assert set(manifest["components"]) == set(SD_COMPONENTS)
     assert manifest["precision"] == "fp32" and manifest["source"]["preset"] == "tiny"
     assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(manifest["toolchain"])
     for name, entry in manifest["components"].items():

@@ -10,7 +10,6 @@ import torch
 
 from asymvq import InpaintPipeline
 from asymvq.engines import loader
-from asymvq.engines.contract import COMPONENTS
 from asymvq.engines.manifest import (
     ManifestError,
     artifact_entry,
@@ -22,20 +21,24 @@ from asymvq.engines.manifest import (
 )
 from asymvq.export.build import _write_tokenizer_and_scheduler
 from asymvq.export.specs import DEFAULT_SHAPES, io_specs
+from asymvq.models.components import FAMILY_COMPONENTS
+from asymvq.models.components import SD as SD_FAMILY
 from asymvq.models.latent_space import SD, LatentSpace
 from asymvq.models.sources import Source, build_module
 from asymvq.pipeline import Denoised
 from asymvq.pipeline.stages import NULL_TIMER
+
+SD_COMPONENTS = FAMILY_COMPONENTS[SD_FAMILY]  # the tiny preset's directory: SD's components
 
 
 @pytest.fixture(scope="module")
 def engines_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("latent-engines")
     source = Source(preset="tiny")
-    space = source.latent_space(COMPONENTS)
+    space = source.latent_space(SD_COMPONENTS)
     manifest = new_manifest(precision="fp32", source=source.to_dict(), shapes={}, latent_space=space)
     manifest.update(_write_tokenizer_and_scheduler(root, source))
-    for name in COMPONENTS:
+    for name in SD_COMPONENTS:
         module = build_module(name, source)
         inputs, outputs = io_specs(name, module, DEFAULT_SHAPES["tiny"], "fp32", space)
         (root / f"{name}.onnx").write_bytes(b"stand-in")

@@ -16,11 +16,15 @@ pytest.importorskip("onnxruntime")  # the IR is converted from the ONNX export
 from asymvq.engines import COMPONENT_IO, load_engine_dir
 from asymvq.engines.manifest import sha256_file
 from asymvq.export import ManifestError, Shapes, Source, build_module, export_directory
+from asymvq.models.components import FAMILY_COMPONENTS
+from asymvq.models.components import SD as SD_FAMILY
 
 ATOL = 1e-4  # fp32 OpenVINO against torch eager fp32
 PSNR_FLOOR_DB = 40.0  # bf16 inference precision against torch fp32, images in [-1, 1] (peak-to-peak 2)
 SIZE = 64
 SHAPES = Shapes((1, 1, 2), (SIZE, SIZE, SIZE), (SIZE, SIZE, SIZE))  # static size: the export is the file's cost
+
+SD_COMPONENTS = FAMILY_COMPONENTS[SD_FAMILY]  # the tiny preset's directory: SD's components
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def fp32_engines(ov_dir):
 
 @pytest.fixture(scope="module")
 def torch_modules():
-    return {name: build_module(name, Source(preset="tiny")) for name in COMPONENT_IO}
+    return {name: build_module(name, Source(preset="tiny")) for name in SD_COMPONENTS}
 
 
 def _feeds(name, b, seed=0):
@@ -67,7 +71,7 @@ def psnr(a, b, peak_to_peak=2.0):
 
 def test_manifest_lists_the_ir_with_hashes(ov_dir):
     manifest = json.loads((ov_dir / "manifest.json").read_text())
-    assert set(manifest["components"]) == set(COMPONENT_IO)
+    assert set(manifest["components"]) == set(SD_COMPONENTS)
     for name, entry in manifest["components"].items():
         assert set(entry["artifacts"]) == {"openvino"}, "--format openvino alone keeps no ONNX file"
         art = entry["artifacts"]["openvino"]
@@ -78,7 +82,7 @@ def test_manifest_lists_the_ir_with_hashes(ov_dir):
     assert not list(ov_dir.glob("*.onnx")) and not list(ov_dir.glob(".*-onnx-*"))
 
 
-@pytest.mark.parametrize("name", list(COMPONENT_IO))
+@pytest.mark.parametrize("name", list(SD_COMPONENTS))
 @pytest.mark.parametrize("b", [1, 2])
 def test_fp32_matches_torch(fp32_engines, torch_modules, name, b):
     engine = fp32_engines[name]

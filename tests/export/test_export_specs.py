@@ -25,15 +25,40 @@ from asymvq.export import (
 )
 from asymvq.export.precision import Fp32GroupNorm, to_fp16
 from asymvq.export.trace import dynamic_shapes, example_specs
+from asymvq.models.components import FAMILY_COMPONENTS
 from asymvq.models.latent_space import LatentSpace
 
 
 def test_export_names_are_the_engines_names():
     assert COMPONENTS == tuple(COMPONENT_IO)
-    for name in COMPONENTS:
-        module = build_module(name, Source(preset="tiny"))
-        inputs, outputs = io_specs(name, module, DEFAULT_SHAPES["tiny"], "fp32")
-        assert (tuple(s.name for s in inputs), tuple(s.name for s in outputs)) == COMPONENT_IO[name]
+    sources = {"tiny": Source(preset="tiny"), "tiny-sdxl": Source(preset="tiny-sdxl"),
+               "tiny-flux-fill": Source(preset="tiny-flux-fill", decoder="tiny-asuka")}
+    done = set()
+    for source in sources.values():
+        for name in FAMILY_COMPONENTS[source.family]:
+            if name == "decoder" and source.family == "sdxl":
+                continue  # no conditional decoder preset of SDXL's scale; the decoder is checked by the others
+            module = build_module(name, source)
+            inputs, outputs = io_specs(name, module, DEFAULT_SHAPES["tiny"], "fp32", source.latent_space([name]))
+            assert (tuple(s.name for s in inputs), tuple(s.name for s in outputs)) == COMPONENT_IO[name]
+            done.add(name)
+    assert done == set(COMPONENTS)
+
+
+def test_family_specs_bind_their_sizes():
+    """SDXL's UNet runs on twice the batch (CFG) and FLUX's transformer does not (distilled guidance); both take
+    latents in multiples of 2, and the transformer's mask is the image's size."""
+    sdxl = build_module("sdxl-unet", Source(preset="tiny-sdxl"))
+    inputs, _ = io_specs("sdxl-unet", sdxl, DEFAULT_SHAPES["tiny"], "fp32")
+    by = {s.name: s for s in inputs}
+    assert by["sample"].max == (8, 9, 16, 16) and by["text_embeds"].dims == ("batch", 32)
+    assert by["time_ids"].dims == ("batch", 6) and by["encoder_hidden_states"].dims == ("batch", 77, 64)
+    flux = build_module("flux-transformer", Source(preset="tiny-flux-fill"))
+    inputs, _ = io_specs("flux-transformer", flux, DEFAULT_SHAPES["tiny"], "fp32")
+    by = {s.name: s for s in inputs}
+    assert by["sample"].min == (1, 16, 2, 2) and by["sample"].max == (4, 16, 16, 16)
+    assert by["mask"].dims == ("batch", 1, "8*h", "8*w") and by["encoder_hidden_states"].dims == ("batch", 8, 32)
+    assert by["guidance"].dtype == by["timestep"].dtype == "float32"
 
 
 def test_fp16_specs_keep_integer_ids_and_fp32_timesteps():
@@ -126,6 +151,15 @@ def _identity_dir(tmp_path, component="decoder-plain"):
     return tmp_path
 
 
+def test_parse_components_takes_the_familys(tmp_path):
+    assert parse_components("all", "sdxl") == list(FAMILY_COMPONENTS["sdxl"])
+    assert parse_components("unet,decoder") == ["unet", "decoder"]
+    with pytest.raises(ValueError, match="'flux-transformer' is not a network of the sd family"):
+        parse_components("flux-transformer")
+    m = read_manifest(_identity_dir(tmp_path))
+    assert m["family"] == "sd"
+
+
 def test_manifest_refusals(tmp_path):
     with pytest.raises(ManifestError, match="expected a directory"):
         read_manifest(tmp_path / "nope")
@@ -140,7 +174,10 @@ def test_manifest_refusals(tmp_path):
     for edit, match in [(lambda m: m.update(format_version=3), "format_version 3"),
                         (lambda m: m.update(format_version=1), "format_version 1; this asymvq reads 2 .*re-export"),
                         (lambda m: m["components"].update(vae={}), "unknown component 'vae'"),
-                        (lambda m: m["components"]["decoder-plain"].pop("artifacts"), "lacks inputs, outputs or artifacts")]:
+                        (lambda m: m["components"]["decoder-plain"].pop("artifacts"), "lacks inputs, outputs or artifacts"),
+                        (lambda m: m.update(family="sd3"), "family must be one of \\['sd', 'sdxl', 'flux-fill'\\]"),
+                        (lambda m: m["components"].update({"sdxl-unet": m["components"]["decoder-plain"]}),
+                         "is a sd directory but holds \\['sdxl-unet'\\]")]:
         bad = json.loads((d / "manifest.json").read_text())
         edit(bad)
         (d / "bad").mkdir(exist_ok=True)

@@ -151,3 +151,49 @@ def test_bad_latent_spaces_are_refused_by_python_and_cpp(lib, tiny, tmp_path, va
     message = lib.asymvq_last_error().decode()
     assert status == capi.MANIFEST and not h and "\n" not in message, (status, message)
     assert fragment is None and "not valid JSON" in message or fragment in message, message
+
+
+SDXL_LATENTS = LatentSpace(4, 0.13025, 0.0)  # SDXL's VAE: SD's topology and channels, its own scale
+
+
+def _family_copy(src, dst, family, latent_space=None, keep=("decoder", "decoder-plain")):
+    """A copy of ``src``'s decoder packages as an engines directory of ``family`` (no export: the host runs the
+    package it is given, and SDXL's decoder is SD's network; the scale is what differs, read from the manifest)."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["components"] = {k: v for k, v in m["components"].items() if k in keep}
+    m["family"] = family
+    if latent_space is not None:
+        m["latent_space"] = latent_space.to_dict()
+    (dst / "manifest.json").write_text(json.dumps(m))
+    read_manifest(dst)  # what Python accepts: a directory of that family's decoders
+    return dst
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux-fill"])
+def test_the_host_decodes_sdxl_and_flux_directories_and_runs_only_that(lib, tiny, flux, tmp_path, family):
+    """SDXL (tiny's SD-topology decoder, SDXL's scale 0.13025) and FLUX.1 Fill (16 channels, scale and shift):
+    the host decodes diffusion-space latents as the Python engine does; the whole job it refuses by name.
+    6-9 s each at load average 13: each AOTInductor package is loaded twice (Python, C++); no export."""
+    sdxl = family == "sdxl"
+    # SDXL's own decoder is plain: only that package (each one loaded costs seconds, twice: Python and C++)
+    d = _family_copy(tiny, tmp_path / family, family, SDXL_LATENTS, keep=("decoder-plain",)) if sdxl \
+        else _family_copy(flux, tmp_path / family, family)
+    space = LatentSpace.from_dict(read_manifest(d)["latent_space"])
+    z, image, mask = _inputs(2, 48, 64, space.channels, seed=3)
+    from asymvq.engines import load_engine_dir
+
+    decoders = load_engine_dir(d, backend="aoti")
+    ref = decoders["decoder-plain"](latent=space.to_vae(z))["sample"]
+    with capi.Host(lib, d) as host:
+        assert host.latent_space() == (space.channels, space.scaling_factor, space.shift_factor)
+        got = torch.from_numpy(host.decode(z, scaled=True))
+        assert got.shape == ref.shape == (2, 3, 48, 64) and (got - ref).abs().max().item() < TOL
+        if not sdxl:  # ASUKA's conditional decoder, FLUX's latents
+            ref_cond = decoders["decoder"](latent=space.to_vae(z), image=image, mask=mask)["sample"]
+            assert (torch.from_numpy(host.decode(z, image, mask, scaled=True)) - ref_cond).abs().max().item() < TOL
+        with pytest.raises(capi.HostError) as e:
+            host.inpaint(prompt_embeds=torch.zeros(1, 77, 32), negative_embeds=torch.zeros(1, 77, 32), image=image[:1],
+                         mask=mask, steps=1, guidance_scale=7.5, seed=0)
+        assert e.value.status == capi.UNSUPPORTED
+        assert e.value.message.startswith(f"inpaint: {d} is a {family} directory; the C++ host decodes its latents only")

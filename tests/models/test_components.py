@@ -7,15 +7,21 @@ from asymvq.export.specs import DEFAULT_SHAPES, example_inputs, io_specs
 from asymvq.models.component_modules import WRAPPERS
 from asymvq.models.components import (
     DECODER,
+    DENOISERS,
     DYNAMIC_DIMS,
+    FAMILY_COMPONENTS,
     FLOAT,
+    FLUX_FILL,
+    SDXL,
     STATIC_DIMS,
     UNET,
     VAE_ENCODER,
     VOCABULARY,
     TensorIO,
+    family_of_components,
     split_dim,
 )
+from asymvq.models.components import SD as SD_FAMILY
 from asymvq.models.config import DecoderConfig
 from asymvq.models.decoder import AsymmetricDecoder
 from asymvq.models.latent_space import FLUX, SD
@@ -23,7 +29,8 @@ from asymvq.models.sources import Source, build_module
 
 
 def test_the_contract_is_derived_from_the_vocabulary():
-    assert COMPONENTS == ("text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain")  # pipeline order
+    assert COMPONENTS[:5] == ("text-encoder", "vae-encoder", "unet", "decoder", "decoder-plain")  # pipeline order
+    assert set(COMPONENTS) == {c for names in FAMILY_COMPONENTS.values() for c in names}  # each in a family
     assert COMPONENT_IO == {n: (c.input_names, c.output_names) for n, c in VOCABULARY.items()}
     assert DECODER_COMPONENTS == ("decoder", "decoder-plain")
 
@@ -54,11 +61,28 @@ def test_tensor_io_binds_dims_and_checks_itself():
         TensorIO("x", "float64", ("batch",))
 
 
-def test_wrappers_state_the_sizes_they_fix():
-    for name in COMPONENTS:
-        module = build_module(name, Source(preset="tiny"))
+@pytest.mark.parametrize("preset,family", [("tiny", SD_FAMILY), ("tiny-sdxl", SDXL), ("tiny-flux-fill", FLUX_FILL)])
+def test_wrappers_state_the_sizes_they_fix(preset, family):
+    source = Source(preset=preset)
+    assert source.family == family
+    for name in FAMILY_COMPONENTS[family]:
+        if name == DECODER and family != SD_FAMILY:
+            with pytest.raises(ValueError, match="no condition branch"):  # the family VAE's plain decoder
+                build_module(name, source)
+            continue
+        module = build_module(name, source)
         assert isinstance(module, WRAPPERS[name])
         assert set(module.static_dims()) <= set(STATIC_DIMS)
+    with pytest.raises(ValueError, match=f"is not a network of the {family} family"):
+        build_module(DENOISERS[SDXL if family == FLUX_FILL else FLUX_FILL], source)
+
+
+def test_a_family_is_told_by_its_components():
+    assert family_of_components(FAMILY_COMPONENTS[SDXL]) == SDXL
+    assert family_of_components(["t5-encoder"]) == FLUX_FILL
+    assert family_of_components([DECODER, VAE_ENCODER]) == SD_FAMILY
+    with pytest.raises(ValueError, match="one family at a time"):
+        family_of_components([UNET, DENOISERS[SDXL]])
 
 
 def test_specs_take_the_latent_channels_from_the_latent_space():
