@@ -218,7 +218,7 @@ def inpaint(
     family of --preset or --model)."""
     # every value refused now, before minutes of model loading, by the servers' rules (asymvq.pipeline.job_rules),
     # those of the source's family (read from the preset's name or the folder's configs)
-    family = source_family(preset, model)
+    family = source_family(preset, model, engines)
     job = check_job(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
                     strength=strength, scheduler=scheduler, names=CLI_NAMES, family=family)
     check_image_out(out)

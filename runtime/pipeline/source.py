@@ -35,14 +35,18 @@ def _text(value) -> str | None:
     return None if value is None else str(value)
 
 
-def source_family(preset=None, model=None) -> str:
-    """The family of a preset (by its name) or a model folder (by its components' configs: read, not loaded,
-    milliseconds); SD's for anything else (an engines directory). What ``asymvq inpaint`` checks a job by
+def source_family(preset=None, model=None, engines=None) -> str:
+    """The family of a preset (by its name), a model folder (by its components' configs: read, not loaded,
+    milliseconds) or an engines directory (its manifest's ``family``). What ``asymvq inpaint`` checks a job by
     before any model loads."""
     if preset is not None:
         return preset_family(str(preset))
     if model is not None:
         return folder_family(model)
+    if engines is not None:
+        from ..engines.manifest import manifest_family, read_manifest
+
+        return manifest_family(read_manifest(engines))
     return SD
 
 
@@ -106,7 +110,7 @@ class PipelineSource:
     @property
     def family(self) -> str:
         """The pipeline family (``asymvq.pipeline.family_rules``): ``source_family`` of its preset or folder."""
-        return source_family(self.preset, self.model)
+        return source_family(self.preset, self.model, self.engines)
 
     @classmethod
     def serving(cls, **options) -> "PipelineSource":
@@ -140,8 +144,13 @@ class PipelineSource:
         lets go of its denoising networks (``FamilyBase.keep_decoder_only``)."""
         if self.family != SD:
             options = dict(device=self.device, dtype=self.dtype, scheduler=self.scheduler, decoder=self.decoder)
-            pipe = family_from_preset(self.preset, **options) if self.preset is not None else \
-                family_from_folder(Path(self.model), self.family, **options)
+            if self.engines is not None:  # the directory's own scheduler unless one is named
+                pipe = InpaintPipeline.from_engines(Path(self.engines), device=self.device, scheduler=self.scheduler,
+                                                    **self.engine_options())
+            elif self.preset is not None:
+                pipe = family_from_preset(self.preset, **options)
+            else:
+                pipe = family_from_folder(Path(self.model), self.family, **options)
             if components is not None and UNET not in components:
                 pipe.keep_decoder_only()
             return pipe

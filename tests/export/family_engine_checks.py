@@ -101,3 +101,26 @@ def test_a_directory_holding_another_familys_components_is_refused(family_dir, t
     (dst / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=f"is a sd directory but holds .*{DENOISERS[PRESETS[preset]]}"):
         InpaintPipeline.from_engines(dst)
+
+
+def test_the_cli_and_the_servers_source_read_the_family_from_the_directory(family_dir, tmp_path):
+    """`asymvq inpaint --engines DIR` / `asymvq serve --engines DIR` check a job by the directory's family before
+    any engine loads, and build the family's pipeline."""
+    import PIL.Image
+
+    from asymvq.cli.app import app
+    from asymvq.pipeline.source import PipelineSource
+
+    preset, out = family_dir
+    source = PipelineSource(engines=str(out))
+    assert source.family == PRESETS[preset]
+    assert source.build().rules.name == PRESETS[preset]
+    odd = 40 if PRESETS[preset] == FLUX_FILL else 36  # not a multiple of the family's 16 / 8
+    PIL.Image.new("RGB", (odd, odd)).save(tmp_path / "i.png")
+    PIL.Image.new("L", (odd, odd)).save(tmp_path / "m.png")
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(app, ["inpaint", "--engines", str(out), "--image", str(tmp_path / "i.png"),
+                                 "--mask", str(tmp_path / "m.png"), "--prompt", "x", "--out", str(tmp_path / "o.png")])
+    text = r.output + str(r.exception or "")
+    assert r.exit_code != 0 and f"multiples of {16 if PRESETS[preset] == FLUX_FILL else 8}" in text, (r.exit_code, text)
