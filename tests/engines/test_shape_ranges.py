@@ -81,3 +81,36 @@ def test_a_binding_range_is_still_a_clear_error():
         conform_feeds("decoder-plain", static, big, torch.device("cpu"), bound=False)
     assert conform_feeds("decoder-plain", static, {"latent": torch.zeros(7, 4, 8, 8)}, torch.device("cpu"),
                          bound=False)["latent"].shape == (7, 4, 8, 8)
+
+
+# -- region decoding through the same engines (issue 22 item 1) ------------------------------------
+def _holed(b, hh, ww, box, seed=1):
+    """Feeds with a hole at ``box`` (image pixels y0, y1, x0, x1): not on the latent grid."""
+    feeds = _feeds(b, hh, ww, seed)
+    mask = torch.zeros(1, 1, hh, ww)
+    y0, y1, x0, x1 = box
+    mask[..., y0:y1, x0:x1] = 1
+    return {**feeds, "mask": mask}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_region_decode_equals_the_torch_region_decode(engine_dir, decoder, backend):
+    if backend == "openvino" and "openvino" not in _formats():
+        pytest.skip("openvino is not installed")
+    options = {"precision": "fp32"} if backend == "openvino" else {}
+    engine = load_engine_dir(engine_dir, backend=backend, **options)["decoder"]
+    caps = engine.capabilities
+    assert caps.regions and not caps.tiles and caps.region_sizes is None  # dynamic: any crop
+    feeds = _holed(2, 96, 128, (21, 50, 43, 70))
+    for margin in (0, 2):
+        with torch.inference_mode():
+            ref = decoder.decoder(feeds["latent"], feeds["image"], feeds["mask"], region="mask", margin=margin)
+        got = engine.decode_with_modes({"region": "mask", "margin": margin}, **feeds)["sample"]
+        assert got.shape == ref.shape == (2, 3, 96, 128)
+        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+        keep = got == feeds["image"].expand_as(got)  # outside the box: the source itself
+        assert keep.float().mean() > 0.5
+    empty = {**feeds, "mask": torch.zeros(1, 1, 96, 128)}
+    assert torch.equal(engine.decode_with_modes({"region": "mask"}, **empty)["sample"], feeds["image"])
+    with pytest.raises(ValueError, match=r"decodes the whole image only"):
+        engine.decode_with_modes({"tile": 20}, **feeds)
