@@ -114,3 +114,25 @@ def test_region_decode_equals_the_torch_region_decode(engine_dir, decoder, backe
     assert torch.equal(engine.decode_with_modes({"region": "mask"}, **empty)["sample"], feeds["image"])
     with pytest.raises(ValueError, match=r"decodes the whole image only"):
         engine.decode_with_modes({"tile": 20}, **feeds)
+
+
+def test_pipeline_resolves_auto_and_notes_the_choice(engine_dir, decoder):
+    from asymvq.pipeline.decode_modes import NOTE_REGION, run_decoder_with_modes
+    from asymvq.profiling.timing import StageTimer
+
+    engines = load_engine_dir(engine_dir, backend="onnxruntime")
+    small, large = _holed(1, 96, 128, (21, 50, 43, 70)), _holed(1, 96, 128, (3, 93, 2, 126))
+    for feeds, decodes_box in ((small, True), (large, False)):
+        timer = StageTimer(torch.device("cpu"))
+        got = run_decoder_with_modes(engines, timer, feeds["latent"], feeds["image"], feeds["mask"], {"region": "auto"})
+        choice = timer.notes[NOTE_REGION]
+        assert choice.decodes_box == decodes_box and [n for n, _ in timer.collect()] == ["decode"]
+        with torch.inference_mode():
+            ref = decoder.decoder(feeds["latent"], feeds["image"], feeds["mask"], region="auto")
+        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"^margin: only with region"):
+        run_decoder_with_modes(engines, StageTimer(torch.device("cpu")), small["latent"], small["image"], small["mask"],
+                               {"margin": 2})
+    with pytest.raises(ValueError, match=r"tiled decoding runs on the torch backend only; .*'onnxruntime'"):
+        run_decoder_with_modes(engines, StageTimer(torch.device("cpu")), small["latent"], small["image"], small["mask"],
+                               {"tile": 20})
