@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
+from ..pipeline.decode_modes import NOTE_REGION, check_decode_options
 from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
 from ..pipeline.inpaint_run import run_inpaint
 from ..pipeline.job_rules import SEED_MAX
@@ -50,6 +51,8 @@ from .limits import BODY_TIMEOUT_S, CLIENT_CLOSED, MAX_BODY_BYTES, MAX_HEADER_BY
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, encode, openai_error, parse_edit
 from .schema import EditForm, ImagesResponse, InpaintForm, JobCancelledBody, NativeError, OpenAIError, error_responses, form_schema
+
+REGION_HEADER = "X-Asymvq-Decode-Region"  # what a job's region decode took (RegionChoice.describe()), with --decode-region
 
 log = logging.getLogger("asymvq.serve.server")
 LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
@@ -141,9 +144,10 @@ class JobResult:
 class _Runner:
     """The pipeline behind its lock; each run gets its own timer and, if asked, its own scheduler."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, decode_options: dict | None = None):
         self.pipe = pipe
         self.lock = threading.Lock()
+        self.decode_options = decode_options  # the server's --decode-region / --margin, for every job
 
     def run(self, job: dict, cancel: threading.Event | None = None) -> JobResult:
         cancel = cancel or threading.Event()
@@ -157,7 +161,7 @@ class _Runner:
             result = run_inpaint(self.pipe, job["source"], job["hole"], job["prompt"],
                                  negative_prompt=job["negative_prompt"], steps=job["steps"], guidance=job["guidance"],
                                  strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer,
-                                 cancel=cancel.is_set)
+                                 cancel=cancel.is_set, decode_options=self.decode_options)
             total_ms = (time.perf_counter() - t0) * 1e3
             stages: dict[str, float] = {}
             for name, ms in timer.collect():
@@ -166,16 +170,21 @@ class _Runner:
             self.lock.release()
         buf = io.BytesIO()
         result.images[0].save(buf, format="PNG")
-        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1})
+        choice = timer.notes.get(NOTE_REGION)  # what a region request decoded: the box, or why the whole image
+        headers = {REGION_HEADER: choice.describe()} if choice is not None else {}
+        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1}, headers)
 
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
                max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
                max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N,
-               request_timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
+               request_timeout_s: float = REQUEST_TIMEOUT_S, decode_options: dict | None = None) -> FastAPI:
     """A FastAPI app serving ``pipeline``: an ``InpaintPipeline``, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
-    one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
+    one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline").
+    ``decode_options``: every job's region decoding (``{"region": "mask" | "auto", "margin": K}``); the region
+    each job decoded is its ``X-Asymvq-Decode-Region`` header."""
+    decode_options = check_decode_options(decode_options)
     if isinstance(pipeline, PipelineSource):
         source, pipe = source or pipeline.label, pipeline.build()
     else:
@@ -184,11 +193,11 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
         raise ValueError(f"pipeline: expected an InpaintPipeline or a callable returning one, got {type(pipe).__name__}")
     if not pipe.spec.inpainting:
         raise ValueError("pipeline: expected an inpainting pipeline (9-channel UNet), got a text-to-image one")
-    runner = _Runner(pipe)
+    runner = _Runner(pipe, decode_options)
     health = {"status": "ok", "source": source or "pipeline", "device": str(pipe.spec.device),
               "dtype": dtype_name(pipe.spec.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
-              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
+              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n, "decode_options": decode_options}
     app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
                     body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n,
