@@ -8,11 +8,11 @@ import json
 import shutil
 import subprocess
 
+import asymvq_host
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import asymvq_host
 from asymvq.engines import load_engine_dir
 from asymvq.models.region import DEFAULT_MARGIN, mask_box
 
