@@ -38,6 +38,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..models.devices import dtype_name
+from ..models.region import check_region
 from ..pipeline.checks import check_int
 from ..pipeline.decode_modes import NOTE_REGION, check_decode_options
 from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
@@ -185,6 +186,8 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
     ``decode_options``: every job's region decoding (``{"region": "mask" | "auto", "margin": K}``); the region
     each job decoded is its ``X-Asymvq-Decode-Region`` header."""
     decode_options = check_decode_options(decode_options)
+    if decode_options.get("region") is not None:  # a bad region or margin fails now, not on every request
+        check_region(decode_options["region"], decode_options.get("margin"))
     if isinstance(pipeline, PipelineSource):
         source, pipe = source or pipeline.label, pipeline.build()
     else:

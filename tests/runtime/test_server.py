@@ -292,3 +292,5 @@ def test_region_decoding_is_served_and_reported(pipe, monkeypatch):
         assert "X-Asymvq-Decode-Region" not in post(c).headers
     with pytest.raises(ValueError, match=r"decode_options: unknown keys \['regions'\]"):
         create_app(pipe, decode_options={"regions": "auto"})
+    with pytest.raises(ValueError, match=r"^margin: expected an integer >= 0"):
+        create_app(pipe, decode_options={"region": "auto", "margin": -1})
