@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import loadavg, psnr
+from bench_common import cpu_record, loadavg, psnr
 
 from asymvq.models.ops import TorchOps, ops_override
 from asymvq.models.region import SCALE, mask_box, predicted_speedup
@@ -122,7 +122,7 @@ def main() -> None:
     points = []
     for preset, size in zip(a.presets.split(","), map(int, a.sizes.split(","))):
         points += measure(preset, size, [float(x) for x in a.areas.split(",")], [int(x) for x in a.margins.split(",")])
-    result = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg_start": start,
+    result = {"cpu": cpu_record(), "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "loadavg_start": start,
                           "loadavg_end": loadavg(),
                           "note": "PSNR is load-independent; the times are not (shared machine) and are not claims"},
               "weights": "seeded random (asymvq.models.sources.random_decoder); real-weight behaviour unmeasured",
