@@ -4,7 +4,9 @@ The tiny decoder exported with the *sd15* default ranges, the ones a user's deco
 (min 8 px, opt 512, max 1024; before: min 256 px, which refused every crop and tile): ONNX Runtime
 and OpenVINO (fp32) decode a 48x64 image, an 8x8 latent crop and a 1x1 latent equal to torch, and
 sizes outside the recorded range too. The ranges still bind AOTInductor (tests/engines/test_aoti_engine.py)
-and TensorRT (its profile, tests/engines/test_tensorrt_engine.py, CUDA only)."""
+and TensorRT (its profile, tests/engines/test_tensorrt_engine.py, CUDA only). The same directory decodes
+regions (the mask's box through the same engine) equal to the torch region decode, and the pipeline resolves
+region="auto" on it."""
 import pytest
 import torch
 
