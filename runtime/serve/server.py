@@ -200,7 +200,8 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
     health = {"status": "ok", "source": source or "pipeline", "device": str(pipe.spec.device),
               "dtype": dtype_name(pipe.spec.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
-              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n, "decode_options": decode_options}
+              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n,
+              **({"decode_options": decode_options} if decode_options else {})}
     app = build_app(lambda job, cancel: run_in_threadpool(runner.run, job, cancel), health=health, max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",
                     body_timeout_s=body_timeout_s, max_header_bytes=max_header_bytes, max_n=max_n,
