@@ -17,6 +17,7 @@ class AOTIEngine(ExportedEngine):
     """``engine(**feeds) -> {name: tensor}`` over an AOTInductor package (see ``asymvq.engines.Engine``)."""
 
     backend = "aoti"
+    bound_ranges = True  # compiled for the exported dims only
 
     def __init__(self, component: str, path: str | Path, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  device: str | torch.device = "cpu"):
@@ -25,7 +26,7 @@ class AOTIEngine(ExportedEngine):
 
     def __call__(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
         # the package is compiled for the exported dims only, and does not check tied dims
-        feeds = self.conform(feeds, bound=True, tied=True)
+        feeds = self.conform(feeds, bound=self.bound_ranges, tied=True)
         with torch.inference_mode():
             out = self.runner(*feeds.values())  # conform_feeds returns them in input order
         outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)

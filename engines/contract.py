@@ -105,6 +105,8 @@ class Capabilities:
     condition: bool = False  # a decoder that takes the source image and mask (the "decoder" component)
     tiles: bool = False  # decodes tile by tile: ``engine.decode_with_modes(options, **feeds)`` takes tile/overlap
     regions: bool = False  # decodes only the mask's box: ``decode_with_modes`` takes region/margin
+    # the latent crops it decodes, ((min_h, max_h), (min_w, max_w)); None: any size (asymvq.models.region.snap_box)
+    region_sizes: tuple | None = None
     static_dims: dict[str, int] = field(default_factory=dict)  # the vocabulary's STATIC_DIMS it is bound to
     parameters: int | None = None  # how many weights it holds, where it knows (torch modules)
 

@@ -11,12 +11,19 @@ sizes; a feed outside is refused with the range and how to widen it. ONNX Runtim
 the graph at any batch, height and width (a 48x64 image, a 1x1 latent crop, a tile), so they check
 only the rank and the fixed dims (numbers, and named dims exported at one size, min == max: those
 are static in the graph).
+
+Region decoding (``region="mask"`` / ``"auto"``) is the same for every exported decoder: the latent,
+image and mask crops of the mask's box go through this engine's own ``__call__``, the rest is the
+source (``asymvq.models.region``); the crop is grown to the smallest size the engine accepts, and a box
+above its largest is refused, naming the dynamic export it needs (``region_sizes``).
 """
 from __future__ import annotations
 
 import torch
 
-from .contract import Capabilities, EngineBase, TensorSpec, bound_static_dims, check_io, split_dim
+from asymvq.models.region import check_region, choose_region, decode_box
+
+from .contract import DECODER, Capabilities, EngineBase, TensorSpec, bound_static_dims, check_io, split_dim
 
 
 class ExportedEngine(EngineBase):
@@ -27,6 +34,8 @@ class ExportedEngine(EngineBase):
     manifest entry can never bind one network's file under another's name.
     """
 
+    bound_ranges = False  # True where the format was compiled for the specs' min..max (TensorRT, AOTInductor)
+
     def __init__(self, component: str, inputs: list[TensorSpec], outputs: list[TensorSpec], device):
         super().__init__(component)
         check_io(component, inputs, outputs, f"{component} engine")
@@ -36,9 +45,38 @@ class ExportedEngine(EngineBase):
 
     @property
     def capabilities(self) -> Capabilities:
-        """An exported graph decodes the whole image (no tiles, no regions); its specs bind the static dims."""
+        """An exported graph does not tile; the conditional decoder decodes regions (crops through the same
+        graph, ``decode_with_modes``); its specs bind the static dims."""
         dims = bound_static_dims(self.component, self.inputs, self.outputs)
-        return Capabilities.of(self.component, static_dims=dims)
+        regions = self.component == DECODER
+        return Capabilities.of(self.component, regions=regions, region_sizes=self.region_sizes() if regions else None,
+                               static_dims=dims)
+
+    def region_sizes(self) -> tuple[tuple[int, float], tuple[int, float]] | None:
+        """``((min_h, max_h), (min_w, max_w))``: the latent crops this engine decodes, or None for any size.
+        The latent spec's range where the format binds it, its one size where the graph is static (min == max)."""
+        spec = self.inputs[self.input_names[0]]
+        any_size = (1, float("inf"))
+        sizes = tuple((spec.min[d], spec.max[d]) if self.bound_ranges or spec.min[d] == spec.max[d] else any_size
+                      for d in (2, 3))
+        return None if sizes == (any_size, any_size) else sizes
+
+    def decode_with_modes(self, options: dict, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``region="mask"`` / ``"auto"`` (and ``margin``) on the conditional decoder; tiles are the torch path's."""
+        if self.component != DECODER or options.get("region") is None or {"tile", "overlap"} & set(options):
+            return super().decode_with_modes(options, **feeds)
+        region, margin = check_region(options["region"], options.get("margin"))
+        latent, image, mask = (feeds[n] for n in self.input_names)
+        spec = self.inputs[self.input_names[0]]
+        where = (f"the {self.backend} {self.component} engine (latent h {spec.min[2]}..{spec.max[2]}, "
+                 f"w {spec.min[3]}..{spec.max[3]})")
+        choice = choose_region(region, mask, margin, latent.shape[-2], latent.shape[-1], self.region_sizes(), where)
+        name = self.output_names[0]
+        if not (choice.decodes_box or choice.empty):  # "auto" found the whole image cheaper
+            return self(latent=latent, image=image, mask=mask)
+        out = decode_box(lambda lat, img, msk: self(latent=lat, image=img, mask=msk)[name], latent, image, mask,
+                         choice.box, getattr(torch, self.outputs[0].dtype))
+        return {name: out}
 
     def conform(self, feeds: dict, dtypes: dict[str, torch.dtype] | None = None, *, bound: bool,
                 tied: bool = False) -> dict[str, torch.Tensor]:

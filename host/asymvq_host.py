@@ -57,6 +57,9 @@ def load_library(path: str | Path) -> C.CDLL:
     lib.asymvq_latent_space.argtypes = [C.c_void_p, C.POINTER(C.c_int), C.POINTER(C.c_double), C.POINTER(C.c_double)]
     lib.asymvq_decode.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Output)]
     lib.asymvq_decode_scaled.argtypes = lib.asymvq_decode.argtypes
+    lib.asymvq_decode_region.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Tensor), C.c_int32,
+                                         C.POINTER(Output)]
+    lib.asymvq_decode_region_scaled.argtypes = lib.asymvq_decode_region.argtypes
     lib.asymvq_encode_text.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Output)]
     lib.asymvq_inpaint_params_init.argtypes = [C.POINTER(Params)]
     lib.asymvq_inpaint_params_init.restype = None
@@ -64,7 +67,8 @@ def load_library(path: str | Path) -> C.CDLL:
     lib.asymvq_output_free.argtypes = [C.POINTER(Output)]
     lib.asymvq_output_free.restype = None
     for f in ("asymvq_open", "asymvq_has_component", "asymvq_unet_channels", "asymvq_latent_space", "asymvq_decode",
-              "asymvq_decode_scaled", "asymvq_encode_text", "asymvq_inpaint"):
+              "asymvq_decode_scaled", "asymvq_decode_region", "asymvq_decode_region_scaled", "asymvq_encode_text",
+              "asymvq_inpaint"):
         getattr(lib, f).restype = C.c_int
     return lib
 
@@ -146,6 +150,14 @@ class Host:
         out = Output()
         fn = self.lib.asymvq_decode_scaled if scaled else self.lib.asymvq_decode
         self._check(fn(self.handle, *[None if v is None else v.ptr() for v in views], C.byref(out)))
+        return self._take(out)
+
+    def decode_region(self, latents, image, mask, margin: int = -1, *, scaled: bool = False) -> np.ndarray:
+        """The mask's box only (asymvq_decode_region; margin < 0: the library's default), the rest is ``image``."""
+        views = [None if x is None else _View(_arr(x)) for x in (latents, image, mask)]
+        out = Output()
+        fn = self.lib.asymvq_decode_region_scaled if scaled else self.lib.asymvq_decode_region
+        self._check(fn(self.handle, *[None if v is None else v.ptr() for v in views], margin, C.byref(out)))
         return self._take(out)
 
     def encode_text(self, ids) -> np.ndarray:

@@ -1,7 +1,7 @@
 // asymvq-run: the C API from the command line, tensors in and out as safetensors.
 //
 //   asymvq-run decode  --engines DIR --latents Z.safetensors [--image I.safetensors --mask M.safetensors]
-//                      [--space vae|diffusion] --out OUT.safetensors
+//                      [--space vae|diffusion] [--decode-region mask|full [--margin K]] --out OUT.safetensors
 //   asymvq-run inpaint --engines DIR --prompt-embeds E.safetensors [--negative-embeds N.safetensors]
 //                      --image I.safetensors --mask M.safetensors --steps 4 --guidance 7.5 --seed 0
 //                      [--scheduler ddim|euler] --out OUT.safetensors
@@ -24,9 +24,12 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  asymvq-run decode  --engines DIR --latents Z.safetensors [--image I.safetensors --mask M.safetensors]\n"
-    "                     [--space vae|diffusion] --out OUT.safetensors [--device cpu]\n"
+    "                     [--space vae|diffusion] [--decode-region mask|full [--margin K]]\n"
+    "                     --out OUT.safetensors [--device cpu]\n"
     "                     (--space: latents in the VAE's space, the default, or the diffusion loop's,\n"
-    "                     converted with the directory's latent_space: z / scaling_factor + shift_factor)\n"
+    "                     converted with the directory's latent_space: z / scaling_factor + shift_factor;\n"
+    "                     --decode-region mask: decode only the mask's box grown by --margin latent pixels,\n"
+    "                     default 4, the rest copied from --image; full: the whole image, the default)\n"
     "  asymvq-run inpaint --engines DIR (--prompt-embeds E.safetensors | --prompt-ids IDS.safetensors)\n"
     "                     [--negative-embeds N.safetensors | --negative-ids NIDS.safetensors]\n"
     "                     [--image I.safetensors --mask M.safetensors | --height H --width W]\n"
@@ -71,7 +74,7 @@ int run(int argc, char** argv) {
   std::string cmd = argv[1];
   if (cmd != "decode" && cmd != "inpaint") return die(ASYMVQ_ERR_INVALID_ARGUMENT, "command: expected decode or inpaint, got '" + cmd + "'\n" + kUsage);
   static const std::map<std::string, std::vector<std::string>> allowed = {
-      {"decode", {"--engines", "--latents", "--image", "--mask", "--space", "--out", "--device"}},
+      {"decode", {"--engines", "--latents", "--image", "--mask", "--space", "--decode-region", "--margin", "--out", "--device"}},
       {"inpaint", {"--engines", "--prompt-embeds", "--negative-embeds", "--prompt-ids", "--negative-ids", "--image", "--mask",
                    "--height", "--width", "--steps", "--guidance", "--seed", "--scheduler", "--out", "--device"}},
   };
@@ -96,6 +99,17 @@ int run(int argc, char** argv) {
   bool diffusion_space = opt.count("--space") && opt["--space"] == "diffusion";
   if (opt.count("--space") && opt["--space"] != "vae" && opt["--space"] != "diffusion")
     return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--space: expected vae or diffusion, got '" + opt["--space"] + "'");
+  bool region = opt.count("--decode-region") && opt["--decode-region"] == "mask";
+  if (opt.count("--decode-region") && opt["--decode-region"] != "mask" && opt["--decode-region"] != "full")
+    return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--decode-region: expected mask or full, got '" + opt["--decode-region"] + "'");
+  long long margin = -1;  // the library's default
+  if (opt.count("--margin")) {
+    if (!region) return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--margin: only with --decode-region mask");
+    if (!parse_int(opt["--margin"], margin) || margin < 0 || margin > 1 << 20)
+      return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--margin: expected an integer >= 0 (latent pixels), got '" + opt["--margin"] + "'");
+  }
+  if (region && (!opt.count("--image") || !opt.count("--mask")))
+    return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--decode-region: mask needs --image and --mask");
   for (auto& k : files) {
     if (!opt.count(k)) continue;
     try {
@@ -152,8 +166,11 @@ int run(int argc, char** argv) {
   asymvq_status s = asymvq_open(opt["--engines"].c_str(), device, &host);
   if (s != ASYMVQ_OK) return die(s, asymvq_last_error());
   asymvq_output out{};
-  if (cmd == "decode") s = (diffusion_space ? asymvq_decode_scaled : asymvq_decode)(host, ptr("--latents"), ptr("--image"),
-                                                                                   ptr("--mask"), &out);
+  if (cmd == "decode" && region)
+    s = (diffusion_space ? asymvq_decode_region_scaled : asymvq_decode_region)(host, ptr("--latents"), ptr("--image"),
+                                                                               ptr("--mask"), static_cast<int32_t>(margin), &out);
+  else if (cmd == "decode") s = (diffusion_space ? asymvq_decode_scaled : asymvq_decode)(host, ptr("--latents"), ptr("--image"),
+                                                                                        ptr("--mask"), &out);
   else s = asymvq_inpaint(host, &p, &out);
   if (s != ASYMVQ_OK) {
     std::string msg = asymvq_last_error();

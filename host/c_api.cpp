@@ -189,6 +189,33 @@ asymvq_status asymvq_decode_scaled(asymvq_host* host, const asymvq_tensor* laten
   return decode_call(host, latents, image, mask, out, true);
 }
 
+namespace {
+
+asymvq_status region_call(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                          const asymvq_tensor* mask, int32_t margin, asymvq_output* out, bool scaled) {
+  return guarded([&] {
+    check_host(host);
+    check_out(out);
+    at::Tensor z = view(latents, "latents", ASYMVQ_FLOAT32);
+    at::Tensor img = view(image, "image", ASYMVQ_FLOAT32), m = view(mask, "mask", ASYMVQ_FLOAT32);
+    std::lock_guard<std::mutex> lock(host->impl->lock);
+    auto& h = *host->impl;
+    fill(out, scaled ? asymvq::decode_region_scaled(h, z, img, m, margin) : asymvq::decode_region(h, z, img, m, margin));
+  });
+}
+
+}  // namespace
+
+asymvq_status asymvq_decode_region(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                                   const asymvq_tensor* mask, int32_t margin, asymvq_output* out) {
+  return region_call(host, latents, image, mask, margin, out, false);
+}
+
+asymvq_status asymvq_decode_region_scaled(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                                          const asymvq_tensor* mask, int32_t margin, asymvq_output* out) {
+  return region_call(host, latents, image, mask, margin, out, true);
+}
+
 asymvq_status asymvq_encode_text(asymvq_host* host, const asymvq_tensor* input_ids, asymvq_output* out) {
   return guarded([&] {
     check_host(host);

@@ -111,6 +111,11 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
 // VAE-space latents -> image; decode_scaled takes diffusion-space latents (h.latent_space.to_vae first).
 at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask);
 at::Tensor decode_scaled(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask);
+// Region decoding (asymvq's region="mask"): the decoder on the mask's box grown by `margin` latent pixels
+// (< 0: the default), snapped to the engine's exported range; every other pixel is `image`.
+at::Tensor decode_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask, int64_t margin);
+at::Tensor decode_region_scaled(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask,
+                                int64_t margin);
 at::Tensor encode_text(Host& h, const at::Tensor& ids);
 
 struct InpaintArgs {

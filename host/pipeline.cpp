@@ -8,8 +8,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <tuple>
+#include <utility>
 
 #include "host.h"
 
@@ -17,6 +20,7 @@ namespace asymvq {
 
 namespace {
 
+constexpr int64_t kDefaultMargin = 4;  // asymvq.models.region.DEFAULT_MARGIN (tests/host/test_host_region.py checks it)
 constexpr int64_t kVaeScale = 8;  // image pixels a latent pixel: LatentSpace.vae_scale_factor (every VAE of the family)
 
 using Clock = std::chrono::steady_clock;
@@ -271,34 +275,100 @@ at::Tensor decode_scaled(Host& h, const at::Tensor& latents, const at::Tensor* i
   return decode(h, h.latent_space.to_vae(latents), image, mask);
 }
 
+namespace {
+
+// image and mask checked against the latents (shapes, values); the mask as {0, 1} floats.
+at::Tensor checked_mask(const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask) {
+  int64_t B = latents.size(0), H = kVaeScale * latents.size(2), W = kVaeScale * latents.size(3);
+  if (image.dim() != 4 || image.size(1) != 3) fail_arg("image", "shape (B, 3, H, W)", "shape " + shape_str(image.sizes()));
+  if (image.size(2) != H || image.size(3) != W)
+    fail_arg("image", "spatial size 8x the latents' = " + std::to_string(H) + "x" + std::to_string(W),
+             std::to_string(image.size(2)) + "x" + std::to_string(image.size(3)));
+  if (image.size(0) != 1 && image.size(0) != B)
+    fail_arg("image", "batch 1 or " + std::to_string(B) + " (the latent batch)", "batch " + std::to_string(image.size(0)));
+  check_image(image, "image");
+  if (mask.dim() != 4 || mask.size(1) != 1) fail_arg("mask", "shape (B, 1, H, W)", "shape " + shape_str(mask.sizes()));
+  if (mask.size(2) != H || mask.size(3) != W)
+    fail_arg("mask", "spatial size " + std::to_string(H) + "x" + std::to_string(W) + " (the image's)",
+             std::to_string(mask.size(2)) + "x" + std::to_string(mask.size(3)));
+  if (mask.size(0) != 1 && mask.size(0) != B)
+    fail_arg("mask", "batch 1 or " + std::to_string(B) + " (the latent batch)", "batch " + std::to_string(mask.size(0)));
+  check_finite(mask, "mask", "binary values {0, 1} or {0, 255}");
+  at::Tensor m = mask;
+  if (!((m == 0) | (m == 1)).all().item<bool>()) {
+    if (((m == 0) | (m == 255)).all().item<bool>()) m = m / 255.0;
+    else fail_arg("mask", "binary values, all in {0, 1} or all in {0, 255} (1/255 = hole); binarise soft masks at 0.5",
+                  "non-binary " + range_str(m));
+  }
+  return m;
+}
+
+// [a, b) along one latent axis of `size`, grown to the engine's smallest crop `lo` or refused above its largest `hi`
+// (asymvq.models.region.snap_box, the same rule and words).
+std::pair<int64_t, int64_t> snap_axis(int64_t a, int64_t b, int64_t size, int64_t lo, int64_t hi, const std::string& axis,
+                                      const std::string& where) {
+  int64_t n = b - a;
+  if (n > hi)
+    fail(ASYMVQ_ERR_INVALID_ARGUMENT,
+         "region: the mask's box is " + std::to_string(n) + " latent pixels along " + axis + " (" + std::to_string(kVaeScale * n) +
+             " image pixels), above the " + std::to_string(hi) + " that " + where +
+             " accepts; decoding a region there needs a dynamic engine (re-export with --shapes covering the box), or "
+             "decode the whole image");
+  if (n >= lo) return {a, b};
+  if (lo > size)
+    fail(ASYMVQ_ERR_INVALID_ARGUMENT, "region: " + where + " accepts at least " + std::to_string(lo) + " latent pixels along " +
+                                          axis + ", the image has " + std::to_string(size) +
+                                          "; decoding a region there needs a dynamic engine (re-export with --shapes)");
+  a = std::min(std::max(a - (lo - n) / 2, int64_t(0)), size - lo);
+  return {a, a + lo};
+}
+
+}  // namespace
+
 at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask) {
   c10::InferenceMode guard;
   check_latents(h, latents);
   if ((image == nullptr) != (mask == nullptr))
     fail_arg(image == nullptr ? "image" : "mask", "a tensor whenever the other of image/mask is given", "NULL");
   if (image == nullptr) return run1(h.need("decoder-plain", "decode without image and mask"), {latents});
-  int64_t B = latents.size(0), H = kVaeScale * latents.size(2), W = kVaeScale * latents.size(3);
-  if (image->dim() != 4 || image->size(1) != 3) fail_arg("image", "shape (B, 3, H, W)", "shape " + shape_str(image->sizes()));
-  if (image->size(2) != H || image->size(3) != W)
-    fail_arg("image", "spatial size 8x the latents' = " + std::to_string(H) + "x" + std::to_string(W),
-             std::to_string(image->size(2)) + "x" + std::to_string(image->size(3)));
-  if (image->size(0) != 1 && image->size(0) != B)
-    fail_arg("image", "batch 1 or " + std::to_string(B) + " (the latent batch)", "batch " + std::to_string(image->size(0)));
-  check_image(*image, "image");
-  if (mask->dim() != 4 || mask->size(1) != 1) fail_arg("mask", "shape (B, 1, H, W)", "shape " + shape_str(mask->sizes()));
-  if (mask->size(2) != H || mask->size(3) != W)
-    fail_arg("mask", "spatial size " + std::to_string(H) + "x" + std::to_string(W) + " (the image's)",
-             std::to_string(mask->size(2)) + "x" + std::to_string(mask->size(3)));
-  if (mask->size(0) != 1 && mask->size(0) != B)
-    fail_arg("mask", "batch 1 or " + std::to_string(B) + " (the latent batch)", "batch " + std::to_string(mask->size(0)));
-  check_finite(*mask, "mask", "binary values {0, 1} or {0, 255}");
-  at::Tensor m = *mask;
-  if (!((m == 0) | (m == 1)).all().item<bool>()) {
-    if (((m == 0) | (m == 255)).all().item<bool>()) m = m / 255.0;
-    else fail_arg("mask", "binary values, all in {0, 1} or all in {0, 255} (1/255 = hole); binarise soft masks at 0.5",
-                  "non-binary " + range_str(m));
-  }
+  at::Tensor m = checked_mask(latents, *image, *mask);
   return run1(h.need("decoder", "decode with image and mask"), {latents, *image, m});
+}
+
+at::Tensor decode_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask, int64_t margin) {
+  c10::InferenceMode guard;
+  check_latents(h, latents);
+  if (margin < 0) margin = kDefaultMargin;
+  at::Tensor m = checked_mask(latents, image, mask);
+  Engine& e = h.need("decoder", "region decoding");
+  int64_t B = latents.size(0), lh = latents.size(2), lw = latents.size(3);
+  at::Tensor out = image.expand({B, 3, kVaeScale * lh, kVaeScale * lw}).to(h.device, at::kFloat).clone();
+  // the mask's bounding box (union over the batch) in latent pixels, grown by the margin and clipped: mask_box
+  at::Tensor hole = (m > 0.5).any(0).any(0);  // (H, W)
+  at::Tensor rows = at::nonzero(hole.any(1)).flatten(), cols = at::nonzero(hole.any(0)).flatten();
+  if (rows.numel() == 0) return out;  // an empty mask: nothing to decode, the source itself
+  int64_t y0 = rows[0].item<int64_t>() / kVaeScale, y1 = (rows[-1].item<int64_t>() + kVaeScale) / kVaeScale;
+  int64_t x0 = cols[0].item<int64_t>() / kVaeScale, x1 = (cols[-1].item<int64_t>() + kVaeScale) / kVaeScale;
+  y0 = std::max(y0 - margin, int64_t(0)), y1 = std::min(y1 + margin, lh);
+  x0 = std::max(x0 - margin, int64_t(0)), x1 = std::min(x1 + margin, lw);
+  const TensorSpec& spec = e.inputs[0];  // the latent: AOTInductor binds its exported range
+  std::string where = "the aoti decoder engine (latent h " + std::to_string(spec.min[2]) + ".." + std::to_string(spec.max[2]) +
+                      ", w " + std::to_string(spec.min[3]) + ".." + std::to_string(spec.max[3]) + ")";
+  std::tie(y0, y1) = snap_axis(y0, y1, lh, spec.min[2], spec.max[2], "the height", where);
+  std::tie(x0, x1) = snap_axis(x0, x1, lw, spec.min[3], spec.max[3], "the width", where);
+  auto pix = [&](const at::Tensor& t) {
+    return t.slice(2, kVaeScale * y0, kVaeScale * y1).slice(3, kVaeScale * x0, kVaeScale * x1);
+  };
+  at::Tensor crop = run1(e, {latents.slice(2, y0, y1).slice(3, x0, x1), pix(image), pix(m)});
+  pix(out).copy_(crop);
+  return out;
+}
+
+at::Tensor decode_region_scaled(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask,
+                                int64_t margin) {
+  c10::InferenceMode guard;
+  check_latents(h, latents);
+  return decode_region(h, h.latent_space.to_vae(latents), image, mask, margin);
 }
 
 at::Tensor encode_text(Host& h, const at::Tensor& ids) {

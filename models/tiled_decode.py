@@ -24,12 +24,13 @@ Tiled (``tile=N, overlap=M``, latent pixels)
     whole-image tensors: the norm's input, the ResBlock's residual, the condition features still
     to blend) live in a ``TileState``, host memory by default (docs/decoder.md).
 
-Region (``region="mask", margin=K``, latent pixels)
+Region (``region="mask"`` or ``"auto"``, ``margin=K``, latent pixels)
     Decode only the bounding box of the mask (union over the batch), grown by K latent pixels
     of unmasked context on each side and clipped to the image, as a decode of its own (its
     GroupNorm statistics are the box's), and take every pixel outside the box from the source
     image. Pixels outside the box are exactly the source (Pre_error 0 there by construction).
-    An empty mask decodes nothing and returns the source image unchanged.
+    An empty mask decodes nothing and returns the source image unchanged. The geometry and the
+    cost model of ``"auto"`` are ``asymvq.models.region``, shared with the exported engines.
 
 Nothing here is exported: ``decode_core`` stays the export graph. Only the torch path tiles (the
 decoder's ``ops`` table runs the blends and the condition branch; GroupNorm+SiLU here is plain
@@ -43,14 +44,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .tile_plan import SCALE, Plan, blend_leaf, condition_leaf, norm_leaf, plan_up_path
+from .region import DEFAULT_MARGIN, REGIONS, check_region, choose_region, decode_box, mask_box  # noqa: F401 (re-exported)
+from .tile_plan import Plan, blend_leaf, condition_leaf, norm_leaf, plan_up_path
 
 # Tiled mode: latent pixels shared by neighbouring tiles' windows. Any overlap is exact (each segment
 # reads its own halo, at most 2 latent pixels in these decoders); it only sets where the cuts fall.
 DEFAULT_OVERLAP = 4
-# Region mode: latent pixels of unmasked context around the mask's box (measured; docs/decoder.md).
-DEFAULT_MARGIN = 4
-REGIONS = ("mask",)
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -89,19 +88,6 @@ def check_tiling(tile, overlap, config) -> tuple[int, int]:
             f"tiles (default {DEFAULT_OVERLAP}; any overlap is exact), got {overlap!r}"
         )
     return tile, overlap
-
-
-def check_region(region, margin) -> tuple[str, int]:
-    if region not in REGIONS:
-        raise ValueError(f"region: expected one of {REGIONS} or None (decode everything), got {region!r}")
-    if margin is None:
-        margin = DEFAULT_MARGIN
-    if not _is_int(margin) or margin < 0:
-        raise ValueError(
-            f"margin: expected an integer >= 0 (latent pixels of context around the mask's box; "
-            f"default {DEFAULT_MARGIN}), got {margin!r}"
-        )
-    return region, margin
 
 
 # -- tile geometry ---------------------------------------------------------------------------------
@@ -327,54 +313,37 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
 
 
 # -- region decoding --------------------------------------------------------------------------------
-def mask_box(mask: torch.Tensor, margin: int, h: int, w: int) -> tuple[int, int, int, int] | None:
-    """Latent-pixel box (y0, y1, x0, x1) around every hole pixel of the (B or 1, 1, 8h, 8w) mask,
-    grown by ``margin`` and clipped to the latent; None when the mask has no hole."""
-    rows = (mask > 0.5).any(dim=0).any(dim=0).any(dim=1)
-    cols = (mask > 0.5).any(dim=0).any(dim=0).any(dim=0)
-    if not bool(rows.any()):
-        return None
-    r = torch.nonzero(rows).flatten()
-    c = torch.nonzero(cols).flatten()
-    y0, y1 = int(r[0]) // SCALE, math.ceil((int(r[-1]) + 1) / SCALE)
-    x0, x1 = int(c[0]) // SCALE, math.ceil((int(c[-1]) + 1) / SCALE)
-    return max(y0 - margin, 0), min(y1 + margin, h), max(x0 - margin, 0), min(x1 + margin, w)
-
-
 def region_decode(dec, latents, image, mask, margin: int, tile: int | None = None,
-                  overlap: int | None = None) -> torch.Tensor:
-    """Decode the mask's box grown by ``margin`` (tiled when ``tile`` is given); the rest is ``image``."""
+                  overlap: int | None = None, box=None) -> torch.Tensor:
+    """Decode the mask's box grown by ``margin`` (or ``box``, latent pixels y0, y1, x0, x1; tiled when
+    ``tile`` is given); the rest is ``image`` (``asymvq.models.region.decode_box``)."""
     B, _, h, w = latents.shape
-    out_dtype = dec.conv_out.weight.dtype
-    out = image.to(out_dtype).expand(B, -1, -1, -1).clone()
-    box = mask_box(mask, margin, h, w)
     if box is None:
-        return out
-    y0, y1, x0, x1 = box
-    lat = latents[:, :, y0:y1, x0:x1]
-    img = image[:, :, y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE]
-    msk = mask[:, :, y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE]
-    if tile is not None:
-        dec_box = tiled_decode(dec, lat, img, msk, tile, overlap)
-    else:
-        dec_box = dec.decode_core(lat, img, msk)
-    out[:, :, y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE] = dec_box
-    return out
+        box = mask_box(mask, margin, h, w)
 
+    def run(lat, img, msk):
+        return tiled_decode(dec, lat, img, msk, tile, overlap) if tile is not None else dec.decode_core(lat, img, msk)
+
+    return decode_box(run, latents, image, mask, box, dec.conv_out.weight.dtype)
 
 
 def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=None, margin=None) -> torch.Tensor:
     """What ``AsymmetricDecoder.forward`` runs when any of tile/overlap/region/margin is given
-    (inputs already checked and cast)."""
+    (inputs already checked and cast). ``region="auto"``: the box when the cost model says it pays
+    (``asymvq.models.region.choose_region``), the whole image otherwise."""
     if tile is None and overlap is not None:
         raise ValueError(f"overlap: only with tile=N (latent pixels), got overlap={overlap!r} without a tile")
     if region is None and margin is not None:
-        raise ValueError(f"margin: only with region='mask', got margin={margin!r} without a region")
+        raise ValueError(f"margin: only with region='mask' or 'auto', got margin={margin!r} without a region")
     if tile is not None:
         tile, overlap = check_tiling(tile, overlap, dec.config)
     if region is not None:
         region, margin = check_region(region, margin)
         if image is None:
-            raise ValueError("region: 'mask' decodes around the mask; pass image and mask (or leave region=None)")
-        return region_decode(dec, latents, image, mask, margin, tile, overlap)
+            raise ValueError(f"region: {region!r} decodes around the mask; pass image and mask (or leave region=None)")
+        choice = choose_region(region, mask, margin, latents.shape[-2], latents.shape[-1])
+        if choice.decodes_box or choice.empty:
+            return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box)
+        if tile is None:
+            return dec.decode_core(latents, image, mask)
     return tiled_decode(dec, latents, image, mask, tile, overlap)

@@ -136,6 +136,18 @@ ASYMVQ_API asymvq_status asymvq_decode(asymvq_host* host, const asymvq_tensor* l
 ASYMVQ_API asymvq_status asymvq_decode_scaled(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
                                               const asymvq_tensor* mask, asymvq_output* out);
 
+/* Region decoding (the Python API's region="mask"): the asymmetric decoder runs on the mask's bounding box only
+ * (the union over the batch, grown by `margin` latent pixels of context and clipped to the image; margin < 0:
+ * the default, 4), through the same engine; every pixel outside the box is `image` itself, and an empty mask
+ * returns `image`. The crop grows to the smallest latent size the engine was exported for; a box above its
+ * largest is ASYMVQ_ERR_INVALID_ARGUMENT ("region: ... needs a dynamic engine"). image and mask are required.
+ * _scaled: diffusion-space latents, as asymvq_decode_scaled. */
+ASYMVQ_API asymvq_status asymvq_decode_region(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                                              const asymvq_tensor* mask, int32_t margin, asymvq_output* out);
+ASYMVQ_API asymvq_status asymvq_decode_region_scaled(asymvq_host* host, const asymvq_tensor* latents,
+                                                     const asymvq_tensor* image, const asymvq_tensor* mask, int32_t margin,
+                                                     asymvq_output* out);
+
 /* CLIP token ids (B, 77) int64 -> last_hidden_state (B, 77, D). */
 ASYMVQ_API asymvq_status asymvq_encode_text(asymvq_host* host, const asymvq_tensor* input_ids, asymvq_output* out);
 

@@ -105,6 +105,8 @@ def profile(
                                     "seconds): nothing runs; writes --json, no chart."),
     flop_table: bool = typer.Option(True, "--flop-table/--no-flop-table", help="Append the counted decoder-versus-"
                                     "diffusion table and its GPU floor (SD 1.5; 512x512, 50 steps for preset tiny)."),
+    decode_region: Optional[str] = DECODE_REGION_OPTION,
+    margin: Optional[int] = MARGIN_OPTION,
 ):
     """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
     # 1. the profile's configuration: the built-in default, the engines directory's, then the options
@@ -126,6 +128,7 @@ def profile(
         height=height, width=width, batch=batch, device=device or base.device, dtype=dtype or base.dtype,
         warmup=warmup if warmup is not None else base.warmup, repeats=repeats if repeats is not None else base.repeats,
         guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels, flops=flops,
+        decode_options=cli_decode_options(None, None, decode_region, margin) or None,
     )
     _check_profile_config(config, check_decoders=engines is None)
     # 2. counting only: no networks built with weights, nothing timed
@@ -156,6 +159,8 @@ def profile(
     # 6. the table, the JSON and the chart
     typer.echo(f"CPU: {cpu_features().describe()}")
     typer.echo(format_table(report))
+    for name, choice in report.get("decode_region", {}).items():
+        typer.echo(f"decode region ({name}): {choice['decoded']}")
     typer.echo(f"wrote {write_json(report, json_path)} and {draw(report, plot)}")
 
 

@@ -13,9 +13,20 @@ from typing import Optional
 import typer
 
 from ..models.extras import missing_extra
+from ..pipeline.decode_modes import cli_decode_options
 from ..pipeline.source import PipelineSource
 from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
-from .options import BACKEND_HELP, DECODER_HELP, MODEL_HELP, PRECISION_HELP, PRESET_HELP, SCHEDULER_DEFAULT_HELP, log_to_stderr
+from .options import (
+    BACKEND_HELP,
+    DECODE_REGION_OPTION,
+    DECODER_HELP,
+    MARGIN_OPTION,
+    MODEL_HELP,
+    PRECISION_HELP,
+    PRESET_HELP,
+    SCHEDULER_DEFAULT_HELP,
+    log_to_stderr,
+)
 
 
 def serve(
@@ -56,13 +67,18 @@ def serve(
     batch_wait_ms: float = typer.Option(20.0, help="--ray: how long a stage waits to fill a batch."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
+    decode_region: Optional[str] = DECODE_REGION_OPTION,
+    margin: Optional[int] = MARGIN_OPTION,
 ):
     """Serve POST /v1/inpaint, POST /v1/images/edits (OpenAI's image edits), GET /healthz and GET /metrics over
     HTTP (docs/server.md) for a pipeline of any family (SD 1.x, SDXL, FLUX.1 Fill): one request at a time in this
     process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
     source = PipelineSource.serving(preset=preset, model=model, decoder=decoder, engines=engines, device=device,
                                     dtype=dtype, scheduler=scheduler, backend=backend, precision=precision)
+    decode_options = cli_decode_options(None, None, decode_region, margin)
     if ray:
+        if decode_options:
+            raise ValueError("--decode-region / --margin: served by the single-process server only (drop --ray)")
         return _serve_ray(source, locals())
     if address is not None:
         raise ValueError("--address: joins a Ray cluster; add --ray")
@@ -77,7 +93,8 @@ def serve(
 
     _server_log()
     app_ = create_app(source, max_pixels=max_pixels, max_steps=max_steps, max_n=max_n, max_queue=max_queue or MAX_QUEUE,
-                      body_timeout_s=body_timeout, request_timeout_s=request_timeout, shutdown_timeout_s=shutdown_timeout)
+                      body_timeout_s=body_timeout, request_timeout_s=request_timeout, shutdown_timeout_s=shutdown_timeout,
+                      decode_options=decode_options)
     # h11, not httptools: h11 bounds what it buffers of a request line and headers (httptools takes a
     # 1 MB header); the app answers 431 past MAX_HEADER_BYTES, h11 drops the connection past 4x that.
     # SIGTERM drains (asymvq.serve.drain): 503 to new requests, open ones finish for --shutdown-timeout, exit 0

@@ -193,8 +193,9 @@ class InpaintPipeline:
         ``decoder`` (another ``{"decoder"/"decoder-plain": Engine}``), ``scheduler`` (a name from
         ``SCHEDULERS``; default: the pipeline's) and ``timer`` (a ``StageTimer`` that records every
         stage). The call changes no attribute of the pipeline. ``decode_options``: tiled and/or region
-        decoding, ``{"tile": N, "overlap": M, "region": "mask", "margin": K}`` (latent pixels; torch
-        decoder engines only, see ``asymvq.pipeline.decode_modes`` and docs/decoder.md).
+        decoding, ``{"tile": N, "overlap": M, "region": "mask" | "auto", "margin": K}`` (latent pixels; tiles
+        on torch decoder engines only, regions on torch and exported conditional decoders; the region a
+        decode took is noted on ``timer``; see ``asymvq.pipeline.decode_modes`` and docs/decoder.md).
 
         A batch of independent jobs (what a server batches): ``prompt``, ``image``, ``mask_image``
         and ``negative_prompt`` as lists, ``generator`` a list with one generator per image (as in
@@ -215,7 +216,7 @@ class InpaintPipeline:
     def decode(self, denoised: Denoised, decoder: dict | None = None, timer=None,
                decode_options: dict | None = None) -> torch.Tensor:
         """Diffusion-space latents -> image in [-1, 1], conditioned on image and mask when there are some.
-        ``decode_options``: tiled / region decoding (torch decoder engines only)."""
+        ``decode_options``: tiled (torch decoder engines) / region decoding (torch and exported conditional decoders)."""
         if decoder is None and not self.decodes:
             raise ValueError(f"decoder: this pipeline holds only {list(self.components)}; pass decoder engines "
                              "or build it with the decoder components")

@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import __version__
-from ..engines.contract import capabilities
+from ..engines.contract import DECODER, capabilities
 from ..models.config import PRESET_ALIASES, PRESETS
 from ..models.cpu_features import cpu_features
 from ..models.devices import parse_device, parse_dtype
 from ..models.environment import package_versions
 from ..models.family_networks import FAMILY_PRESETS
 from ..pipeline.checks import check_int
+from ..pipeline.decode_modes import NOTE_REGION
 from ..pipeline.inpaint_pipeline import InpaintPipeline
 from ..pipeline.parts import random_decoder_engines
 from ..pipeline.stages import SPAN_DECODE, SPAN_SCHEDULER, SPAN_TEXT, SPAN_UNET, SPAN_VAE_ENCODE
@@ -58,6 +59,9 @@ class ProfileConfig:
     # Count every stage's FLOPs (meta device, seconds), probe the matmul peak at start-up and
     # report achieved FLOP/s and the share of that peak per measured stage (asymvq.profiling.flops).
     flops: bool = False
+    # Region decoding of every measured decode ({"region": "mask" | "auto", "margin": K}, asymvq.pipeline.decode_modes);
+    # what each decoder decoded is the report's "decode_region".
+    decode_options: dict | None = None
 
     def __post_init__(self):
         if self.decoders is None:
@@ -167,6 +171,7 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
     timer, memory = StageTimer(device, nvtx=config.nvtx), PeakMemory(device)
     samples: dict[str, list[float]] = {}
     peaks: dict[str, dict] = {}
+    regions: dict[str, dict] = {}  # decoder -> the region it decoded (with config.decode_options)
 
     def keep_peak(bucket: str, m: dict) -> None:
         old = peaks.get(bucket)
@@ -198,8 +203,12 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
             bucket = f"{SPAN_DECODE}/{name}"
             decode_timer = StageTimer(device, nvtx=config.nvtx, rename={SPAN_DECODE: bucket})
             memory.reset()
-            pipeline.decode(denoised, decoder=engines, timer=decode_timer)
+            # a plain decoder (vanilla) has no mask to crop around: it decodes the whole image
+            options = config.decode_options if DECODER in engines else None
+            pipeline.decode(denoised, decoder=engines, timer=decode_timer, decode_options=options)
             spans = _split(decode_timer.collect())
+            if NOTE_REGION in decode_timer.notes:
+                regions[name] = decode_timer.notes[NOTE_REGION].to_dict()
             if recording:
                 keep(bucket, spans[bucket])
                 keep_peak(bucket, memory.measure())
@@ -208,6 +217,8 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
     # 4. the report
     report = build_report(config, samples, peaks, memory.kind, timer.method, device,
                           {n: _params(e) for n, e in decoders.items()})
+    if regions:
+        report["decode_region"] = regions
     if accounting is not None:
         add_flops(report, accounting, peak)
     return report

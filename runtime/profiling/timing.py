@@ -25,6 +25,9 @@ class NullTimer:
     def span(self, name: str):
         return contextlib.nullcontext()
 
+    def note(self, key: str, value) -> None:
+        """What a stage chose (the region a decode took): dropped, nobody reads it."""
+
 
 NULL_TIMER = NullTimer()
 
@@ -37,6 +40,11 @@ class StageTimer:
         self.nvtx = nvtx and self.cuda
         self.rename: dict[str, str] = dict(rename or {})
         self._pending: list[tuple[str, object, object]] = []
+        self.notes: dict[str, object] = {}  # what the stages chose (``note``), for the profile and response headers
+
+    def note(self, key: str, value) -> None:
+        """Record a stage's choice (``decode_region``: the box a region decode took, or why it decoded all)."""
+        self.notes[key] = value
 
     @property
     def method(self) -> str:

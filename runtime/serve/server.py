@@ -39,7 +39,9 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..models.devices import dtype_name
+from ..models.region import check_region
 from ..pipeline.checks import check_int
+from ..pipeline.decode_modes import NOTE_REGION, check_decode_options
 from ..pipeline.family_base import FamilyBase
 from ..pipeline.family_rules import SD
 from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
@@ -77,6 +79,8 @@ from .schema import (
     form_schema,
     stream_content,
 )
+
+REGION_HEADER = "X-Asymvq-Decode-Region"  # what a job's region decode took (RegionChoice.describe()), with --decode-region
 
 log = logging.getLogger("asymvq.serve.server")
 LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
@@ -177,9 +181,10 @@ class JobResult:
 class _Runner:
     """The pipeline behind its lock; each run gets its own timer and, if asked, its own scheduler."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, decode_options: dict | None = None):
         self.pipe = pipe
         self.lock = threading.Lock()
+        self.decode_options = decode_options  # the server's --decode-region / --margin, for every job
 
     def run(self, job: dict, cancel: threading.Event | None = None, on_step=None) -> JobResult:
         """``on_step(event)``: the job's progress events (``asymvq.serve.progress``), from this thread."""
@@ -194,7 +199,7 @@ class _Runner:
             result = run_inpaint(self.pipe, job["source"], job["hole"], job["prompt"],
                                  negative_prompt=job["negative_prompt"], steps=job["steps"], guidance=job["guidance"],
                                  strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer,
-                                 cancel=cancel.is_set,
+                                 cancel=cancel.is_set, decode_options=self.decode_options,
                                  on_step=job_on_step(on_step, job.get("preview"), self.pipe.latent_space))
             total_ms = (time.perf_counter() - t0) * 1e3
             stages: dict[str, float] = {}
@@ -204,16 +209,24 @@ class _Runner:
             self.lock.release()
         buf = io.BytesIO()
         result.images[0].save(buf, format="PNG")
-        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1})
+        choice = timer.notes.get(NOTE_REGION)  # what a region request decoded: the box, or why the whole image
+        headers = {REGION_HEADER: choice.describe()} if choice is not None else {}
+        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1}, headers)
 
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
                max_queue: int = MAX_QUEUE, source: str | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
                max_header_bytes: int = MAX_HEADER_BYTES, max_n: int = MAX_N,
-               request_timeout_s: float = REQUEST_TIMEOUT_S, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S) -> FastAPI:
+               request_timeout_s: float = REQUEST_TIMEOUT_S, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+               decode_options: dict | None = None) -> FastAPI:
     """A FastAPI app serving ``pipeline``: a pipeline of any family, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
-    one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline")."""
+    one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline").
+    ``decode_options``: every job's region decoding (``{"region": "mask" | "auto", "margin": K}``); the region
+    each job decoded is its ``X-Asymvq-Decode-Region`` header."""
+    decode_options = check_decode_options(decode_options)
+    if decode_options.get("region") is not None:  # a bad region or margin fails now, not on every request
+        check_region(decode_options["region"], decode_options.get("margin"))
     if isinstance(pipeline, PipelineSource):
         source, pipe = source or pipeline.label, pipeline.build()
     else:
@@ -223,11 +236,12 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
                          f"returning one, got {type(pipe).__name__}")
     if isinstance(pipe, InpaintPipeline) and not pipe.spec.inpainting:
         raise ValueError("pipeline: expected an inpainting pipeline (9-channel UNet), got a text-to-image one")
-    runner = _Runner(pipe)
+    runner = _Runner(pipe, decode_options)
     health = {"status": "ok", "source": source or "pipeline", "family": pipe.rules.name, "device": str(pipe.device),
               "dtype": dtype_name(pipe.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
-              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n}
+              "max_pixels": max_pixels, "max_steps": max_steps, "max_n": max_n,
+              **({"decode_options": decode_options} if decode_options else {})}
     app = build_app(lambda job, cancel, on_step=None: run_in_threadpool(runner.run, job, cancel, on_step), health=health,
                     max_pixels=max_pixels,
                     max_steps=max_steps, max_body_bytes=max_body_bytes, max_queue=max_queue, queue_stage="pipeline",

@@ -104,3 +104,16 @@ def test_cli_accepts_aoti_formats():
     assert parse_formats("onnx,trt,aoti") == ["onnx", "trt", "aoti"]
     with pytest.raises(ValueError, match="trt needs onnx"):
         parse_formats("aoti,trt")
+
+
+def test_region_decode_equals_the_torch_region_decode(engine, decoder):
+    """region="mask" through the package (issue 22 item 1): the crops fit its bound range (1..16 latent pixels)."""
+    feeds = _feeds(2, 96, 128)
+    mask = torch.zeros(1, 1, 96, 128)
+    mask[..., 21:50, 43:70] = 1
+    feeds["mask"] = mask
+    assert engine.capabilities.region_sizes == ((1, 16), (1, 16))
+    got = engine.decode_with_modes({"region": "mask", "margin": 1}, **feeds)["sample"]
+    with torch.inference_mode():
+        ref = decoder.decoder(feeds["latent"], feeds["image"], mask, region="mask", margin=1)
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)

@@ -39,10 +39,22 @@ def test_exported_specs_bind_the_static_dims_and_decode_the_whole_image():
         inputs, outputs = io_specs(name, module, DEFAULT_SHAPES["tiny"], "fp32")
         caps = ExportedEngine(name, inputs, outputs, "cpu").capabilities
         assert module.static_dims().items() <= caps.static_dims.items(), name  # what the torch module states
-        assert (caps.tiles, caps.regions, caps.parameters) == (False, False, None)
+        # the conditional decoder decodes regions (crops through the same graph); nothing exported tiles
+        assert (caps.tiles, caps.regions, caps.parameters) == (False, name == DECODER, None)
         assert caps.condition == (name == DECODER)
+        # the tiny ranges (1..16 latent pixels) bind no format but TensorRT/AOTInductor: any crop here
+        assert caps.region_sizes is None
     unet = build_module(UNET, source)
     assert TorchEngine(UNET, unet).capabilities.static_dims["text_dim"] == unet.unet.config.cross_attention_dim
+
+
+def test_bound_formats_state_their_crop_range():
+    inputs, outputs = io_specs(DECODER, build_module(DECODER, Source(preset="tiny")), DEFAULT_SHAPES["tiny"], "fp32")
+
+    class Bound(ExportedEngine):
+        backend, bound_ranges = "aoti", True
+
+    assert Bound(DECODER, inputs, outputs, "cpu").capabilities.region_sizes == ((1, 16), (1, 16))
 
 
 def test_an_engine_that_states_nothing_gets_its_components_defaults():

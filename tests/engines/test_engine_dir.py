@@ -174,10 +174,14 @@ def test_cli_profile_and_inpaint_run_from_the_directory(engine_dir, tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["profile", "--engines", str(engine_dir), "--steps", "1", "--warmup", "0",
-                                 "--repeats", "1", "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")])
+                                 "--repeats", "1", "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"),
+                                 "--decode-region", "auto", "--margin", "0"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "p.json").read_text())
     assert list(report["decoders"]) == [engine_dir.name] and report["config"]["preset"] == "tiny"
+    # region decoding through ONNX Runtime: the profile's centred quarter hole, box 1:3 of the 4x4 latent
+    assert report["decode_region"][engine_dir.name]["decoded"].startswith("box 1:3,1:3 (auto: share 0.25")
+    assert "decode region (" in result.output
     Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8")).save(tmp_path / "img.png")
     hole = np.zeros((64, 64), "uint8")
     hole[16:48, 16:48] = 255
@@ -188,5 +192,12 @@ def test_cli_profile_and_inpaint_run_from_the_directory(engine_dir, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out.png") as im:
         assert im.size == (64, 64)
+    result = runner.invoke(app, args + ["--decode-region", "mask", "--margin", "0"])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out.png") as out, Image.open(tmp_path / "img.png") as src:
+        diff = np.abs(np.asarray(out, np.int16) - np.asarray(src, np.int16))
+    keep = np.ones((64, 64), bool)
+    keep[16:48, 16:48] = False  # the hole is on the latent grid: the box at margin 0
+    assert diff[keep].max() <= 1 and diff[~keep].max() > 1  # outside the box: the source
     result = runner.invoke(app, args[:1] + args[3:])  # neither --model nor --engines
     assert isinstance(result.exception, ValueError) and "give exactly one" in str(result.exception)

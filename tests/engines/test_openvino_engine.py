@@ -192,3 +192,20 @@ def test_pipeline_and_cli_run_from_the_directory(ov_dir, tmp_path):
         assert im.size == (SIZE, SIZE)
     result = CliRunner().invoke(app, args[:3] + ["--backend", "onnxruntime"] + args[5:])
     assert isinstance(result.exception, ValueError) and "--precision" in str(result.exception)
+
+
+def test_a_static_engine_decodes_a_region_at_its_one_size(fp32_engines, torch_modules):
+    """Exported at 64x64 only: the crop snaps to the whole 8x8 latent (the full decode), a smaller image is refused
+    with the dynamic export it needs (issue 22 item 1)."""
+    engine = fp32_engines["decoder"]
+    assert engine.capabilities.region_sizes == ((8, 8), (8, 8))
+    feeds = _feeds("decoder", 2)
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., 20:30, 25:40] = 1
+    feeds["mask"] = mask
+    got = engine.decode_with_modes({"region": "mask", "margin": 0}, **feeds)["sample"]
+    torch.testing.assert_close(got, _ref(torch_modules["decoder"], feeds), atol=ATOL, rtol=0)
+    small = {"latent": feeds["latent"][:, :, :4, :4], "image": feeds["image"][..., :32, :32], "mask": mask[..., :32, :32]}
+    with pytest.raises(ValueError, match=r"region: the openvino decoder engine .* accepts at least 8 latent pixels "
+                                         r"along the height, the image has 4; .*needs a dynamic engine"):
+        engine.decode_with_modes({"region": "mask"}, **small)

@@ -4,7 +4,9 @@ The tiny decoder exported with the *sd15* default ranges, the ones a user's deco
 (min 8 px, opt 512, max 1024; before: min 256 px, which refused every crop and tile): ONNX Runtime
 and OpenVINO (fp32) decode a 48x64 image, an 8x8 latent crop and a 1x1 latent equal to torch, and
 sizes outside the recorded range too. The ranges still bind AOTInductor (tests/engines/test_aoti_engine.py)
-and TensorRT (its profile, tests/engines/test_tensorrt_engine.py, CUDA only)."""
+and TensorRT (its profile, tests/engines/test_tensorrt_engine.py, CUDA only). The same directory decodes
+regions (the mask's box through the same engine) equal to the torch region decode, and the pipeline resolves
+region="auto" on it."""
 import pytest
 import torch
 
@@ -81,3 +83,58 @@ def test_a_binding_range_is_still_a_clear_error():
         conform_feeds("decoder-plain", static, big, torch.device("cpu"), bound=False)
     assert conform_feeds("decoder-plain", static, {"latent": torch.zeros(7, 4, 8, 8)}, torch.device("cpu"),
                          bound=False)["latent"].shape == (7, 4, 8, 8)
+
+
+# -- region decoding through the same engines (issue 22 item 1) ------------------------------------
+def _holed(b, hh, ww, box, seed=1):
+    """Feeds with a hole at ``box`` (image pixels y0, y1, x0, x1): not on the latent grid."""
+    feeds = _feeds(b, hh, ww, seed)
+    mask = torch.zeros(1, 1, hh, ww)
+    y0, y1, x0, x1 = box
+    mask[..., y0:y1, x0:x1] = 1
+    return {**feeds, "mask": mask}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_region_decode_equals_the_torch_region_decode(engine_dir, decoder, backend):
+    if backend == "openvino" and "openvino" not in _formats():
+        pytest.skip("openvino is not installed")
+    options = {"precision": "fp32"} if backend == "openvino" else {}
+    engine = load_engine_dir(engine_dir, backend=backend, **options)["decoder"]
+    caps = engine.capabilities
+    assert caps.regions and not caps.tiles and caps.region_sizes is None  # dynamic: any crop
+    feeds = _holed(2, 96, 128, (21, 50, 43, 70))
+    for margin in (0, 2):
+        with torch.inference_mode():
+            ref = decoder.decoder(feeds["latent"], feeds["image"], feeds["mask"], region="mask", margin=margin)
+        got = engine.decode_with_modes({"region": "mask", "margin": margin}, **feeds)["sample"]
+        assert got.shape == ref.shape == (2, 3, 96, 128)
+        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+        keep = got == feeds["image"].expand_as(got)  # outside the box: the source itself
+        assert keep.float().mean() > 0.5
+    empty = {**feeds, "mask": torch.zeros(1, 1, 96, 128)}
+    assert torch.equal(engine.decode_with_modes({"region": "mask"}, **empty)["sample"], feeds["image"])
+    with pytest.raises(ValueError, match=r"decodes the whole image only"):
+        engine.decode_with_modes({"tile": 20}, **feeds)
+
+
+def test_pipeline_resolves_auto_and_notes_the_choice(engine_dir, decoder):
+    from asymvq.pipeline.decode_modes import NOTE_REGION, run_decoder_with_modes
+    from asymvq.profiling.timing import StageTimer
+
+    engines = load_engine_dir(engine_dir, backend="onnxruntime")
+    small, large = _holed(1, 96, 128, (21, 50, 43, 70)), _holed(1, 96, 128, (3, 93, 2, 126))
+    for feeds, decodes_box in ((small, True), (large, False)):
+        timer = StageTimer(torch.device("cpu"))
+        got = run_decoder_with_modes(engines, timer, feeds["latent"], feeds["image"], feeds["mask"], {"region": "auto"})
+        choice = timer.notes[NOTE_REGION]
+        assert choice.decodes_box == decodes_box and [n for n, _ in timer.collect()] == ["decode"]
+        with torch.inference_mode():
+            ref = decoder.decoder(feeds["latent"], feeds["image"], feeds["mask"], region="auto")
+        torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"^margin: only with region"):
+        run_decoder_with_modes(engines, StageTimer(torch.device("cpu")), small["latent"], small["image"], small["mask"],
+                               {"margin": 2})
+    with pytest.raises(ValueError, match=r"tiled decoding runs on the torch backend only; .*'onnxruntime'"):
+        run_decoder_with_modes(engines, StageTimer(torch.device("cpu")), small["latent"], small["image"], small["mask"],
+                               {"tile": 20})

@@ -65,3 +65,27 @@ def test_cuda_graph_replays_static_shapes(tmp_path):
     for seed in (0, 1):
         x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed)).cuda()
         torch.testing.assert_close(graph(latent=x)["sample"], plain(latent=x)["sample"], atol=0, rtol=0)
+
+
+def test_region_crop_snaps_to_the_profile(plan_dir):
+    """region="mask" through the plan (issue 22 item 1): the mask's box grows to the profile's smallest latent
+    (8x8 here), decoded by the same plan; the rest is the source."""
+    from asymvq.models.region import mask_box, snap_box
+
+    engine = load_engine_dir(plan_dir, device="cuda")["decoder"]
+    assert engine.capabilities.region_sizes == ((8, 16), (8, 16))
+    feeds = {k: v.cuda() for k, v in _feeds(1, 128, 128).items()}
+    feeds["mask"] = torch.zeros_like(feeds["mask"])
+    feeds["mask"][..., 50:70, 60:75] = 1
+    got = engine.decode_with_modes({"region": "mask", "margin": 0}, **feeds)["sample"]
+    y0, y1, x0, x1 = snap_box(mask_box(feeds["mask"], 0, 16, 16), 16, 16, ((8, 16), (8, 16)))
+    assert (y1 - y0, x1 - x0) == (8, 8)
+    box = (slice(None), slice(None), slice(8 * y0, 8 * y1), slice(8 * x0, 8 * x1))
+    module = build_module("decoder", Source(preset="tiny")).cuda()
+    with torch.inference_mode():
+        ref = module(latent=feeds["latent"][:, :, y0:y1, x0:x1], image=feeds["image"][box], mask=feeds["mask"][box])
+    torch.cuda.synchronize()
+    torch.testing.assert_close(got[box], ref, atol=2e-3, rtol=0)
+    outside = torch.ones_like(got, dtype=torch.bool)
+    outside[box] = False
+    assert torch.equal(got[outside], feeds["image"][outside])

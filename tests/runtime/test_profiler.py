@@ -146,3 +146,14 @@ def test_profile_on_cuda_uses_events_and_max_allocated():
     # the vanilla decoder's fp16 weights alone are ~99 MB, all resident while it decodes
     assert report["decoders"]["vanilla"]["memory"]["peak_bytes"] > 90e6
     assert all(v > 0 for s in report["stages"].values() for v in s["samples_ms"])
+
+
+def test_region_decoding_is_profiled_and_reported():
+    """--decode-region: the conditional decoders decode the box; the report says what each one decoded."""
+    config = ProfileConfig(preset="tiny", decoders=("tiny",), steps=1, height=48, width=64, warmup=0,
+                           repeats=1, decode_options={"region": "auto", "margin": 0})
+    report = profile(config, log=lambda msg: None)
+    tiny = report["decode_region"]["tiny"]
+    assert tiny["asked"] == "auto" and tiny["box_latent"] == [1, 5, 2, 6]  # the centred quarter, 6x8 latent
+    assert tiny["decoded"].startswith("box 1:5,2:6 (auto: share 0.33") and tiny["predicted_speedup"] > 2.5
+    assert report["config"]["decode_options"] == {"region": "auto", "margin": 0}

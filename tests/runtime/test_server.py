@@ -273,3 +273,24 @@ def test_metrics_count_requests_by_status_and_stage_latencies(client):
         assert delta("asymvq_stage_seconds_count", stage=stage) == 1, stage
     assert delta("asymvq_batch_size_sum", stage="pipeline") == 1
     assert after[("asymvq_queue_depth", (("stage", "pipeline"),))] == 0
+
+
+def test_region_decoding_is_served_and_reported(pipe, monkeypatch):
+    """--decode-region: every job decodes the region it asks for; X-Asymvq-Decode-Region says what it decoded."""
+    for options, want in (({"region": "mask", "margin": 0}, "box 1:3,1:3 (mask: share 0.25"),
+                          ({"region": "auto"}, "full (auto: box share 1.00")):  # margin 4 covers the 4x4 latent
+        with TestClient(create_app(pipe, max_pixels=64 * 64, max_steps=20, decode_options=options)) as c:
+            resp = post(c)
+            assert resp.status_code == 200 and resp.headers["X-Asymvq-Decode-Region"].startswith(want), resp.headers
+            assert c.get("/healthz").json()["decode_options"] == options
+        source, hole = source_and_mask()
+        ref = pipe("a red sofa", source, hole, num_inference_steps=2, generator=torch.Generator().manual_seed(3),
+                   decode_options=options).images[0]
+        got = PIL.Image.open(io.BytesIO(resp.content))
+        assert np.abs(np.asarray(got, np.int16) - np.asarray(ref, np.int16)).max() <= 1
+    with TestClient(create_app(pipe, max_pixels=64 * 64, max_steps=20)) as c:
+        assert "X-Asymvq-Decode-Region" not in post(c).headers
+    with pytest.raises(ValueError, match=r"decode_options: unknown keys \['regions'\]"):
+        create_app(pipe, decode_options={"regions": "auto"})
+    with pytest.raises(ValueError, match=r"^margin: expected an integer >= 0"):
+        create_app(pipe, decode_options={"region": "auto", "margin": -1})

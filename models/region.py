@@ -1,0 +1,167 @@
+"""Region decoding's geometry and its cost model, shared by every backend that decodes a region.
+
+The region mode (``region="mask"``) decodes the mask's bounding box (union over the batch) grown by
+``margin`` latent pixels and clipped to the image, as a decode of its own, and takes every pixel
+outside the box from the source image. It is plain tensor slicing around *one* decoder call, so any
+engine that decodes a crop runs it: the torch decoder (``tiled_decode.region_decode``), the exported
+engines (``asymvq.engines.feeds.ExportedEngine.decode_with_modes``) and the C++ host (``host/pipeline.cpp``,
+the same steps in C++). What differs between engines is which crop sizes they accept: ``snap_box``
+grows the box to an engine's smallest size, or refuses a box above its largest.
+
+``region="auto"`` decodes the box when the cost model says it pays and the whole image otherwise
+(``choose_region``). The model: a region decode takes ``a + b x share`` of the full decode's time,
+``share`` the box's fraction of the image's latent pixels, with (a, b) fitted by least squares to every
+measured region point of ``bench/results/decoder_scaling.json`` (tiny and base, 512 and 1024, fp32 CPU;
+``tests/models/test_region.py`` refits them from that file). The fit is the FLOP ratio within noise:
+the decoder's cost is linear in the pixels it decodes, the crop and the paste are negligible.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SCALE = 8  # image pixels per latent pixel
+REGIONS = ("mask", "auto")
+# Latent pixels of unmasked context around the mask's box (the curve against the margin: docs/decoder.md).
+DEFAULT_MARGIN = 4
+# t_region / t_full = a + b * share, fitted to bench/results/decoder_scaling.json (18 points, rms 0.05).
+REGION_TIME_FIT = (-0.0128, 0.9925)
+# "auto" decodes the box only when the model predicts at least this speed-up: below it the gain is within
+# the measured scatter (the 60 % masks ran 1.11x-1.32x for a predicted 1.2-1.4x), and a region decode is
+# not the full decode inside the box (its own GroupNorm statistics), so it must buy a clear gain.
+AUTO_MIN_SPEEDUP = 1.2
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_region(region, margin) -> tuple[str, int]:
+    if region not in REGIONS:
+        raise ValueError(f"region: expected one of {REGIONS} or None (decode everything), got {region!r}")
+    if margin is None:
+        margin = DEFAULT_MARGIN
+    if not _is_int(margin) or margin < 0:
+        raise ValueError(
+            f"margin: expected an integer >= 0 (latent pixels of context around the mask's box; "
+            f"default {DEFAULT_MARGIN}), got {margin!r}"
+        )
+    return region, margin
+
+
+def mask_box(mask: torch.Tensor, margin: int, h: int, w: int) -> tuple[int, int, int, int] | None:
+    """Latent-pixel box (y0, y1, x0, x1) around every hole pixel of the (B or 1, 1, 8h, 8w) mask,
+    grown by ``margin`` and clipped to the latent; None when the mask has no hole."""
+    rows = (mask > 0.5).any(dim=0).any(dim=0).any(dim=1)
+    cols = (mask > 0.5).any(dim=0).any(dim=0).any(dim=0)
+    if not bool(rows.any()):
+        return None
+    r = torch.nonzero(rows).flatten()
+    c = torch.nonzero(cols).flatten()
+    y0, y1 = int(r[0]) // SCALE, math.ceil((int(r[-1]) + 1) / SCALE)
+    x0, x1 = int(c[0]) // SCALE, math.ceil((int(c[-1]) + 1) / SCALE)
+    return max(y0 - margin, 0), min(y1 + margin, h), max(x0 - margin, 0), min(x1 + margin, w)
+
+
+def _snap_axis(a: int, b: int, size: int, lo: int, hi: int, axis: str, where: str) -> tuple[int, int]:
+    n = b - a
+    if n > hi:
+        raise ValueError(
+            f"region: the mask's box is {n} latent pixels along {axis} ({SCALE * n} image pixels), above the "
+            f"{hi} that {where} accepts; decoding a region there needs a dynamic engine (re-export with --shapes "
+            f"covering the box, or use ONNX Runtime / OpenVINO, which run any size), or decode the whole image")
+    if n >= lo:
+        return a, b
+    if lo > size:
+        raise ValueError(
+            f"region: {where} accepts at least {lo} latent pixels along {axis}, the image has {size}; "
+            "decoding a region there needs a dynamic engine (re-export with --shapes)")
+    grow = lo - n  # grown on both sides, shifted back inside the image
+    a = min(max(a - grow // 2, 0), size - lo)
+    return a, a + lo
+
+
+def snap_box(box: tuple[int, int, int, int], h: int, w: int, sizes=None, where: str = "this engine"):
+    """``box`` grown to the smallest crop the engine accepts, or refused above its largest.
+
+    ``sizes``: ``((min_h, max_h), (min_w, max_w))`` in latent pixels (None: any size). A box below the
+    minimum grows around its centre and stays inside the image, so it still holds the mask and its margin."""
+    if sizes is None:
+        return box
+    (lo_h, hi_h), (lo_w, hi_w) = sizes
+    y0, y1 = _snap_axis(box[0], box[1], h, lo_h, hi_h, "the height", where)
+    x0, x1 = _snap_axis(box[2], box[3], w, lo_w, hi_w, "the width", where)
+    return y0, y1, x0, x1
+
+
+def predicted_speedup(share: float) -> float:
+    """The full decode's time over a region decode's whose box is ``share`` of the image (the fitted model)."""
+    a, b = REGION_TIME_FIT
+    return 1.0 / max(a + b * share, 1e-6)
+
+
+@dataclass(frozen=True)
+class RegionChoice:
+    """What a region request decodes: ``box`` (latent pixels y0, y1, x0, x1), or the whole image (``box`` None
+    with ``empty`` False), or nothing (an empty mask: the output is the source)."""
+
+    asked: str  # "mask" or "auto"
+    box: tuple[int, int, int, int] | None
+    share: float  # the box's fraction of the image (1.0 for the whole image, 0.0 for an empty mask)
+    speedup: float  # predicted by the cost model
+    empty: bool = False
+
+    @property
+    def decodes_box(self) -> bool:
+        return self.box is not None
+
+    def describe(self) -> str:
+        """One line for a response header and the profile: ``box y0:y1,x0:x1 (share 0.33, predicted 3.1x)``."""
+        if self.empty:
+            return f"none (empty mask; {self.asked})"
+        if self.box is None:
+            return f"full ({self.asked}: box share {self.share:.2f}, predicted {self.speedup:.2f}x < {AUTO_MIN_SPEEDUP}x)"
+        y0, y1, x0, x1 = self.box
+        return f"box {y0}:{y1},{x0}:{x1} ({self.asked}: share {self.share:.2f}, predicted {self.speedup:.2f}x)"
+
+    def to_dict(self) -> dict:
+        return {"asked": self.asked, "box_latent": list(self.box) if self.box else None, "share": self.share,
+                "predicted_speedup": self.speedup, "empty": self.empty, "decoded": self.describe()}
+
+
+def choose_region(region: str, mask: torch.Tensor, margin: int, h: int, w: int, sizes=None,
+                  where: str = "this engine") -> RegionChoice:
+    """The box ``region`` ("mask" or "auto", checked) decodes for a (B or 1, 1, 8h, 8w) mask, snapped to
+    ``sizes`` (``snap_box``). "auto" keeps the box only when ``predicted_speedup`` reaches
+    ``AUTO_MIN_SPEEDUP``, and decodes the whole image (``box`` None) otherwise; a box that no engine size
+    fits is then the whole image too, rather than an error."""
+    box = mask_box(mask, margin, h, w)
+    if box is None:
+        return RegionChoice(region, None, 0.0, math.inf, empty=True)
+    try:
+        box = snap_box(box, h, w, sizes, where)
+    except ValueError:
+        if region == "mask":
+            raise
+        return RegionChoice(region, None, 1.0, 1.0)
+    share = (box[1] - box[0]) * (box[3] - box[2]) / (h * w)
+    speedup = predicted_speedup(share)
+    if region == "auto" and speedup < AUTO_MIN_SPEEDUP:
+        return RegionChoice(region, None, share, speedup)
+    return RegionChoice(region, box, share, speedup)
+
+
+def decode_box(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box, out_dtype: torch.dtype):
+    """The source image with ``box`` replaced by ``run(latent crop, image crop, mask crop)`` (one decode of the
+    box); ``box`` None: the source unchanged. ``run`` returns (B, 3, 8 box_h, 8 box_w)."""
+    B = latents.shape[0]
+    if box is None:
+        return image.to(out_dtype).expand(B, -1, -1, -1).clone()
+    y0, y1, x0, x1 = box
+    pix = (slice(None), slice(None), slice(y0 * SCALE, y1 * SCALE), slice(x0 * SCALE, x1 * SCALE))
+    crop = run(latents[:, :, y0:y1, x0:x1], image[pix], mask[pix])
+    out = image.to(device=crop.device, dtype=crop.dtype).expand(B, -1, -1, -1).clone()
+    out[pix] = crop
+    return out
