@@ -41,6 +41,8 @@ HEAVY_FIRST_S = {
     "host": 1300,  # tests/host/ and tests/engines/test_aoti_engine.py
     "tests/export/test_atomic_export.py": 600,
     "tests/engines/test_engine_dir.py": 420,
+    "tests/export/test_family_engines_flux.py": 400,  # weighed from their loaded runs, not the clean-clone one
+    "tests/export/test_family_engines_sdxl.py": 350,
     "tests/test_gpu_check.py": 250,
     "tests/models/test_decoder_parity.py": 220,
     "tests/export/test_export_decoder_cli.py": 200,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..engines.contract import UNET
 from ..engines.loader import BACKENDS
+from ..engines.manifest import manifest_family, read_manifest
 from ..models import PRESETS as DECODER_PRESETS
 from ..models.family_networks import FAMILY_PRESETS
 from ..models.sd_networks import SD_PRESETS
@@ -44,8 +45,6 @@ def source_family(preset=None, model=None, engines=None) -> str:
     if model is not None:
         return folder_family(model)
     if engines is not None:
-        from ..engines.manifest import manifest_family, read_manifest
-
         return manifest_family(read_manifest(engines))
     return SD
 
