@@ -100,11 +100,12 @@ class PipelineSource:
                 raise ValueError(f"--precision: expected fp32 or bf16, got {self.precision!r}")
         if self.threads is not None:
             check_int(self.threads, "--threads")
-        if self.family != SD:
+        family = source_family(self.preset, self.model)  # an engines directory's is checked when it loads
+        if family != SD:
             if self.kernels != "torch":
-                raise ValueError(f"--kernels: the {self.family} pipelines run the torch decoder kernels only; drop it")
+                raise ValueError(f"--kernels: the {family} pipelines run the torch decoder kernels only; drop it")
             if self.scheduler is not None:
-                check_scheduler(self.scheduler, "--scheduler", self.family)
+                check_scheduler(self.scheduler, "--scheduler", family)
 
     @property
     def family(self) -> str:
