@@ -57,6 +57,7 @@ import os
 import platform
 import statistics
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -139,17 +140,18 @@ def bf16_copy(module):
 def asymvq_pipeline(family: str, pipe, dtype: torch.dtype):
     """asymvq's pipeline of ``family``: over diffusers' own networks (fp32) or bf16 copies of them."""
     from asymvq.pipeline.flux_fill import FluxFillInpaintPipeline
-    from asymvq.pipeline.schedulers import copy_scheduler
     from asymvq.pipeline.sdxl_inpaint import SDXLInpaintPipeline
 
     cls = FluxFillInpaintPipeline if family == "flux-fill" else SDXLInpaintPipeline
     if dtype == torch.float32:
         return cls.from_diffusers(pipe)
+    # the same pipeline with bf16 copies of its networks, taken over as from_diffusers takes any pipeline
     nets = {n: bf16_copy(getattr(pipe, n)) for n in ("vae", "text_encoder", "text_encoder_2", "transformer", "unet")
             if getattr(pipe, n, None) is not None}
-    extra = {} if family == "flux-fill" else dict(requires_aesthetics_score=False, force_zeros_for_empty_prompt=True)
-    return cls(scheduler=copy_scheduler(pipe.scheduler), tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2,
-               **nets, **extra)
+    parts = {n: getattr(pipe, n, None) for n in ("tokenizer", "tokenizer_2", "scheduler", "config", "text_encoder",
+                                                 "text_encoder_2", "transformer", "unet")}
+    bf16_pipe = types.SimpleNamespace(**{**parts, **nets})
+    return cls.from_diffusers(bf16_pipe)
 
 
 def decoder_engines(preset: str | None, pipe, seed: int, dtype: torch.dtype) -> dict:
@@ -201,6 +203,9 @@ def inputs(size: int, seed: int):
 
 def family_runs(family: str, args, clock: StageClock, fast: torch.dtype, log) -> tuple[dict, dict]:
     """(name -> job, name -> {stage: backend}) for one family."""
+    from asymvq.engines.contract import DECODER_COMPONENTS, VAE_ENCODER
+    from asymvq.models.components import DENOISERS
+
     t = time.perf_counter()
     pipe = diffusers_pipeline(family, args.scale, args.seed)
     pipe.set_progress_bar_config(disable=True)
@@ -218,13 +223,10 @@ def family_runs(family: str, args, clock: StageClock, fast: torch.dtype, log) ->
     for ours in (ours_fast, ours_fp32):
         if ours is None:
             continue
-        for n, stage in (("text_encoder", "text-encoders"), ("text_encoder_2", "text-encoders"),
-                         ("transformer", "denoise"), ("unet", "denoise")):
-            if getattr(ours, n, None) is not None:
-                clock.hook(getattr(ours, n), stage)
-        clock.hook(ours.stages.engines["vae-encoder"].module.encoder, "vae-encoder")  # diffusers' hooked module
-        for e in ours.stages.decoders().values():
-            clock.hook(e.module, "decoder")
+        for name, engine in ours.stages.engines.items():  # every network is a torch engine of the vocabulary
+            stage = ("denoise" if name in DENOISERS.values() else "vae-encoder" if name == VAE_ENCODER
+                     else "decoder" if name in DECODER_COMPONENTS else "text-encoders")
+            clock.hook(engine.module, stage)
     for engines in decoders.values():
         for e in (engines or {}).values():
             clock.hook(e.module, "decoder")
