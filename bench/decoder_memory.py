@@ -112,8 +112,10 @@ def build_case(preset: str, size: int, tile: int, method: str, dtype: str, seed:
 def run_case(preset: str, size: int, tile: int, method: str, dtype: str, seed: int = 0) -> dict:
     """In this (fresh) process: build, read the RSS, decode once, read the peak."""
     decode, state, tile, overlap = build_case(preset, size, tile, method, dtype, seed)
+    # the high-water mark from here on, then the RSS it starts from (in this order: the RSS can drop between
+    # two reads, and a mark reset after the read could end below it)
+    Path("/proc/self/clear_refs").write_text("5")
     before = _status_bytes("VmRSS:")
-    Path("/proc/self/clear_refs").write_text("5")  # the high-water mark from here on
     t = time.perf_counter()
     with torch.inference_mode():
         out = decode()
