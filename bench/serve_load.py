@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import PIL.Image
+from bench_common import cpu_record
 from hostile_clients import KINDS as HOSTILE
 from hostile_clients import hostile_request
 
@@ -205,8 +206,10 @@ def mem_available_gb() -> float:
 
 
 def machine() -> dict:
+    """The machine for a result JSON: cores, load average, and the CPU's model and features (they change between
+    machines: ``bench_common.cpu_record``)."""
     return dict(cpus=os.cpu_count(), load_avg=[round(x, 2) for x in os.getloadavg()], python=platform.python_version(),
-                processor=platform.processor() or platform.machine())
+                processor=platform.processor() or platform.machine(), cpu=cpu_record())
 
 
 def cmd_load(args) -> None:

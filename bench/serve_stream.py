@@ -24,16 +24,6 @@ from serve_load import Server, machine, png_pair
 SETTINGS = {"tiny": dict(size=64, steps=20), "sd15": dict(size=256, steps=10)}
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def plain(client: httpx.Client, url: str, body, steps: int) -> float:
     t0 = time.perf_counter()
     resp = client.post(f"{url}/v1/inpaint", files={"image": ("i.png", body[0]), "mask": ("m.png", body[1])},
@@ -96,7 +86,7 @@ def main(argv=None) -> None:
     p.add_argument("--note", default="")
     p.add_argument("--out", default="bench/results/serve_stream.json")
     args = p.parse_args(argv)
-    out = dict(cpu=cpu_model(), machine_start=machine(), note=args.note, runs=[])
+    out = dict(machine_start=machine(), note=args.note, runs=[])
     for preset in args.presets.split(","):
         for kind in args.servers.split(","):
             row = measure(kind, preset, args.repeats, args.threads)
