@@ -10,10 +10,17 @@ OpenVINO engine both read it from here (``default_cpu_dtype``); a profile or a b
 Flags come from ``/proc/cpuinfo`` (Linux; the kernel's names); torch's own view of the vector
 width (``torch.backends.cpu.get_cpu_capability()``: DEFAULT, AVX2, AVX512, ...) is recorded next to
 them. Where /proc/cpuinfo cannot be read (another OS) no flag is known and the default is fp32.
+
+``ONEDNN_MAX_CPU_ISA`` (oneDNN's own cap, honoured by torch's and OpenVINO's convolutions alike:
+``brgconv_avx2_f32`` instead of ``brgconv_avx512_f32`` in OpenVINO's runtime model) removes the
+features above the cap: a CPU capped at ``AVX2`` computes as an AVX2-only CPU and gets fp32. The
+benchmarks use it (with ``ATEN_CPU_CAPABILITY=avx2`` for torch's own kernels) to run an AVX-512/AMX
+machine with the kernels an AVX2-only CPU runs; ONNX Runtime's MLAS kernels do not read it.
 """
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 
@@ -24,6 +31,16 @@ CPUINFO = "/proc/cpuinfo"
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "vnni")
 _VNNI = ("avx512_vnni", "avx_vnni")
 BF16_NATIVE = ("avx512_bf16", "amx_bf16")  # either: the CPU computes bf16 natively
+ISA_CAP_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# oneDNN's cap names (any case) -> the flag families (prefixes) above them
+_AVX512 = ("avx512", "amx")
+_ISA_CAPS = {"sse41": ("avx", "fma", "f16c") + _AVX512, "avx": ("avx2", "fma", "avx_vnni") + _AVX512,
+             "avx2": ("avx_vnni",) + _AVX512, "avx2_vnni": _AVX512, "avx2_vnni_2": _AVX512,
+             "avx512_core": ("amx", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni"),
+             "avx512_core_vnni": ("amx", "avx512_bf16", "avx512_fp16"), "avx512_core_bf16": ("amx", "avx512_fp16"),
+             "avx512_core_fp16": ("amx",), "avx10_1_512": ("amx",), "avx512_core_amx": (), "avx10_1_512_amx": (),
+             "avx512_core_amx_fp16": (), "avx10_1_512_amx_fp16": (), "avx10_2_512": ("amx",), "avx10_2_512_amx_2": (),
+             "all": (), "default": ()}
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,7 @@ class CpuFeatures:
     model: str
     flags: frozenset[str]
     capability: str | None = None
+    isa_cap: str | None = None  # ONEDNN_MAX_CPU_ISA as set (flags above it already removed)
 
     def has(self, feature: str) -> bool:
         """Whether the CPU has ``feature`` (one of FEATURES, or any kernel flag name)."""
@@ -49,7 +67,7 @@ class CpuFeatures:
 
     def to_dict(self) -> dict:
         """For a result JSON: model, each of FEATURES, torch's capability and the default CPU dtype."""
-        return {"model": self.model, **self.features(), "torch_capability": self.capability,
+        return {"model": self.model, **self.features(), "torch_capability": self.capability, "onednn_isa_cap": self.isa_cap,
                 "default_dtype": "bf16" if self.native_bf16 else "fp32"}
 
     def describe(self) -> str:
@@ -59,7 +77,9 @@ class CpuFeatures:
         parts = " ".join(have) or "none of " + " ".join(FEATURES)
         if have and lack:
             parts += ", no " + " ".join(lack)
-        torch_part = f" (torch {self.capability})" if self.capability else ""
+        notes = ([f"oneDNN capped at {self.isa_cap}"] if self.isa_cap else []) + \
+            ([f"torch {self.capability}"] if self.capability else [])
+        torch_part = f" ({'; '.join(notes)})" if notes else ""
         return f"{self.model}: {parts}{torch_part} -> {'bf16' if self.native_bf16 else 'fp32'}"
 
 
@@ -88,9 +108,26 @@ def _torch_capability() -> str | None:
         return None
 
 
-def read_cpu_features(cpuinfo: str | None = None, capability: str | None = None) -> CpuFeatures:
-    """The features of ``cpuinfo`` text (None: this machine's /proc/cpuinfo) and torch ``capability``
-    (None: this torch's)."""
+def cap_flags(flags: frozenset[str], cap: str | None) -> frozenset[str]:
+    """``flags`` without the features oneDNN's ISA ``cap`` (``ONEDNN_MAX_CPU_ISA``'s value) forbids."""
+    if not cap:
+        return flags
+    removed = _ISA_CAPS.get(cap.strip().lower())
+    if removed is not None:
+        return frozenset(f for f in flags if not f.startswith(removed))
+    raise ValueError(f"ONEDNN_MAX_CPU_ISA: expected one of oneDNN's ISA names (e.g. AVX2, AVX512_CORE, ALL), got {cap!r}")
+
+
+def env_isa_cap(environ=None) -> str | None:
+    """The oneDNN ISA cap set in the environment (``ONEDNN_MAX_CPU_ISA``, or its old name), if any."""
+    env = os.environ if environ is None else environ
+    return next((env[k] for k in ISA_CAP_ENV if env.get(k)), None)
+
+
+def read_cpu_features(cpuinfo: str | None = None, capability: str | None = None,
+                      isa_cap: str | None = None) -> CpuFeatures:
+    """The features of ``cpuinfo`` text (None: this machine's /proc/cpuinfo, torch's ``capability`` and the
+    environment's oneDNN ISA cap) and torch ``capability``, less what ``isa_cap`` forbids."""
     if cpuinfo is None:
         try:
             with open(CPUINFO, encoding="utf-8", errors="replace") as f:
@@ -98,8 +135,10 @@ def read_cpu_features(cpuinfo: str | None = None, capability: str | None = None)
         except OSError:
             cpuinfo = ""
         capability = capability or _torch_capability()
+        isa_cap = isa_cap or env_isa_cap()
     model, flags = parse_cpuinfo(cpuinfo)
-    return CpuFeatures(model or platform.processor() or platform.machine() or "unknown CPU", flags, capability)
+    return CpuFeatures(model or platform.processor() or platform.machine() or "unknown CPU", cap_flags(flags, isa_cap),
+                       capability, isa_cap or None)
 
 
 @functools.lru_cache(maxsize=1)

@@ -63,7 +63,7 @@ def random_decoder(name: str, *, seed: int = 0, dtype="fp32", device="cpu", kern
     config = preset_config(name)
     torch.manual_seed(seed)
     decoder = AsymmetricDecoder(config).set_ops(select_ops(kernels))
-    decoder = decoder.to(device=parse_device(device), dtype=parse_dtype(dtype)).eval()
+    decoder = decoder.to(device=parse_device(device), dtype=parse_dtype(dtype, device)).eval()
     return to_cpu_bf16(decoder) if is_cpu_bf16(decoder) else decoder  # channels-last, fp32 conv_out
 
 

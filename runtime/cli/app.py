@@ -21,7 +21,7 @@ from ..models import PRESETS
 from ..models.checkpoints import load_decoder
 from ..models.config import PRESET_ALIASES
 from ..models.cpu_features import cpu_features
-from ..models.devices import DTYPES, parse_device, parse_dtype
+from ..models.devices import DTYPE_CHOICES, DTYPE_HELP, parse_device, parse_dtype
 from ..models.family_networks import FAMILY_PRESETS
 from ..models.sd_networks import SD_PRESETS
 from ..models.sources import random_decoder
@@ -84,7 +84,7 @@ def profile(
     size: Optional[str] = typer.Option(None, help="HxW image size (default: 32x32 for tiny, 512x512 for sd15)."),
     batch: int = typer.Option(1, help="Images per run (the UNet sees 2x this under guidance)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
-    dtype: Optional[str] = typer.Option(None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU)."),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     warmup: Optional[int] = typer.Option(None, help="Warm-up runs, not measured."),
     repeats: Optional[int] = typer.Option(None, help="Measured runs (min, median and p90 are over these)."),
     scheduler: str = typer.Option("ddim", help=SCHEDULER_HELP),
@@ -110,6 +110,8 @@ def profile(
 ):
     """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
     # 1. the profile's configuration: the built-in default, the engines directory's, then the options
+    if dtype is not None and dtype not in DTYPE_CHOICES:  # before any name is resolved against the hardware
+        raise ValueError(f"--dtype: expected one of {list(DTYPE_CHOICES)}, got {dtype!r}")
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     base = default_config(cuda)
     if engines is not None:  # the directory decides the shapes, precision and the one decoder
@@ -125,7 +127,7 @@ def profile(
         preset=preset,
         decoders=tuple(d.strip() for d in decoders.split(",") if d.strip()) if decoders else None,
         steps=steps if steps is not None else {"sd15": 50, "flux-fill": 28, "sdxl": 30}.get(preset, 10),
-        height=height, width=width, batch=batch, device=device or base.device, dtype=dtype or base.dtype,
+        height=height, width=width, batch=batch, device=device or base.device, dtype=dtype or "auto",
         warmup=warmup if warmup is not None else base.warmup, repeats=repeats if repeats is not None else base.repeats,
         guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels, flops=flops,
         decode_options=cli_decode_options(None, None, decode_region, margin) or None,
@@ -174,8 +176,6 @@ def _check_profile_config(config, check_decoders: bool = True) -> None:
     bad = [d for d in config.decoders if d not in PRESETS and d not in PRESET_ALIASES] if check_decoders else []
     if bad:
         raise ValueError(f"--decoders: unknown decoder presets {bad}; expected names among {sorted(PRESETS)}")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"--dtype: expected one of {list(DTYPES)}, got {config.dtype!r}")
     if config.scheduler.lower() not in SCHEDULERS and config.scheduler.lower() not in SCHEDULER_ALIASES:
         raise ValueError(f"--scheduler: expected one of {SCHEDULERS}, got {config.scheduler!r}")
     parse_device(config.device)
@@ -211,7 +211,7 @@ def inpaint(
     strength: float = typer.Option(1.0, help="How much of the source to re-noise, in (0, 1]."),
     scheduler: Optional[str] = typer.Option(None, help=SCHEDULER_DEFAULT_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
     tile: Optional[int] = TILE_OPTION,
@@ -274,7 +274,7 @@ def decode(
     mask: Optional[Path] = typer.Option(None, help="Mask (white = hole), same size as the image."),
     vae_space: bool = typer.Option(False, "--vae-space", help="Latents are already in VAE space (z / scaling_factor + shift_factor)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     tile: Optional[int] = TILE_OPTION,
     overlap: Optional[int] = OVERLAP_OPTION,
     decode_region: Optional[str] = DECODE_REGION_OPTION,
@@ -288,7 +288,8 @@ def decode(
     lat = load_latents(latents)
     if (image is None) != (mask is None):
         raise ValueError("--image / --mask: give both (inpainting condition) or neither (plain decode)")
-    dev, dt = parse_device(device), parse_dtype(dtype)
+    dev = parse_device(device)
+    dt = parse_dtype(dtype, dev)
     pixels = hole = None
     if image is not None:
         want = (8 * lat.shape[-2], 8 * lat.shape[-1])

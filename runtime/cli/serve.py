@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from ..models.devices import DTYPE_HELP
 from ..models.extras import missing_extra
 from ..pipeline.decode_modes import cli_decode_options
 from ..pipeline.source import PipelineSource
@@ -38,7 +39,7 @@ def serve(
     scheduler: Optional[str] = typer.Option(None, help="Default scheduler of requests that name none: "
                                             + SCHEDULER_DEFAULT_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(8000, help="TCP port."),
     max_pixels: int = typer.Option(1024 * 1024, help="Largest image accepted, in pixels (W x H)."),

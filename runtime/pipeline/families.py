@@ -88,7 +88,7 @@ def family_from_folder(folder, family: str, *, decoder=None, dtype="fp32", devic
         raise ValueError(f"kernels: the {family} pipelines run the torch decoder kernels only, got {kernels!r}")
 
     cls = getattr(diffusers, _DIFFUSERS_CLASSES[family])
-    pipe = cls.from_pretrained(str(folder), torch_dtype=parse_dtype(dtype), local_files_only=True)
+    pipe = cls.from_pretrained(str(folder), torch_dtype=parse_dtype(dtype, device), local_files_only=True)
     return family_from_diffusers(pipe.to(parse_device(device)), family, decoder=decoder, scheduler=scheduler,
                                  compile=compile)
 
@@ -101,7 +101,7 @@ def family_from_preset(preset: str, *, decoder=None, seed: int = 0, scheduler: s
         raise ValueError(f"preset must be one of {list(FAMILY_PRESETS)}, got {preset!r}")
     flux = "flux" in preset
     build = flux_fill_pipeline if flux else sdxl_inpaint_pipeline
-    pipe = build(preset, seed=seed, text_encoders=text_encoders).to(parse_device(device), parse_dtype(dtype))
+    pipe = build(preset, seed=seed, text_encoders=text_encoders).to(parse_device(device), parse_dtype(dtype, device))
     return family_from_diffusers(pipe, FLUX_FILL if flux else SDXL, decoder=decoder, scheduler=scheduler,
                                  compile=compile)
 

@@ -221,11 +221,16 @@ class InpaintPipeline:
             raise ValueError(f"decoder: this pipeline holds only {list(self.components)}; pass decoder engines "
                              "or build it with the decoder components")
         engines = check_decoder_engines(decoder) if decoder is not None else self.stages.decoders()
-        latent = self.spec.latent_space.to_vae(denoised.latents)
+        latents, image, mask = denoised.latents, denoised.image, denoised.mask
+        if decoder is None:  # its own decoder: in its own dtype, whatever the denoiser ran in (a Ray decode
+            # replica on another CPU: --dtype auto can differ per node)
+            latents, image, mask = (None if x is None else x.to(device=self.spec.device, dtype=self.spec.dtype)
+                                    for x in (latents, image, mask))
+        latent = self.spec.latent_space.to_vae(latents)
         options = check_decode_options(decode_options)
         if options:
-            return run_decoder_with_modes(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask, options)
-        return run_decoder(engines, timer or NULL_TIMER, latent, denoised.image, denoised.mask)
+            return run_decoder_with_modes(engines, timer or NULL_TIMER, latent, image, mask, options)
+        return run_decoder(engines, timer or NULL_TIMER, latent, image, mask)
 
     # -- the diffusion half ------------------------------------------------------------------------
     def encode_prompt(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,

@@ -32,7 +32,8 @@ def preset_parts(preset: str = "tiny", *, decoder: str | AsymmetricDecoder | Non
     ``components``: build only these (each network has its own seed: the same weights as in a whole one)."""
     if preset not in sd.SD_PRESETS:
         raise ValueError(f"preset must be one of {list(sd.SD_PRESETS)}, got {preset!r}")
-    dtype, device = parse_dtype(dtype), parse_device(device)
+    device = parse_device(device)
+    dtype = parse_dtype(dtype, device)
     shapes = sd.PRESET_SHAPES[preset]
     wanted = set(COMPONENT_IO if components is None else components)
     if decoder is None or isinstance(decoder, str):
@@ -115,7 +116,8 @@ def folder_parts(sd_dir, *, decoder=None, dtype="fp32", device="cpu", scheduler:
     """A local diffusers-format SD (inpainting) folder: unet/, vae/ (its encoder; its decoder too
     unless ``decoder`` is given), text_encoder/ and tokenizer/ (optional), scheduler/ (optional).
     ``kernels``: the decoder's, torch or triton."""
-    dtype, device = parse_dtype(dtype), parse_device(device)
+    device = parse_device(device)
+    dtype = parse_dtype(dtype, device)
     nets = load_sd_networks(sd_dir, dtype=dtype)
     unet, vae, text_encoder = nets["unet"], nets["vae"], nets["text_encoder"]
     dec = _resolve_decoder(decoder, dtype=dtype, device=device) if decoder is not None else decoder_from_vae(vae)

@@ -60,7 +60,8 @@ class PipelineSource:
     # an SDXL / FLUX.1 Fill preset: a checkpoint or a decoder preset (tiny-asuka: ASUKA's, seeded)
     engines: str | None = None  # an engines directory written by `asymvq export`
     device: str = "cpu"
-    dtype: str = "fp32"  # preset and model; an engines directory runs at its exported precision
+    dtype: str = "auto"  # preset and model (asymvq.models.devices: auto = bf16 on a CPU with avx512_bf16 or AMX,
+    # fp32 on other CPUs, fp16 on CUDA); an engines directory runs at its exported precision
     kernels: str = "torch"  # the torch decoder's kernels: torch or triton (preset and model)
     scheduler: str | None = None  # the default of calls that name none (None: DDIM for SD, the pipeline's own
     # for SDXL; FLUX.1 Fill runs its flow-matching scheduler only)

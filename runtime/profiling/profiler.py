@@ -18,7 +18,7 @@ from .. import __version__
 from ..engines.contract import DECODER, capabilities
 from ..models.config import PRESET_ALIASES, PRESETS
 from ..models.cpu_features import cpu_features
-from ..models.devices import parse_device, parse_dtype
+from ..models.devices import dtype_reason, parse_device, parse_dtype, resolve_dtype_name
 from ..models.environment import package_versions
 from ..models.family_networks import FAMILY_PRESETS
 from ..pipeline.checks import check_int
@@ -48,7 +48,11 @@ class ProfileConfig:
     width: int = 32
     batch: int = 1
     device: str = "cpu"
-    dtype: str = "fp32"
+    # "auto": bf16 on a CPU with avx512_bf16 or AMX, fp32 on other CPUs, fp16 on CUDA (asymvq.models.devices);
+    # resolved on construction, so every later use and the report see the precision that ran, and
+    # dtype_choice says what decided it
+    dtype: str = "auto"
+    dtype_choice: str = ""
     warmup: int = 1
     repeats: int = 3
     guidance_scale: float = 7.5
@@ -72,13 +76,15 @@ class ProfileConfig:
         for name, v, lo in (("steps", self.steps, 1), ("batch", self.batch, 1), ("repeats", self.repeats, 1),
                             ("warmup", self.warmup, 0)):
             check_int(v, name, minimum=lo)
+        self.dtype_choice = dtype_reason(self.dtype, self.device)
+        self.dtype = resolve_dtype_name(self.dtype, self.device)
 
 
 def default_config(cuda: bool | None = None) -> ProfileConfig:
     """The built-in default: tiny on a CPU; SD 1.5 shapes at 512x512, fp16, 50 steps on a GPU."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
-        return ProfileConfig(preset="sd15", steps=50, height=512, width=512, device="cuda", dtype="fp16",
+        return ProfileConfig(preset="sd15", steps=50, height=512, width=512, device="cuda", dtype="auto",
                              warmup=2, repeats=5)
     return ProfileConfig()
 
@@ -148,7 +154,6 @@ def profile(config: ProfileConfig, *, pipeline=None, decoders: dict | None = Non
     """
     # 1. pipeline and decoders
     device = parse_device(config.device)
-    parse_dtype(config.dtype)
     if pipeline is None:
         log(f"building {config.preset} pipeline ({config.dtype}, {device}) and decoders {', '.join(config.decoders)} ...")
         family = config.preset in FAMILY_PRESETS
@@ -254,7 +259,7 @@ def count_for_profile(config: ProfileConfig, log=print) -> tuple[dict, dict]:
         f"{config.dtype} matmul peak ...")
     job = _count(config.preset, config.height, config.width, config, known)
     job["projection"] = project(job)
-    return job, probe_peak(config.device, parse_dtype(config.dtype))
+    return job, probe_peak(config.device, parse_dtype(config.dtype, config.device))
 
 
 def flop_table_job(config: ProfileConfig, accounting: dict | None = None) -> dict:

@@ -83,7 +83,7 @@ def format_table(report: dict) -> str:
     n = 7 if counted else 4
     extra = ("FLOP", "FLOP/s", "% peak") if counted else ()
     lines = [
-        f"asymvq profile: {c['preset']} {c['height']}x{c['width']}, batch {c['batch']}, {c['dtype']}, "
+        f"asymvq profile: {c['preset']} {c['height']}x{c['width']}, batch {c['batch']}, {c.get('dtype_choice') or c['dtype']}, "
         f"{dev['type']} ({dev.get('name')}), {c['steps']} steps {c['scheduler'].upper()}, guidance {c['guidance_scale']}",
         f"{c['repeats']} measured runs after {c['warmup']} warm-up; timer {report['timer']}; memory {report['memory']}",
         _rule(n), _row("Module", "Latency (p50)", "min", "p90", *extra), _rule(n),

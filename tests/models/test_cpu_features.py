@@ -83,3 +83,33 @@ def test_this_machine_agrees_with_its_cpuinfo():
     assert cpu.flags == parse_cpuinfo(text)[1]
     assert cpu.capability == torch.backends.cpu.get_cpu_capability()
     assert default_cpu_dtype() == (torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & cpu.flags else torch.float32)
+
+
+@pytest.mark.parametrize("cap,want,dtype", [
+    ("AVX2", {"avx2"}, torch.float32),  # what an AVX2-only CPU runs: fp32
+    ("avx2_vnni", {"avx2", "vnni"}, torch.float32),
+    ("AVX512_CORE", {"avx2", "avx512f"}, torch.float32),  # Skylake-SP's kernels
+    ("AVX512_CORE_BF16", {"avx2", "avx512f", "avx512_bf16", "vnni"}, torch.bfloat16),  # Zen 4's
+    ("AVX512_CORE_AMX", set(FEATURES), torch.bfloat16),
+    ("ALL", set(FEATURES), torch.bfloat16),
+])
+def test_onednn_isa_cap_removes_the_features_above_it(cap, want, dtype):
+    cpu = read_cpu_features(XEON_AMX, capability="AVX2", isa_cap=cap)
+    assert {f for f, on in cpu.features().items() if on} == want
+    assert default_cpu_dtype(cpu) == dtype
+    assert f"oneDNN capped at {cap}" in cpu.describe() and cpu.to_dict()["onednn_isa_cap"] == cap
+    assert read_cpu_features(ZEN3, isa_cap=cap).features()["avx512f"] is False  # a cap adds nothing
+
+
+def test_a_bad_isa_cap_names_the_variable():
+    with pytest.raises(ValueError, match="ONEDNN_MAX_CPU_ISA: expected one of oneDNN's ISA names"):
+        read_cpu_features(XEON_AMX, isa_cap="avx9000")
+
+
+def test_the_environments_cap_is_read(monkeypatch):
+    from asymvq.models.cpu_features import env_isa_cap
+
+    assert env_isa_cap({}) is None
+    assert env_isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "AVX2" == env_isa_cap({"DNNL_MAX_CPU_ISA": "AVX2"})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert read_cpu_features().native_bf16 is False  # this machine, capped (the cached cpu_features() is not re-read)

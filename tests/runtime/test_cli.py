@@ -97,12 +97,12 @@ def test_decode_every_latents_format_matches_the_decoder(files, tmp_path, capsys
     for suffix in (".pt", ".npy", ".safetensors"):
         out = tmp_path / f"out{suffix}.png"
         code, _, err = run(["decode", "--decoder", root / "decoder", "--latents", root / f"latents{suffix}",
-                            "--image", root / "image.png", "--mask", root / "mask.png", "--out", out], capsys)
+                            "--image", root / "image.png", "--mask", root / "mask.png", "--out", out, "--dtype", "fp32"], capsys)
         assert code == 0, err
         got = np.asarray(PIL.Image.open(out))
         assert got.shape == (64, 64, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
-    code, _, _ = run(["decode", "--decoder", root / "decoder", "--latents", root / "latents.npy", "--out", tmp_path / "plain.png"],
-                     capsys)
+    code, _, _ = run(["decode", "--decoder", root / "decoder", "--latents", root / "latents.npy", "--out", tmp_path / "plain.png",
+                      "--dtype", "fp32"], capsys)
     assert code == 0 and np.abs(np.asarray(PIL.Image.open(tmp_path / "plain.png")).astype(int) - want).max() > 2
 
 
@@ -131,7 +131,8 @@ def test_inpaint_from_a_folder_matches_the_library(files, tmp_path, capsys):
     root = files["root"]
     out = tmp_path / "inpainted.png"
     code, stdout, err = run(["inpaint", "--model", root / "sd", "--image", root / "image.png", "--mask", root / "mask.png",
-                             "--prompt", "a red cat", "--out", out, "--steps", "2", "--seed", "3", "--scheduler", "pndm"],
+                             "--prompt", "a red cat", "--out", out, "--steps", "2", "--seed", "3", "--scheduler", "pndm",
+                             "--dtype", "fp32"],  # the library's default: the CLI's (auto) is the CPU's
                             capsys)
     assert code == 0, err
     from asymvq.pipeline import InpaintPipeline

@@ -58,7 +58,7 @@ def test_engine_options_pass_threads_only_to_the_backends_that_take_them():
 
 def test_build_gives_the_pipeline_the_constructor_gives():
     built = PipelineSource(preset="tiny", scheduler="euler").build()
-    direct = InpaintPipeline.from_preset("tiny", scheduler="euler")
+    direct = InpaintPipeline.from_preset("tiny", scheduler="euler", dtype="auto")  # the source's default
     assert type(built.scheduler) is type(direct.scheduler)
     image, mask = torch.rand(1, 3, 32, 32), (torch.rand(1, 1, 32, 32) > 0.5).float()
     run = lambda p: p("a cat", image, mask, num_inference_steps=2, generator=torch.Generator().manual_seed(3),  # noqa: E731

@@ -72,7 +72,7 @@ def local_graph():
 
     mp = pytest.MonkeyPatch()
     mp.setattr(_BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
-    handle = serve.run(ray_app(preset="tiny", batch_wait_ms=200, **LIMITS), name="asymvq-local", route_prefix=None,
+    handle = serve.run(ray_app(preset="tiny", dtype="fp32", batch_wait_ms=200, **LIMITS), name="asymvq-local", route_prefix=None,
                        _local_testing_mode=True)
     yield handle
     mp.undo()
@@ -199,6 +199,9 @@ def test_graph_stages_run_the_families_and_keep_each_jobs_image(local_family_gra
 def test_config_and_builder_check_their_arguments():
     assert RayServeConfig().source.preset == "tiny" and RayServeConfig.from_options(model="sd").source.preset is None
     assert RayServeConfig.from_options(model="sd").source == PipelineSource(model="sd")  # one source, one set of rules
+    # every replica resolves the default precision on its own node's CPU (--dtype auto); the parity tests
+    # here pin fp32, the batching being what they check
+    assert RayServeConfig.from_options(preset="tiny").source.dtype == "auto"
     with pytest.raises(ValueError, match="--preset: give either --preset or --model"):
         RayServeConfig.from_options(preset="tiny", model="sd")
     with pytest.raises(ValueError, match="--max-batch: expected a positive integer, got 0"):
@@ -276,7 +279,7 @@ def test_end_to_end_on_a_local_ray(tiny_pipe):
     url = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(ray_app(preset="tiny", batch_wait_ms=50, **LIMITS), name="asymvq", route_prefix="/")
+        serve.run(ray_app(preset="tiny", dtype="fp32", batch_wait_ms=50, **LIMITS), name="asymvq", route_prefix="/")
         started = time.monotonic() - t0
 
         valid = [job(s, SIZES[s % 2], negative_prompt="blurry" if s % 5 == 0 else None) for s in range(24)]
