@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import psnr
+from bench_common import cpu_record, psnr
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -354,7 +354,8 @@ def main() -> None:
         print(f"{p}: done in {res['presets'][-1]['seconds']:.0f} s", flush=True)
     load1 = os.getloadavg()
     res["machine"] = {
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "cpu_features": cpu_record(), "cores": os.cpu_count(),
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(), "loadavg_start": load0, "loadavg_end": load1,
         "summary": f"{os.cpu_count()} cores, torch {torch.__version__}, fp32, load average {load0[0]:.1f} -> {load1[0]:.1f}",
     }

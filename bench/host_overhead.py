@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import asymvq
+from asymvq.models.cpu_features import cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
@@ -173,7 +174,8 @@ def main() -> None:
                              repeats=max(3, args.repeats // 2), scheduler=args.scheduler))
         _print(results[-1])
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_features": cpu_features().to_dict(),
+                    "cores": os.cpu_count(),
                     "load_average_end": os.getloadavg(), "torch": torch.__version__, "python": platform.python_version()},
         "results": results,
     }

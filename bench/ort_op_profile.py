@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import loadavg
+from bench_common import cpu_record, loadavg
 
 HERE = Path(__file__).parent
 CACHE = HERE.parent / "out" / "bench-cache"
@@ -58,7 +58,7 @@ def main() -> None:
     for e in events[len(events) // 2:]:  # the second run's nodes
         by_op[e["args"].get("op_name", "?")] += e["dur"] / 1e6
     result = {"what": f"ONNX Runtime CPU, {onnx.parent.name}/{onnx.name}, {s}x{s}, batch 1, --threads {args.threads}",
-              "onnxruntime": ort.__version__, "load_average_before": load, "run_s": round(seconds, 3),
+              "onnxruntime": ort.__version__, "cpu": cpu_record(), "load_average_before": load, "run_s": round(seconds, 3),
               "seconds_by_op_type": {k: round(v, 3) for k, v in by_op.most_common()}}
     print(f"{result['what']}: {seconds:.2f} s (load average {load[0]})")
     for op, sec in by_op.most_common(10):

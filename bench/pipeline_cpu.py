@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import add_cpu_comparison_args, interleaved, loadavg, psnr, versions
+from bench_common import add_cpu_comparison_args, cpu_record, interleaved, loadavg, psnr, versions
 
 from asymvq.profiling.profiler import cpu_name
 
@@ -231,7 +231,7 @@ def main() -> None:
     result = {
         "what": (f"SD 1.5 inpainting (random weights, real shapes) + {args.decoder} decoder, {s}x{s}, batch 1, "
                  f"{args.steps} DDIM steps, CFG {args.guidance}, CPU, --threads {args.threads}"),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "cpu_features": cpu_record(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version()},
         "load_average_1_5_15": {"before": load_before, "after": loadavg()},
         "versions": versions("torch", "openvino", "diffusers", "transformers"),
