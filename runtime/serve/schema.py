@@ -130,25 +130,24 @@ class StreamError(_EventBase):
     status: int = Field(description="The status the plain answer would have had (409, 499, 500, 504, ...).")
 
 
-class ImageEditPartialImageEvent(BaseModel):
-    type: Literal["image_edit.partial_image"]
+class _ImageEditEventBase(BaseModel):
+    """What OpenAI's two image-edit stream events share (its ImageEditPartialImageEvent / ImageEditCompletedEvent)."""
+
     b64_json: str
     created_at: int
     size: str
     quality: Literal["auto"]
     background: Literal["auto", "opaque"]
     output_format: Literal["png", "jpeg", "webp"]
+
+
+class ImageEditPartialImageEvent(_ImageEditEventBase):
+    type: Literal["image_edit.partial_image"]
     partial_image_index: int
 
 
-class ImageEditCompletedEvent(BaseModel):
+class ImageEditCompletedEvent(_ImageEditEventBase):
     type: Literal["image_edit.completed"]
-    b64_json: str
-    created_at: int
-    size: str
-    quality: Literal["auto"]
-    background: Literal["auto", "opaque"]
-    output_format: Literal["png", "jpeg", "webp"]
     usage: dict = Field(description="OpenAI's token counts; all 0 (asymvq counts no tokens).")
 
 
