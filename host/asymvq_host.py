@@ -14,6 +14,7 @@ import numpy as np
 OK, INVALID_ARGUMENT, NOT_FOUND, MANIFEST, UNSUPPORTED, RUNTIME, FORMAT, IO = range(8)
 FLOAT32, INT64 = 0, 1
 SCHEDULERS = {"ddim": 0, "euler": 1}
+REGIONS = {None: 0, "mask": 1, "auto": 2}  # asymvq_region
 MAX_DIMS = 8
 
 
@@ -34,7 +35,11 @@ class Params(C.Structure):
     _fields_ = [("struct_size", C.c_uint32)] + [
         (n, C.POINTER(Tensor)) for n in ("prompt_embeds", "negative_embeds", "prompt_ids", "negative_ids", "image", "mask")
     ] + [("height", C.c_int32), ("width", C.c_int32), ("steps", C.c_int32), ("guidance_scale", C.c_double),
-         ("seed", C.c_uint64), ("scheduler", C.c_int), ("stats", C.POINTER(Stats))]
+         ("seed", C.c_uint64), ("scheduler", C.c_int), ("stats", C.POINTER(Stats)),
+         ("region", C.c_int), ("margin", C.c_int32)]  # ABI 2
+
+
+V1_SIZE = Params.region.offset  # the ABI 1 layout: everything before `region` (ASYMVQ_INPAINT_PARAMS_V1_SIZE)
 
 
 class HostError(RuntimeError):
@@ -168,7 +173,10 @@ class Host:
 
     def inpaint(self, *, prompt_embeds=None, negative_embeds=None, prompt_ids=None, negative_ids=None, image=None,
                 mask=None, height: int = 0, width: int = 0, steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
-                scheduler: str = "ddim", stats: Stats | None = None) -> np.ndarray:
+                scheduler: str = "ddim", stats: Stats | None = None, region: str | int | None = None, margin: int = -1,
+                struct_size: int | None = None) -> np.ndarray:
+        """``region``: None, "mask" or "auto" (or an int, passed as is); ``struct_size``: another than the init's
+        (``V1_SIZE``: a caller of the ABI 1 layout, whose struct ends before region and margin)."""
         p = Params()
         self.lib.asymvq_inpaint_params_init(C.byref(p))
         keep = []
@@ -183,6 +191,10 @@ class Host:
                 setattr(p, name, v.ptr())
         p.height, p.width, p.steps, p.guidance_scale, p.seed = height, width, steps, guidance_scale, seed
         p.scheduler = SCHEDULERS[scheduler]
+        p.region = region if isinstance(region, int) else REGIONS[region]
+        p.margin = margin
+        if struct_size is not None:
+            p.struct_size = struct_size
         if stats is not None:
             p.stats = C.pointer(stats)
         out = Output()

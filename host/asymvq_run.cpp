@@ -4,7 +4,7 @@
 //                      [--space vae|diffusion] [--decode-region mask|full [--margin K]] --out OUT.safetensors
 //   asymvq-run inpaint --engines DIR --prompt-embeds E.safetensors [--negative-embeds N.safetensors]
 //                      --image I.safetensors --mask M.safetensors --steps 4 --guidance 7.5 --seed 0
-//                      [--scheduler ddim|euler] --out OUT.safetensors
+//                      [--scheduler ddim|euler] [--decode-region mask|auto|full [--margin K]] --out OUT.safetensors
 //
 // Exit status: 0 on success, else the asymvq_status value (1 invalid argument, 2 not found,
 // 3 manifest, 4 unsupported, 5 runtime, 6 format, 7 io); the message goes to stderr as
@@ -34,7 +34,9 @@ const char* kUsage =
     "                     [--negative-embeds N.safetensors | --negative-ids NIDS.safetensors]\n"
     "                     [--image I.safetensors --mask M.safetensors | --height H --width W]\n"
     "                     [--steps 50] [--guidance 7.5] [--seed 0] [--scheduler ddim|euler]\n"
-    "                     --out OUT.safetensors [--device cpu]\n";
+    "                     [--decode-region mask|auto|full [--margin K]] --out OUT.safetensors [--device cpu]\n"
+    "                     (--decode-region as decode's, for the job's decode step; auto: the mask's box when\n"
+    "                     the cost model says it pays, else the whole image)\n";
 
 int die(asymvq_status s, const std::string& msg) {
   std::fprintf(stderr, "asymvq-run: %s: %s\n", asymvq_status_name(s), msg.c_str());
@@ -76,7 +78,8 @@ int run(int argc, char** argv) {
   static const std::map<std::string, std::vector<std::string>> allowed = {
       {"decode", {"--engines", "--latents", "--image", "--mask", "--space", "--decode-region", "--margin", "--out", "--device"}},
       {"inpaint", {"--engines", "--prompt-embeds", "--negative-embeds", "--prompt-ids", "--negative-ids", "--image", "--mask",
-                   "--height", "--width", "--steps", "--guidance", "--seed", "--scheduler", "--out", "--device"}},
+                   "--height", "--width", "--steps", "--guidance", "--seed", "--scheduler", "--decode-region", "--margin",
+                   "--out", "--device"}},
   };
   std::map<std::string, std::string> opt;
   for (int i = 2; i < argc; ++i) {
@@ -99,17 +102,27 @@ int run(int argc, char** argv) {
   bool diffusion_space = opt.count("--space") && opt["--space"] == "diffusion";
   if (opt.count("--space") && opt["--space"] != "vae" && opt["--space"] != "diffusion")
     return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--space: expected vae or diffusion, got '" + opt["--space"] + "'");
-  bool region = opt.count("--decode-region") && opt["--decode-region"] == "mask";
-  if (opt.count("--decode-region") && opt["--decode-region"] != "mask" && opt["--decode-region"] != "full")
-    return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--decode-region: expected mask or full, got '" + opt["--decode-region"] + "'");
+  // decode: mask or full (asymvq_decode_region); inpaint: also auto (asymvq_inpaint_params.region)
+  asymvq_region region_mode = ASYMVQ_REGION_NONE;
+  if (opt.count("--decode-region")) {
+    const std::string& r = opt["--decode-region"];
+    if (r == "mask") region_mode = ASYMVQ_REGION_MASK;
+    else if (r == "auto" && cmd == "inpaint") region_mode = ASYMVQ_REGION_AUTO;
+    else if (r != "full")
+      return die(ASYMVQ_ERR_INVALID_ARGUMENT, std::string("--decode-region: expected ") +
+                                                  (cmd == "inpaint" ? "mask, auto or full" : "mask or full") + ", got '" + r + "'");
+  }
+  bool region = region_mode != ASYMVQ_REGION_NONE;
   long long margin = -1;  // the library's default
   if (opt.count("--margin")) {
-    if (!region) return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--margin: only with --decode-region mask");
+    if (!region)
+      return die(ASYMVQ_ERR_INVALID_ARGUMENT,
+                 std::string("--margin: only with --decode-region ") + (cmd == "inpaint" ? "mask or auto" : "mask"));
     if (!parse_int(opt["--margin"], margin) || margin < 0 || margin > 1 << 20)
       return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--margin: expected an integer >= 0 (latent pixels), got '" + opt["--margin"] + "'");
   }
   if (region && (!opt.count("--image") || !opt.count("--mask")))
-    return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--decode-region: mask needs --image and --mask");
+    return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--decode-region: " + opt["--decode-region"] + " needs --image and --mask");
   for (auto& k : files) {
     if (!opt.count(k)) continue;
     try {
@@ -159,6 +172,8 @@ int run(int argc, char** argv) {
     p.negative_ids = ptr("--negative-ids");
     p.image = ptr("--image");
     p.mask = ptr("--mask");
+    p.region = region_mode;
+    p.margin = static_cast<int32_t>(margin);
   }
 
   asymvq_host* host = nullptr;

@@ -233,6 +233,8 @@ void asymvq_inpaint_params_init(asymvq_inpaint_params* p) {
   p->steps = 50;
   p->guidance_scale = 7.5;
   p->scheduler = ASYMVQ_SCHEDULER_DDIM;
+  p->region = ASYMVQ_REGION_NONE;
+  p->margin = -1;
 }
 
 asymvq_status asymvq_inpaint(asymvq_host* host, const asymvq_inpaint_params* p, asymvq_output* out) {
@@ -240,8 +242,12 @@ asymvq_status asymvq_inpaint(asymvq_host* host, const asymvq_inpaint_params* p, 
     check_host(host);
     check_out(out);
     if (p == nullptr) asymvq::fail_arg("params", "a pointer to asymvq_inpaint_params", "NULL");
-    if (p->struct_size != sizeof *p)
-      asymvq::fail_arg("params.struct_size", std::to_string(sizeof *p) + " (call asymvq_inpaint_params_init first)",
+    // An ABI 1 caller's struct ends before `region`: those fields are not its memory, never read them.
+    bool v1 = p->struct_size == ASYMVQ_INPAINT_PARAMS_V1_SIZE;
+    if (p->struct_size != sizeof *p && !v1)
+      asymvq::fail_arg("params.struct_size",
+                       std::to_string(sizeof *p) + " (call asymvq_inpaint_params_init first; or " +
+                           std::to_string(ASYMVQ_INPAINT_PARAMS_V1_SIZE) + ", the ABI 1 layout)",
                        std::to_string(p->struct_size));
     asymvq::InpaintArgs a;
     if (p->prompt_embeds) a.prompt_embeds = view(p->prompt_embeds, "prompt_embeds", ASYMVQ_FLOAT32);
@@ -256,6 +262,14 @@ asymvq_status asymvq_inpaint(asymvq_host* host, const asymvq_inpaint_params* p, 
     a.guidance_scale = p->guidance_scale;
     a.seed = p->seed;
     a.scheduler = p->scheduler;
+    if (!v1) {
+      // as an int: a C caller may store any int in the enum, which C++ may not load as the enum type
+      static_assert(sizeof p->region == sizeof(int), "asymvq_region is an int");
+      int region;
+      std::memcpy(&region, &p->region, sizeof region);
+      a.region = region;
+      a.margin = p->margin;
+    }
     if (p->stats) std::memset(p->stats, 0, sizeof *p->stats);
     std::lock_guard<std::mutex> lock(host->impl->lock);
     fill(out, asymvq::inpaint(*host->impl, a, p->stats));

@@ -31,6 +31,13 @@ struct HostError : std::runtime_error {
 }
 std::string shape_str(at::IntArrayRef shape);
 
+constexpr int64_t kVaeScale = 8;  // image pixels a latent pixel: LatentSpace.vae_scale_factor (every VAE of the family)
+
+// Input checks shared by decode and the inpainting job (decode.cpp), in the Python side's words.
+void check_finite(const at::Tensor& t, const std::string& arg, const std::string& expected);
+std::string range_str(const at::Tensor& t);  // "values in [lo, hi]"
+void check_image(const at::Tensor& image, const std::string& arg);  // finite, in [-1, 1]
+
 struct Dim {
   bool symbolic = false;
   int64_t value = 0;     // fixed size
@@ -62,6 +69,8 @@ class Engine {
   at::Device device_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
 };
+
+inline at::Tensor run1(Engine& e, std::vector<at::Tensor> feeds) { return e.run(std::move(feeds)).at(0); }
 
 struct SchedulerConfig {
   int64_t num_train_timesteps = 1000;
@@ -116,6 +125,11 @@ at::Tensor decode_scaled(Host& h, const at::Tensor& latents, const at::Tensor* i
 at::Tensor decode_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask, int64_t margin);
 at::Tensor decode_region_scaled(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask,
                                 int64_t margin);
+// The region decode of checked inputs (VAE-space latents, image in [-1, 1], mask in {0, 1}), which decode_region and
+// inpaint's decode step share: ASYMVQ_REGION_MASK the box (refused when no crop fits the engine), ASYMVQ_REGION_AUTO
+// the box when asymvq.models.region's cost model says it pays and the whole image otherwise.
+at::Tensor decode_checked_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask,
+                                 int64_t margin, asymvq_region region);
 at::Tensor encode_text(Host& h, const at::Tensor& ids);
 
 struct InpaintArgs {
@@ -125,6 +139,8 @@ struct InpaintArgs {
   double guidance_scale = 7.5;
   uint64_t seed = 0;
   asymvq_scheduler scheduler = ASYMVQ_SCHEDULER_DDIM;
+  int region = ASYMVQ_REGION_NONE;  // an asymvq_region, checked by inpaint
+  int64_t margin = -1;              // < 0: the default
 };
 at::Tensor inpaint(Host& h, const InpaintArgs& args, asymvq_inpaint_stats* stats);
 

@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <tuple>
 #include <utility>
 
 #include "host.h"
@@ -20,27 +19,8 @@ namespace asymvq {
 
 namespace {
 
-constexpr int64_t kDefaultMargin = 4;  // asymvq.models.region.DEFAULT_MARGIN (tests/host/test_host_region.py checks it)
-constexpr int64_t kVaeScale = 8;  // image pixels a latent pixel: LatentSpace.vae_scale_factor (every VAE of the family)
-
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-void check_finite(const at::Tensor& t, const std::string& arg, const std::string& expected) {
-  if (!at::isfinite(t).all().item<bool>()) fail_arg(arg, expected, "NaN or Inf");
-}
-
-std::string range_str(const at::Tensor& t) {
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "values in [%g, %g]", t.min().item<double>(), t.max().item<double>());
-  return buf;
-}
-
-void check_image(const at::Tensor& image, const std::string& arg) {
-  check_finite(image, arg, "finite values in [-1, 1]");
-  double lo = image.min().item<double>(), hi = image.max().item<double>();
-  if (lo < -1.0 - 1e-3 || hi > 1.0 + 1e-3) fail_arg(arg, "values in [-1, 1] (x / 127.5 - 1 for 8-bit images)", range_str(image));
-}
 
 // ---------------------------------------------------------------------------------------
 // Schedulers. Tables are built once per call (a fresh scheduler per call, as the pipeline).
@@ -237,8 +217,6 @@ class Euler : public Scheduler {
   at::Tensor sigmas_;
 };
 
-at::Tensor run1(Engine& e, std::vector<at::Tensor> feeds) { return e.run(std::move(feeds)).at(0); }
-
 // The host runs SD 1.x's whole job; of SDXL and FLUX.1 Fill only the decode (their loops run in Python).
 void require_sd(const Host& h, const std::string& what) {
   if (h.family != "sd")
@@ -255,120 +233,6 @@ at::Tensor LatentSpace::to_vae(const at::Tensor& z) const {
 
 at::Tensor LatentSpace::to_diffusion(const at::Tensor& x) const {
   return (shift_factor != 0.0 ? x - shift_factor : x) * scaling_factor;
-}
-
-namespace {
-
-void check_latents(const Host& h, const at::Tensor& latents) {
-  int64_t c = h.latent_space.channels;
-  if (latents.dim() != 4 || latents.size(1) != c)
-    fail_arg("latents", "shape (B, " + std::to_string(c) + ", h, w) (the engines directory's latent_space.channels)",
-             "shape " + shape_str(latents.sizes()));
-  check_finite(latents, "latents", "finite values");
-}
-
-}  // namespace
-
-at::Tensor decode_scaled(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask) {
-  c10::InferenceMode guard;
-  check_latents(h, latents);  // before converting: the message names the caller's latents
-  return decode(h, h.latent_space.to_vae(latents), image, mask);
-}
-
-namespace {
-
-// image and mask checked against the latents (shapes, values); the mask as {0, 1} floats.
-at::Tensor checked_mask(const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask) {
-  int64_t B = latents.size(0), H = kVaeScale * latents.size(2), W = kVaeScale * latents.size(3);
-  if (image.dim() != 4 || image.size(1) != 3) fail_arg("image", "shape (B, 3, H, W)", "shape " + shape_str(image.sizes()));
-  if (image.size(2) != H || image.size(3) != W)
-    fail_arg("image", "spatial size 8x the latents' = " + std::to_string(H) + "x" + std::to_string(W),
-             std::to_string(image.size(2)) + "x" + std::to_string(image.size(3)));
-  if (image.size(0) != 1 && image.size(0) != B)
-    fail_arg("image", "batch 1 or " + std::to_string(B) + " (the latent batch)", "batch " + std::to_string(image.size(0)));
-  check_image(image, "image");
-  if (mask.dim() != 4 || mask.size(1) != 1) fail_arg("mask", "shape (B, 1, H, W)", "shape " + shape_str(mask.sizes()));
-  if (mask.size(2) != H || mask.size(3) != W)
-    fail_arg("mask", "spatial size " + std::to_string(H) + "x" + std::to_string(W) + " (the image's)",
-             std::to_string(mask.size(2)) + "x" + std::to_string(mask.size(3)));
-  if (mask.size(0) != 1 && mask.size(0) != B)
-    fail_arg("mask", "batch 1 or " + std::to_string(B) + " (the latent batch)", "batch " + std::to_string(mask.size(0)));
-  check_finite(mask, "mask", "binary values {0, 1} or {0, 255}");
-  at::Tensor m = mask;
-  if (!((m == 0) | (m == 1)).all().item<bool>()) {
-    if (((m == 0) | (m == 255)).all().item<bool>()) m = m / 255.0;
-    else fail_arg("mask", "binary values, all in {0, 1} or all in {0, 255} (1/255 = hole); binarise soft masks at 0.5",
-                  "non-binary " + range_str(m));
-  }
-  return m;
-}
-
-// [a, b) along one latent axis of `size`, grown to the engine's smallest crop `lo` or refused above its largest `hi`
-// (asymvq.models.region.snap_box, the same rule and words).
-std::pair<int64_t, int64_t> snap_axis(int64_t a, int64_t b, int64_t size, int64_t lo, int64_t hi, const std::string& axis,
-                                      const std::string& where) {
-  int64_t n = b - a;
-  if (n > hi)
-    fail(ASYMVQ_ERR_INVALID_ARGUMENT,
-         "region: the mask's box is " + std::to_string(n) + " latent pixels along " + axis + " (" + std::to_string(kVaeScale * n) +
-             " image pixels), above the " + std::to_string(hi) + " that " + where +
-             " accepts; decoding a region there needs a dynamic engine (re-export with --shapes covering the box), or "
-             "decode the whole image");
-  if (n >= lo) return {a, b};
-  if (lo > size)
-    fail(ASYMVQ_ERR_INVALID_ARGUMENT, "region: " + where + " accepts at least " + std::to_string(lo) + " latent pixels along " +
-                                          axis + ", the image has " + std::to_string(size) +
-                                          "; decoding a region there needs a dynamic engine (re-export with --shapes)");
-  a = std::min(std::max(a - (lo - n) / 2, int64_t(0)), size - lo);
-  return {a, a + lo};
-}
-
-}  // namespace
-
-at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask) {
-  c10::InferenceMode guard;
-  check_latents(h, latents);
-  if ((image == nullptr) != (mask == nullptr))
-    fail_arg(image == nullptr ? "image" : "mask", "a tensor whenever the other of image/mask is given", "NULL");
-  if (image == nullptr) return run1(h.need("decoder-plain", "decode without image and mask"), {latents});
-  at::Tensor m = checked_mask(latents, *image, *mask);
-  return run1(h.need("decoder", "decode with image and mask"), {latents, *image, m});
-}
-
-at::Tensor decode_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask, int64_t margin) {
-  c10::InferenceMode guard;
-  check_latents(h, latents);
-  if (margin < 0) margin = kDefaultMargin;
-  at::Tensor m = checked_mask(latents, image, mask);
-  Engine& e = h.need("decoder", "region decoding");
-  int64_t B = latents.size(0), lh = latents.size(2), lw = latents.size(3);
-  at::Tensor out = image.expand({B, 3, kVaeScale * lh, kVaeScale * lw}).to(h.device, at::kFloat).clone();
-  // the mask's bounding box (union over the batch) in latent pixels, grown by the margin and clipped: mask_box
-  at::Tensor hole = (m > 0.5).any(0).any(0);  // (H, W)
-  at::Tensor rows = at::nonzero(hole.any(1)).flatten(), cols = at::nonzero(hole.any(0)).flatten();
-  if (rows.numel() == 0) return out;  // an empty mask: nothing to decode, the source itself
-  int64_t y0 = rows[0].item<int64_t>() / kVaeScale, y1 = (rows[-1].item<int64_t>() + kVaeScale) / kVaeScale;
-  int64_t x0 = cols[0].item<int64_t>() / kVaeScale, x1 = (cols[-1].item<int64_t>() + kVaeScale) / kVaeScale;
-  y0 = std::max(y0 - margin, int64_t(0)), y1 = std::min(y1 + margin, lh);
-  x0 = std::max(x0 - margin, int64_t(0)), x1 = std::min(x1 + margin, lw);
-  const TensorSpec& spec = e.inputs[0];  // the latent: AOTInductor binds its exported range
-  std::string where = "the aoti decoder engine (latent h " + std::to_string(spec.min[2]) + ".." + std::to_string(spec.max[2]) +
-                      ", w " + std::to_string(spec.min[3]) + ".." + std::to_string(spec.max[3]) + ")";
-  std::tie(y0, y1) = snap_axis(y0, y1, lh, spec.min[2], spec.max[2], "the height", where);
-  std::tie(x0, x1) = snap_axis(x0, x1, lw, spec.min[3], spec.max[3], "the width", where);
-  auto pix = [&](const at::Tensor& t) {
-    return t.slice(2, kVaeScale * y0, kVaeScale * y1).slice(3, kVaeScale * x0, kVaeScale * x1);
-  };
-  at::Tensor crop = run1(e, {latents.slice(2, y0, y1).slice(3, x0, x1), pix(image), pix(m)});
-  pix(out).copy_(crop);
-  return out;
-}
-
-at::Tensor decode_region_scaled(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask,
-                                int64_t margin) {
-  c10::InferenceMode guard;
-  check_latents(h, latents);
-  return decode_region(h, h.latent_space.to_vae(latents), image, mask, margin);
 }
 
 at::Tensor encode_text(Host& h, const at::Tensor& ids) {
@@ -412,6 +276,14 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
              "none");
   if (has_cond && (!a.image.defined() || !a.mask.defined()))
     fail_arg(a.image.defined() ? "mask" : "image", "a tensor whenever the other of image/mask is given", "NULL");
+  if (a.region != ASYMVQ_REGION_NONE && a.region != ASYMVQ_REGION_MASK && a.region != ASYMVQ_REGION_AUTO)
+    fail_arg("region", "ASYMVQ_REGION_NONE (0), ASYMVQ_REGION_MASK (1) or ASYMVQ_REGION_AUTO (2)", std::to_string(a.region));
+  if (a.region == ASYMVQ_REGION_NONE && a.margin >= 0)
+    fail_arg("margin", "-1 without a region (it is the context around the mask's box: set region MASK or AUTO)",
+             std::to_string(a.margin));
+  if (a.region != ASYMVQ_REGION_NONE && !inpainting)
+    fail_arg("region", "ASYMVQ_REGION_NONE for text-to-image (a region decode needs an image and a mask)",
+             a.region == ASYMVQ_REGION_MASK ? "ASYMVQ_REGION_MASK" : "ASYMVQ_REGION_AUTO");
 
   // Image and mask, as prepare_image_and_mask leaves them: image in [-1, 1], mask binarised at 0.5.
   at::Tensor pixels, mask;
@@ -540,7 +412,10 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
     auto tile = [&](const at::Tensor& x) {
       return (x.size(0) == 1 || x.size(0) == batch) ? x : x.repeat({batch / x.size(0), 1, 1, 1});
     };
-    out = run1(h.need("decoder", "inpaint (the asymmetric decoder)"), {latent, tile(pixels).to(h.device), tile(mask).to(h.device)});
+    Engine& decoder = h.need("decoder", "inpaint (the asymmetric decoder)");
+    at::Tensor image = tile(pixels).to(h.device), m = tile(mask).to(h.device);
+    out = a.region == ASYMVQ_REGION_NONE ? run1(decoder, {latent, image, m})
+                                         : decode_checked_region(h, latent, image, m, a.margin, static_cast<asymvq_region>(a.region));
   } else {
     out = run1(h.need("decoder-plain", "text-to-image"), {latent});
   }
