@@ -38,10 +38,10 @@ BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or
 TILE_OPTION = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory bounded by the "
                            "tile (docs/decoder.md). Torch decoders only.")
 OVERLAP_OPTION = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default 4; any overlap is exact).")
-DECODE_REGION_OPTION = typer.Option(None, "--decode-region", help="'mask': decode only the mask's box (plus --margin), "
-                                    "copy the rest from the source; 'auto': the box when the cost model predicts it "
-                                    f"pays (>= {AUTO_MIN_SPEEDUP}x), else the whole image; 'full' (default). Torch decoders and every "
-                                    "exported conditional decoder (docs/decoder.md).")
+DECODE_REGION_HELP = ("'mask': decode only the mask's box (plus --margin), copy the rest from the source; 'auto': the box "
+                      f"when the cost model predicts it pays (>= {AUTO_MIN_SPEEDUP}x), else the whole image; 'full' (default). "
+                      "Torch decoders and every exported conditional decoder (docs/decoder.md).")
+DECODE_REGION_OPTION = typer.Option(None, "--decode-region", help=DECODE_REGION_HELP)
 MARGIN_OPTION = typer.Option(None, help=f"Latent pixels of context around the mask's box (default {DEFAULT_MARGIN}).")
 PRECISION_HELP = ("With --engines --backend openvino: the precision OpenVINO computes in, fp32 or bf16 (default: bf16 "
                   "where the CPU has native bf16, avx512_bf16 or AMX; fp32 otherwise). Not the export's precision.")

@@ -14,12 +14,12 @@ import typer
 
 from ..models.devices import DTYPE_HELP
 from ..models.extras import missing_extra
-from ..pipeline.decode_modes import cli_decode_options
+from ..pipeline.decode_modes import cli_region_options
 from ..pipeline.source import PipelineSource
 from ..serve.limits import BODY_TIMEOUT_S, MAX_HEADER_BYTES, MAX_N, MAX_QUEUE, RAY_MAX_QUEUE, REQUEST_TIMEOUT_S, SHUTDOWN_TIMEOUT_S
 from .options import (
     BACKEND_HELP,
-    DECODE_REGION_OPTION,
+    DECODE_REGION_HELP,
     DECODER_HELP,
     MARGIN_OPTION,
     MODEL_HELP,
@@ -68,7 +68,9 @@ def serve(
     batch_wait_ms: float = typer.Option(20.0, help="--ray: how long a stage waits to fill a batch."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, help=PRECISION_HELP),
-    decode_region: Optional[str] = DECODE_REGION_OPTION,
+    decode_region: Optional[str] = typer.Option(None, "--decode-region", help=DECODE_REGION_HELP + " Every job's decode, "
+                                                "also with --ray; each answer's X-Asymvq-Decode-Region header says "
+                                                "what it decoded."),
     margin: Optional[int] = MARGIN_OPTION,
 ):
     """Serve POST /v1/inpaint, POST /v1/images/edits (OpenAI's image edits), GET /healthz and GET /metrics over
@@ -76,10 +78,8 @@ def serve(
     process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
     source = PipelineSource.serving(preset=preset, model=model, decoder=decoder, engines=engines, device=device,
                                     dtype=dtype, scheduler=scheduler, backend=backend, precision=precision)
-    decode_options = cli_decode_options(None, None, decode_region, margin)
+    decode_options = cli_region_options(decode_region, margin)  # every job's, on both servers
     if ray:
-        if decode_options:
-            raise ValueError("--decode-region / --margin: served by the single-process server only (drop --ray)")
         return _serve_ray(source, locals())
     if address is not None:
         raise ValueError("--address: joins a Ray cluster; add --ray")
@@ -108,7 +108,7 @@ def _server_log() -> None:
 
 
 RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",
-               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps", "max_n")
+               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps", "max_n", "decode_region", "margin")
 
 
 def _serve_ray(source: PipelineSource, opts: dict) -> None:

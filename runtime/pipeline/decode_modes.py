@@ -86,6 +86,17 @@ def cli_decode_options(tile, overlap, region, margin) -> dict:
                                  "margin": margin})
 
 
+def cli_region_options(region, margin) -> dict:
+    """A server's --decode-region / --margin (every job's) as decode_options, checked whole now rather than on each
+    request: {} for the whole image."""
+    options = cli_decode_options(None, None, region, margin)
+    if options.get("region") is not None:
+        check_region(options["region"], options.get("margin"))
+    elif "margin" in options:
+        raise ValueError(f"--margin: only with --decode-region mask or auto, got --margin {margin!r} without one")
+    return options
+
+
 def as_cli_error(exc: ValueError) -> ValueError:
     """A decoder's "tile: expected ..." as "--tile: expected ..." (other errors unchanged)."""
     head, sep, rest = str(exc).partition(":")

@@ -10,7 +10,8 @@ one per image), so its image equals the one it gets alone and from ``asymvq inpa
 The two halves are separate so that a server can run them in separate stages (Ray Serve's denoise
 and decode deployments): ``denoise_jobs`` -> one ``Denoised`` per job -> ``decode_jobs`` (any
 grouping of equally sized items, images in [-1, 1]) -> ``finish_job`` (PIL image and Pre_error against
-the source and mask the ``Denoised`` carries: the request's images are prepared once).
+the source and mask the ``Denoised`` carries: the request's images are prepared once). With a region
+(``decode_options``), a decode call decodes one box, so ``decode_key`` groups items by their mask's box.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from collections import defaultdict
 
 import torch
 
+from ..models.region import SCALE, check_region, mask_box
 from ..pipeline.family_rules import SD
 from ..pipeline.inpaint_pipeline import Denoised
 from ..pipeline.inpaint_run import InpaintRun, denoise_job, finish_run
@@ -74,14 +76,31 @@ def denoise_jobs(pipe, jobs: list[dict], timer=None, on_step=None, cancel=None) 
     return out
 
 
-def decode_jobs(pipe, items: list[Denoised], timer=None, decoder: dict | None = None) -> list[torch.Tensor]:
+def decode_key(item: Denoised, decode_options: dict | None = None) -> tuple:
+    """What ``Denoised`` items must share to be decoded in one call (``decode_jobs``): the latent shape and, with a
+    region in ``decode_options``, the mask's box before snapping (``mask_box``; None for an empty mask). A region
+    decode of a batch decodes the union of its masks' boxes, so only items of one box share a call; they then get
+    the box, the snapped crop and the "auto" choice each gets alone. Without a region: the shape only."""
+    shape = tuple(item.latents.shape)
+    if not decode_options or decode_options.get("region") is None:
+        return shape, None
+    _, margin = check_region(decode_options["region"], decode_options.get("margin"))
+    h, w = item.mask.shape[-2] // SCALE, item.mask.shape[-1] // SCALE
+    return shape, mask_box(item.mask, margin, h, w)
+
+
+def decode_jobs(pipe, items: list[Denoised], timer=None, decoder: dict | None = None,
+                decode_options: dict | None = None) -> list[torch.Tensor]:
     """Equally sized ``Denoised`` items decoded in one batch -> one (1, 3, H, W) image in [-1, 1] each
-    (the decoder's output, as ``finish_job`` takes it)."""
+    (the decoder's output, as ``finish_job`` takes it). ``decode_options``: the pipeline's (a region: items of one
+    ``decode_key``; the region it took is noted on ``timer``)."""
     if len({tuple(d.latents.shape[1:]) for d in items}) != 1:
         raise ValueError("items: expected latents of one shape in a decode batch")
+    if decode_options and len({decode_key(d, decode_options) for d in items}) != 1:
+        raise ValueError("items: expected one decode_key (one mask box) in a region decode batch")
     batch = Denoised(*(torch.cat([getattr(d, f).expand(d.latents.shape[0], *getattr(d, f).shape[1:]) for d in items])
                        for f in ("latents", "image", "mask")))
-    samples = pipe.decode(batch, decoder=decoder, timer=timer)
+    samples = pipe.decode(batch, decoder=decoder, timer=timer, decode_options=decode_options)
     return [samples[i:i + 1].clone() for i in range(len(items))]
 
 

@@ -10,7 +10,9 @@ Each stage replica builds its pipeline in its constructor from the same ``Pipeli
 (``asymvq.pipeline.source``: a preset, a diffusers folder + decoder, or an engines directory) and
 keeps only the engines its stage runs. Both stages batch with ``@serve.batch``: a batch is split into
 groups that can share one model call (``asymvq.serve.batching.batch_key``: size, steps, scheduler, guidance
-on/off, strength, decoder); each job keeps its own seed, so its image equals the single-process one.
+on/off, strength, decoder); each job keeps its own seed, so its image equals the single-process one. With
+``--decode-region`` the decode stage groups a batch by mask box as well (``batching.decode_key``): each job gets
+the region it gets alone and its ``X-Asymvq-Decode-Region`` header.
 
 ``ray_app(...)`` returns the Serve application (for ``serve.run``, ``serve run`` or KubeRay);
 ``build(args)`` is the same as an application builder (``serve run asymvq.serve.ray_serve:build preset=tiny``);
@@ -34,11 +36,12 @@ from ray import serve
 from ..engines.contract import DECODER_COMPONENTS
 from ..models.devices import dtype_name
 from ..pipeline.checks import check_int
+from ..pipeline.decode_modes import cli_region_options
 from ..pipeline.inpaint_pipeline import JobCancelled
 from ..pipeline.source import PipelineSource
 from ..pipeline.stages import DENOISE_COMPONENTS
 from ..profiling.timing import StageTimer
-from .batching import batch_key, decode_jobs, denoise_jobs, finish_job, group
+from .batching import batch_key, decode_jobs, decode_key, denoise_jobs, finish_job, group
 from .http_form import RequestError
 from .limits import (
     BODY_TIMEOUT_S,
@@ -52,7 +55,7 @@ from .limits import (
 )
 from .metrics import ServerMetrics
 from .progress import step_events
-from .server import JobResult, build_app
+from .server import JobResult, build_app, region_headers
 
 log = logging.getLogger("asymvq.serve.ray_serve")
 GRACE_LOOP_S = 0.5  # Serve's graceful_shutdown_wait_loop_s of every deployment
@@ -84,6 +87,8 @@ class RayServeConfig:
     request_timeout_s: float = REQUEST_TIMEOUT_S  # a request's deadline (X-Asymvq-Timeout-s asks for less), or 504
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S  # a replica's graceful shutdown (Serve's graceful_shutdown_timeout_s)
     retry_timeout_s: float = RETRY_TIMEOUT_S  # how long the one retry of a job that met a lost replica may wait
+    decode_region: str | None = None  # every job's decode: "mask", "auto" or "full"/None (asymvq serve's --decode-region)
+    margin: int | None = None  # --margin, with a decode_region
 
     def __post_init__(self):
         if not isinstance(self.source, PipelineSource):
@@ -96,6 +101,12 @@ class RayServeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value!r}")
+        cli_region_options(self.decode_region, self.margin)  # a bad region or margin fails here, not on every request
+
+    @property
+    def decode_options(self) -> dict:
+        """``decode_region`` / ``margin`` as the pipeline's ``decode_options`` ({} for the whole image)."""
+        return cli_region_options(self.decode_region, self.margin)
 
     @classmethod
     def from_options(cls, **options) -> "RayServeConfig":
@@ -306,21 +317,22 @@ class DecodeStage:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def run_batch(self, items: list[dict]) -> list[dict]:
-        def key(it):
-            return tuple(it["denoised"].latents.shape), it.get("decoder")
+        def key(it):  # with a region, one call per mask box
+            return decode_key(it["denoised"], self.cfg.decode_options), it.get("decoder")
 
         return await asyncio.to_thread(_run_groups, items, key, self._decode)
 
     def _decode(self, items: list[dict]) -> list[dict]:
         timer = StageTimer(self.pipe.device)
-        images = decode_jobs(self.pipe, [it["denoised"] for it in items], timer)
-        stages = _stages_ms(timer)
+        images = decode_jobs(self.pipe, [it["denoised"] for it in items], timer, decode_options=self.cfg.decode_options)
+        stages, headers = _stages_ms(timer), region_headers(timer)  # one box per call: each job's own region
         out = []
         for it, image in zip(items, images):
             run = finish_job(image, it["denoised"])
             buf = io.BytesIO()
             run.images[0].save(buf, format="PNG")
-            out.append(dict(png=buf.getvalue(), pre_error=run.pre_error, stages=stages, batch=len(items), node=self.node))
+            out.append(dict(png=buf.getvalue(), pre_error=run.pre_error, stages=stages, batch=len(items), node=self.node,
+                            headers=headers))
         return out
 
 
@@ -402,6 +414,7 @@ class Ingress:
         body = {"status": "ok" if ready else "unavailable", "source": cfg.source.label, "family": cfg.source.family,
                 **(self._describe or {}),
                 "max_pixels": cfg.max_pixels, "max_steps": cfg.max_steps, "max_n": cfg.max_n,
+                **({"decode_options": cfg.decode_options} if cfg.decode_options else {}),
                 "ray": {"denoise_replicas": cfg.denoise_replicas, "decode_replicas": cfg.decode_replicas,
                         "max_batch": cfg.max_batch, "batch_wait_ms": cfg.batch_wait_ms,
                         **({"deployments": deployments} if deployments is not None else {})}}
@@ -492,7 +505,8 @@ class Ingress:
         return JobResult(dec["png"], dec["pre_error"], (t2 - t0) * 1e3, stages,
                          batches={"denoise": den["batch"], "decode": dec["batch"]},
                          headers={"X-Asymvq-Batch": f"denoise={den['batch']}, decode={dec['batch']}",
-                                  "X-Asymvq-Nodes": f"ingress={self.node}, denoise={den['node']}, decode={dec['node']}"})
+                                  "X-Asymvq-Nodes": f"ingress={self.node}, denoise={den['node']}, decode={dec['node']}",
+                                  **dec.get("headers", {})})
 
 
 # -- the application ----------------------------------------------------------------------------

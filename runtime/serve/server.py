@@ -87,6 +87,13 @@ LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it 
 ENDPOINTS = ("/v1/inpaint", "/v1/images/edits")  # the job endpoints: counted in /metrics' requests
 
 
+def region_headers(timer) -> dict[str, str]:
+    """``REGION_HEADER`` with what the decode ``timer`` saw took (the box, or why the whole image); {} without a region
+    (both servers: the single-process runner and the Ray decode stage)."""
+    choice = timer.notes.get(NOTE_REGION)
+    return {REGION_HEADER: choice.describe()} if choice is not None else {}
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -209,9 +216,7 @@ class _Runner:
             self.lock.release()
         buf = io.BytesIO()
         result.images[0].save(buf, format="PNG")
-        choice = timer.notes.get(NOTE_REGION)  # what a region request decoded: the box, or why the whole image
-        headers = {REGION_HEADER: choice.describe()} if choice is not None else {}
-        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1}, headers)
+        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1}, region_headers(timer))
 
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asymvq.pipeline.images import postprocess
-from asymvq.serve.batching import batch_key, decode_jobs, denoise_jobs, finish_job
+from asymvq.serve.batching import batch_key, decode_jobs, decode_key, denoise_jobs, finish_job
 
 
 def _job(seed: int, size: int = 32, **kw):
@@ -69,3 +69,16 @@ def test_batch_key_separates_what_cannot_share_a_batch():
     for change in (dict(size=40), dict(steps=3), dict(scheduler="euler"), dict(guidance=1.0), dict(strength=0.5)):
         size = change.pop("size", 32)
         assert batch_key(_job(1, size=size, **change)) != base, change
+
+
+def test_a_region_decode_batch_is_one_box(tiny_pipe):
+    """With a region, items share a decode call only with the same mask box (decode_key), and then each gets the
+    region decode it gets alone; items of two boxes in one call are refused (their union box is neither's)."""
+    options = {"region": "mask", "margin": 0}
+    denoised = denoise_jobs(tiny_pipe, [_job(s) for s in (3, 11, 0)])  # holes at rows 3, 3 and 0: boxes 0:3 and 0:2
+    keys = [decode_key(d, options) for d in denoised]
+    assert keys[0] == keys[1] != keys[2] and len({decode_key(d) for d in denoised}) == 1  # without a region: the shape
+    with pytest.raises(ValueError, match="one decode_key"):
+        decode_jobs(tiny_pipe, denoised, decode_options=options)
+    for d, got in zip(denoised, decode_jobs(tiny_pipe, denoised[:2], decode_options=options)):
+        assert (got - tiny_pipe.decode(d, decode_options=options)).abs().max() <= 1e-4

@@ -151,6 +151,66 @@ def test_graph_errors_are_the_pipelines_and_health_comes_from_the_stages(local_g
     assert health["ray"]["max_batch"] == 8
 
 
+REGION = {"region": "mask", "margin": 0}
+
+
+@pytest.fixture(scope="module")
+def local_region_graph():
+    """The tiny graph with --decode-region mask --margin 0; a batch of 3 fills at once (max_batch 3), else waits 2 s."""
+    from ray.serve.batching import _BatchQueue
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
+    handle = serve.run(ray_app(preset="tiny", dtype="fp32", batch_wait_ms=2000, max_batch=3, decode_region="mask", margin=0,
+                               **LIMITS),
+                       name="asymvq-region", route_prefix=None, _local_testing_mode=True)
+    yield handle
+    mp.undo()
+
+
+def _hole(y0, y1, x0, x1, size=(64, 64)):
+    hole = np.zeros(size[::-1], np.uint8)
+    hole[y0:y1, x0:x1] = 255
+    return PIL.Image.fromarray(hole)
+
+
+def test_graph_decodes_each_jobs_own_region_in_one_batch(local_region_graph, tiny_pipe, monkeypatch):
+    """Three jobs of one decode batch, two mask boxes: one decode call per box (the two jobs of one box together),
+    each job's image and X-Asymvq-Decode-Region header those of the single-process server's region decode."""
+    import asymvq.serve.ray_serve as rs
+    from asymvq.pipeline.decode_modes import NOTE_REGION
+    from asymvq.profiling.timing import StageTimer
+
+    batches, calls = [], []
+    real_groups, real_decode = rs._run_groups, rs.decode_jobs
+
+    def recording_groups(items, key, run_group):
+        if getattr(run_group, "__name__", "") == "_decode":
+            batches.append(len(items))
+        return real_groups(items, key, run_group)
+
+    def recording_decode(pipe, items, *args, **kwargs):
+        calls.append(len(items))
+        return real_decode(pipe, items, *args, **kwargs)
+
+    monkeypatch.setattr(rs, "_run_groups", recording_groups)
+    monkeypatch.setattr(rs, "decode_jobs", recording_decode)
+    holes = [_hole(8, 24, 8, 24), _hole(40, 56, 32, 60), _hole(8, 24, 8, 24)]  # latent boxes 1:3,1:3 / 5:7,4:8
+    jobs = [job(s, (64, 64), hole=h) for s, h in zip((1, 2, 3), holes)]
+    results = [r.result(timeout_s=120) for r in [local_region_graph.run_job.remote(j) for j in jobs]]
+    assert batches == [3] and sorted(calls) == [1, 2]  # one decode batch, a call per box
+    assert [res.batches["decode"] for res in results] == [2, 1, 2]
+    for j, res in zip(jobs, results):
+        timer = StageTimer(tiny_pipe.device)
+        run = run_inpaint(tiny_pipe, j["source"], j["hole"], j["prompt"], steps=j["steps"], guidance=j["guidance"],
+                          seed=j["seed"], decode_options=REGION, timer=timer)
+        assert np.abs(pixels(res.png) - np.asarray(run.images[0], np.int16)).max() <= 1, j["seed"]
+        assert res.headers["X-Asymvq-Decode-Region"] == timer.notes[NOTE_REGION].describe()
+    assert [res.headers["X-Asymvq-Decode-Region"].split(" (")[0] for res in results] == [
+        "box 1:3,1:3", "box 5:7,4:8", "box 1:3,1:3"]
+    assert local_region_graph.health.remote().result(timeout_s=60)["decode_options"] == REGION
+
+
 # per family: 3 jobs (the first two can share one call, the third cannot) and a job the family refuses
 FAMILY_JOBS = {
     # SDXL: one guidance value per call, and no negative prompt (zero embeddings) is not the empty one
@@ -212,6 +272,14 @@ def test_config_and_builder_check_their_arguments():
         build({"replicas": "2"})
     app = build({"preset": "tiny", "max_batch": "4", "batch_wait_ms": "5", "decode_replicas": "2"})
     assert type(app).__name__ == "Application"
+    assert RayServeConfig(decode_region="auto", margin=2).decode_options == {"region": "auto", "margin": 2}
+    assert RayServeConfig(decode_region="full").decode_options == {} == RayServeConfig().decode_options
+    for kw, message in ((dict(decode_region="box"), "--decode-region: expected 'mask'"),
+                        (dict(margin=2), "--margin: only with --decode-region mask or auto"),
+                        (dict(decode_region="mask", margin=-1), "margin: expected an integer >= 0")):
+        with pytest.raises(ValueError, match=message):
+            RayServeConfig(**kw)
+    assert type(build({"preset": "tiny", "decode_region": "mask", "margin": "1"})).__name__ == "Application"
 
 
 def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
@@ -227,6 +295,11 @@ def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
     cfg, kw = calls[0]
     assert (cfg.source.preset, cfg.decode_replicas, cfg.max_batch, cfg.gpus_per_decode) == ("tiny", 2, 4, 0.5)
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8124 and kw["address"] == "auto"
+    assert cfg.decode_options == {}
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--ray", "--decode-region", "auto", "--margin", "2"])
+    assert (exc.value.code or 0) == 0, capsys.readouterr().err
+    assert calls[1][0].decode_options == {"region": "auto", "margin": 2}
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--address", "auto"])
     assert exc.value.code == 1 and "--address: joins a Ray cluster; add --ray" in capsys.readouterr().err
