@@ -90,11 +90,13 @@ class AsymmetricDecoder(_UsesOps):
         image, mask = check_condition(latents, image, mask)
         if image is not None and self.condition_encoder is None:
             raise ValueError("image/mask: this decoder has no condition branch (preset 'vanilla'); pass neither")
+        source = image  # a region decode pastes the source as given: a bf16 decoder leaves it unrounded
         if image is not None:
             dtype = self.conv_in.weight.dtype
             image, mask = image.to(dtype), mask.to(dtype)
         if tile is not None or overlap is not None or region is not None or margin is not None:
-            return decode_modes(self, latents, image, mask, tile=tile, overlap=overlap, region=region, margin=margin)
+            return decode_modes(self, latents, image, mask, tile=tile, overlap=overlap, region=region, margin=margin,
+                                source=source)
         return self.decode_core(latents, image, mask)
 
     def decode_scaled(self, latents: torch.Tensor, image=None, mask=None, **modes) -> torch.Tensor:

@@ -153,15 +153,18 @@ def choose_region(region: str, mask: torch.Tensor, margin: int, h: int, w: int, 
     return RegionChoice(region, box, share, speedup)
 
 
-def decode_box(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box, out_dtype: torch.dtype):
+def decode_box(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box, out_dtype: torch.dtype,
+               source: torch.Tensor | None = None):
     """The source image with ``box`` replaced by ``run(latent crop, image crop, mask crop)`` (one decode of the
-    box); ``box`` None: the source unchanged. ``run`` returns (B, 3, 8 box_h, 8 box_w)."""
+    box); ``box`` None: the source unchanged. ``run`` returns (B, 3, 8 box_h, 8 box_w). ``source``: the image
+    pasted outside the box, when ``image`` is the decoder's rounded copy of it (default ``image``)."""
     B = latents.shape[0]
+    image_out = image if source is None else source
     if box is None:
-        return image.to(out_dtype).expand(B, -1, -1, -1).clone()
+        return image_out.to(out_dtype).expand(B, -1, -1, -1).clone()
     y0, y1, x0, x1 = box
     pix = (slice(None), slice(None), slice(y0 * SCALE, y1 * SCALE), slice(x0 * SCALE, x1 * SCALE))
     crop = run(latents[:, :, y0:y1, x0:x1], image[pix], mask[pix])
-    out = image.to(device=crop.device, dtype=crop.dtype).expand(B, -1, -1, -1).clone()
+    out = image_out.to(device=crop.device, dtype=crop.dtype).expand(B, -1, -1, -1).clone()
     out[pix] = crop
     return out

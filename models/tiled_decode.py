@@ -314,9 +314,9 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
 
 # -- region decoding --------------------------------------------------------------------------------
 def region_decode(dec, latents, image, mask, margin: int, tile: int | None = None,
-                  overlap: int | None = None, box=None) -> torch.Tensor:
+                  overlap: int | None = None, box=None, source=None) -> torch.Tensor:
     """Decode the mask's box grown by ``margin`` (or ``box``, latent pixels y0, y1, x0, x1; tiled when
-    ``tile`` is given); the rest is ``image`` (``asymvq.models.region.decode_box``)."""
+    ``tile`` is given); the rest is ``source`` (default ``image``; ``asymvq.models.region.decode_box``)."""
     B, _, h, w = latents.shape
     if box is None:
         box = mask_box(mask, margin, h, w)
@@ -324,10 +324,11 @@ def region_decode(dec, latents, image, mask, margin: int, tile: int | None = Non
     def run(lat, img, msk):
         return tiled_decode(dec, lat, img, msk, tile, overlap) if tile is not None else dec.decode_core(lat, img, msk)
 
-    return decode_box(run, latents, image, mask, box, dec.conv_out.weight.dtype)
+    return decode_box(run, latents, image, mask, box, dec.conv_out.weight.dtype, source=source)
 
 
-def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=None, margin=None) -> torch.Tensor:
+def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=None, margin=None,
+                 source=None) -> torch.Tensor:
     """What ``AsymmetricDecoder.forward`` runs when any of tile/overlap/region/margin is given
     (inputs already checked and cast). ``region="auto"``: the box when the cost model says it pays
     (``asymvq.models.region.choose_region``), the whole image otherwise."""
@@ -343,7 +344,7 @@ def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=N
             raise ValueError(f"region: {region!r} decodes around the mask; pass image and mask (or leave region=None)")
         choice = choose_region(region, mask, margin, latents.shape[-2], latents.shape[-1])
         if choice.decodes_box or choice.empty:
-            return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box)
+            return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box, source=source)
         if tile is None:
             return dec.decode_core(latents, image, mask)
     return tiled_decode(dec, latents, image, mask, tile, overlap)

@@ -12,6 +12,7 @@ from asymvq.models.region import (
     REGION_TIME_FIT,
     choose_region,
     decode_box,
+    mask_box,
     predicted_speedup,
     snap_box,
 )
@@ -87,3 +88,20 @@ def test_decode_box_pastes_the_crop_on_the_source():
     out[..., 8:24, 16:24] = img.expand(2, -1, -1, -1)[..., 8:24, 16:24]
     assert torch.equal(out, img.expand(2, -1, -1, -1))
     assert torch.equal(decode_box(None, lat, img, None, None, torch.float32), img.expand(2, -1, -1, -1))
+
+
+def test_a_bf16_region_decode_leaves_the_fp32_source_unrounded_outside_the_box():
+    """The decoder casts its inputs to bf16; the pixels outside the box are the source as given (exact), not
+    its bf16 rounding (which was up to 4e-3 off)."""
+    dec = random_decoder("tiny", dtype="bf16")
+    g = torch.Generator().manual_seed(0)
+    z, image = torch.randn(1, 4, 16, 16, generator=g), torch.rand(1, 3, 128, 128, generator=g) * 2 - 1
+    mask = torch.zeros(1, 1, 128, 128)
+    mask[..., 40:72, 48:80] = 1
+    with torch.inference_mode():
+        y = dec(z, image, mask, region="mask", margin=1)
+    y0, y1, x0, x1 = mask_box(mask, 1, 16, 16)
+    outside = torch.ones_like(y, dtype=torch.bool)
+    outside[..., 8 * y0:8 * y1, 8 * x0:8 * x1] = False
+    assert y.dtype == torch.float32 and torch.equal(y[outside], image.expand_as(y)[outside])
+    assert not torch.equal(image.bfloat16().float(), image)  # the rounding this guards against is real
