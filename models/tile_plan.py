@@ -15,6 +15,14 @@ A variant with another block gets its plan for free as long as its up path is ma
 ``_footprint`` knows (convolutions, nearest upsampling, element-wise ops, the op table's calls,
 whole-image strides and non-overlapping max-pools of the mask);
 anything else is refused with ``NotImplementedError`` naming the op rather than tiled wrongly.
+
+*Constants*: a module the tracer steps into (a ``Conv2d`` subclass such as ``cpu_bf16.Fp32OutConv``,
+whose forward casts its input to its weight's dtype) reads its parameters as ``get_attr`` nodes. Those,
+and whatever is computed from them alone (``weight.dtype``, a view), have no spatial extent: the plan
+evaluates them once (``Plan.constants``) and keeps them out of the segments. Where one meets the
+activations it must not vary over the image: the input of a functional conv (its reach read from the
+weight's kernel), a cast's dtype or device, or an element-wise operand constant over height and width
+(a per-channel scale); anything else that mixes a constant with the image is refused like an unknown op.
 """
 from __future__ import annotations
 
@@ -93,12 +101,31 @@ POINTWISE_FUNCTIONS = (operator.add, operator.sub, operator.mul, operator.truedi
 POINTWISE_METHODS = ("to", "contiguous", "float", "half", "bfloat16", "type_as", "clone")
 
 
-def conv_reach(conv: nn.Conv2d) -> int:
+CONSTANT = None  # the scale of a value with no spatial extent: a parameter, a dtype, what is computed from them alone
+CASTS = ("dtype", "device")  # attributes of an activation that are not spatial (a cast's argument)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def kernel_reach(kernel_size, dilation, padding) -> int:
     """Input pixels a conv's output pixel reads beyond its own footprint, on the worse side."""
-    k, d, p = conv.kernel_size, conv.dilation, conv.padding
-    if isinstance(p, str):
-        raise NotImplementedError(f"tiled decoding: padding={p!r} convolutions")
-    return max(max(pi, di * (ki - 1) - pi) for ki, di, pi in zip(k, d, p))
+    if isinstance(padding, str):
+        raise NotImplementedError(f"tiled decoding: padding={padding!r} convolutions")
+    return max(max(p, d * (k - 1) - p) for k, d, p in zip(_pair(kernel_size), _pair(dilation), _pair(padding)))
+
+
+def conv_reach(conv: nn.Conv2d) -> int:
+    """``kernel_reach`` of a conv module."""
+    return kernel_reach(conv.kernel_size, conv.dilation, conv.padding)
+
+
+def _uniform_over_the_image(v) -> bool:
+    """A constant an activation may meet element-wise: a number, or a tensor broadcast alike to every pixel."""
+    if not isinstance(v, torch.Tensor):
+        return True
+    return v.dim() == 0 or (v.shape[-1] == 1 and (v.dim() < 2 or v.shape[-2] == 1))
 
 
 def _encoder_footprint(encoder, image_scale: float):
@@ -111,13 +138,46 @@ def _encoder_footprint(encoder, image_scale: float):
     return scales, reach
 
 
-def _footprint(node: fx.Node, scale: dict, root: nn.Module):
-    """(scale of the node's value, {input node: reach in latent pixels}) for one graph node."""
+def _get_attr(root: nn.Module, target: str):
+    owner, _, name = target.rpartition(".")
+    return getattr(root.get_submodule(owner), name)
+
+
+def _footprint(node: fx.Node, scale: dict, root: nn.Module, constants: dict, hoisted: set):
+    """(scale of the node's value, {input node: reach in latent pixels}) for one graph node.
+
+    ``constants``: the values of the constant nodes before it, for their shapes: ``hoisted`` ones evaluated
+    here (parameters, what they give alone), a constant cast to an activation's dtype by its value before
+    the cast (known at run time only). This node's is added when it is one."""
     ins = node.all_input_nodes
-    tensor_ins = [a for a in ins if not isinstance(scale.get(a), tuple)]
+    tensor_ins = [a for a in ins if isinstance(scale[a], float)]
     s_in = max((scale[a] for a in tensor_ins), default=None)
     zero = {a: 0.0 for a in ins}
     op, target = node.op, node.target
+    if op == "get_attr" or (ins and all(a in hoisted for a in ins) and op in ("call_function", "call_method")):
+        # a parameter, or computed from parameters alone: evaluated here, once (Plan.constants)
+        args = fx.node.map_arg(node.args, constants.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, constants.__getitem__)
+        constants[node] = (_get_attr(root, target) if op == "get_attr" else getattr(args[0], target)(*args[1:], **kwargs)
+                           if op == "call_method" else target(*args, **kwargs))
+        hoisted.add(node)
+        return CONSTANT, zero
+    if target is getattr and node.args[0] in tensor_ins and node.args[1] in CASTS:
+        return CONSTANT, zero  # an activation's dtype or device, read inside the segment that makes it
+    if op == "call_method" and target in POINTWISE_METHODS and node.args[0] in constants and not tensor_ins:
+        constants[node] = constants[node.args[0]]  # a parameter cast to an activation's dtype: the same shape
+        return CONSTANT, zero
+    if target is torch.conv2d:  # what a Conv2d subclass's forward calls (F.conv2d is torch.conv2d)
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        a = dict(zip(names, node.args)) | dict(node.kwargs)
+        x, weight = a["input"], a["weight"]
+        if not (isinstance(scale[x], float) and weight in constants and (a.get("bias") is None or a["bias"] in constants)):
+            raise NotImplementedError(f"tiled decoding: conv2d {node} whose weight is not a parameter")
+        stride = _pair(a.get("stride", 1))
+        if stride[0] != stride[1]:
+            raise NotImplementedError(f"tiled decoding: conv2d {node} with stride {stride}")
+        r = kernel_reach(constants[weight].shape[-2:], a.get("dilation", 1), a.get("padding", 0))
+        return scale[x] / stride[0], {x: r / scale[x], **{c: 0.0 for c in ins if c is not x}}
     if op == "call_module":
         mod = root.get_submodule(target)
         if isinstance(mod, nn.Conv2d):
@@ -153,8 +213,14 @@ def _footprint(node: fx.Node, scale: dict, root: nn.Module):
         if mode != "nearest" or sf is None or float(sf) != int(sf):
             raise NotImplementedError(f"tiled decoding: interpolate(mode={mode!r}, scale_factor={sf!r})")
         return s_in * int(sf), zero
-    if (op == "call_function" and target in POINTWISE_FUNCTIONS) or (op == "call_method" and target in POINTWISE_METHODS):
-        return s_in, zero
+    if op == "call_function" and target in POINTWISE_FUNCTIONS:
+        const_ins = [a for a in ins if a in constants]
+        if tensor_ins and all(_uniform_over_the_image(constants[a]) for a in const_ins):
+            return s_in, zero
+        raise NotImplementedError(f"tiled decoding: {target.__name__} of an activation and a constant that varies "
+                                  f"over the image ({', '.join(map(str, const_ins))})")
+    if op == "call_method" and target in POINTWISE_METHODS and node.args[0] in tensor_ins:
+        return s_in, zero  # a cast or copy: constant arguments give only a dtype or device
     raise NotImplementedError(f"tiled decoding: no spatial footprint known for {op} {target}")
 
 
@@ -176,6 +242,7 @@ class Plan:
     scale: dict            # node -> pixels per latent pixel (a tuple for the condition leaf)
     last_use: dict         # stored node -> index of the last segment that reads it
     norm_inputs: dict = field(default_factory=dict)  # node -> num_groups of the norms that read it
+    constants: dict = field(default_factory=dict)    # CONSTANT node -> its value (parameters and what they give)
 
 
 def plan_up_path(dec, conditioned: bool) -> Plan:
@@ -189,9 +256,11 @@ def plan_up_path(dec, conditioned: bool) -> Plan:
     body = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
 
     scale = {placeholders[0]: 1.0, **{p: float(SCALE) for p in placeholders[1:]}}
-    reach = {}
+    reach, constants, hoisted = {}, {}, set()
     for n in body:
-        scale[n], reach[n] = _footprint(n, scale, root)
+        scale[n], reach[n] = _footprint(n, scale, root, constants, hoisted)
+    body = [n for n in body if n not in hoisted]  # evaluated once, in no segment
+    constants = {n: constants[n] for n in hoisted}
 
     cuts = [i for i, n in enumerate(body) if n.target is norm_leaf]
     bounds = sorted({0, *cuts, len(body)})
@@ -203,7 +272,7 @@ def plan_up_path(dec, conditioned: bool) -> Plan:
         seen = set()
         for n in seg.nodes:
             for a in n.all_input_nodes:
-                if a not in inside and a not in seen:
+                if a not in inside and a not in seen and a not in constants:
                     seen.add(a)
                     seg.inputs.append(a)
                     last_use[a] = k
@@ -220,6 +289,6 @@ def plan_up_path(dec, conditioned: bool) -> Plan:
         if n.target is norm_leaf:
             norm_inputs[n.args[0]] = root.get_submodule(n.args[1]).num_groups
     for n in seg_of:
-        if isinstance(scale[n], tuple) and any(seg_of.get(u) != seg_of[n] for u in n.users):
-            raise NotImplementedError(f"tiled decoding: a tuple value ({n}) crosses a GroupNorm")
-    return Plan(root, placeholders, segments, result, scale, last_use, norm_inputs)
+        if not isinstance(scale[n], float) and any(seg_of.get(u) != seg_of[n] for u in n.users):
+            raise NotImplementedError(f"tiled decoding: a value that is not an image-sized tensor ({n}) crosses a GroupNorm")
+    return Plan(root, placeholders, segments, result, scale, last_use, norm_inputs, constants)

@@ -121,6 +121,44 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """The memory format ``t`` (or the tensor it is a window of) is in on the CPU: channels-last for a bf16
+    decoder there (``cpu_bf16``). Every tensor the tiled decode makes keeps it: a window in another layout
+    costs oneDNN a reorder at every conv, and a GroupNorm a transposing copy. Elsewhere: contiguous (the
+    layout the other devices' GroupNorm kernels take)."""
+    cl = t.device.type in ("cpu", "meta") and t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of its layout, exactly (a size-1 batch's stride too: GroupNorm checks them)."""
+    fmt = _layout(t)
+    sizes = t.shape if fmt == torch.contiguous_format else (t.shape[0], *t.shape[2:], t.shape[1])
+    strides, step = [], 1
+    for n in reversed(sizes):
+        strides.insert(0, step)
+        step *= n
+    if fmt == torch.channels_last:  # (N, H, W, C) strides back in (N, C, H, W) order
+        strides = [strides[0], strides[3], strides[1], strides[2]]
+    return t if t.stride() == tuple(strides) else t.clone(memory_format=fmt)
+
+
+def _group_stats(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased variance) per (batch, group), float32 for half types (as torch's GroupNorm)."""
+    b, c = x.shape[:2]
+    dt = _compute_dtype(x)
+    if x.device.type in ("cpu", "meta"):
+        # torch's own GroupNorm kernel: one pass in x's layout, accumulated in float32 for half types (a
+        # float32 weight makes its CPU kernel return float32 mean and rstd, as the full decode computes
+        # them); with eps 0, rstd is 1/sqrt(var). Its normalised output is not used.
+        one = torch.ones(c, dtype=dt, device=x.device)
+        _, mean, rstd = torch.native_group_norm(_dense(x), one, None, b, c, x[0, 0].numel(), groups, 0.0)
+        return mean, rstd.to(dt).pow(-2)
+    # elsewhere a float32 copy (not every device's GroupNorm kernel takes a float32 weight with half input)
+    var, mean = torch.var_mean(x.reshape(b, groups, -1).to(dt), dim=-1, correction=0)
+    return mean, var
+
+
 class _Stats:
     """One norm input's (count, mean, M2) per (batch, group) in float64, merged tile by tile with Chan's formula."""
 
@@ -128,11 +166,10 @@ class _Stats:
         self.n, self.mean, self.m2 = 0, None, None
 
     def add(self, x: torch.Tensor, groups: int) -> None:
-        xg = x.reshape(x.shape[0], groups, -1)
-        n = xg.shape[-1]
+        n = x[0, : x.shape[1] // groups].numel()
         if n == 0:
             return
-        var, mean = torch.var_mean(xg.to(_compute_dtype(x)), dim=-1, correction=0)
+        mean, var = _group_stats(x, groups)
         mean, m2 = mean.double(), var.double() * n
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
@@ -149,17 +186,23 @@ class _Stats:
 
 
 def _norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, stats) -> torch.Tensor:
-    """GroupNorm + SiLU of ``x`` with given (mean, var) per (batch, group); None: x's own (per tile)."""
-    b, c = x.shape[:2]
-    xg = x.reshape(b, norm.num_groups, -1).to(_compute_dtype(x))
+    """GroupNorm + SiLU of ``x`` with given (mean, var) per (batch, group); None: x's own (per tile).
+
+    Per image an inference batch norm with each channel's group statistics: the same arithmetic as torch's
+    GroupNorm kernel (per channel ``a = weight * rstd``, ``b = bias - mean * a``, then ``x * a + b`` in
+    float32 for half types, rounded once), in x's layout, without a float32 copy of the window."""
+    x = _dense(x)
     if stats is None:
-        var, mean = torch.var_mean(xg, dim=-1, correction=0)
-    else:
-        mean, var = (t.to(x.device, xg.dtype) for t in stats)
-    rstd = torch.rsqrt(var + norm.eps)
-    y = ((xg - mean[..., None]) * rstd[..., None]).to(x.dtype).reshape(x.shape)
-    y = y * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1)
-    return F.silu(y)
+        own = _Stats()
+        own.add(x, norm.num_groups)
+        stats = own.finish()
+    b, c = x.shape[:2]
+    dt = _compute_dtype(x)
+    mean, var = (t.to(x.device, dt).repeat_interleave(c // norm.num_groups, dim=1) for t in stats)
+    weight = norm.weight.to(dt) if norm.weight is not None else None
+    bias = norm.bias.to(dt) if norm.bias is not None else None
+    y = [F.batch_norm(x[i:i + 1], mean[i], var[i], weight, bias, False, 0.0, norm.eps) for i in range(b)]
+    return F.silu(y[0] if b == 1 else torch.cat(y), inplace=True)
 
 
 # -- the state between segments ---------------------------------------------------------------------
@@ -209,7 +252,8 @@ class TileState:
                 dev, pin = self.device, self.pin and self.device.type == "cpu"
                 self.bytes += nbytes  # counted before allocating: readers see the buffer as state at once
                 self.peak_bytes = max(self.peak_bytes, self.bytes)
-            buf = torch.empty(*part.shape[:2], *full_hw, dtype=part.dtype, device=dev, pin_memory=pin)
+            buf = torch.empty(*part.shape[:2], *full_hw, dtype=part.dtype, device=dev, pin_memory=pin,
+                              memory_format=_layout(part))
             self.buffers[node] = buf
         y, x = at
         buf[:, :, y:y + part.shape[-2], x:x + part.shape[-1]].copy_(part)
@@ -288,8 +332,9 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
             wy = window(sy, seg, h)
             for sx in xs:
                 wx = window(sx, seg, w)
-                env = {a: _crop(inputs[a], int(plan.scale[a]), wy, wx, latents.device) if a in inputs
-                       else state.read(a, int(plan.scale[a]), wy, wx, latents.device) for a in seg.inputs}
+                env = dict(plan.constants)
+                env.update({a: _crop(inputs[a], int(plan.scale[a]), wy, wx, latents.device) if a in inputs
+                            else state.read(a, int(plan.scale[a]), wy, wx, latents.device) for a in seg.inputs})
                 for n in seg.nodes:
                     env[n] = _run_node(n, env, plan, ops, stats, per_tile_norm)
                 for n in seg.outputs:
@@ -298,7 +343,8 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
                     part = env[n][:, :, oy:oy + (sy.own1 - sy.own0) * s, ox:ox + (sx.own1 - sx.own0) * s]
                     if n is plan.result:  # the image: on the decoder's device, not state
                         if out is None:
-                            out = part.new_empty(*part.shape[:2], h * s, w * s)
+                            out = torch.empty(*part.shape[:2], h * s, w * s, dtype=part.dtype, device=part.device,
+                                              memory_format=_layout(part))
                         out[:, :, sy.own0 * s:sy.own1 * s, sx.own0 * s:sx.own1 * s] = part
                         continue
                     state.write(n, part, (h * s, w * s), (sy.own0 * s, sx.own0 * s))

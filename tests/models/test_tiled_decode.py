@@ -1,14 +1,16 @@
 """Tiled and region decoding (asymvq.models.tiled_decode), tiny topologies, small sizes.
 
 Tiled: equal to the full decode to float rounding (float64 at 1e-9 for each preset family's
-topology, several tiles, tiles not dividing the image; bf16 within its rounding; fp32 >= 50 dB),
+topology, several tiles, tiles not dividing the image; bf16 within its rounding, also as ``--dtype bf16``
+prepares a decoder on the CPU, channels-last with an fp32 output conv; fp32 >= 50 dB),
 with and without mask, non-square, batch 2 over one image, the mask's edges crossing tile cuts;
 the image-wide GroupNorm statistics are what get it there (per-tile normalisation, diffusers'
 way, is measured far below). Every conv runs once per tile (hooks count them: the recompute of
 one pass per norm cannot come back unnoticed). The working memory grows only by the per-image
 tensors when the image grows with the same tile, the full decode's with the image; the state
 between segments is measured apart. A variant with an extra layer tiles exactly with no tiling
-code; an op of unknown reach is refused; the op override is per call and per thread.
+code; an op of unknown reach is refused, and so is a parameter that varies over the image (one per channel
+tiles exactly); the op override is per call and per thread.
 Region: pixels outside the box are the source exactly, the box is the crop's own decode, an
 empty mask returns the source. Bad arguments: ValueError naming the argument.
 """
@@ -134,6 +136,41 @@ def test_tiled_bf16_within_its_rounding(dec):
         full, tiled = d(lat, img, mask).float(), d(lat, img, mask, tile=19).float()
     err = float((tiled - full).abs().max())
     assert err <= 0.05 * float(full.abs().max()), err
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-asuka", "tiny-flux"])
+def test_tiled_cpu_bf16_within_its_rounding(preset):
+    """What ``--dtype bf16`` gives on the CPU (``cpu_bf16``: bf16 channels-last weights, an fp32 ``conv_out``
+    whose forward casts its input): tiled equals the bf16 full decode within bf16's rounding, i.e. >= 44 dB
+    against it (measured 50-56 dB) and as close to the fp32 decode as the full bf16 decode is (within
+    0.5 dB; both 47-50 dB), every conv of the up path fed channels-last (no reorder per window)."""
+    from asymvq.models.cpu_bf16 import Fp32OutConv
+    from asymvq.models.sources import random_decoder
+
+    d, ref_dec = random_decoder(preset, dtype="bf16"), random_decoder(preset)
+    assert type(d.conv_out) is Fp32OutConv
+    lat, img, mask = make(20, 13, channels=d.config.latent_channels)
+    args = (img, mask) if d.config.has_condition else ()
+    layouts = []
+    def record(m, i):
+        if isinstance(i[0], torch.Tensor):  # not the tracer's proxies (conv_out is traced through)
+            layouts.append(i[0].stride(1) == 1)
+
+    hooks = [m.register_forward_pre_hook(record)
+             for n, m in d.named_modules() if isinstance(m, torch.nn.Conv2d) and n.startswith(("up_blocks.", "conv_out"))]
+    with torch.inference_mode():
+        ref, full = ref_dec(lat, *args), d(lat, *args)
+        layouts.clear()
+        try:
+            tiled = d(lat, *args, tile=19)
+        finally:
+            for hk in hooks:
+                hk.remove()
+    assert tiled.dtype == full.dtype == torch.float32 and tiled.shape == full.shape
+    assert psnr(tiled, full) >= 44.0, psnr(tiled, full)
+    assert psnr(tiled, ref) >= psnr(full, ref) - 0.5, (psnr(tiled, ref), psnr(full, ref))
+    assert float((tiled - full).abs().max()) <= 0.05 * float(full.abs().max())
+    assert layouts and all(layouts), f"{layouts.count(False)} of {len(layouts)} conv inputs not channels-last"
 
 
 def test_per_tile_normalisation_is_what_breaks_tiling(dec):
@@ -383,6 +420,31 @@ def test_an_unknown_layer_is_refused_not_tiled_wrongly(dec):
     lat, img, mask = make(20, 12)
     with torch.inference_mode(), pytest.raises(NotImplementedError, match=r"^tiled decoding: .*avg_pool2d"):
         p(lat, img, mask, tile=19)
+
+
+def test_parameters_meeting_the_activations(dec):
+    """A parameter read in the up path is a constant, not a spatial op: one per channel (a scale) tiles exactly,
+    one that varies over the image (a positional bias of the latent's width) is refused, not tiled wrongly."""
+    class Scaled(AsymmetricDecoder):
+        def __init__(self, config, shape):
+            super().__init__(config)
+            self.gain = torch.nn.Parameter(torch.rand(shape) + 0.5)
+
+        def decode_up(self, h, image, mask):
+            return super().decode_up(h * self.gain.to(h.dtype), image, mask)
+
+    c = MICRO.block_out_channels[-1]
+    torch.manual_seed(3)
+    per_channel = Scaled(MICRO, (1, c, 1, 1)).eval().double()
+    lat, img, mask = make(20, 21)
+    with torch.inference_mode():
+        full = per_channel(lat.double(), img.double(), mask)
+        tiled = per_channel(lat.double(), img.double(), mask, tile=19)
+    torch.testing.assert_close(tiled, full, rtol=1e-9, atol=1e-9 * float(full.abs().max()))
+    positional = Scaled(MICRO, (1, c, 1, 21)).eval()
+    with torch.inference_mode(), pytest.raises(NotImplementedError, match=r"^tiled decoding: mul of an activation and a "
+                                                                          r"constant that varies over the image"):
+        positional(lat, img, mask, tile=19)
 
 
 def test_ops_override_is_scoped_to_the_call_and_the_thread(dec):
