@@ -28,10 +28,11 @@ The record for issue 19 (the FLUX decoder and ASUKA's, 1024 and 2048), one comma
 
 Counted at 1024 and 2048 (all methods, ~2 min of meta-device tracing), measured at 1024 (ours full and tiled
 per preset; the diffusers rows only counted, as they run fp32): estimate on the 2-core Xeon (AMX), quiet,
-~6 min, most of it the two measured tiled decodes (the tiled path in bf16 ran ~5x the full decode here,
-85 s against 418 s at 1024 under load average 12-14). bf16, channels-last (this CPU's default precision
-with AMX / avx512_bf16); ``--dtype fp32`` doubles every figure. ``--rss-sizes 1024 2048`` also measures
-2048 (~25 min more). A check at a tiny size, seconds:
+~5 min: four decodes of 13-20 s (the bf16 full decode at ~0.8 TFLOP/s, bench/results/decoder_cpu_asuka-flux_512.json;
+the tiled one now at 1.0-1.3x it, one thread, measured at 256-512; it ran ~5x before its layout fix) plus a
+process start each. bf16 as ``--dtype bf16`` prepares it (``cpu_bf16``: channels-last, ``conv_out`` in fp32,
+the image fp32); ``--dtype fp32`` doubles every activation. ``--rss-sizes 1024 2048`` also measures 2048
+(~6-10 min more: 4.6x the FLOPs). A check at a tiny size, seconds:
 
     .venv/bin/python bench/decoder_memory.py --presets tiny-flux tiny-asuka --sizes 256 --tile 20
 """
@@ -66,6 +67,7 @@ def build_case(preset: str, size: int, tile: int, method: str, dtype: str, seed:
     shapes only on the meta device (``meta``: nothing computed, what ``count_case`` counts)."""
     from asymvq.models import AsymmetricDecoder
     from asymvq.models.config import preset_config
+    from asymvq.models.cpu_bf16 import to_cpu_bf16
     from asymvq.models.tiled_decode import TileState, check_tiling, tiled_decode
 
     config = preset_config(preset)
@@ -94,14 +96,13 @@ def build_case(preset: str, size: int, tile: int, method: str, dtype: str, seed:
         mask = torch.zeros(1, 1, size, size, device=device)
         mask[..., size // 4: 3 * size // 4, size // 3: 5 * size // 6] = 1
         mask = mask.to(torch_dtype)
-    # bf16: cast and channels-last (oneDNN's fast bf16 layout: NCHW bf16 runs slower than fp32), but
-    # conv_out left a plain conv (cpu_bf16 makes it an fp32 one, which the tiled decode's tracer does not
-    # take yet); both methods get the same module
+    # bf16: what --dtype bf16 gives on the CPU (cpu_bf16: channels-last bf16, conv_out in fp32, so the image
+    # comes out fp32); both methods get the same module
     torch.manual_seed(seed)
     with device:
         dec = AsymmetricDecoder(config).eval().to(torch_dtype)
     if dtype == "bf16":
-        dec = dec.to(memory_format=torch.channels_last)
+        dec = to_cpu_bf16(dec)
     latent = latent.to(torch_dtype)
     state = TileState(device)
     if method == "full":

@@ -1,8 +1,8 @@
 """The benchmarks of the decoder family and the newer pipelines compare like with like: the peer diffusers
 VAE has the preset's latent space and topology, ASUKA's decoder shares the plain one's weights, and the GPU
-anchors sit beside the right variants. Cheap: tiny presets, no benchmark run (those are bench/'s scripts);
-the first test pays for importing diffusers, the memory case for the tiled decode's planning (35 s for the
-file under load average 10-15 here, a fraction of it on a quiet machine)."""
+anchors sit beside the right variants. Cheap: tiny presets, at most one tiny case or point of a benchmark
+(the records are bench/'s scripts); the first test pays for importing diffusers, the memory case for the
+tiled decode's planning (35 s for the file under load average 10-15 here, a fraction of it on a quiet machine)."""
 from __future__ import annotations
 
 import sys
@@ -74,7 +74,7 @@ def test_decoder_memory_case_measures_one_decode():
     tiled = decoder_memory.run_case("tiny-flux", 160, 19, "tiled", "fp32")
     for row in (full, tiled):
         assert row["finite"] and row["peak_bytes"] >= row["before_bytes"] > 0 and row["added_bytes"] >= 0
-    assert full["output_bytes"] == 3 * 160 * 160 * 2 and tiled["output_bytes"] == 3 * 160 * 160 * 4
+    assert full["output_bytes"] == tiled["output_bytes"] == 3 * 160 * 160 * 4  # bf16 as cpu_bf16: the image in fp32
     assert tiled["host_state_bytes"] > 0  # the values between segments, counted
     with pytest.raises(SystemExit, match="fp32 only"):
         decoder_memory.run_case("tiny-flux", 160, 19, "diffusers_tiled", "bf16")
@@ -100,4 +100,20 @@ def test_decoder_memory_counts_allocations_on_meta():
     assert full["counted_output_bytes"] == tiled["counted_output_bytes"] == 3 * 256 * 256 * 4
     assert full["counted_peak_bytes"] > tiled["counted_peak_bytes"] >= tiled["counted_output_bytes"]
     ours = decoder_memory.count_case("tiny-asuka", 256, 20, "tiled", "bf16")
-    assert ours["counted_state_bytes"] > 0 and ours["counted_output_bytes"] == 3 * 256 * 256 * 2
+    assert ours["counted_state_bytes"] > 0 and ours["counted_output_bytes"] == 3 * 256 * 256 * 4  # cpu_bf16's fp32 image
+
+
+def test_decoder_tiled_point_in_cpu_bf16():
+    """One point of the tiled record as ``--dtype bf16`` runs it on the CPU: ours prepared by cpu_bf16 (the
+    tiled decode takes its fp32 conv_out), diffusers in fp32, both labelled; PSNR of ours tiled against our
+    full decode and against the fp32 one, diffusers' tiling against its own full decode; FLOPs counted."""
+    import decoder_tiled
+
+    point = decoder_tiled.run_point("tiny-flux", 160, 19, "cpu", torch.bfloat16, 0, 1, diffusers_dtype=torch.float32)
+    assert point["dtype"] == "torch.bfloat16" and point["diffusers_dtype"] == "torch.float32" and point["tiles"] == 4
+    m = point["methods"]
+    assert m["tiled"]["psnr_db_vs_full"] >= 44 and m["full"]["psnr_db_vs_fp32_full"] >= 40
+    assert m["tiled"]["psnr_db_vs_fp32_full"] >= m["full"]["psnr_db_vs_fp32_full"] - 0.5
+    assert m["diffusers_tiled"]["psnr_db_vs_diffusers_full"] < 40  # per-tile statistics: the seams we avoid
+    assert 1.0 < m["tiled"]["flops_vs_full"] < 1.3 and m["diffusers_tiled"]["flops_vs_full"] > m["tiled"]["flops_vs_full"]
+    assert all("out" not in r for r in m.values()) and "ms_vs_diffusers_full" in m["diffusers_tiled"]
