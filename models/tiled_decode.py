@@ -29,6 +29,8 @@ Region (``region="mask"`` or ``"auto"``, ``margin=K``, latent pixels)
     of unmasked context on each side and clipped to the image, as a decode of its own (its
     GroupNorm statistics are the box's), and take every pixel outside the box from the source
     image. Pixels outside the box are exactly the source (Pre_error 0 there by construction).
+    ``region_stats="lowres"`` normalises the box with estimated image-wide statistics instead
+    (``asymvq.models.region_stats``: the head on the whole latent, a low-resolution pass for the rest).
     An empty mask decodes nothing and returns the source image unchanged. The geometry and the
     cost model of ``"auto"`` are ``asymvq.models.region``, shared with the exported engines.
 
@@ -42,9 +44,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from .group_stats import Moments, norm_silu
 from .region import DEFAULT_MARGIN, REGIONS, check_region, choose_region, decode_box, mask_box  # noqa: F401 (re-exported)
+from .region_stats import DEFAULT_REGION_STATS, check_region_stats, lowres_stats_decode
 from .tile_plan import Plan, blend_leaf, condition_leaf, norm_leaf, plan_up_path
 
 # Tiled mode: latent pixels shared by neighbouring tiles' windows. Any overlap is exact (each segment
@@ -113,53 +116,6 @@ def spans(size: int, tile: int, overlap: int) -> list[Span]:
     cuts = [0] + [(b + a + tile) // 2 for a, b in zip(starts, starts[1:])] + [size]
     n = len(starts)
     return [Span(s, s + tile, cuts[i], cuts[i + 1], i == 0, i == n - 1) for i, s in enumerate(starts)]
-
-
-# -- GroupNorm with image-wide statistics ------------------------------------------------------
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32 for half types and float32 (as torch's GroupNorm), float64 for float64."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-class _Stats:
-    """One norm input's (count, mean, M2) per (batch, group) in float64, merged tile by tile with Chan's formula."""
-
-    def __init__(self):
-        self.n, self.mean, self.m2 = 0, None, None
-
-    def add(self, x: torch.Tensor, groups: int) -> None:
-        xg = x.reshape(x.shape[0], groups, -1)
-        n = xg.shape[-1]
-        if n == 0:
-            return
-        var, mean = torch.var_mean(xg.to(_compute_dtype(x)), dim=-1, correction=0)
-        mean, m2 = mean.double(), var.double() * n
-        if self.mean is None:
-            self.n, self.mean, self.m2 = n, mean, m2
-            return
-        na, tot = self.n, self.n + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / tot)
-        self.m2 = self.m2 + m2 + delta * delta * (na * n / tot)
-        self.n = tot
-
-    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, biased variance), float64, (B, groups): what torch's GroupNorm computes."""
-        return self.mean, self.m2 / self.n
-
-
-def _norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, stats) -> torch.Tensor:
-    """GroupNorm + SiLU of ``x`` with given (mean, var) per (batch, group); None: x's own (per tile)."""
-    b, c = x.shape[:2]
-    xg = x.reshape(b, norm.num_groups, -1).to(_compute_dtype(x))
-    if stats is None:
-        var, mean = torch.var_mean(xg, dim=-1, correction=0)
-    else:
-        mean, var = (t.to(x.device, xg.dtype) for t in stats)
-    rstd = torch.rsqrt(var + norm.eps)
-    y = ((xg - mean[..., None]) * rstd[..., None]).to(x.dtype).reshape(x.shape)
-    y = y * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1)
-    return F.silu(y)
 
 
 # -- the state between segments ---------------------------------------------------------------------
@@ -235,7 +191,7 @@ def _run_node(node, env, plan: Plan, ops, stats, per_tile_norm):
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
     if node.target is norm_leaf:
-        return _norm_silu(args[0], plan.root.get_submodule(args[1]), None if per_tile_norm else stats[node.args[0]])
+        return norm_silu(args[0], plan.root.get_submodule(args[1]), None if per_tile_norm else stats[node.args[0]])
     if node.target is blend_leaf:
         return ops.blend(*args)
     if node.target is condition_leaf:
@@ -273,7 +229,7 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
     stats = {}
     for node, groups in plan.norm_inputs.items():
         if node in inputs:  # a placeholder (the mid block's output) is whole: its statistics directly
-            st = _Stats()
+            st = Moments()
             st.add(inputs[node], groups)
             stats[node] = st.finish()
 
@@ -283,7 +239,7 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
 
     out = None
     for k, seg in enumerate(plan.segments):
-        collect = {n: _Stats() for n in seg.outputs if n in plan.norm_inputs}
+        collect = {n: Moments() for n in seg.outputs if n in plan.norm_inputs}
         for sy in ys:
             wy = window(sy, seg, h)
             for sx in xs:
@@ -314,28 +270,39 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
 
 # -- region decoding --------------------------------------------------------------------------------
 def region_decode(dec, latents, image, mask, margin: int, tile: int | None = None,
-                  overlap: int | None = None, box=None, source=None) -> torch.Tensor:
+                  overlap: int | None = None, box=None, source=None,
+                  stats: str = DEFAULT_REGION_STATS) -> torch.Tensor:
     """Decode the mask's box grown by ``margin`` (or ``box``, latent pixels y0, y1, x0, x1; tiled when
-    ``tile`` is given); the rest is ``source`` (default ``image``; ``asymvq.models.region.decode_box``)."""
+    ``tile`` is given), normalised with ``stats`` (``asymvq.models.region_stats``); the rest is ``source``
+    (default ``image``; ``asymvq.models.region.decode_box``)."""
     B, _, h, w = latents.shape
     if box is None:
         box = mask_box(mask, margin, h, w)
 
     def run(lat, img, msk):
+        if stats == "lowres":  # reads the whole image, not only the crops
+            return lowres_stats_decode(dec, latents, image, mask, box)
         return tiled_decode(dec, lat, img, msk, tile, overlap) if tile is not None else dec.decode_core(lat, img, msk)
 
     return decode_box(run, latents, image, mask, box, dec.conv_out.weight.dtype, source=source)
 
 
 def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=None, margin=None,
-                 source=None) -> torch.Tensor:
-    """What ``AsymmetricDecoder.forward`` runs when any of tile/overlap/region/margin is given
+                 source=None, region_stats=None) -> torch.Tensor:
+    """What ``AsymmetricDecoder.forward`` runs when any of tile/overlap/region/margin/region_stats is given
     (inputs already checked and cast). ``region="auto"``: the box when the cost model says it pays
     (``asymvq.models.region.choose_region``), the whole image otherwise."""
     if tile is None and overlap is not None:
         raise ValueError(f"overlap: only with tile=N (latent pixels), got overlap={overlap!r} without a tile")
     if region is None and margin is not None:
         raise ValueError(f"margin: only with region='mask' or 'auto', got margin={margin!r} without a region")
+    if region is None and region_stats is not None:
+        raise ValueError(f"region_stats: only with region='mask' or 'auto', got region_stats={region_stats!r} "
+                         "without a region")
+    stats = check_region_stats(region_stats)
+    if stats != "box" and tile is not None:
+        raise ValueError(f"region_stats: {stats!r} decodes the box in one piece, not tiled; drop tile= or use "
+                         "region_stats='box'")
     if tile is not None:
         tile, overlap = check_tiling(tile, overlap, dec.config)
     if region is not None:
@@ -344,7 +311,8 @@ def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=N
             raise ValueError(f"region: {region!r} decodes around the mask; pass image and mask (or leave region=None)")
         choice = choose_region(region, mask, margin, latents.shape[-2], latents.shape[-1])
         if choice.decodes_box or choice.empty:
-            return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box, source=source)
+            return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box, source=source,
+                                 stats=stats)
         if tile is None:
             return dec.decode_core(latents, image, mask)
     return tiled_decode(dec, latents, image, mask, tile, overlap)
