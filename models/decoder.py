@@ -76,14 +76,16 @@ class AsymmetricDecoder(_UsesOps):
     # -- forward -------------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, image: torch.Tensor | None = None, mask: torch.Tensor | None = None, *,
                 tile: int | None = None, overlap: int | None = None, region: str | None = None,
-                margin: int | None = None) -> torch.Tensor:
+                margin: int | None = None, region_stats: str | None = None) -> torch.Tensor:
         """Decode VAE-space latents (already divided by the scaling factor) to images in [-1, 1].
 
         latents: (B, C, h, w), C = ``config.latent_channels`` (4 or 16). image: (B or 1, 3, 8h, 8w) unmasked source in [-1, 1].
         mask: (B or 1, 1 or 3, 8h, 8w), 1 = hole, binary (see ``asymvq.models.inputs``).
         ``tile``/``overlap`` (latent pixels): tiled decode with image-wide GroupNorm statistics,
         memory bounded by the tile. ``region="mask"``/``margin``: decode only the mask's box grown
-        by ``margin`` latent pixels, the rest is the source. See ``asymvq.models.tiled_decode``.
+        by ``margin`` latent pixels, the rest is the source; ``region_stats``: the GroupNorm statistics
+        the box is normalised with, ``"box"`` (default: its own) or ``"lowres"`` (the whole image's, estimated;
+        ``asymvq.models.region_stats``). See ``asymvq.models.tiled_decode``.
         """
         weight = self.conv_in.weight  # any float latents/image are cast to the decoder's dtype
         latents = check_latents(latents, self.config.latent_channels, dtype=weight.dtype, device=weight.device)
@@ -94,14 +96,14 @@ class AsymmetricDecoder(_UsesOps):
         if image is not None:
             dtype = self.conv_in.weight.dtype
             image, mask = image.to(dtype), mask.to(dtype)
-        if tile is not None or overlap is not None or region is not None or margin is not None:
-            return decode_modes(self, latents, image, mask, tile=tile, overlap=overlap, region=region, margin=margin,
-                                source=source)
+        modes = dict(tile=tile, overlap=overlap, region=region, margin=margin, region_stats=region_stats)
+        if any(v is not None for v in modes.values()):
+            return decode_modes(self, latents, image, mask, **modes, source=source)
         return self.decode_core(latents, image, mask)
 
     def decode_scaled(self, latents: torch.Tensor, image=None, mask=None, **modes) -> torch.Tensor:
         """Decode diffusion-space latents (what the UNet loop yields): ``z / scaling_factor + shift_factor``
-        (``config.latent_space``). ``modes``: ``tile``, ``overlap``, ``region``, ``margin`` as in ``forward``."""
+        (``config.latent_space``). ``modes``: ``tile``, ``overlap``, ``region``, ``margin``, ``region_stats`` as in ``forward``."""
         check_latents(latents, self.config.latent_channels)  # before dividing: integer latents stay refused
         return self(self.config.latent_space.to_vae(latents), image, mask, **modes)
 

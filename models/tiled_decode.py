@@ -29,6 +29,8 @@ Region (``region="mask"`` or ``"auto"``, ``margin=K``, latent pixels)
     of unmasked context on each side and clipped to the image, as a decode of its own (its
     GroupNorm statistics are the box's), and take every pixel outside the box from the source
     image. Pixels outside the box are exactly the source (Pre_error 0 there by construction).
+    ``region_stats="lowres"`` normalises the box with estimated image-wide statistics instead
+    (``asymvq.models.region_stats``: the head on the whole latent, a low-resolution pass for the rest).
     An empty mask decodes nothing and returns the source image unchanged. The geometry and the
     cost model of ``"auto"`` are ``asymvq.models.region``, shared with the exported engines.
 
@@ -42,9 +44,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from .group_stats import Moments, layout, norm_silu
 from .region import DEFAULT_MARGIN, REGIONS, check_region, choose_region, decode_box, mask_box  # noqa: F401 (re-exported)
+from .region_stats import DEFAULT_REGION_STATS, check_region_stats, lowres_stats_decode
 from .tile_plan import Plan, blend_leaf, condition_leaf, norm_leaf, plan_up_path
 
 # Tiled mode: latent pixels shared by neighbouring tiles' windows. Any overlap is exact (each segment
@@ -115,96 +118,6 @@ def spans(size: int, tile: int, overlap: int) -> list[Span]:
     return [Span(s, s + tile, cuts[i], cuts[i + 1], i == 0, i == n - 1) for i, s in enumerate(starts)]
 
 
-# -- GroupNorm with image-wide statistics ------------------------------------------------------
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32 for half types and float32 (as torch's GroupNorm), float64 for float64."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _layout(t: torch.Tensor) -> torch.memory_format:
-    """The memory format ``t`` (or the tensor it is a window of) is in on the CPU: channels-last for a bf16
-    decoder there (``cpu_bf16``). Every tensor the tiled decode makes keeps it: a window in another layout
-    costs oneDNN a reorder at every conv, and a GroupNorm a transposing copy. Elsewhere: contiguous (the
-    layout the other devices' GroupNorm kernels take)."""
-    cl = t.device.type in ("cpu", "meta") and t.dim() == 4 and t.shape[1] > 1 and t.stride(1) == 1
-    return torch.channels_last if cl else torch.contiguous_format
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with the strides of its layout, exactly (a size-1 batch's stride too: GroupNorm checks them)."""
-    fmt = _layout(t)
-    sizes = t.shape if fmt == torch.contiguous_format else (t.shape[0], *t.shape[2:], t.shape[1])
-    strides, step = [], 1
-    for n in reversed(sizes):
-        strides.insert(0, step)
-        step *= n
-    if fmt == torch.channels_last:  # (N, H, W, C) strides back in (N, C, H, W) order
-        strides = [strides[0], strides[3], strides[1], strides[2]]
-    return t if t.stride() == tuple(strides) else t.clone(memory_format=fmt)
-
-
-def _group_stats(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, biased variance) per (batch, group), float32 for half types (as torch's GroupNorm)."""
-    b, c = x.shape[:2]
-    dt = _compute_dtype(x)
-    if x.device.type in ("cpu", "meta"):
-        # torch's own GroupNorm kernel: one pass in x's layout, accumulated in float32 for half types (a
-        # float32 weight makes its CPU kernel return float32 mean and rstd, as the full decode computes
-        # them); with eps 0, rstd is 1/sqrt(var). Its normalised output is not used.
-        one = torch.ones(c, dtype=dt, device=x.device)
-        _, mean, rstd = torch.native_group_norm(_dense(x), one, None, b, c, x[0, 0].numel(), groups, 0.0)
-        return mean, rstd.to(dt).pow(-2)
-    # elsewhere a float32 copy (not every device's GroupNorm kernel takes a float32 weight with half input)
-    var, mean = torch.var_mean(x.reshape(b, groups, -1).to(dt), dim=-1, correction=0)
-    return mean, var
-
-
-class _Stats:
-    """One norm input's (count, mean, M2) per (batch, group) in float64, merged tile by tile with Chan's formula."""
-
-    def __init__(self):
-        self.n, self.mean, self.m2 = 0, None, None
-
-    def add(self, x: torch.Tensor, groups: int) -> None:
-        n = x[0, : x.shape[1] // groups].numel()
-        if n == 0:
-            return
-        mean, var = _group_stats(x, groups)
-        mean, m2 = mean.double(), var.double() * n
-        if self.mean is None:
-            self.n, self.mean, self.m2 = n, mean, m2
-            return
-        na, tot = self.n, self.n + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / tot)
-        self.m2 = self.m2 + m2 + delta * delta * (na * n / tot)
-        self.n = tot
-
-    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, biased variance), float64, (B, groups): what torch's GroupNorm computes."""
-        return self.mean, self.m2 / self.n
-
-
-def _norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, stats) -> torch.Tensor:
-    """GroupNorm + SiLU of ``x`` with given (mean, var) per (batch, group); None: x's own (per tile).
-
-    Per image an inference batch norm with each channel's group statistics: the same arithmetic as torch's
-    GroupNorm kernel (per channel ``a = weight * rstd``, ``b = bias - mean * a``, then ``x * a + b`` in
-    float32 for half types, rounded once), in x's layout, without a float32 copy of the window."""
-    x = _dense(x)
-    if stats is None:
-        own = _Stats()
-        own.add(x, norm.num_groups)
-        stats = own.finish()
-    b, c = x.shape[:2]
-    dt = _compute_dtype(x)
-    mean, var = (t.to(x.device, dt).repeat_interleave(c // norm.num_groups, dim=1) for t in stats)
-    weight = norm.weight.to(dt) if norm.weight is not None else None
-    bias = norm.bias.to(dt) if norm.bias is not None else None
-    y = [F.batch_norm(x[i:i + 1], mean[i], var[i], weight, bias, False, 0.0, norm.eps) for i in range(b)]
-    return F.silu(y[0] if b == 1 else torch.cat(y), inplace=True)
-
-
 # -- the state between segments ---------------------------------------------------------------------
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """``cuda`` and ``cuda:0`` alike (an index left out is the current device)."""
@@ -253,7 +166,7 @@ class TileState:
                 self.bytes += nbytes  # counted before allocating: readers see the buffer as state at once
                 self.peak_bytes = max(self.peak_bytes, self.bytes)
             buf = torch.empty(*part.shape[:2], *full_hw, dtype=part.dtype, device=dev, pin_memory=pin,
-                              memory_format=_layout(part))
+                              memory_format=layout(part))
             self.buffers[node] = buf
         y, x = at
         buf[:, :, y:y + part.shape[-2], x:x + part.shape[-1]].copy_(part)
@@ -279,7 +192,7 @@ def _run_node(node, env, plan: Plan, ops, stats, per_tile_norm):
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
     if node.target is norm_leaf:
-        return _norm_silu(args[0], plan.root.get_submodule(args[1]), None if per_tile_norm else stats[node.args[0]])
+        return norm_silu(args[0], plan.root.get_submodule(args[1]), None if per_tile_norm else stats[node.args[0]])
     if node.target is blend_leaf:
         return ops.blend(*args)
     if node.target is condition_leaf:
@@ -317,7 +230,7 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
     stats = {}
     for node, groups in plan.norm_inputs.items():
         if node in inputs:  # a placeholder (the mid block's output) is whole: its statistics directly
-            st = _Stats()
+            st = Moments()
             st.add(inputs[node], groups)
             stats[node] = st.finish()
 
@@ -327,7 +240,7 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
 
     out = None
     for k, seg in enumerate(plan.segments):
-        collect = {n: _Stats() for n in seg.outputs if n in plan.norm_inputs}
+        collect = {n: Moments() for n in seg.outputs if n in plan.norm_inputs}
         for sy in ys:
             wy = window(sy, seg, h)
             for sx in xs:
@@ -344,7 +257,7 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
                     if n is plan.result:  # the image: on the decoder's device, not state
                         if out is None:
                             out = torch.empty(*part.shape[:2], h * s, w * s, dtype=part.dtype, device=part.device,
-                                              memory_format=_layout(part))
+                                              memory_format=layout(part))
                         out[:, :, sy.own0 * s:sy.own1 * s, sx.own0 * s:sx.own1 * s] = part
                         continue
                     state.write(n, part, (h * s, w * s), (sy.own0 * s, sx.own0 * s))
@@ -360,28 +273,39 @@ def tiled_decode(dec, latents, image, mask, tile: int, overlap: int, *, per_tile
 
 # -- region decoding --------------------------------------------------------------------------------
 def region_decode(dec, latents, image, mask, margin: int, tile: int | None = None,
-                  overlap: int | None = None, box=None, source=None) -> torch.Tensor:
+                  overlap: int | None = None, box=None, source=None,
+                  stats: str = DEFAULT_REGION_STATS) -> torch.Tensor:
     """Decode the mask's box grown by ``margin`` (or ``box``, latent pixels y0, y1, x0, x1; tiled when
-    ``tile`` is given); the rest is ``source`` (default ``image``; ``asymvq.models.region.decode_box``)."""
+    ``tile`` is given), normalised with ``stats`` (``asymvq.models.region_stats``); the rest is ``source``
+    (default ``image``; ``asymvq.models.region.decode_box``)."""
     B, _, h, w = latents.shape
     if box is None:
         box = mask_box(mask, margin, h, w)
 
     def run(lat, img, msk):
+        if stats == "lowres":  # reads the whole image, not only the crops
+            return lowres_stats_decode(dec, latents, image, mask, box)
         return tiled_decode(dec, lat, img, msk, tile, overlap) if tile is not None else dec.decode_core(lat, img, msk)
 
     return decode_box(run, latents, image, mask, box, dec.conv_out.weight.dtype, source=source)
 
 
 def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=None, margin=None,
-                 source=None) -> torch.Tensor:
-    """What ``AsymmetricDecoder.forward`` runs when any of tile/overlap/region/margin is given
+                 source=None, region_stats=None) -> torch.Tensor:
+    """What ``AsymmetricDecoder.forward`` runs when any of tile/overlap/region/margin/region_stats is given
     (inputs already checked and cast). ``region="auto"``: the box when the cost model says it pays
     (``asymvq.models.region.choose_region``), the whole image otherwise."""
     if tile is None and overlap is not None:
         raise ValueError(f"overlap: only with tile=N (latent pixels), got overlap={overlap!r} without a tile")
     if region is None and margin is not None:
         raise ValueError(f"margin: only with region='mask' or 'auto', got margin={margin!r} without a region")
+    if region is None and region_stats is not None:
+        raise ValueError(f"region_stats: only with region='mask' or 'auto', got region_stats={region_stats!r} "
+                         "without a region")
+    stats = check_region_stats(region_stats)
+    if stats != "box" and tile is not None:
+        raise ValueError(f"region_stats: {stats!r} decodes the box in one piece, not tiled; drop tile= or use "
+                         "region_stats='box'")
     if tile is not None:
         tile, overlap = check_tiling(tile, overlap, dec.config)
     if region is not None:
@@ -390,7 +314,8 @@ def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=N
             raise ValueError(f"region: {region!r} decodes around the mask; pass image and mask (or leave region=None)")
         choice = choose_region(region, mask, margin, latents.shape[-2], latents.shape[-1])
         if choice.decodes_box or choice.empty:
-            return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box, source=source)
+            return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box, source=source,
+                                 stats=stats)
         if tile is None:
             return dec.decode_core(latents, image, mask)
     return tiled_decode(dec, latents, image, mask, tile, overlap)
