@@ -5,8 +5,10 @@ half the width and half the height), asymvq's fastest backend + region decode ag
 Rows (interleaved round-robin, warm-up then repeats; min and median; ratio to the peer): asymvq torch fp32 / bf16
 and the exported decoder on ONNX Runtime fp32 and OpenVINO fp32 / bf16, each with ``region="mask"`` (the box plus
 the default margin through the same engine, ``asymvq.models.region``), and OpenVINO bf16 on the whole image for
-reference. bf16 rows run only where the CPU computes bf16 natively (``cpu_features().native_bf16``; a oneDNN ISA
-cap counts). The target printed and checked against the fastest row: >= 6x on a bf16 CPU, >= 3x on one without.
+reference, and torch bf16 with ``region_stats="lowres"`` (the box's GroupNorm statistics merged with a 1/4-resolution
+estimate of the rest: docs/decoder.md). bf16 rows run only where the CPU computes bf16 natively
+(``cpu_features().native_bf16``; a oneDNN ISA cap counts). The target printed and checked against the fastest
+row: >= 6x on a bf16 CPU, >= 3x on one without.
 Quality per row: max abs outside the box against the source image (must be 0: the source by construction), PSNR
 inside the box and over the hole against the peer's full decode and against the same backend's full decode (the
 region's error apart from the precision's). FLOPs of the full and the region decode (counted on the meta device).
@@ -81,13 +83,16 @@ def main(argv=None) -> dict:
     if want("asymvq torch fp32 region"):
         runs["asymvq torch fp32 region"] = lambda: ours(latent, image, mask, **region)
         full["asymvq torch fp32 region"] = lambda: ours(latent, image, mask)
-    bf16_rows = ("asymvq torch bf16 region", "openvino bf16 region", "openvino bf16 full")
+    bf16_rows = ("asymvq torch bf16 region", "asymvq torch bf16 region lowres", "openvino bf16 region", "openvino bf16 full")
     if native:
         bf16 = to_cpu_bf16(our_decoder(args.preset, reference))
         lat16 = latent.bfloat16()
         if want("asymvq torch bf16 region"):
             runs["asymvq torch bf16 region"] = lambda: bf16(lat16, image, mask, **region)
             full["asymvq torch bf16 region"] = lambda: bf16(lat16, image, mask)
+        if want("asymvq torch bf16 region lowres"):  # image-wide GroupNorm statistics estimated (region_stats)
+            runs["asymvq torch bf16 region lowres"] = lambda: bf16(lat16, image, mask, **region, region_stats="lowres")
+            full["asymvq torch bf16 region lowres"] = lambda: bf16(lat16, image, mask)
     else:
         skipped |= {n: f"no native bf16 on this CPU ({cpu.describe()})" for n in bf16_rows}
     component, onnx, xml, inputs, outputs, _ = exported(ours, print)

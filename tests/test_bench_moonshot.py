@@ -27,7 +27,8 @@ def test_moonshot_rows_are_exact_outside_the_box(tmp_path):
     rows = res["rows"]
     native = cpu_features().native_bf16
     want = {"diffusers eager fp32", "asymvq torch fp32 region", "onnxruntime fp32 region", "openvino fp32 region"}
-    want |= {"asymvq torch bf16 region", "openvino bf16 region", "openvino bf16 full"} if native else set()
+    want |= {"asymvq torch bf16 region", "asymvq torch bf16 region lowres", "openvino bf16 region",
+                                "openvino bf16 full"} if native else set()
     assert set(rows) == want and (not native or not res["skipped"])
     assert res["box_latent"] == [4, 28, 4, 28] and res["box_share"] == pytest.approx(24 * 24 / 32 ** 2)
     for name, row in rows.items():
