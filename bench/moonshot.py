@@ -16,10 +16,21 @@ region's error apart from the precision's). FLOPs of the full and the region dec
 An AVX2-only CPU's kernels on an AVX-512/AMX machine: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` caps
 torch's and OpenVINO's kernels (ONNX Runtime's MLAS ignores it: that row keeps AVX-512 and says so).
 
-    .venv/bin/python bench/moonshot.py [--preset x1.5] [--size 512] [--warmup 1] [--repeats 3]
+    .venv/bin/python bench/moonshot.py [--preset x1.5] [--size 512] [--warmup 1] [--repeats 3] [--threads 2] [--only ROWS]
 
-Estimate for the record on the 2-core Xeon (AMX), quiet: ~6 min (the peer ~40 s a call at 512, the region rows
-3-15 s). Writes bench/results/moonshot_<preset>_<size>[_<cap>].json.
+The record, one command on a quiet machine (and the same under the cap above for the AVX2 row):
+
+    .venv/bin/python bench/moonshot.py --preset x1.5 --size 512 --warmup 1 --repeats 3 --threads 2
+
+Estimate on the 2-core Xeon (AMX), quiet: ~9 min, ~1 min more on the first run for the two exports (ONNX 49 s
+and IR 6 s measured under load; cached under out/bench-cache/ afterwards). From a run of the same rows at 256
+(``--preset x1.5 --size 256 --warmup 0 --repeats 1``: 3 min under load 3.9-4.4, 1 round 53 s, the own-full
+decodes ~60 s) scaled by the counted FLOPs (512: full 8.12 TFLOP, box 3.16 TFLOP; 256: 2.02 / 1.14) at the
+quiet throughput of decoder_cpu.json (fp32 ~210-240 GFLOP/s, bf16 ~850): a round ~100 s (the peer ~40 s, the
+fp32 region rows 13-15 s, the bf16 ones 4-5 s, OpenVINO bf16 full ~10 s) x 4, then the fp32 and bf16 full
+decodes each backend's quality needs once (~2 min). At 512 under load 5-6 (the bf16 region rows only) the peer
+took 78 s and the bf16 region rows 7-9 s. Peak RSS: 4.6 GB at 512 with the exports cached, 9.5 GB on a first
+run (the ONNX export's). Writes bench/results/moonshot_<preset>_<size>[_<cap>].json.
 """
 from __future__ import annotations
 
@@ -30,7 +41,7 @@ from pathlib import Path
 
 import torch
 from bench_common import add_cpu_comparison_args, cpu_record, interleaved, loadavg, psnr, versions
-from decoder_cpu import PEER, diffusers_decoder, exported, our_decoder
+from decoder_cpu import PEER, _have_openvino, diffusers_decoder, exported, our_decoder
 
 from asymvq.models.cpu_bf16 import to_cpu_bf16
 from asymvq.models.cpu_features import cpu_features
@@ -39,6 +50,9 @@ from asymvq.profiling.flops import count_decoder
 
 HERE = Path(__file__).parent
 TARGET = {True: 6.0, False: 3.0}  # native bf16 or not
+# row -> (backend, precision) of the exported decoder it runs
+ENGINE_ROWS = {"onnxruntime fp32 region": ("onnxruntime", "fp32"), "openvino fp32 region": ("openvino", "fp32"),
+               "openvino bf16 region": ("openvino", "bf16"), "openvino bf16 full": ("openvino", "bf16")}
 
 
 def box_mask(size: int) -> torch.Tensor:
@@ -46,6 +60,18 @@ def box_mask(size: int) -> torch.Tensor:
     m = torch.zeros(1, 1, size, size)
     m[..., size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
     return m
+
+
+def _engine(kind: tuple[str, str], files: tuple, threads: int):
+    """The exported decoder (``files``: component, ONNX, IR, input and output specs) on ``kind``'s backend."""
+    component, onnx, xml, inputs, outputs = files
+    if kind[0] == "onnxruntime":
+        from asymvq.engines.onnxruntime_engine import OnnxRuntimeEngine  # defers the onnxruntime extra
+
+        return OnnxRuntimeEngine(component, onnx, inputs, outputs, threads=threads)
+    from asymvq.engines.openvino_engine import OpenVINOEngine  # defers the openvino extra
+
+    return OpenVINOEngine(component, xml, inputs, outputs, precision=kind[1], threads=threads, cache_dir=False)
 
 
 def main(argv=None) -> dict:
@@ -84,39 +110,49 @@ def main(argv=None) -> dict:
         runs["asymvq torch fp32 region"] = lambda: ours(latent, image, mask, **region)
         full["asymvq torch fp32 region"] = lambda: ours(latent, image, mask)
     bf16_rows = ("asymvq torch bf16 region", "asymvq torch bf16 region lowres", "openvino bf16 region", "openvino bf16 full")
-    if native:
-        bf16 = to_cpu_bf16(our_decoder(args.preset, reference))
-        lat16 = latent.bfloat16()
-        if want("asymvq torch bf16 region"):
-            runs["asymvq torch bf16 region"] = lambda: bf16(lat16, image, mask, **region)
-            full["asymvq torch bf16 region"] = lambda: bf16(lat16, image, mask)
-        if want("asymvq torch bf16 region lowres"):  # image-wide GroupNorm statistics estimated (region_stats)
-            runs["asymvq torch bf16 region lowres"] = lambda: bf16(lat16, image, mask, **region, region_stats="lowres")
-            full["asymvq torch bf16 region lowres"] = lambda: bf16(lat16, image, mask)
-    else:
+    torch_bf16 = {"asymvq torch bf16 region": {},  # and with image-wide GroupNorm statistics estimated:
+                  "asymvq torch bf16 region lowres": {"region_stats": "lowres"}}
+    if native and any(want(n) for n in torch_bf16):
+        bf16, lat16 = to_cpu_bf16(our_decoder(args.preset, reference)), latent.bfloat16()
+        bf16_full = lambda: bf16(lat16, image, mask)  # noqa: E731  (one function: both rows' reference, run once)
+        for name, extra in torch_bf16.items():
+            if want(name):
+                runs[name] = lambda extra=extra: bf16(lat16, image, mask, **region, **extra)
+                full[name] = bf16_full
+    elif not native:
         skipped |= {n: f"no native bf16 on this CPU ({cpu.describe()})" for n in bf16_rows}
-    component, onnx, xml, inputs, outputs, _ = exported(ours, print)
-    feeds = dict(latent=latent, image=image, mask=mask)
+    openvino = _have_openvino()
+    if not openvino:
+        for n in ("openvino fp32 region", "openvino bf16 region", "openvino bf16 full"):
+            skipped.setdefault(n, "openvino is not installed (the openvino extra)")
+    engine_rows = [n for n in ENGINE_ROWS if want(n) and n not in skipped]
+    export_s = {}
+    if engine_rows:  # the export (cached) only where an engine row runs
+        files = exported(ours, print, openvino)
+        export_s = files[-1]
+    # one engine and one full-decode function per backend and precision: the bf16 full row is the bf16 region
+    # row's reference too
     engines = {}
-    if want("onnxruntime fp32 region"):
-        from asymvq.engines.onnxruntime_engine import OnnxRuntimeEngine
-
-        engines["onnxruntime fp32 region"] = OnnxRuntimeEngine(component, onnx, inputs, outputs, threads=args.threads)
-    from asymvq.engines.openvino_engine import OpenVINOEngine
-
-    for name, precision in (("openvino fp32 region", "fp32"), ("openvino bf16 region", "bf16")):
-        if want(name) and (precision == "fp32" or native):
-            engines[name] = OpenVINOEngine(component, xml, inputs, outputs, precision=precision, threads=args.threads,
-                                           cache_dir=False)
-    for name, engine in engines.items():
-        runs[name] = lambda e=engine: e.decode_with_modes(region, **feeds)["sample"]
-        full[name] = lambda e=engine: e(**feeds)["sample"]
-    if native and want("openvino bf16 full") and "openvino bf16 region" in engines:
-        runs["openvino bf16 full"] = full["openvino bf16 region"]
+    feeds = dict(latent=latent, image=image, mask=mask)
+    for name in engine_rows:
+        kind = ENGINE_ROWS[name]
+        if kind not in engines:
+            e = _engine(kind, files[:5], args.threads)
+            engines[kind] = (e, lambda e=e: e(**feeds)["sample"])
+        e, decode_all = engines[kind]
+        if name.endswith("region"):
+            runs[name] = lambda e=e: e.decode_with_modes(region, **feeds)["sample"]
+            full[name] = decode_all
+        else:
+            runs[name] = decode_all
 
     times, outs = interleaved({n: (lambda f=f: f().float()) for n, f in runs.items()}, args.warmup, args.repeats, print)
-    with torch.inference_mode():
-        fulls = {n: f().float() for n, f in full.items()}
+    done = {f: outs[n] for n, f in runs.items() if f in full.values()}  # a full decode that is a row: its output
+    with torch.inference_mode():  # each other full decode once, however many rows it is the reference of
+        for f in full.values():
+            if f not in done:
+                done[f] = f().float()
+    fulls = {n: done[f] for n, f in full.items()}
     y0, y1, x0, x1 = box
     inside = (slice(None), slice(None), slice(SCALE * y0, SCALE * y1), slice(SCALE * x0, SCALE * x1))
     outside = torch.ones_like(outs[PEER], dtype=torch.bool)
@@ -135,13 +171,15 @@ def main(argv=None) -> dict:
             if "region" in n:
                 diff = (y - image).abs()[outside]  # empty where the box and its margin cover the image
                 row |= {"max_abs_outside_box_vs_source": float(diff.max()) if diff.numel() else 0.0,
-                        "psnr_box_db_vs_own_full": psnr(y[inside], fulls[n][inside], 2.0)}
+                        "psnr_box_db_vs_own_full": psnr(y[inside], fulls[n][inside], 2.0),
+                        "psnr_hole_db_vs_own_full": psnr(y[hole], fulls[n][hole], 2.0)}
         if n.startswith("onnxruntime") and cap:
             row["note"] = f"ONNX Runtime's MLAS kernels ignore ONEDNN_MAX_CPU_ISA={cap}: this row keeps the CPU's own ISA"
         rows[n] = row
     candidates = [n for n in rows if "region" in n and not (cap and n.startswith("onnxruntime"))]
-    fastest = max(candidates, key=lambda n: rows[n]["speedup_median"])
+    fastest = max(candidates, key=lambda n: rows[n]["speedup_median"]) if candidates else None
     target = TARGET[native]
+    met = fastest is not None and rows[fastest]["speedup_median"] >= target
     flops_full = int(count_decoder(args.preset, s, s, 1)["flops"])
     flops_box = int(count_decoder(args.preset, SCALE * (y1 - y0), SCALE * (x1 - x0), 1)["flops"])
     result = {
@@ -150,19 +188,24 @@ def main(argv=None) -> dict:
         "cpu": cpu_record(), "cpu_line": cpu.describe(), "threads": args.threads,
         "load_average_1_5_15": {"before": load_before, "after": loadavg()},
         "versions": versions("torch", "openvino", "onnxruntime", "diffusers"),
-        "warmup": args.warmup, "repeats": args.repeats, "box_latent": list(box),
+        "preset": args.preset, "size": [s, s], "latent_size": [h, h], "seed": args.seed,
+        "warmup": args.warmup, "repeats": args.repeats, "margin": DEFAULT_MARGIN,
+        "mask_share": float(mask.mean()), "box_latent": list(box),
         "box_share": (y1 - y0) * (x1 - x0) / (h * h), "flops_full": flops_full, "flops_box": flops_box,
+        "flops_ratio": flops_full / flops_box, "export_s": export_s,
         "rows": rows, "skipped": skipped, "fastest": fastest,
         "target": {"speedup": target, "kind": "bf16-native CPU" if native else "CPU without native bf16",
-                   "met": rows[fastest]["speedup_median"] >= target},
+                   "met": met},
     }
     print(f"cpu: {cpu.describe()}; load average {load_before} -> {result['load_average_1_5_15']['after']}")
-    print(f"{'row':<28} {'median s':>9} {'min s':>8} {'x median':>9} {'x min':>7} {'box dB':>7} {'outside':>8}")
+    print(f"{'row':<32} {'median s':>9} {'min s':>8} {'x median':>9} {'x min':>7} {'box dB':>7} {'outside':>8}")
     for n, r in rows.items():
-        print(f"{n:<28} {r['median_s']:9.2f} {r['min_s']:8.2f} {r['speedup_median']:8.2f}x {r['speedup_min']:6.2f}x "
+        print(f"{n:<32} {r['median_s']:9.2f} {r['min_s']:8.2f} {r['speedup_median']:8.2f}x {r['speedup_min']:6.2f}x "
               f"{r.get('psnr_box_db_vs_peer_full', float('inf')):7.1f} {r.get('max_abs_outside_box_vs_source', 0):8.1g}")
-    print(f"fastest: {fastest} {rows[fastest]['speedup_median']:.2f}x (median) against the {target}x target of a "
-          f"{result['target']['kind']}: {'met' if result['target']['met'] else 'not met'}")
+    got = f"{fastest} {rows[fastest]['speedup_median']:.2f}x (median)" if fastest else "no region row ran"
+    print(f"fastest: {got} against the {target}x target of a {result['target']['kind']}: {'met' if met else 'not met'}")
+    for n, why in skipped.items():
+        print(f"skipped {n}: {why}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {out}")

@@ -31,11 +31,12 @@ def test_moonshot_rows_are_exact_outside_the_box(tmp_path):
                                 "openvino bf16 full"} if native else set()
     assert set(rows) == want and (not native or not res["skipped"])
     assert res["box_latent"] == [4, 28, 4, 28] and res["box_share"] == pytest.approx(24 * 24 / 32 ** 2)
+    assert (res["preset"], res["size"], res["margin"], res["mask_share"]) == ("tiny", [256, 256], 4, 0.25)
     for name, row in rows.items():
         assert row["median_s"] > 0 and row["speedup_median"] > 0
         if "region" in name:
             assert row["max_abs_outside_box_vs_source"] == 0.0, name
-            assert row["psnr_box_db_vs_own_full"] > 0
+            assert row["psnr_box_db_vs_own_full"] > 0 and row["psnr_hole_db_vs_own_full"] > 0
     assert res["fastest"] in rows and "region" in res["fastest"]
     assert res["target"]["speedup"] == (6.0 if native else 3.0) and isinstance(res["target"]["met"], bool)
     assert res["flops_box"] < res["flops_full"] and res["cpu"]["model"]
