@@ -18,7 +18,7 @@ until the 40 dB bound holds there).
 asymvq ships an int8 precision only where it holds >= 40 dB on what can be run here. Needs
 ``pip install nncf==3.4.0`` (not an asymvq extra). Writes bench/results/decoder_int8_probe_<preset>_<size>.json.
 
-    .venv/bin/python bench/decoder_int8_probe.py --preset base --size 128 [--variants a,b] [--calibration-sizes 128,192]
+    .venv/bin/python bench/decoder_int8_probe.py --preset base --size 128 [--variants "a|b"] [--calibration-sizes 128,192]
 """
 from __future__ import annotations
 
@@ -227,9 +227,10 @@ def main() -> None:
     ap.add_argument("--calibration-sizes", default=None,
                     help="comma list of image sizes to calibrate at (default: --size); other sizes export a dynamic IR")
     ap.add_argument("--test", type=int, default=3, help="held-out test inputs (seeds 1000..)")
-    ap.add_argument("--variants", default=None, help="comma-separated substrings of the variant names to run (default all)")
+    ap.add_argument("--variants", default=None, help="substrings of the variant names to run, separated by | (default all)")
     ap.add_argument("--accuracy-control", action="store_true",
                     help="also run quantize_with_accuracy_control (MIXED, and conv inputs only with 8-bit weights)")
+    ap.add_argument("--ac-recipes", default=None, help="a substring of the accuracy-control recipes to run (default both)")
     ap.add_argument("--ac-target-db", type=float, default=FLOOR_DB,
                     help="the PSNR accuracy control must hold on its validation inputs (above the floor: a margin)")
     ap.add_argument("--interleave", action="store_true",
@@ -284,7 +285,7 @@ def main() -> None:
     rows = {"fp32": measure(model)}
     print("fp32", rows["fp32"], flush=True)
     data = nncf.Dataset(calib)
-    picked = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    picked = [v.strip() for v in args.variants.split("|")] if args.variants else None
     for name, kw in variants(nncf, scopes(model)).items():
         if picked is not None and not any(p in name for p in picked):
             continue
@@ -311,7 +312,7 @@ def main() -> None:
             model_type=nncf.ModelType.TRANSFORMER,
             advanced_quantization_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE))}
         for recipe, kw in recipes.items():
-            if picked is not None and not any(p in recipe for p in picked):
+            if args.ac_recipes is not None and args.ac_recipes not in recipe:
                 continue
             t0 = time.perf_counter()
             q = nncf.quantize_with_accuracy_control(
