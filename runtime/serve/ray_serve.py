@@ -305,6 +305,7 @@ class DecodeStage:
     def __init__(self, cfg: RayServeConfig):
         _replica_on_loopback()
         self.cfg = cfg
+        self.decode_options = cfg.decode_options  # checked once here, not per item of every batch
         self.pipe = _stage_pipeline(cfg, DECODER_COMPONENTS, threads=cfg.cpus_per_decode)
         self.node = _node()
         _configure_batching(self.run_batch, cfg)
@@ -318,13 +319,13 @@ class DecodeStage:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def run_batch(self, items: list[dict]) -> list[dict]:
         def key(it):  # with a region, one call per mask box
-            return decode_key(it["denoised"], self.cfg.decode_options), it.get("decoder")
+            return decode_key(it["denoised"], self.decode_options), it.get("decoder")
 
         return await asyncio.to_thread(_run_groups, items, key, self._decode)
 
     def _decode(self, items: list[dict]) -> list[dict]:
         timer = StageTimer(self.pipe.device)
-        images = decode_jobs(self.pipe, [it["denoised"] for it in items], timer, decode_options=self.cfg.decode_options)
+        images = decode_jobs(self.pipe, [it["denoised"] for it in items], timer, decode_options=self.decode_options)
         stages, headers = _stages_ms(timer), region_headers(timer)  # one box per call: each job's own region
         out = []
         for it, image in zip(items, images):
