@@ -31,10 +31,14 @@ def parse_dtype(dtype, device="cpu") -> torch.dtype:
     return DTYPES[dtype]
 
 
+def _is_cuda(device) -> bool:
+    """``device`` (a name or torch.device) is a CUDA one; not checked, so "auto" resolves before a device is."""
+    return (device.type if isinstance(device, torch.device) else str(device).split(":")[0]) == "cuda"
+
+
 def auto_dtype(device="cpu") -> torch.dtype:
     """What ``"auto"`` means on ``device``: fp16 on CUDA, ``default_cpu_dtype()`` on the CPU."""
-    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
-    return torch.float16 if kind == "cuda" else default_cpu_dtype()
+    return torch.float16 if _is_cuda(device) else default_cpu_dtype()
 
 
 def resolve_dtype_name(dtype, device="cpu") -> str:
@@ -47,8 +51,7 @@ def dtype_reason(dtype, device="cpu") -> str:
     name = resolve_dtype_name(dtype, device)
     if dtype != AUTO:
         return f"{name} (asked)"
-    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
-    return f"{name} (auto: {'CUDA' if kind == 'cuda' else cpu_features().describe()})"
+    return f"{name} (auto: {'CUDA' if _is_cuda(device) else cpu_features().describe()})"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
