@@ -35,7 +35,8 @@ memory, PSNR, FLOPs, one run), on a quiet machine:
     .venv/bin/python bench/decoder_tiled.py --device cpu --dtype bf16 --presets flux x1.5 --sizes 1024 --tile 64 \
         --warmup 1 --repeats 3 --out bench/results/decoder_tiled_cpu_bf16.json
 
-Measured: 32 min (2026-12-04, bench/results/decoder_tiled_cpu_bf16.json). Estimate on the 2-core Xeon (AMX), quiet, 2 threads: ~50 min (4 calls per method; the decodes at the quiet
+Measured: 32 min (2026-12-04, bench/results/decoder_tiled_cpu_bf16.json).
+Estimate on the 2-core Xeon (AMX), quiet, 2 threads: ~50 min (4 calls per method; the decodes at the quiet
 rates of bench/results/decoder_cpu_asuka-flux_512.json, bf16 ~0.8 TFLOP/s, fp32 ~0.19, ours tiled at
 ~1.1x its full decode): flux ~11 min (ours full ~13 s, tiled ~15 s, diffusers full ~56 s, tiled ~84 s a
 call), x1.5 ~37 min (ours plain full ~35 s, tiled ~40 s, with image and mask ~45 / ~50 s, diffusers full
