@@ -41,8 +41,8 @@ from decoder_region_margin import centred_mask
 from asymvq.models.decoder import AsymmetricDecoder
 from asymvq.models.group_stats import Moments, norm_silu
 from asymvq.models.ops import TorchOps, ops_override
-from asymvq.models.region import SCALE, mask_box
-from asymvq.models.region_stats import EXCLUDE_GROWTH, MergedStats, lowres_factor, lowres_outside, merged_box_decode
+from asymvq.models.region import SCALE, lowres_factor, mask_box
+from asymvq.models.region_stats import EXCLUDE_GROWTH, MergedStats, lowres_outside, merged_box_decode
 from asymvq.models.sources import random_decoder
 from asymvq.models.tiled_decode import region_decode
 from asymvq.profiling.flops import METHOD, count

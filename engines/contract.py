@@ -2,9 +2,9 @@
 
 This is the bottom of the engines layer and needs only torch and the component vocabulary of
 ``asymvq.models.components`` (each component's inputs and outputs as typed data, written once
-there so the models below can read it too). Export writes artifacts that meet it, the engines
-check artifacts against it, and the runtime calls engines through it; the names are imported
-from here (or from the vocabulary), never spelled again.
+there so the models below can read it too), and the region options' (``asymvq.models.region``).
+Export writes artifacts that meet it, the engines check artifacts against it, and the runtime calls
+engines through it; the names are imported from here (or from the vocabulary), never spelled again.
 
 An engine maps named input tensors to named output tensors: the pipeline only ever calls
 ``engine(**feeds)``, so torch modules, ONNX Runtime sessions, OpenVINO compiled models,
@@ -28,6 +28,7 @@ from asymvq.models.components import (  # noqa: F401 (split_dim and VOCABULARY a
     VOCABULARY,
     split_dim,
 )
+from asymvq.models.region import DEFAULT_REGION_STATS, check_region_stats
 
 # component -> (input names, output names), in pipeline order; dims and dtypes in VOCABULARY.
 COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -107,12 +108,24 @@ class Capabilities:
     regions: bool = False  # decodes only the mask's box: ``decode_with_modes`` takes region/margin
     # the latent crops it decodes, ((min_h, max_h), (min_w, max_w)); None: any size (asymvq.models.region.snap_box)
     region_sizes: tuple | None = None
+    # the GroupNorm statistics it normalises a region with (region_stats, asymvq.models.region): a crop decoded
+    # alone has its own ("box"); "lowres" needs the torch decoder's passes over the whole image
+    region_stats: tuple[str, ...] = (DEFAULT_REGION_STATS,)
     static_dims: dict[str, int] = field(default_factory=dict)  # the vocabulary's STATIC_DIMS it is bound to
     parameters: int | None = None  # how many weights it holds, where it knows (torch modules)
 
     @classmethod
     def of(cls, component: str, **stated) -> "Capabilities":
         return cls(condition=component == DECODER, **stated)
+
+    def check_region_stats(self, stats, where: str) -> str:
+        """``stats`` (checked; None: the default) where this engine runs it, else a ValueError naming the option."""
+        stats = check_region_stats(stats)
+        if stats not in self.region_stats:
+            raise ValueError(f"region_stats: {stats!r} runs on the torch backend only; {where} normalises a region "
+                             f"with {' or '.join(map(repr, self.region_stats))} statistics (drop it, or decode with a "
+                             "torch decoder: a pipeline from a model folder or a preset, or --backend torch)")
+        return stats
 
 
 def capabilities(engine) -> Capabilities:

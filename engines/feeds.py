@@ -15,7 +15,8 @@ are static in the graph).
 Region decoding (``region="mask"`` / ``"auto"``) is the same for every exported decoder: the latent,
 image and mask crops of the mask's box go through this engine's own ``__call__``, the rest is the
 source (``asymvq.models.region``); the crop is grown to the smallest size the engine accepts, and a box
-above its largest is refused, naming the dynamic export it needs (``region_sizes``).
+above its largest is refused, naming the dynamic export it needs (``region_sizes``). A crop decoded alone has
+its own GroupNorm statistics: ``region_stats="box"`` only ("lowres" is refused, naming the torch backend).
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class ExportedEngine(EngineBase):
         spec = self.inputs[self.input_names[0]]
         where = (f"the {self.backend} {self.component} engine (latent h {spec.min[2]}..{spec.max[2]}, "
                  f"w {spec.min[3]}..{spec.max[3]})")
+        self.capabilities.check_region_stats(options.get("region_stats"), where)  # the crop alone: "box" only
         choice = choose_region(region, mask, margin, latent.shape[-2], latent.shape[-1], self.region_sizes(), where)
         name = self.output_names[0]
         if not (choice.decodes_box or choice.empty):  # "auto" found the whole image cheaper

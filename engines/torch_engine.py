@@ -14,6 +14,7 @@ from asymvq.models.component_modules import (
     VaeEncoderComponent,
 )
 from asymvq.models.cpu_bf16 import is_cpu_bf16, to_cpu_bf16
+from asymvq.models.region import REGION_STATS
 
 from .contract import DECODER, DECODER_PLAIN, TEXT_ENCODER, UNET, VAE_ENCODER, Capabilities, Engine, EngineBase
 
@@ -48,11 +49,12 @@ class TorchEngine(EngineBase):
 
     @property
     def capabilities(self) -> Capabilities:
-        """A wrapped ``AsymmetricDecoder`` tiles and decodes regions (Python around its modules, so a
-        torch-compile engine runs them eagerly); a component wrapper names its static dims."""
+        """A wrapped ``AsymmetricDecoder`` tiles and decodes regions with every ``region_stats`` (Python around its
+        modules, so a torch-compile engine runs them eagerly); a component wrapper names its static dims."""
         modes = isinstance(self.module, _DECODER_WRAPPERS)
         wrapper = isinstance(self.module, tuple(WRAPPERS.values()))  # a bare module names no static dims
         return Capabilities.of(self.component, tiles=modes, regions=modes,
+                               **({"region_stats": REGION_STATS} if modes else {}),
                                static_dims=self.module.static_dims() if wrapper else {},
                                parameters=sum(p.numel() for p in self.module.parameters()))
 

@@ -14,6 +14,11 @@ grows the box to an engine's smallest size, or refuses a box above its largest.
 measured region point of ``bench/results/decoder_scaling.json`` (tiny and base, 512 and 1024, fp32 CPU;
 ``tests/models/test_region.py`` refits them from that file). The fit is the FLOP ratio within noise:
 the decoder's cost is linear in the pixels it decodes, the crop and the paste are negligible.
+
+``region_stats`` (``"box"``, the default, or ``"lowres"``: ``asymvq.models.region_stats``) says which GroupNorm
+statistics the box is normalised with; every engine decodes a crop with its own ("box"), only the torch decoder
+runs "lowres". Its extra cost enters "auto"'s model as counted FLOPs (``lowres_extra``): the head on the whole latent
+instead of the box, and the up path on the whole image at 1/f (``lowres_factor``).
 """
 from __future__ import annotations
 
@@ -32,6 +37,14 @@ REGION_TIME_FIT = (-0.0128, 0.9925)
 # the measured scatter (the 60 % masks ran 1.11x-1.32x for a predicted 1.2-1.4x), and a region decode is
 # not the full decode inside the box (its own GroupNorm statistics), so it must buy a clear gain.
 AUTO_MIN_SPEEDUP = 1.2
+REGION_STATS = ("box", "lowres")
+DEFAULT_REGION_STATS = "box"
+LOWRES_FACTOR = 4  # the low-resolution pass's stride (1/16 of the up path's FLOPs)
+LOWRES_MIN_LATENT = 16  # ... unless it leaves fewer latent pixels than this on the short side: then 2
+# "lowres"'s extra FLOPs, per latent pixel in units of the up path's (the condition branch included): the head's
+# convolutions (k1) and its attention (k2 per pixel of the image: quadratic); counted on the meta device for base
+# (tests/models/test_region_stats.py refits them; the tiny presets' head is a larger share: docs/decoder.md).
+LOWRES_HEAD_COST = (0.0287, 2.80e-6)
 
 
 def _is_int(v) -> bool:
@@ -49,6 +62,32 @@ def check_region(region, margin) -> tuple[str, int]:
             f"default {DEFAULT_MARGIN}), got {margin!r}"
         )
     return region, margin
+
+
+def check_region_stats(stats) -> str:
+    if stats is None:
+        return DEFAULT_REGION_STATS
+    if stats not in REGION_STATS:
+        raise ValueError(f"region_stats: expected one of {REGION_STATS} (the GroupNorm statistics a region decode "
+                         f"normalises the box with; default {DEFAULT_REGION_STATS!r}), got {stats!r}")
+    return stats
+
+
+def check_region_options(region, margin, stats) -> tuple[str | None, int | None, str | None]:
+    """``(region, margin, region_stats)`` checked, defaults filled in; all None without a region (then margin and
+    region_stats must be None too)."""
+    if region is None:
+        for name, value in (("margin", margin), ("region_stats", stats)):
+            if value is not None:
+                raise ValueError(f"{name}: only with region='mask' or 'auto', got {name}={value!r} without a region")
+        return None, None, None
+    region, margin = check_region(region, margin)
+    return region, margin, check_region_stats(stats)
+
+
+def lowres_factor(h: int, w: int) -> int:
+    """The low-resolution pass's stride for an h x w latent (``region_stats="lowres"``)."""
+    return LOWRES_FACTOR if min(h, w) // LOWRES_FACTOR >= LOWRES_MIN_LATENT else 2
 
 
 def mask_box(mask: torch.Tensor, margin: int, h: int, w: int) -> tuple[int, int, int, int] | None:
@@ -96,75 +135,110 @@ def snap_box(box: tuple[int, int, int, int], h: int, w: int, sizes=None, where: 
     return y0, y1, x0, x1
 
 
-def predicted_speedup(share: float) -> float:
-    """The full decode's time over a region decode's whose box is ``share`` of the image (the fitted model)."""
+def lowres_extra(h: int, w: int, share: float, cost: tuple[float, float] = LOWRES_HEAD_COST) -> float:
+    """What ``region_stats="lowres"`` adds to a region decode of a box ``share`` of an h x w latent, as a share of the
+    full decode: the head on the whole latent less the box's, and the up path at 1/f (``cost``: the head's, as
+    ``LOWRES_HEAD_COST``); 0 for a box that is the image (decoded plainly)."""
+    if share >= 1.0:
+        return 0.0
+    k1, k2 = cost
+    f = lowres_factor(h, w)
+    n = h * w
+
+    def head(p):
+        return k1 * p + k2 * p * p
+
+    return (head(n) - head(share * n) + (h // f) * (w // f)) / (n + head(n))
+
+
+def predicted_speedup(share: float, extra: float = 0.0) -> float:
+    """The full decode's time over a region decode's whose box is ``share`` of the image (the fitted model), with
+    ``extra`` of the full decode's time on top (``lowres_extra``)."""
     a, b = REGION_TIME_FIT
-    return 1.0 / max(a + b * share, 1e-6)
+    return 1.0 / max(a + b * share + extra, 1e-6)
 
 
 @dataclass(frozen=True)
 class RegionChoice:
     """What a region request decodes: ``box`` (latent pixels y0, y1, x0, x1), or the whole image (``box`` None
-    with ``empty`` False), or nothing (an empty mask: the output is the source)."""
+    with ``empty`` False), or nothing (an empty mask: the output is the source); ``stats``: the box's statistics."""
 
     asked: str  # "mask" or "auto"
     box: tuple[int, int, int, int] | None
     share: float  # the box's fraction of the image (1.0 for the whole image, 0.0 for an empty mask)
     speedup: float  # predicted by the cost model
     empty: bool = False
+    stats: str = DEFAULT_REGION_STATS  # region_stats: what the box is (or would have been) normalised with
 
     @property
     def decodes_box(self) -> bool:
         return self.box is not None
 
     def describe(self) -> str:
-        """One line for a response header and the profile: ``box y0:y1,x0:x1 (share 0.33, predicted 3.1x)``."""
+        """One line for a response header and the profile:
+        ``box y0:y1,x0:x1 (auto: share 0.33, predicted 3.1x, box statistics)``."""
         if self.empty:
             return f"none (empty mask; {self.asked})"
         if self.box is None:
-            return f"full ({self.asked}: box share {self.share:.2f}, predicted {self.speedup:.2f}x < {AUTO_MIN_SPEEDUP}x)"
+            return (f"full ({self.asked}: box share {self.share:.2f}, predicted {self.speedup:.2f}x < "
+                    f"{AUTO_MIN_SPEEDUP}x, {self.stats} statistics)")
         y0, y1, x0, x1 = self.box
-        return f"box {y0}:{y1},{x0}:{x1} ({self.asked}: share {self.share:.2f}, predicted {self.speedup:.2f}x)"
+        return (f"box {y0}:{y1},{x0}:{x1} ({self.asked}: share {self.share:.2f}, predicted {self.speedup:.2f}x, "
+                f"{self.stats} statistics)")
 
     def to_dict(self) -> dict:
         return {"asked": self.asked, "box_latent": list(self.box) if self.box else None, "share": self.share,
-                "predicted_speedup": self.speedup, "empty": self.empty, "decoded": self.describe()}
+                "predicted_speedup": self.speedup, "empty": self.empty, "region_stats": self.stats,
+                "decoded": self.describe()}
 
 
 def choose_region(region: str, mask: torch.Tensor, margin: int, h: int, w: int, sizes=None,
-                  where: str = "this engine") -> RegionChoice:
+                  where: str = "this engine", stats: str = DEFAULT_REGION_STATS) -> RegionChoice:
     """The box ``region`` ("mask" or "auto", checked) decodes for a (B or 1, 1, 8h, 8w) mask, snapped to
-    ``sizes`` (``snap_box``). "auto" keeps the box only when ``predicted_speedup`` reaches
-    ``AUTO_MIN_SPEEDUP``, and decodes the whole image (``box`` None) otherwise; a box that no engine size
-    fits is then the whole image too, rather than an error."""
+    ``sizes`` (``snap_box``), normalised with ``stats`` (checked). "auto" keeps the box only when
+    ``predicted_speedup`` (with ``lowres_extra`` for ``"lowres"``) reaches ``AUTO_MIN_SPEEDUP``, and decodes the
+    whole image (``box`` None) otherwise; a box that no engine size fits is then the whole image too, rather than
+    an error."""
     box = mask_box(mask, margin, h, w)
     if box is None:
-        return RegionChoice(region, None, 0.0, math.inf, empty=True)
+        return RegionChoice(region, None, 0.0, math.inf, empty=True, stats=stats)
     try:
         box = snap_box(box, h, w, sizes, where)
     except ValueError:
         if region == "mask":
             raise
-        return RegionChoice(region, None, 1.0, 1.0)
+        return RegionChoice(region, None, 1.0, 1.0, stats=stats)
     share = (box[1] - box[0]) * (box[3] - box[2]) / (h * w)
-    speedup = predicted_speedup(share)
+    speedup = predicted_speedup(share, lowres_extra(h, w, share) if stats == "lowres" else 0.0)
     if region == "auto" and speedup < AUTO_MIN_SPEEDUP:
-        return RegionChoice(region, None, share, speedup)
-    return RegionChoice(region, box, share, speedup)
+        return RegionChoice(region, None, share, speedup, stats=stats)
+    return RegionChoice(region, box, share, speedup, stats=stats)
 
 
-def decode_box(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box, out_dtype: torch.dtype,
-               source: torch.Tensor | None = None):
-    """The source image with ``box`` replaced by ``run(latent crop, image crop, mask crop)`` (one decode of the
-    box); ``box`` None: the source unchanged. ``run`` returns (B, 3, 8 box_h, 8 box_w). ``source``: the image
-    pasted outside the box, when ``image`` is the decoder's rounded copy of it (default ``image``)."""
+def decode_box_with_context(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box,
+                            out_dtype: torch.dtype, source: torch.Tensor | None = None):
+    """The source image with ``box`` replaced by ``run(latents, image, mask, box)``: a decode of the box that sees
+    the whole inputs (``region_stats="lowres"``: the head and a low-resolution pass on the whole image), returning
+    (B, 3, 8 box_h, 8 box_w); ``box`` None: the source unchanged. ``source``: the image pasted outside the box,
+    when ``image`` is the decoder's rounded copy of it (default ``image``)."""
     B = latents.shape[0]
     image_out = image if source is None else source
     if box is None:
         return image_out.to(out_dtype).expand(B, -1, -1, -1).clone()
     y0, y1, x0, x1 = box
-    pix = (slice(None), slice(None), slice(y0 * SCALE, y1 * SCALE), slice(x0 * SCALE, x1 * SCALE))
-    crop = run(latents[:, :, y0:y1, x0:x1], image[pix], mask[pix])
+    crop = run(latents, image, mask, box)
     out = image_out.to(device=crop.device, dtype=crop.dtype).expand(B, -1, -1, -1).clone()
-    out[pix] = crop
+    out[:, :, y0 * SCALE:y1 * SCALE, x0 * SCALE:x1 * SCALE] = crop
     return out
+
+
+def decode_box(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box, out_dtype: torch.dtype,
+               source: torch.Tensor | None = None):
+    """``decode_box_with_context`` where the box's decode is ``run(latent crop, image crop, mask crop)``: one decode
+    of the crops alone (the box's own statistics), what every engine runs."""
+    def crops(lat, img, msk, b):
+        y0, y1, x0, x1 = b
+        pix = (slice(None), slice(None), slice(y0 * SCALE, y1 * SCALE), slice(x0 * SCALE, x1 * SCALE))
+        return run(lat[:, :, y0:y1, x0:x1], img[pix], msk[pix])
+
+    return decode_box_with_context(crops, latents, image, mask, box, out_dtype, source)

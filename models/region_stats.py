@@ -9,8 +9,8 @@ decode's FLOPs on top of the box's at 512 (base, x1.5; a quarter at 256, where f
 
 1. the head (post_quant_conv, conv_in, the mid block with its attention) runs on the whole latent, as in the
    full decode, and the box is cut from its output;
-2. a plain decode of the whole image at 1/f resolution (``lowres_factor``: f = 4, or 2 where the latent is
-   under 64 pixels; the head's output, the image and the mask strided by f) records, for each up-path norm,
+2. a plain decode of the whole image at 1/f resolution (``asymvq.models.region.lowres_factor``: f = 4, or 2 where
+   the latent is under 64 pixels; the head's output, the image and the mask strided by f) records, for each up-path norm,
    the moments of its input *outside* the box grown by ``EXCLUDE_GROWTH``: what the box's own decode cannot see;
 3. the box's decode merges, at each norm, its own moments (exact for the box's pixels) with those outside
    moments, weighted by the image's pixel count at that norm (Chan's formula): box pixels exact, the rest estimated.
@@ -21,6 +21,9 @@ excluding a band of ``EXCLUDE_GROWTH`` latent pixels around the box (beyond the 
 f = 4 from 22-29 dB to 33-40 dB in the hole on the 5 % masks at 512 (bench/results/decoder_region_stats.json;
 box statistics: 3-5 dB). The low-resolution pass's own statistics alone (hole included) are worse than the box's
 on small masks: the hole is a few low-resolution pixels there, mostly its border.
+
+The options' vocabulary (``REGION_STATS``, ``check_region_stats``), the factor and the extra cost ``region="auto"``
+counts for it (``lowres_extra``) are ``asymvq.models.region``'s, shared with the runtime and the engines.
 
 Nothing here is exported: ``decode_core`` stays the export graph, and the exported engines decode the crop
 as a plain decode (box statistics). Runs under ``ops.ops_override`` with tables that hand every op but the
@@ -34,28 +37,10 @@ import torch
 
 from .group_stats import Moments, norm_silu
 from .ops import TorchOps, ops_override
-from .region import SCALE
+from .region import SCALE, lowres_factor
 
-REGION_STATS = ("box", "lowres")
-DEFAULT_REGION_STATS = "box"
-LOWRES_FACTOR = 4  # the low-resolution pass's stride (1/16 of the up path's FLOPs)
-LOWRES_MIN_LATENT = 16  # ... unless it leaves fewer latent pixels than this on the short side: then 2
 EXCLUDE_GROWTH = 4  # latent pixels around the box that the low-resolution estimate leaves out ...
 EXCLUDE_MIN_KEPT = 0.5  # ... where that keeps at least this share of the pixels outside the box
-
-
-def check_region_stats(stats) -> str:
-    if stats is None:
-        return DEFAULT_REGION_STATS
-    if stats not in REGION_STATS:
-        raise ValueError(f"region_stats: expected one of {REGION_STATS} (the GroupNorm statistics a region decode "
-                         f"normalises the box with; default {DEFAULT_REGION_STATS!r}), got {stats!r}")
-    return stats
-
-
-def lowres_factor(h: int, w: int) -> int:
-    """The low-resolution pass's stride for an h x w latent."""
-    return LOWRES_FACTOR if min(h, w) // LOWRES_FACTOR >= LOWRES_MIN_LATENT else 2
 
 
 class _Delegating(TorchOps):
@@ -163,7 +148,8 @@ def merged_box_decode(dec, head, image, mask, box, table: MergedStats) -> torch.
 
 def lowres_stats_decode(dec, latents, image, mask, box) -> torch.Tensor:
     """The box (latent pixels y0, y1, x0, x1) of ``latents`` decoded with ``region_stats="lowres"``: (B, 3, 8 box_h,
-    8 box_w). ``image``/``mask``: the whole image's (B or 1, ., 8h, 8w)."""
+    8 box_w). ``latents``/``image``/``mask``: the whole image's (B or 1, ., 8h, 8w), not the box's crops
+    (``asymvq.models.region.decode_box_with_context``)."""
     h, w = latents.shape[-2:]
     y0, y1, x0, x1 = box
     if (y0, y1, x0, x1) == (0, h, 0, w):  # the box is the image: its own statistics are the image's

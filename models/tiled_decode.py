@@ -42,12 +42,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from .group_stats import Moments, layout, norm_silu
-from .region import DEFAULT_MARGIN, REGIONS, check_region, choose_region, decode_box, mask_box  # noqa: F401 (re-exported)
-from .region_stats import DEFAULT_REGION_STATS, check_region_stats, lowres_stats_decode
+from .region import (  # noqa: F401 (DEFAULT_MARGIN, REGIONS, check_region re-exported)
+    DEFAULT_MARGIN,
+    DEFAULT_REGION_STATS,
+    REGIONS,
+    check_region,
+    check_region_options,
+    choose_region,
+    decode_box,
+    decode_box_with_context,
+    mask_box,
+)
+from .region_stats import lowres_stats_decode
 from .tile_plan import Plan, blend_leaf, condition_leaf, norm_leaf, plan_up_path
 
 # Tiled mode: latent pixels shared by neighbouring tiles' windows. Any overlap is exact (each segment
@@ -277,42 +288,38 @@ def region_decode(dec, latents, image, mask, margin: int, tile: int | None = Non
                   stats: str = DEFAULT_REGION_STATS) -> torch.Tensor:
     """Decode the mask's box grown by ``margin`` (or ``box``, latent pixels y0, y1, x0, x1; tiled when
     ``tile`` is given), normalised with ``stats`` (``asymvq.models.region_stats``); the rest is ``source``
-    (default ``image``; ``asymvq.models.region.decode_box``)."""
-    B, _, h, w = latents.shape
+    (default ``image``). "box": a decode of the crops (``asymvq.models.region.decode_box``); "lowres": a decode of
+    the box that reads the whole image (``decode_box_with_context``)."""
     if box is None:
-        box = mask_box(mask, margin, h, w)
+        box = mask_box(mask, margin, latents.shape[-2], latents.shape[-1])
+    out_dtype = dec.conv_out.weight.dtype
+    if stats == "lowres":
+        return decode_box_with_context(partial(lowres_stats_decode, dec), latents, image, mask, box, out_dtype,
+                                       source=source)
 
     def run(lat, img, msk):
-        if stats == "lowres":  # reads the whole image, not only the crops
-            return lowres_stats_decode(dec, latents, image, mask, box)
         return tiled_decode(dec, lat, img, msk, tile, overlap) if tile is not None else dec.decode_core(lat, img, msk)
 
-    return decode_box(run, latents, image, mask, box, dec.conv_out.weight.dtype, source=source)
+    return decode_box(run, latents, image, mask, box, out_dtype, source=source)
 
 
 def decode_modes(dec, latents, image, mask, *, tile=None, overlap=None, region=None, margin=None,
                  source=None, region_stats=None) -> torch.Tensor:
     """What ``AsymmetricDecoder.forward`` runs when any of tile/overlap/region/margin/region_stats is given
     (inputs already checked and cast). ``region="auto"``: the box when the cost model says it pays
-    (``asymvq.models.region.choose_region``), the whole image otherwise."""
+    (``asymvq.models.region.choose_region``, for the statistics asked), the whole image otherwise."""
     if tile is None and overlap is not None:
         raise ValueError(f"overlap: only with tile=N (latent pixels), got overlap={overlap!r} without a tile")
-    if region is None and margin is not None:
-        raise ValueError(f"margin: only with region='mask' or 'auto', got margin={margin!r} without a region")
-    if region is None and region_stats is not None:
-        raise ValueError(f"region_stats: only with region='mask' or 'auto', got region_stats={region_stats!r} "
-                         "without a region")
-    stats = check_region_stats(region_stats)
-    if stats != "box" and tile is not None:
+    region, margin, stats = check_region_options(region, margin, region_stats)
+    if stats == "lowres" and tile is not None:
         raise ValueError(f"region_stats: {stats!r} decodes the box in one piece, not tiled; drop tile= or use "
                          "region_stats='box'")
     if tile is not None:
         tile, overlap = check_tiling(tile, overlap, dec.config)
     if region is not None:
-        region, margin = check_region(region, margin)
         if image is None:
             raise ValueError(f"region: {region!r} decodes around the mask; pass image and mask (or leave region=None)")
-        choice = choose_region(region, mask, margin, latents.shape[-2], latents.shape[-1])
+        choice = choose_region(region, mask, margin, latents.shape[-2], latents.shape[-1], stats=stats)
         if choice.decodes_box or choice.empty:
             return region_decode(dec, latents, image, mask, margin, tile, overlap, box=choice.box, source=source,
                                  stats=stats)

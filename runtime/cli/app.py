@@ -16,6 +16,7 @@ import torch
 import typer
 from tqdm.auto import tqdm
 
+from ..engines.contract import DECODER
 from ..engines.manifest import read_manifest
 from ..models import PRESETS
 from ..models.checkpoints import load_decoder
@@ -25,7 +26,7 @@ from ..models.devices import DTYPE_CHOICES, DTYPE_HELP, parse_device, parse_dtyp
 from ..models.family_networks import FAMILY_PRESETS
 from ..models.sd_networks import SD_PRESETS
 from ..models.sources import random_decoder
-from ..pipeline.decode_modes import as_cli_error, cli_decode_options
+from ..pipeline.decode_modes import as_cli_error, cli_decode_options, modes_engine
 from ..pipeline.family_rules import SD
 from ..pipeline.images import load_image, postprocess, prepare_image_and_mask
 from ..pipeline.inpaint_run import check_same_size, run_inpaint
@@ -49,6 +50,7 @@ from .options import (
     OVERLAP_OPTION,
     PRECISION_HELP,
     PRESET_HELP,
+    REGION_STATS_OPTION,
     SCHEDULER_DEFAULT_HELP,
     SCHEDULER_HELP,
     TILE_OPTION,
@@ -107,6 +109,7 @@ def profile(
                                     "diffusion table and its GPU floor (SD 1.5; 512x512, 50 steps for preset tiny)."),
     decode_region: Optional[str] = DECODE_REGION_OPTION,
     margin: Optional[int] = MARGIN_OPTION,
+    region_stats: Optional[str] = REGION_STATS_OPTION,
 ):
     """Per-stage latency and memory of SD inpainting, and what each decoder costs next to diffusion."""
     # 1. the profile's configuration: the built-in default, the engines directory's, then the options
@@ -130,7 +133,7 @@ def profile(
         height=height, width=width, batch=batch, device=device or base.device, dtype=dtype or "auto",
         warmup=warmup if warmup is not None else base.warmup, repeats=repeats if repeats is not None else base.repeats,
         guidance_scale=guidance, scheduler=scheduler, seed=seed, nvtx=nvtx, kernels=kernels, flops=flops,
-        decode_options=cli_decode_options(None, None, decode_region, margin) or None,
+        decode_options=cli_decode_options(None, None, decode_region, margin, region_stats) or None,
     )
     _check_profile_config(config, check_decoders=engines is None)
     # 2. counting only: no networks built with weights, nothing timed
@@ -150,6 +153,8 @@ def profile(
                                 device=config.device, dtype=config.dtype, scheduler=config.scheduler, backend=backend,
                                 precision=precision, threads=threads)
         pipeline = source.build() if engines is not None else None
+        if pipeline is not None and DECODER in pipeline.stages.decoders():  # a plain one decodes the whole image
+            _check_decode_engines(pipeline, config.decode_options)
     elif backend is not None or precision is not None:
         raise ValueError("--backend / --precision: only with --engines (the FLUX.1 Fill and SDXL presets run in torch)")
     # 4. the measured runs
@@ -218,6 +223,7 @@ def inpaint(
     overlap: Optional[int] = OVERLAP_OPTION,
     decode_region: Optional[str] = DECODE_REGION_OPTION,
     margin: Optional[int] = MARGIN_OPTION,
+    region_stats: Optional[str] = REGION_STATS_OPTION,
 ):
     """Inpaint IMAGE where MASK is white, guided by PROMPT, and write OUT (SD 1.x, SDXL or FLUX.1 Fill: the
     family of --preset or --model)."""
@@ -227,13 +233,14 @@ def inpaint(
     job = check_job(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
                     strength=strength, scheduler=scheduler, names=CLI_NAMES, family=family)
     check_image_out(out)
-    options = cli_decode_options(tile, overlap, decode_region, margin)
+    options = cli_decode_options(tile, overlap, decode_region, margin, region_stats)
     source, hole = load_image(image), load_image(mask, mode="L")
     check_same_size(source, hole, "--mask")  # before minutes of model loading, not after
     if family != SD:  # SD rounds a size down as diffusers does; the newer families' sizes are refused instead
         check_image_size(source.width, source.height, "--image", family)
     pipe = PipelineSource(preset=preset, model=model, decoder=decoder, engines=engines, device=device, dtype=dtype,
                           scheduler=job["scheduler"], backend=backend, precision=precision).build()
+    _check_decode_engines(pipe, options)
     try:
         run = run_inpaint(pipe, source, hole, job["prompt"], negative_prompt=job["negative_prompt"], steps=job["steps"],
                           guidance=job["guidance"], strength=job["strength"], seed=job["seed"], progress=True,
@@ -243,6 +250,16 @@ def inpaint(
     _save_images(run.images, out)
     # The paper's Pre_error: how well the kept region survived decoding (lower is better).
     typer.echo(f"Pre_error (MSE on kept pixels, 0-255 units): {run.pre_error:.2f}")
+
+
+def _check_decode_engines(pipe, options) -> None:
+    """The decode options against the pipeline's decoder engine before any denoising (an exported decoder refuses
+    tiles and --region-stats lowres), in the CLI's words."""
+    if options:
+        try:
+            modes_engine(pipe.stages.decoders(), options)
+        except ValueError as e:
+            raise as_cli_error(e) from None
 
 
 def _inpaint_error(exc: ValueError) -> ValueError:
@@ -279,10 +296,11 @@ def decode(
     overlap: Optional[int] = OVERLAP_OPTION,
     decode_region: Optional[str] = DECODE_REGION_OPTION,
     margin: Optional[int] = MARGIN_OPTION,
+    region_stats: Optional[str] = REGION_STATS_OPTION,
 ):
     """Decode saved latents (diffusion space unless --vae-space) to an image."""
     check_image_out(out)
-    options = cli_decode_options(tile, overlap, decode_region, margin)
+    options = cli_decode_options(tile, overlap, decode_region, margin, region_stats)
     if (decoder is None) == (preset is None):
         raise ValueError("--decoder / --preset: give exactly one (a checkpoint path, or a decoder preset name)")
     lat = load_latents(latents)

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from ..models.region import AUTO_MIN_SPEEDUP, DEFAULT_MARGIN
+from ..models.region import AUTO_MIN_SPEEDUP, DEFAULT_MARGIN, DEFAULT_REGION_STATS
 
 
 def log_to_stderr(name: str, fmt: str) -> logging.Logger:
@@ -34,7 +34,7 @@ GUIDANCE_HELP = ("Guidance scale (default: the family's: 7.5 classifier-free for
                  "FLUX.1 Fill's distilled guidance, in [0, 100]).")
 BACKEND_HELP = ("With --engines: onnxruntime, openvino, tensorrt, aoti, torch or torch-compile (default: TensorRT on "
                 "CUDA when built, OpenVINO on the CPU when the directory has its IR, else ONNX Runtime).")
-# The decode modes of `inpaint` and `decode` (docs/decoder.md), one definition for both commands.
+# The decode modes of `inpaint`, `decode`, `profile` and `serve` (docs/decoder.md), one definition for all.
 TILE_OPTION = typer.Option(None, help="Tiled decode: tiles of N latent pixels (8N image pixels), memory bounded by the "
                            "tile (docs/decoder.md). Torch decoders only.")
 OVERLAP_OPTION = typer.Option(None, help="Latent pixels shared by neighbouring tiles (default 4; any overlap is exact).")
@@ -43,6 +43,11 @@ DECODE_REGION_HELP = ("'mask': decode only the mask's box (plus --margin), copy 
                       "Torch decoders and every exported conditional decoder (docs/decoder.md).")
 DECODE_REGION_OPTION = typer.Option(None, "--decode-region", help=DECODE_REGION_HELP)
 MARGIN_OPTION = typer.Option(None, help=f"Latent pixels of context around the mask's box (default {DEFAULT_MARGIN}).")
+REGION_STATS_OPTION = typer.Option(
+    None, "--region-stats", help=f"With --decode-region mask or auto: the GroupNorm statistics the box is normalised "
+    f"with, 'box' (default {DEFAULT_REGION_STATS!r}: its own, as a decode of the crop) or 'lowres' (the whole image's, "
+    "estimated by a low-resolution pass: much closer to the full decode inside the box, for an extra share of its "
+    "cost that 'auto' counts). 'lowres': torch decoders only (docs/decoder.md).")
 PRECISION_HELP = ("With --engines --backend openvino: the precision OpenVINO computes in, fp32 or bf16 (default: bf16 "
                   "where the CPU has native bf16, avx512_bf16 or AMX; fp32 otherwise). Not the export's precision.")
 

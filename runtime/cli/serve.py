@@ -25,6 +25,7 @@ from .options import (
     MODEL_HELP,
     PRECISION_HELP,
     PRESET_HELP,
+    REGION_STATS_OPTION,
     SCHEDULER_DEFAULT_HELP,
     log_to_stderr,
 )
@@ -72,13 +73,14 @@ def serve(
                                                 "also with --ray; each answer's X-Asymvq-Decode-Region header says "
                                                 "what it decoded."),
     margin: Optional[int] = MARGIN_OPTION,
+    region_stats: Optional[str] = REGION_STATS_OPTION,
 ):
     """Serve POST /v1/inpaint, POST /v1/images/edits (OpenAI's image edits), GET /healthz and GET /metrics over
     HTTP (docs/server.md) for a pipeline of any family (SD 1.x, SDXL, FLUX.1 Fill): one request at a time in this
     process, or with --ray on Ray Serve (a stage per deployment, dynamic batching)."""
     source = PipelineSource.serving(preset=preset, model=model, decoder=decoder, engines=engines, device=device,
                                     dtype=dtype, scheduler=scheduler, backend=backend, precision=precision)
-    decode_options = cli_region_options(decode_region, margin)  # every job's, on both servers
+    decode_options = cli_region_options(decode_region, margin, region_stats)  # every job's, on both servers
     if ray:
         return _serve_ray(source, locals())
     if address is not None:
@@ -108,7 +110,8 @@ def _server_log() -> None:
 
 
 RAY_OPTIONS = ("denoise_replicas", "decode_replicas", "gpus_per_denoise", "gpus_per_decode", "cpus_per_denoise",
-               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps", "max_n", "decode_region", "margin")
+               "cpus_per_decode", "max_batch", "batch_wait_ms", "max_pixels", "max_steps", "max_n", "decode_region", "margin",
+               "region_stats")
 
 
 def _serve_ray(source: PipelineSource, opts: dict) -> None:

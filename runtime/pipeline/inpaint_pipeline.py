@@ -193,9 +193,10 @@ class InpaintPipeline:
         ``decoder`` (another ``{"decoder"/"decoder-plain": Engine}``), ``scheduler`` (a name from
         ``SCHEDULERS``; default: the pipeline's) and ``timer`` (a ``StageTimer`` that records every
         stage). The call changes no attribute of the pipeline. ``decode_options``: tiled and/or region
-        decoding, ``{"tile": N, "overlap": M, "region": "mask" | "auto", "margin": K}`` (latent pixels; tiles
-        on torch decoder engines only, regions on torch and exported conditional decoders; the region a
-        decode took is noted on ``timer``; see ``asymvq.pipeline.decode_modes`` and docs/decoder.md).
+        decoding, ``{"tile": N, "overlap": M, "region": "mask" | "auto", "margin": K, "region_stats": "box" |
+        "lowres"}`` (latent pixels; tiles and "lowres" on torch decoder engines only, regions on torch and exported
+        conditional decoders; the region a decode took is noted on ``timer``; see ``asymvq.pipeline.decode_modes``
+        and docs/decoder.md).
 
         A batch of independent jobs (what a server batches): ``prompt``, ``image``, ``mask_image``
         and ``negative_prompt`` as lists, ``generator`` a list with one generator per image (as in

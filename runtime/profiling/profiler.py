@@ -63,8 +63,9 @@ class ProfileConfig:
     # Count every stage's FLOPs (meta device, seconds), probe the matmul peak at start-up and
     # report achieved FLOP/s and the share of that peak per measured stage (asymvq.profiling.flops).
     flops: bool = False
-    # Region decoding of every measured decode ({"region": "mask" | "auto", "margin": K}, asymvq.pipeline.decode_modes);
-    # what each decoder decoded is the report's "decode_region".
+    # Region decoding of every measured decode ({"region": "mask" | "auto", "margin": K, "region_stats": "box" |
+    # "lowres"}, asymvq.pipeline.decode_modes); what each decoder decoded, and with which statistics, is the report's
+    # "decode_region".
     decode_options: dict | None = None
 
     def __post_init__(self):

@@ -89,6 +89,7 @@ class RayServeConfig:
     retry_timeout_s: float = RETRY_TIMEOUT_S  # how long the one retry of a job that met a lost replica may wait
     decode_region: str | None = None  # every job's decode: "mask", "auto" or "full"/None (asymvq serve's --decode-region)
     margin: int | None = None  # --margin, with a decode_region
+    region_stats: str | None = None  # --region-stats ("box" | "lowres"), with a decode_region
 
     def __post_init__(self):
         if not isinstance(self.source, PipelineSource):
@@ -101,12 +102,13 @@ class RayServeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value!r}")
-        cli_region_options(self.decode_region, self.margin)  # a bad region or margin fails here, not on every request
+        cli_region_options(self.decode_region, self.margin, self.region_stats)  # bad ones fail here, not per request
 
     @property
     def decode_options(self) -> dict:
-        """``decode_region`` / ``margin`` as the pipeline's ``decode_options`` ({} for the whole image)."""
-        return cli_region_options(self.decode_region, self.margin)
+        """``decode_region`` / ``margin`` / ``region_stats`` as the pipeline's ``decode_options`` ({} for the whole
+        image)."""
+        return cli_region_options(self.decode_region, self.margin, self.region_stats)
 
     @classmethod
     def from_options(cls, **options) -> "RayServeConfig":

@@ -39,9 +39,9 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..models.devices import dtype_name
-from ..models.region import check_region
+from ..models.region import check_region_options
 from ..pipeline.checks import check_int
-from ..pipeline.decode_modes import NOTE_REGION, check_decode_options
+from ..pipeline.decode_modes import NOTE_REGION, check_decode_options, modes_engine
 from ..pipeline.family_base import FamilyBase
 from ..pipeline.family_rules import SD
 from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
@@ -80,7 +80,7 @@ from .schema import (
     stream_content,
 )
 
-REGION_HEADER = "X-Asymvq-Decode-Region"  # what a job's region decode took (RegionChoice.describe()), with --decode-region
+REGION_HEADER = "X-Asymvq-Decode-Region"  # what a job's region decode took and its statistics (RegionChoice.describe())
 
 log = logging.getLogger("asymvq.serve.server")
 LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
@@ -191,7 +191,7 @@ class _Runner:
     def __init__(self, pipe, decode_options: dict | None = None):
         self.pipe = pipe
         self.lock = threading.Lock()
-        self.decode_options = decode_options  # the server's --decode-region / --margin, for every job
+        self.decode_options = decode_options  # the server's --decode-region / --margin / --region-stats, every job's
 
     def run(self, job: dict, cancel: threading.Event | None = None, on_step=None) -> JobResult:
         """``on_step(event)``: the job's progress events (``asymvq.serve.progress``), from this thread."""
@@ -227,11 +227,11 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
     """A FastAPI app serving ``pipeline``: a pipeline of any family, a ``PipelineSource`` (built here, so a bad
     model fails before the port opens; ``/healthz`` reports its label) or a no-argument callable that builds
     one. ``source`` is what ``/healthz`` reports (default: the ``PipelineSource``'s label, else "pipeline").
-    ``decode_options``: every job's region decoding (``{"region": "mask" | "auto", "margin": K}``); the region
-    each job decoded is its ``X-Asymvq-Decode-Region`` header."""
+    ``decode_options``: every job's region decoding (``{"region": "mask" | "auto", "margin": K, "region_stats":
+    "box" | "lowres"}``); the region each job decoded (and its statistics) is its ``X-Asymvq-Decode-Region`` header."""
     decode_options = check_decode_options(decode_options)
-    if decode_options.get("region") is not None:  # a bad region or margin fails now, not on every request
-        check_region(decode_options["region"], decode_options.get("margin"))
+    # a bad region, margin or region_stats fails now, not on every request
+    check_region_options(decode_options.get("region"), decode_options.get("margin"), decode_options.get("region_stats"))
     if isinstance(pipeline, PipelineSource):
         source, pipe = source or pipeline.label, pipeline.build()
     else:
@@ -241,6 +241,8 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
                          f"returning one, got {type(pipe).__name__}")
     if isinstance(pipe, InpaintPipeline) and not pipe.spec.inpainting:
         raise ValueError("pipeline: expected an inpainting pipeline (9-channel UNet), got a text-to-image one")
+    if decode_options:  # and one the decoder engine cannot run (tiles, "lowres" on an exported one)
+        modes_engine(pipe.stages.decoders(), decode_options)
     runner = _Runner(pipe, decode_options)
     health = {"status": "ok", "source": source or "pipeline", "family": pipe.rules.name, "device": str(pipe.device),
               "dtype": dtype_name(pipe.dtype),

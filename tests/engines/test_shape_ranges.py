@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from asymvq.engines import load_engine_dir
+from asymvq.engines.contract import capabilities
 from asymvq.engines.feeds import conform_feeds
 from asymvq.export import DEFAULT_SHAPES, Source, TensorSpec, build_module, export_directory, read_manifest
 
@@ -138,3 +139,11 @@ def test_pipeline_resolves_auto_and_notes_the_choice(engine_dir, decoder):
     with pytest.raises(ValueError, match=r"tiled decoding runs on the torch backend only; .*'onnxruntime'"):
         run_decoder_with_modes(engines, StageTimer(torch.device("cpu")), small["latent"], small["image"], small["mask"],
                                {"tile": 20})
+    # a crop decoded alone has its own statistics: "lowres" is the torch decoder's
+    assert capabilities(engines["decoder"]).region_stats == ("box",)
+    with pytest.raises(ValueError, match=r"^region_stats: 'lowres' runs on the torch backend only; this pipeline's "
+                                         r"'decoder' engine \(onnxruntime\)"):
+        run_decoder_with_modes(engines, StageTimer(torch.device("cpu")), small["latent"], small["image"], small["mask"],
+                               {"region": "auto", "region_stats": "lowres"})
+    with pytest.raises(ValueError, match=r"^region_stats: 'lowres' runs on the torch backend only; the onnxruntime"):
+        engines["decoder"].decode_with_modes({"region": "mask", "region_stats": "lowres"}, **small)

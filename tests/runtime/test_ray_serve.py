@@ -274,8 +274,12 @@ def test_config_and_builder_check_their_arguments():
     assert type(app).__name__ == "Application"
     assert RayServeConfig(decode_region="auto", margin=2).decode_options == {"region": "auto", "margin": 2}
     assert RayServeConfig(decode_region="full").decode_options == {} == RayServeConfig().decode_options
+    assert RayServeConfig(decode_region="mask", region_stats="lowres").decode_options == {"region": "mask",
+                                                                                         "region_stats": "lowres"}
     for kw, message in ((dict(decode_region="box"), "--decode-region: expected 'mask'"),
                         (dict(margin=2), "--margin: only with --decode-region mask or auto"),
+                        (dict(region_stats="lowres"), "--region-stats: only with --decode-region mask or auto"),
+                        (dict(decode_region="auto", region_stats="low"), "--region-stats: expected one of"),
                         (dict(decode_region="mask", margin=-1), "margin: expected an integer >= 0")):
         with pytest.raises(ValueError, match=message):
             RayServeConfig(**kw)
@@ -300,6 +304,10 @@ def test_cli_serve_ray_maps_its_options(monkeypatch, capsys):
         main(["serve", "--ray", "--decode-region", "auto", "--margin", "2"])
     assert (exc.value.code or 0) == 0, capsys.readouterr().err
     assert calls[1][0].decode_options == {"region": "auto", "margin": 2}
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--ray", "--decode-region", "mask", "--region-stats", "lowres"])
+    assert (exc.value.code or 0) == 0, capsys.readouterr().err
+    assert calls[2][0].decode_options == {"region": "mask", "region_stats": "lowres"}
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--address", "auto"])
     assert exc.value.code == 1 and "--address: joins a Ray cluster; add --ray" in capsys.readouterr().err

@@ -276,12 +276,16 @@ def test_metrics_count_requests_by_status_and_stage_latencies(client):
 
 
 def test_region_decoding_is_served_and_reported(pipe, monkeypatch):
-    """--decode-region: every job decodes the region it asks for; X-Asymvq-Decode-Region says what it decoded."""
+    """--decode-region: every job decodes the region it asks for; X-Asymvq-Decode-Region says what it decoded, and with
+    which statistics (--region-stats)."""
     for options, want in (({"region": "mask", "margin": 0}, "box 1:3,1:3 (mask: share 0.25"),
+                          ({"region": "mask", "margin": 0, "region_stats": "lowres"}, "box 1:3,1:3 (mask: share 0.25"),
                           ({"region": "auto"}, "full (auto: box share 1.00")):  # margin 4 covers the 4x4 latent
         with TestClient(create_app(pipe, max_pixels=64 * 64, max_steps=20, decode_options=options)) as c:
             resp = post(c)
-            assert resp.status_code == 200 and resp.headers["X-Asymvq-Decode-Region"].startswith(want), resp.headers
+            header = resp.headers["X-Asymvq-Decode-Region"]
+            assert resp.status_code == 200 and header.startswith(want), resp.headers
+            assert header.endswith(f", {options.get('region_stats', 'box')} statistics)"), header
             assert c.get("/healthz").json()["decode_options"] == options
         source, hole = source_and_mask()
         ref = pipe("a red sofa", source, hole, num_inference_steps=2, generator=torch.Generator().manual_seed(3),
@@ -294,3 +298,5 @@ def test_region_decoding_is_served_and_reported(pipe, monkeypatch):
         create_app(pipe, decode_options={"regions": "auto"})
     with pytest.raises(ValueError, match=r"^margin: expected an integer >= 0"):
         create_app(pipe, decode_options={"region": "auto", "margin": -1})
+    with pytest.raises(ValueError, match=r"^region_stats: only with region='mask' or 'auto'"):
+        create_app(pipe, decode_options={"region_stats": "lowres"})
