@@ -14,6 +14,11 @@ grows the box to an engine's smallest size, or refuses a box above its largest.
 measured region point of ``bench/results/decoder_scaling.json`` (tiny and base, 512 and 1024, fp32 CPU;
 ``tests/models/test_region.py`` refits them from that file). The fit is the FLOP ratio within noise:
 the decoder's cost is linear in the pixels it decodes, the crop and the paste are negligible.
+
+``RegionModel`` gathers what a region request needs besides the mask (the default margin and the cost
+model); ``REGION_MODEL`` is the package's, made of the constants below. An engines directory's manifest
+records it (key ``region``, written by ``asymvq export``), which is where the C++ host, having no Python,
+reads it from.
 """
 from __future__ import annotations
 
@@ -32,10 +37,67 @@ REGION_TIME_FIT = (-0.0128, 0.9925)
 # the measured scatter (the 60 % masks ran 1.11x-1.32x for a predicted 1.2-1.4x), and a region decode is
 # not the full decode inside the box (its own GroupNorm statistics), so it must buy a clear gain.
 AUTO_MIN_SPEEDUP = 1.2
+REGION_FIELDS = ("default_margin", "time_fit", "auto_min_speedup")
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    # bool is refused (type(True) is bool); an int beyond float's range is too (float() would overflow)
+    return type(v) is float and math.isfinite(v) or type(v) is int and abs(v) < 1e308
+
+
+def _shown(v) -> str:
+    text = repr(v)  # a manifest's value: cut, so that a hostile one cannot make the message huge
+    return text[:80] + "..." if len(text) > 80 else text
+
+
+@dataclass(frozen=True)
+class RegionModel:
+    """The default ``margin`` of a region request and the cost model of "auto": a region decode takes
+    ``time_fit[0] + time_fit[1] x share`` of the full decode's time, and "auto" keeps the box only at a
+    predicted speed-up of ``auto_min_speedup`` or more."""
+
+    default_margin: int = DEFAULT_MARGIN
+    time_fit: tuple[float, float] = REGION_TIME_FIT
+    auto_min_speedup: float = AUTO_MIN_SPEEDUP
+
+    def __post_init__(self):
+        if not _is_int(self.default_margin) or self.default_margin < 0:
+            raise ValueError(f"default_margin must be an integer >= 0, got {_shown(self.default_margin)}")
+        fit = self.time_fit
+        if not isinstance(fit, (tuple, list)) or len(fit) != 2 or not all(_is_real(v) for v in fit):
+            raise ValueError(f"time_fit must be two finite numbers [a, b] (t_region / t_full = a + b * share), got {_shown(fit)}")
+        if not _is_real(self.auto_min_speedup) or not self.auto_min_speedup > 0:
+            raise ValueError(f"auto_min_speedup must be a positive finite number, got {_shown(self.auto_min_speedup)}")
+        object.__setattr__(self, "time_fit", (float(fit[0]), float(fit[1])))
+        object.__setattr__(self, "auto_min_speedup", float(self.auto_min_speedup))
+
+    def predicted_speedup(self, share: float) -> float:
+        """The full decode's time over a region decode's whose box is ``share`` of the image."""
+        a, b = self.time_fit
+        return 1.0 / max(a + b * share, 1e-6)
+
+    def to_dict(self) -> dict:
+        """The manifest's ``region`` object."""
+        return {"default_margin": self.default_margin, "time_fit": list(self.time_fit),
+                "auto_min_speedup": self.auto_min_speedup}
+
+    @classmethod
+    def from_dict(cls, d, key: str = "region") -> "RegionModel":
+        """From ``to_dict``'s form; a ValueError names ``key.field`` and the expected form otherwise."""
+        if not isinstance(d, dict) or set(d) != set(REGION_FIELDS):
+            raise ValueError(f"{key} must be an object with exactly the keys {list(REGION_FIELDS)}, "
+                             f"got {_shown(sorted(d) if isinstance(d, dict) else d)}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(f"{key}.{e}") from None
+
+
+REGION_MODEL = RegionModel()
 
 
 def check_region(region, margin) -> tuple[str, int]:
@@ -96,10 +158,9 @@ def snap_box(box: tuple[int, int, int, int], h: int, w: int, sizes=None, where: 
     return y0, y1, x0, x1
 
 
-def predicted_speedup(share: float) -> float:
+def predicted_speedup(share: float, model: RegionModel = REGION_MODEL) -> float:
     """The full decode's time over a region decode's whose box is ``share`` of the image (the fitted model)."""
-    a, b = REGION_TIME_FIT
-    return 1.0 / max(a + b * share, 1e-6)
+    return model.predicted_speedup(share)
 
 
 @dataclass(frozen=True)
@@ -112,6 +173,7 @@ class RegionChoice:
     share: float  # the box's fraction of the image (1.0 for the whole image, 0.0 for an empty mask)
     speedup: float  # predicted by the cost model
     empty: bool = False
+    min_speedup: float = AUTO_MIN_SPEEDUP  # the threshold "auto" weighed the box against
 
     @property
     def decodes_box(self) -> bool:
@@ -122,7 +184,7 @@ class RegionChoice:
         if self.empty:
             return f"none (empty mask; {self.asked})"
         if self.box is None:
-            return f"full ({self.asked}: box share {self.share:.2f}, predicted {self.speedup:.2f}x < {AUTO_MIN_SPEEDUP}x)"
+            return f"full ({self.asked}: box share {self.share:.2f}, predicted {self.speedup:.2f}x < {self.min_speedup:g}x)"
         y0, y1, x0, x1 = self.box
         return f"box {y0}:{y1},{x0}:{x1} ({self.asked}: share {self.share:.2f}, predicted {self.speedup:.2f}x)"
 
@@ -132,25 +194,27 @@ class RegionChoice:
 
 
 def choose_region(region: str, mask: torch.Tensor, margin: int, h: int, w: int, sizes=None,
-                  where: str = "this engine") -> RegionChoice:
+                  where: str = "this engine", model: RegionModel = REGION_MODEL) -> RegionChoice:
     """The box ``region`` ("mask" or "auto", checked) decodes for a (B or 1, 1, 8h, 8w) mask, snapped to
-    ``sizes`` (``snap_box``). "auto" keeps the box only when ``predicted_speedup`` reaches
-    ``AUTO_MIN_SPEEDUP``, and decodes the whole image (``box`` None) otherwise; a box that no engine size
-    fits is then the whole image too, rather than an error."""
+    ``sizes`` (``snap_box``). "auto" keeps the box only when ``model.predicted_speedup`` reaches
+    ``model.auto_min_speedup``, and decodes the whole image (``box`` None) otherwise; a box that no engine size
+    fits is then the whole image too, rather than an error. (The C++ host, host/region.cpp, makes the same
+    choice with the model of the engines manifest.)"""
+    threshold = model.auto_min_speedup
     box = mask_box(mask, margin, h, w)
     if box is None:
-        return RegionChoice(region, None, 0.0, math.inf, empty=True)
+        return RegionChoice(region, None, 0.0, math.inf, empty=True, min_speedup=threshold)
     try:
         box = snap_box(box, h, w, sizes, where)
     except ValueError:
         if region == "mask":
             raise
-        return RegionChoice(region, None, 1.0, 1.0)
+        return RegionChoice(region, None, 1.0, 1.0, min_speedup=threshold)
     share = (box[1] - box[0]) * (box[3] - box[2]) / (h * w)
-    speedup = predicted_speedup(share)
-    if region == "auto" and speedup < AUTO_MIN_SPEEDUP:
-        return RegionChoice(region, None, share, speedup)
-    return RegionChoice(region, box, share, speedup)
+    speedup = model.predicted_speedup(share)
+    if region == "auto" and speedup < threshold:
+        return RegionChoice(region, None, share, speedup, min_speedup=threshold)
+    return RegionChoice(region, box, share, speedup, min_speedup=threshold)
 
 
 def decode_box(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box, out_dtype: torch.dtype,
