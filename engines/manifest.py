@@ -8,6 +8,7 @@ Layout (``format_version`` 2)::
      "shapes": {"batch": [min, opt, max], "height": [...], "width": [...]},
      "toolchain": {"torch": ..., "onnx": ..., ...},
      "family": "sd"|"sdxl"|"flux-fill",                        # absent: sd (directories before the families)
+     "region": {"default_margin": 4, "time_fit": [a, b], "auto_min_speedup": 1.2},  # absent: exported before it
      "tokenizer": "tokenizer", "tokenizer_2": "tokenizer_2", "scheduler": "scheduler",  # sub-folders, when present
      "components": {name: {"weights_sha256", "inputs": [TensorSpec], "outputs": [TensorSpec],
                            "artifacts": {"onnx": {"path", "sha256", "files": {path: sha256}},
@@ -18,6 +19,12 @@ Layout (``format_version`` 2)::
 loaders, the pipeline and the C++ host read the channel count, scaling and shift factors from
 it, and the specs' channel dims must agree with it. Format 1 did not record it and is refused
 (re-export: the manifest records the source).
+
+``region`` is asymvq.models.region's ``RegionModel`` at export time (the default margin of a region decode and
+the cost model of region="auto"), for the C++ host, which has no other copy of those numbers: a directory
+exported before the key existed still opens everywhere, and the host refuses only what needs the model
+(region AUTO, the default margin) there, naming the re-export. The Python side decides with its own
+``REGION_MODEL``, the package being that model's one home.
 
 ``family`` is the pipeline family the components belong to (``asymvq.models.components.FAMILIES``); a
 directory holds the components of one family only (its denoiser, when there, says the same), so the
@@ -46,6 +53,7 @@ from torch import nn
 from asymvq.models.components import FAMILIES, FAMILY_COMPONENTS, SD
 from asymvq.models.environment import package_versions
 from asymvq.models.latent_space import LatentSpace
+from asymvq.models.region import REGION_MODEL, RegionModel
 
 from .contract import COMPONENTS, PRECISION_DTYPES, VOCABULARY, TensorSpec, check_io, split_dim
 
@@ -88,10 +96,12 @@ def artifact_entry(root: Path, files: list[Path], **extra) -> dict:
     return {"path": rel[0], "files": {r: sha256_file(root / r) for r in rel}, **extra}
 
 
-def new_manifest(*, precision: str, source: dict, shapes: dict, latent_space: LatentSpace, family: str = SD) -> dict:
+def new_manifest(*, precision: str, source: dict, shapes: dict, latent_space: LatentSpace, family: str = SD,
+                 region: RegionModel = REGION_MODEL) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "family": family,
+        "region": region.to_dict(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": precision,
         "latent_space": latent_space.to_dict(),
@@ -190,6 +200,11 @@ def manifest_latent_space(manifest: dict) -> LatentSpace:
     return LatentSpace.from_dict(manifest["latent_space"])
 
 
+def manifest_region(manifest: dict) -> RegionModel | None:
+    """The region model of a manifest ``read_manifest`` returned (checked there); None where it records none."""
+    return RegionModel.from_dict(manifest["region"]) if "region" in manifest else None
+
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -252,6 +267,11 @@ def _check_manifest(manifest, where: str) -> None:
         latents = LatentSpace.from_dict(manifest.get("latent_space"))
     except ValueError as e:
         raise ManifestError(f"engines: {where}: {e}") from None
+    if "region" in manifest:
+        try:
+            RegionModel.from_dict(manifest["region"])
+        except ValueError as e:
+            raise ManifestError(f"engines: {where}: {e}") from None
     source = manifest.get("source")
     if not isinstance(source, dict):
         raise _bad(where, "source", "an object", source)

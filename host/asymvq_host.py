@@ -15,6 +15,7 @@ OK, INVALID_ARGUMENT, NOT_FOUND, MANIFEST, UNSUPPORTED, RUNTIME, FORMAT, IO = ra
 FLOAT32, INT64 = 0, 1
 SCHEDULERS = {"ddim": 0, "euler": 1}
 REGIONS = {None: 0, "mask": 1, "auto": 2}  # asymvq_region
+DECODED = {0: "full", 1: "box", 2: "none"}  # asymvq_decoded, in asymvq.models.region.RegionChoice.describe's words
 MAX_DIMS = 8
 
 
@@ -31,15 +32,39 @@ class Stats(C.Structure):
         ("steps", C.c_int32)]
 
 
+class RegionChoice(C.Structure):
+    """asymvq_region_choice (ABI 3): what a region decode decoded. Made by ``RegionChoice()`` with struct_size set."""
+
+    _fields_ = [("struct_size", C.c_uint32), ("decoded", C.c_int32), ("y0", C.c_int32), ("y1", C.c_int32),
+                ("x0", C.c_int32), ("x1", C.c_int32), ("share", C.c_double), ("predicted_speedup", C.c_double),
+                ("min_speedup", C.c_double)]
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        if not self.struct_size:
+            self.struct_size = C.sizeof(self)
+
+    @property
+    def kind(self) -> str:
+        """One of "full", "box" and "none" (asymvq_decoded)."""
+        return DECODED.get(self.decoded, f"unknown {self.decoded}")
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.y0, self.y1, self.x0, self.x1
+
+
 class Params(C.Structure):
     _fields_ = [("struct_size", C.c_uint32)] + [
         (n, C.POINTER(Tensor)) for n in ("prompt_embeds", "negative_embeds", "prompt_ids", "negative_ids", "image", "mask")
     ] + [("height", C.c_int32), ("width", C.c_int32), ("steps", C.c_int32), ("guidance_scale", C.c_double),
          ("seed", C.c_uint64), ("scheduler", C.c_int), ("stats", C.POINTER(Stats)),
-         ("region", C.c_int), ("margin", C.c_int32)]  # ABI 2
+         ("region", C.c_int), ("margin", C.c_int32),  # ABI 2
+         ("region_choice", C.POINTER(RegionChoice))]  # ABI 3
 
 
 V1_SIZE = Params.region.offset  # the ABI 1 layout: everything before `region` (ASYMVQ_INPAINT_PARAMS_V1_SIZE)
+V2_SIZE = Params.region_choice.offset  # the ABI 2 layout: everything before `region_choice` (_V2_SIZE)
 
 
 class HostError(RuntimeError):
@@ -65,6 +90,11 @@ def load_library(path: str | Path) -> C.CDLL:
     lib.asymvq_decode_region.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Tensor), C.c_int32,
                                          C.POINTER(Output)]
     lib.asymvq_decode_region_scaled.argtypes = lib.asymvq_decode_region.argtypes
+    lib.asymvq_decode_region_ex.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Tensor), C.POINTER(Tensor), C.c_int32,
+                                            C.c_int32, C.POINTER(RegionChoice), C.POINTER(Output)]
+    lib.asymvq_decode_region_scaled_ex.argtypes = lib.asymvq_decode_region_ex.argtypes
+    lib.asymvq_region_choice_init.argtypes = [C.POINTER(RegionChoice)]
+    lib.asymvq_region_choice_init.restype = None
     lib.asymvq_encode_text.argtypes = [C.c_void_p, C.POINTER(Tensor), C.POINTER(Output)]
     lib.asymvq_inpaint_params_init.argtypes = [C.POINTER(Params)]
     lib.asymvq_inpaint_params_init.restype = None
@@ -72,8 +102,8 @@ def load_library(path: str | Path) -> C.CDLL:
     lib.asymvq_output_free.argtypes = [C.POINTER(Output)]
     lib.asymvq_output_free.restype = None
     for f in ("asymvq_open", "asymvq_has_component", "asymvq_unet_channels", "asymvq_latent_space", "asymvq_decode",
-              "asymvq_decode_scaled", "asymvq_decode_region", "asymvq_decode_region_scaled", "asymvq_encode_text",
-              "asymvq_inpaint"):
+              "asymvq_decode_scaled", "asymvq_decode_region", "asymvq_decode_region_scaled", "asymvq_decode_region_ex",
+              "asymvq_decode_region_scaled_ex", "asymvq_encode_text", "asymvq_inpaint"):
         getattr(lib, f).restype = C.c_int
     return lib
 
@@ -157,12 +187,21 @@ class Host:
         self._check(fn(self.handle, *[None if v is None else v.ptr() for v in views], C.byref(out)))
         return self._take(out)
 
-    def decode_region(self, latents, image, mask, margin: int = -1, *, scaled: bool = False) -> np.ndarray:
-        """The mask's box only (asymvq_decode_region; margin < 0: the library's default), the rest is ``image``."""
+    def decode_region(self, latents, image, mask, margin: int = -1, *, scaled: bool = False, region: str | int | None = None,
+                      choice: RegionChoice | None = None) -> np.ndarray:
+        """The mask's box only (asymvq_decode_region; margin < 0: the manifest's default), the rest is ``image``.
+        With ``region`` ("mask", "auto" or an int, passed as is) or ``choice`` (filled with what was decoded):
+        asymvq_decode_region_ex."""
         views = [None if x is None else _View(_arr(x)) for x in (latents, image, mask)]
+        ptrs = [None if v is None else v.ptr() for v in views]
         out = Output()
-        fn = self.lib.asymvq_decode_region_scaled if scaled else self.lib.asymvq_decode_region
-        self._check(fn(self.handle, *[None if v is None else v.ptr() for v in views], margin, C.byref(out)))
+        if region is None and choice is None:
+            fn = self.lib.asymvq_decode_region_scaled if scaled else self.lib.asymvq_decode_region
+            self._check(fn(self.handle, *ptrs, margin, C.byref(out)))
+        else:
+            mode = region if isinstance(region, int) else REGIONS[region or "mask"]
+            fn = self.lib.asymvq_decode_region_scaled_ex if scaled else self.lib.asymvq_decode_region_ex
+            self._check(fn(self.handle, *ptrs, mode, margin, None if choice is None else C.pointer(choice), C.byref(out)))
         return self._take(out)
 
     def encode_text(self, ids) -> np.ndarray:
@@ -174,9 +213,10 @@ class Host:
     def inpaint(self, *, prompt_embeds=None, negative_embeds=None, prompt_ids=None, negative_ids=None, image=None,
                 mask=None, height: int = 0, width: int = 0, steps: int = 50, guidance_scale: float = 7.5, seed: int = 0,
                 scheduler: str = "ddim", stats: Stats | None = None, region: str | int | None = None, margin: int = -1,
-                struct_size: int | None = None) -> np.ndarray:
-        """``region``: None, "mask" or "auto" (or an int, passed as is); ``struct_size``: another than the init's
-        (``V1_SIZE``: a caller of the ABI 1 layout, whose struct ends before region and margin)."""
+                region_choice: RegionChoice | None = None, struct_size: int | None = None) -> np.ndarray:
+        """``region``: None, "mask" or "auto" (or an int, passed as is); ``region_choice``: filled with what the
+        decode step decoded; ``struct_size``: another than the init's (``V1_SIZE`` / ``V2_SIZE``: a caller of the
+        ABI 1 / 2 layout, whose struct ends before region and margin / before region_choice)."""
         p = Params()
         self.lib.asymvq_inpaint_params_init(C.byref(p))
         keep = []
@@ -197,6 +237,8 @@ class Host:
             p.struct_size = struct_size
         if stats is not None:
             p.stats = C.pointer(stats)
+        if region_choice is not None:
+            p.region_choice = C.pointer(region_choice)
         out = Output()
         self._check(self.lib.asymvq_inpaint(self.handle, C.byref(p), C.byref(out)))
         return self._take(out)

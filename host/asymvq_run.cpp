@@ -1,10 +1,13 @@
 // asymvq-run: the C API from the command line, tensors in and out as safetensors.
 //
 //   asymvq-run decode  --engines DIR --latents Z.safetensors [--image I.safetensors --mask M.safetensors]
-//                      [--space vae|diffusion] [--decode-region mask|full [--margin K]] --out OUT.safetensors
+//                      [--space vae|diffusion] [--decode-region mask|auto|full [--margin K]] --out OUT.safetensors
 //   asymvq-run inpaint --engines DIR --prompt-embeds E.safetensors [--negative-embeds N.safetensors]
 //                      --image I.safetensors --mask M.safetensors --steps 4 --guidance 7.5 --seed 0
 //                      [--scheduler ddim|euler] [--decode-region mask|auto|full [--margin K]] --out OUT.safetensors
+//
+// With --decode-region mask or auto, what was decoded goes to stdout as one line, the Python API's words
+// (asymvq.models.region.RegionChoice.describe): "decoded: box 1:5,2:6 (auto: share 0.33, predicted 3.10x, box statistics)".
 //
 // Exit status: 0 on success, else the asymvq_status value (1 invalid argument, 2 not found,
 // 3 manifest, 4 unsupported, 5 runtime, 6 format, 7 io); the message goes to stderr as
@@ -24,19 +27,20 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  asymvq-run decode  --engines DIR --latents Z.safetensors [--image I.safetensors --mask M.safetensors]\n"
-    "                     [--space vae|diffusion] [--decode-region mask|full [--margin K]]\n"
+    "                     [--space vae|diffusion] [--decode-region mask|auto|full [--margin K]]\n"
     "                     --out OUT.safetensors [--device cpu]\n"
     "                     (--space: latents in the VAE's space, the default, or the diffusion loop's,\n"
     "                     converted with the directory's latent_space: z / scaling_factor + shift_factor;\n"
     "                     --decode-region mask: decode only the mask's box grown by --margin latent pixels,\n"
-    "                     default 4, the rest copied from --image; full: the whole image, the default)\n"
+    "                     default the manifest's (4), the rest copied from --image; auto: the box when the\n"
+    "                     manifest's cost model says it pays, else the whole image; full: the whole image,\n"
+    "                     the default. With mask or auto, what was decoded is printed: \"decoded: ...\")\n"
     "  asymvq-run inpaint --engines DIR (--prompt-embeds E.safetensors | --prompt-ids IDS.safetensors)\n"
     "                     [--negative-embeds N.safetensors | --negative-ids NIDS.safetensors]\n"
     "                     [--image I.safetensors --mask M.safetensors | --height H --width W]\n"
     "                     [--steps 50] [--guidance 7.5] [--seed 0] [--scheduler ddim|euler]\n"
     "                     [--decode-region mask|auto|full [--margin K]] --out OUT.safetensors [--device cpu]\n"
-    "                     (--decode-region as decode's, for the job's decode step; auto: the mask's box when\n"
-    "                     the cost model says it pays, else the whole image)\n";
+    "                     (--decode-region as decode's, for the job's decode step)\n";
 
 int die(asymvq_status s, const std::string& msg) {
   std::fprintf(stderr, "asymvq-run: %s: %s\n", asymvq_status_name(s), msg.c_str());
@@ -60,6 +64,21 @@ void load(const std::string& path, const std::string& arg, Loaded& l) {
     l.view.dtype = ASYMVQ_FLOAT32;
     l.view.data = l.t.f32.data();
   }
+}
+
+// asymvq.models.region.RegionChoice.describe, word for word (the tests compare the two); the host decodes a box
+// with its own GroupNorm statistics (region_stats "box"; "lowres" runs on the torch backend only).
+std::string describe(const asymvq_region_choice& c, const std::string& asked) {
+  char buf[256];
+  if (c.decoded == ASYMVQ_DECODED_NONE)
+    std::snprintf(buf, sizeof buf, "none (empty mask; %s)", asked.c_str());
+  else if (c.decoded == ASYMVQ_DECODED_FULL)
+    std::snprintf(buf, sizeof buf, "full (%s: box share %.2f, predicted %.2fx < %gx, box statistics)", asked.c_str(), c.share,
+                  c.predicted_speedup, c.min_speedup);
+  else
+    std::snprintf(buf, sizeof buf, "box %d:%d,%d:%d (%s: share %.2f, predicted %.2fx, box statistics)", c.y0, c.y1, c.x0, c.x1, asked.c_str(),
+                  c.share, c.predicted_speedup);
+  return buf;
 }
 
 bool parse_int(const std::string& s, long long& out) {
@@ -102,22 +121,18 @@ int run(int argc, char** argv) {
   bool diffusion_space = opt.count("--space") && opt["--space"] == "diffusion";
   if (opt.count("--space") && opt["--space"] != "vae" && opt["--space"] != "diffusion")
     return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--space: expected vae or diffusion, got '" + opt["--space"] + "'");
-  // decode: mask or full (asymvq_decode_region); inpaint: also auto (asymvq_inpaint_params.region)
+  // asymvq_decode_region_ex's region, or asymvq_inpaint_params.region
   asymvq_region region_mode = ASYMVQ_REGION_NONE;
   if (opt.count("--decode-region")) {
     const std::string& r = opt["--decode-region"];
     if (r == "mask") region_mode = ASYMVQ_REGION_MASK;
-    else if (r == "auto" && cmd == "inpaint") region_mode = ASYMVQ_REGION_AUTO;
-    else if (r != "full")
-      return die(ASYMVQ_ERR_INVALID_ARGUMENT, std::string("--decode-region: expected ") +
-                                                  (cmd == "inpaint" ? "mask, auto or full" : "mask or full") + ", got '" + r + "'");
+    else if (r == "auto") region_mode = ASYMVQ_REGION_AUTO;
+    else if (r != "full") return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--decode-region: expected mask, auto or full, got '" + r + "'");
   }
   bool region = region_mode != ASYMVQ_REGION_NONE;
   long long margin = -1;  // the library's default
   if (opt.count("--margin")) {
-    if (!region)
-      return die(ASYMVQ_ERR_INVALID_ARGUMENT,
-                 std::string("--margin: only with --decode-region ") + (cmd == "inpaint" ? "mask or auto" : "mask"));
+    if (!region) return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--margin: only with --decode-region mask or auto");
     if (!parse_int(opt["--margin"], margin) || margin < 0 || margin > 1 << 20)
       return die(ASYMVQ_ERR_INVALID_ARGUMENT, "--margin: expected an integer >= 0 (latent pixels), got '" + opt["--margin"] + "'");
   }
@@ -141,6 +156,8 @@ int run(int argc, char** argv) {
 
   asymvq_inpaint_params p;
   asymvq_inpaint_params_init(&p);
+  asymvq_region_choice choice;
+  asymvq_region_choice_init(&choice);
   if (cmd == "inpaint") {
     long long v;
     if (opt.count("--steps")) {
@@ -174,6 +191,7 @@ int run(int argc, char** argv) {
     p.mask = ptr("--mask");
     p.region = region_mode;
     p.margin = static_cast<int32_t>(margin);
+    p.region_choice = &choice;
   }
 
   asymvq_host* host = nullptr;
@@ -182,8 +200,8 @@ int run(int argc, char** argv) {
   if (s != ASYMVQ_OK) return die(s, asymvq_last_error());
   asymvq_output out{};
   if (cmd == "decode" && region)
-    s = (diffusion_space ? asymvq_decode_region_scaled : asymvq_decode_region)(host, ptr("--latents"), ptr("--image"),
-                                                                               ptr("--mask"), static_cast<int32_t>(margin), &out);
+    s = (diffusion_space ? asymvq_decode_region_scaled_ex : asymvq_decode_region_ex)(
+        host, ptr("--latents"), ptr("--image"), ptr("--mask"), region_mode, static_cast<int32_t>(margin), &choice, &out);
   else if (cmd == "decode") s = (diffusion_space ? asymvq_decode_scaled : asymvq_decode)(host, ptr("--latents"), ptr("--image"),
                                                                                         ptr("--mask"), &out);
   else s = asymvq_inpaint(host, &p, &out);
@@ -193,6 +211,7 @@ int run(int argc, char** argv) {
     return die(s, msg);
   }
   asymvq_close(host);
+  if (region) std::printf("decoded: %s\n", describe(choice, opt["--decode-region"]).c_str());
   try {
     asymvq::st::write_f32(opt["--out"], "sample", std::vector<int64_t>(out.shape, out.shape + out.ndim), out.data);
   } catch (const std::exception& e) {

@@ -191,16 +191,42 @@ asymvq_status asymvq_decode_scaled(asymvq_host* host, const asymvq_tensor* laten
 
 namespace {
 
+// `choice` checked (its struct_size) and cleared before the work, filled after it.
+void check_choice(asymvq_region_choice* choice, const char* arg) {
+  if (choice == nullptr) return;
+  if (choice->struct_size != sizeof *choice)
+    asymvq::fail_arg(std::string(arg) + ".struct_size", std::to_string(sizeof *choice) + " (call asymvq_region_choice_init first)",
+                     std::to_string(choice->struct_size));
+  asymvq_region_choice_init(choice);
+}
+
+void report(asymvq_region_choice* out, const asymvq::RegionChoice& c) {
+  if (out == nullptr) return;
+  out->decoded = static_cast<int32_t>(c.decoded);
+  out->y0 = static_cast<int32_t>(c.box.y0);
+  out->y1 = static_cast<int32_t>(c.box.y1);
+  out->x0 = static_cast<int32_t>(c.box.x0);
+  out->x1 = static_cast<int32_t>(c.box.x1);
+  out->share = c.share;
+  out->predicted_speedup = c.speedup;
+  out->min_speedup = c.min_speedup;
+}
+
 asymvq_status region_call(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
-                          const asymvq_tensor* mask, int32_t margin, asymvq_output* out, bool scaled) {
+                          const asymvq_tensor* mask, int32_t region, int32_t margin, asymvq_region_choice* choice,
+                          asymvq_output* out, bool scaled) {
   return guarded([&] {
     check_host(host);
     check_out(out);
+    check_choice(choice, "choice");
     at::Tensor z = view(latents, "latents", ASYMVQ_FLOAT32);
     at::Tensor img = view(image, "image", ASYMVQ_FLOAT32), m = view(mask, "mask", ASYMVQ_FLOAT32);
     std::lock_guard<std::mutex> lock(host->impl->lock);
     auto& h = *host->impl;
-    fill(out, scaled ? asymvq::decode_region_scaled(h, z, img, m, margin) : asymvq::decode_region(h, z, img, m, margin));
+    asymvq::RegionChoice c;
+    fill(out, scaled ? asymvq::decode_region_scaled(h, z, img, m, region, margin, &c)
+                     : asymvq::decode_region(h, z, img, m, region, margin, &c));
+    report(choice, c);
   });
 }
 
@@ -208,12 +234,30 @@ asymvq_status region_call(asymvq_host* host, const asymvq_tensor* latents, const
 
 asymvq_status asymvq_decode_region(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
                                    const asymvq_tensor* mask, int32_t margin, asymvq_output* out) {
-  return region_call(host, latents, image, mask, margin, out, false);
+  return region_call(host, latents, image, mask, ASYMVQ_REGION_MASK, margin, nullptr, out, false);
 }
 
 asymvq_status asymvq_decode_region_scaled(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
                                           const asymvq_tensor* mask, int32_t margin, asymvq_output* out) {
-  return region_call(host, latents, image, mask, margin, out, true);
+  return region_call(host, latents, image, mask, ASYMVQ_REGION_MASK, margin, nullptr, out, true);
+}
+
+void asymvq_region_choice_init(asymvq_region_choice* choice) {
+  if (choice == nullptr) return;
+  std::memset(choice, 0, sizeof *choice);
+  choice->struct_size = sizeof *choice;
+}
+
+asymvq_status asymvq_decode_region_ex(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                                      const asymvq_tensor* mask, int32_t region, int32_t margin, asymvq_region_choice* choice,
+                                      asymvq_output* out) {
+  return region_call(host, latents, image, mask, region, margin, choice, out, false);
+}
+
+asymvq_status asymvq_decode_region_scaled_ex(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                                             const asymvq_tensor* mask, int32_t region, int32_t margin,
+                                             asymvq_region_choice* choice, asymvq_output* out) {
+  return region_call(host, latents, image, mask, region, margin, choice, out, true);
 }
 
 asymvq_status asymvq_encode_text(asymvq_host* host, const asymvq_tensor* input_ids, asymvq_output* out) {
@@ -235,6 +279,7 @@ void asymvq_inpaint_params_init(asymvq_inpaint_params* p) {
   p->scheduler = ASYMVQ_SCHEDULER_DDIM;
   p->region = ASYMVQ_REGION_NONE;
   p->margin = -1;
+  p->region_choice = nullptr;
 }
 
 asymvq_status asymvq_inpaint(asymvq_host* host, const asymvq_inpaint_params* p, asymvq_output* out) {
@@ -242,13 +287,16 @@ asymvq_status asymvq_inpaint(asymvq_host* host, const asymvq_inpaint_params* p, 
     check_host(host);
     check_out(out);
     if (p == nullptr) asymvq::fail_arg("params", "a pointer to asymvq_inpaint_params", "NULL");
-    // An ABI 1 caller's struct ends before `region`: those fields are not its memory, never read them.
-    bool v1 = p->struct_size == ASYMVQ_INPAINT_PARAMS_V1_SIZE;
-    if (p->struct_size != sizeof *p && !v1)
+    // An older caller's struct ends before the fields of later ABIs: they are not its memory, never read them.
+    bool v1 = p->struct_size == ASYMVQ_INPAINT_PARAMS_V1_SIZE, v2 = p->struct_size == ASYMVQ_INPAINT_PARAMS_V2_SIZE;
+    if (p->struct_size != sizeof *p && !v1 && !v2)
       asymvq::fail_arg("params.struct_size",
                        std::to_string(sizeof *p) + " (call asymvq_inpaint_params_init first; or " +
-                           std::to_string(ASYMVQ_INPAINT_PARAMS_V1_SIZE) + ", the ABI 1 layout)",
+                           std::to_string(ASYMVQ_INPAINT_PARAMS_V2_SIZE) + " or " +
+                           std::to_string(ASYMVQ_INPAINT_PARAMS_V1_SIZE) + ", the ABI 2 and 1 layouts)",
                        std::to_string(p->struct_size));
+    asymvq_region_choice* choice = v1 || v2 ? nullptr : p->region_choice;
+    check_choice(choice, "params.region_choice");
     asymvq::InpaintArgs a;
     if (p->prompt_embeds) a.prompt_embeds = view(p->prompt_embeds, "prompt_embeds", ASYMVQ_FLOAT32);
     if (p->negative_embeds) a.negative_embeds = view(p->negative_embeds, "negative_embeds", ASYMVQ_FLOAT32);
@@ -272,7 +320,9 @@ asymvq_status asymvq_inpaint(asymvq_host* host, const asymvq_inpaint_params* p, 
     }
     if (p->stats) std::memset(p->stats, 0, sizeof *p->stats);
     std::lock_guard<std::mutex> lock(host->impl->lock);
-    fill(out, asymvq::inpaint(*host->impl, a, p->stats));
+    asymvq::RegionChoice c;
+    fill(out, asymvq::inpaint(*host->impl, a, p->stats, &c));
+    report(choice, c);
   });
 }
 

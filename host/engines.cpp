@@ -1,5 +1,5 @@
 // The engines directory: manifest.json checked exactly as asymvq.engines.load_engine_dir checks
-// it (format version, the latent space, known components, I/O names, dtypes, shape ranges and
+// it (format version, the latent space, the region model (region.cpp), known components, I/O names, dtypes, shape ranges and
 // latent channel dims, sha256 of every artifact file, the device a package was compiled for),
 // then one AOTInductor engine per component. Feeds are checked against the exported ranges and tied dims here, because
 // compiled AOTInductor code trusts its inputs (it reads past a smaller image otherwise).
@@ -454,6 +454,7 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
   if (const json::Value* p = m.find("precision"); p && p->is_string()) h->precision = p->str;
   if (h->precision != "fp32" && h->precision != "fp16") bad(mpath.string() + " has precision '" + h->precision + "' (fp32 or fp16)");
   h->latent_space = read_latent_space(m, mpath.string());
+  h->region_model = read_region_model(m, mpath.string());
   if (const json::Value* f = m.find("family")) {  // absent: sd (directories from before the families)
     if (!f->is_string() || (f->str != "sd" && f->str != "sdxl" && f->str != "flux-fill"))
       bad(mpath.string() + ": family must be one of ['sd', 'sdxl', 'flux-fill']");

@@ -5,8 +5,10 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,10 @@ class AOTIModelPackageLoader;
 }
 
 namespace asymvq {
+
+namespace json {
+struct Value;
+}
 
 // Thrown inside the library; c_api.cpp turns it into (status, message).
 struct HostError : std::runtime_error {
@@ -98,11 +104,20 @@ struct LatentSpace {
   at::Tensor to_diffusion(const at::Tensor& x) const;
 };
 
+// manifest.json's "region" (asymvq.models.region.RegionModel): the default margin of a region decode and the cost
+// model region AUTO decides with (a region decode takes fit_a + fit_b * share of the full decode's time).
+struct RegionModel {
+  int64_t default_margin = 0;
+  double fit_a = 0.0, fit_b = 0.0, auto_min_speedup = 0.0;
+};
+std::optional<RegionModel> read_region_model(const json::Value& manifest, const std::string& where);  // region.cpp
+
 struct Host {
   std::string root;
   at::Device device{at::kCPU};
   std::string precision = "fp32";
   LatentSpace latent_space;
+  std::optional<RegionModel> region_model;  // none: a directory exported before the manifest recorded it
   std::string family = "sd";  // the manifest's: sd runs every call; sdxl and flux-fill decode only
   std::vector<std::unique_ptr<Engine>> engines;
   bool has_scheduler = false;
@@ -120,16 +135,39 @@ std::unique_ptr<Host> open_host(const std::string& dir, const std::string& devic
 // VAE-space latents -> image; decode_scaled takes diffusion-space latents (h.latent_space.to_vae first).
 at::Tensor decode(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask);
 at::Tensor decode_scaled(Host& h, const at::Tensor& latents, const at::Tensor* image, const at::Tensor* mask);
-// Region decoding (asymvq's region="mask"): the decoder on the mask's box grown by `margin` latent pixels
-// (< 0: the default), snapped to the engine's exported range; every other pixel is `image`.
-at::Tensor decode_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask, int64_t margin);
+
+struct Box {
+  int64_t y0, y1, x0, x1;  // latent pixels, [y0, y1) x [x0, x1)
+};
+
+// What a region request decodes (asymvq.models.region.RegionChoice; the C API's asymvq_region_choice).
+struct RegionChoice {
+  asymvq_decoded decoded = ASYMVQ_DECODED_FULL;
+  Box box{0, 0, 0, 0};      // the box decoded; the whole latent for FULL, zeros for NONE
+  double share = 1.0;       // the mask's (snapped) box's fraction of the latent
+  double speedup = 1.0;     // predicted by the cost model for that box (NaN without a region model)
+  double min_speedup = std::numeric_limits<double>::quiet_NaN();  // AUTO's threshold, the manifest's
+};
+
+// region.cpp. Refuses (ASYMVQ_ERR_UNSUPPORTED, naming the re-export) a request that needs the manifest's region model
+// (AUTO, or the default margin: margin < 0) on a directory that records none.
+void require_region_model(const Host& h, asymvq_region region, int64_t margin);
+// The box a region request decodes for the checked (B or 1, 1, 8 lh, 8 lw) mask (asymvq.models.region.choose_region):
+// the mask's box grown by `margin` (< 0: the manifest's default) and snapped to `latent_spec`'s range; MASK decodes it
+// (refused when no crop fits the engine), AUTO only at the manifest's auto_min_speedup or more, else the whole image.
+RegionChoice choose_region(const Host& h, const at::Tensor& mask, int64_t margin, int64_t lh, int64_t lw,
+                           const TensorSpec& latent_spec, asymvq_region region);
+
+// Region decoding: `region` (an int from the caller) ASYMVQ_REGION_MASK or _AUTO, as choose_region decides; every
+// pixel outside the box is `image`. `choice`, when given, receives what was decoded.
+at::Tensor decode_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask, int region,
+                         int64_t margin, RegionChoice* choice);
 at::Tensor decode_region_scaled(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask,
-                                int64_t margin);
+                                int region, int64_t margin, RegionChoice* choice);
 // The region decode of checked inputs (VAE-space latents, image in [-1, 1], mask in {0, 1}), which decode_region and
-// inpaint's decode step share: ASYMVQ_REGION_MASK the box (refused when no crop fits the engine), ASYMVQ_REGION_AUTO
-// the box when asymvq.models.region's cost model says it pays and the whole image otherwise.
+// inpaint's decode step share.
 at::Tensor decode_checked_region(Host& h, const at::Tensor& latents, const at::Tensor& image, const at::Tensor& mask,
-                                 int64_t margin, asymvq_region region);
+                                 int64_t margin, asymvq_region region, RegionChoice* choice);
 at::Tensor encode_text(Host& h, const at::Tensor& ids);
 
 struct InpaintArgs {
@@ -142,6 +180,7 @@ struct InpaintArgs {
   int region = ASYMVQ_REGION_NONE;  // an asymvq_region, checked by inpaint
   int64_t margin = -1;              // < 0: the default
 };
-at::Tensor inpaint(Host& h, const InpaintArgs& args, asymvq_inpaint_stats* stats);
+// `choice`, when given, receives what the decode step decoded (FULL, the whole latent, without a region).
+at::Tensor inpaint(Host& h, const InpaintArgs& args, asymvq_inpaint_stats* stats, RegionChoice* choice);
 
 }  // namespace asymvq

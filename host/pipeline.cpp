@@ -251,7 +251,7 @@ at::Tensor encode_text(Host& h, const at::Tensor& ids) {
   return run1(e, {ids});
 }
 
-at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
+at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats, RegionChoice* choice) {
   c10::InferenceMode guard;
   auto t_start = Clock::now();
   asymvq_inpaint_stats st{};
@@ -284,6 +284,8 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   if (a.region != ASYMVQ_REGION_NONE && !inpainting)
     fail_arg("region", "ASYMVQ_REGION_NONE for text-to-image (a region decode needs an image and a mask)",
              a.region == ASYMVQ_REGION_MASK ? "ASYMVQ_REGION_MASK" : "ASYMVQ_REGION_AUTO");
+  const auto region = static_cast<asymvq_region>(a.region);
+  if (region != ASYMVQ_REGION_NONE) require_region_model(h, region, a.margin);  // before the loop, not after it
 
   // Image and mask, as prepare_image_and_mask leaves them: image in [-1, 1], mask binarised at 0.5.
   at::Tensor pixels, mask;
@@ -408,20 +410,24 @@ at::Tensor inpaint(Host& h, const InpaintArgs& a, asymvq_inpaint_stats* stats) {
   t0 = Clock::now();
   at::Tensor latent = h.latent_space.to_vae(latents);
   at::Tensor out;
+  RegionChoice decoded;  // without a region: the whole image
+  decoded.box = Box{0, lh, 0, lw};
+  if (h.region_model) decoded.min_speedup = h.region_model->auto_min_speedup;
   if (inpainting) {
     auto tile = [&](const at::Tensor& x) {
       return (x.size(0) == 1 || x.size(0) == batch) ? x : x.repeat({batch / x.size(0), 1, 1, 1});
     };
     Engine& decoder = h.need("decoder", "inpaint (the asymmetric decoder)");
     at::Tensor image = tile(pixels).to(h.device), m = tile(mask).to(h.device);
-    out = a.region == ASYMVQ_REGION_NONE ? run1(decoder, {latent, image, m})
-                                         : decode_checked_region(h, latent, image, m, a.margin, static_cast<asymvq_region>(a.region));
+    out = region == ASYMVQ_REGION_NONE ? run1(decoder, {latent, image, m})
+                                       : decode_checked_region(h, latent, image, m, a.margin, region, &decoded);
   } else {
     out = run1(h.need("decoder-plain", "text-to-image"), {latent});
   }
   st.decode_s = since(t0);
   st.total_s = since(t_start);
   if (stats) *stats = st;
+  if (choice) *choice = decoded;
   return out;
 }
 

@@ -21,7 +21,8 @@ FIELDS = ("channels", "scaling_factor", "shift_factor")
 
 
 def _is_real(value) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)  # bool is refused: type(True) is bool
+    # bool is refused (type(True) is bool); an int beyond float's range is too (math.isfinite would overflow)
+    return type(value) is float and math.isfinite(value) or type(value) is int and abs(value) < 1e308
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,11 @@ the decoder's cost is linear in the pixels it decodes, the crop and the paste ar
 statistics the box is normalised with; every engine decodes a crop with its own ("box"), only the torch decoder
 runs "lowres". Its extra cost enters "auto"'s model as counted FLOPs (``lowres_extra``): the head on the whole latent
 instead of the box, and the up path on the whole image at 1/f (``lowres_factor``).
+
+``RegionModel`` gathers what a region request needs besides the mask (the default margin and the cost
+model); ``REGION_MODEL`` is the package's, made of the constants below. An engines directory's manifest
+records it (key ``region``, written by ``asymvq export``), which is where the C++ host, having no Python,
+reads it from.
 """
 from __future__ import annotations
 
@@ -45,10 +50,68 @@ LOWRES_MIN_LATENT = 16  # ... unless it leaves fewer latent pixels than this on 
 # convolutions (k1) and its attention (k2 per pixel of the image: quadratic); counted on the meta device for base
 # (tests/models/test_region_stats.py refits them; the tiny presets' head is a larger share: docs/decoder.md).
 LOWRES_HEAD_COST = (0.0287, 2.80e-6)
+REGION_FIELDS = ("default_margin", "time_fit", "auto_min_speedup")
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    # bool is refused (type(True) is bool); an int beyond float's range is too (float() would overflow)
+    return type(v) is float and math.isfinite(v) or type(v) is int and abs(v) < 1e308
+
+
+def _shown(v) -> str:
+    text = repr(v)  # a manifest's value: cut, so that a hostile one cannot make the message huge
+    return text[:80] + "..." if len(text) > 80 else text
+
+
+@dataclass(frozen=True)
+class RegionModel:
+    """The default ``margin`` of a region request and the cost model of "auto": a region decode takes
+    ``time_fit[0] + time_fit[1] x share`` of the full decode's time, and "auto" keeps the box only at a
+    predicted speed-up of ``auto_min_speedup`` or more."""
+
+    default_margin: int = DEFAULT_MARGIN
+    time_fit: tuple[float, float] = REGION_TIME_FIT
+    auto_min_speedup: float = AUTO_MIN_SPEEDUP
+
+    def __post_init__(self):
+        if not _is_int(self.default_margin) or self.default_margin < 0:
+            raise ValueError(f"default_margin must be an integer >= 0, got {_shown(self.default_margin)}")
+        fit = self.time_fit
+        if not isinstance(fit, (tuple, list)) or len(fit) != 2 or not all(_is_real(v) for v in fit):
+            raise ValueError(f"time_fit must be two finite numbers [a, b] (t_region / t_full = a + b * share), got {_shown(fit)}")
+        if not _is_real(self.auto_min_speedup) or not self.auto_min_speedup > 0:
+            raise ValueError(f"auto_min_speedup must be a positive finite number, got {_shown(self.auto_min_speedup)}")
+        object.__setattr__(self, "time_fit", (float(fit[0]), float(fit[1])))
+        object.__setattr__(self, "auto_min_speedup", float(self.auto_min_speedup))
+
+    def predicted_speedup(self, share: float, extra: float = 0.0) -> float:
+        """The full decode's time over a region decode's whose box is ``share`` of the image, with ``extra`` of the
+        full decode's time on top (``lowres_extra``)."""
+        a, b = self.time_fit
+        return 1.0 / max(a + b * share + extra, 1e-6)
+
+    def to_dict(self) -> dict:
+        """The manifest's ``region`` object."""
+        return {"default_margin": self.default_margin, "time_fit": list(self.time_fit),
+                "auto_min_speedup": self.auto_min_speedup}
+
+    @classmethod
+    def from_dict(cls, d, key: str = "region") -> "RegionModel":
+        """From ``to_dict``'s form; a ValueError names ``key.field`` and the expected form otherwise."""
+        if not isinstance(d, dict) or set(d) != set(REGION_FIELDS):
+            raise ValueError(f"{key} must be an object with exactly the keys {list(REGION_FIELDS)}, "
+                             f"got {_shown(sorted(d) if isinstance(d, dict) else d)}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(f"{key}.{e}") from None
+
+
+REGION_MODEL = RegionModel()
 
 
 def check_region(region, margin) -> tuple[str, int]:
@@ -151,11 +214,10 @@ def lowres_extra(h: int, w: int, share: float, cost: tuple[float, float] = LOWRE
     return (head(n) - head(share * n) + (h // f) * (w // f)) / (n + head(n))
 
 
-def predicted_speedup(share: float, extra: float = 0.0) -> float:
+def predicted_speedup(share: float, extra: float = 0.0, model: RegionModel = REGION_MODEL) -> float:
     """The full decode's time over a region decode's whose box is ``share`` of the image (the fitted model), with
     ``extra`` of the full decode's time on top (``lowres_extra``)."""
-    a, b = REGION_TIME_FIT
-    return 1.0 / max(a + b * share + extra, 1e-6)
+    return model.predicted_speedup(share, extra)
 
 
 @dataclass(frozen=True)
@@ -169,6 +231,7 @@ class RegionChoice:
     speedup: float  # predicted by the cost model
     empty: bool = False
     stats: str = DEFAULT_REGION_STATS  # region_stats: what the box is (or would have been) normalised with
+    min_speedup: float = AUTO_MIN_SPEEDUP  # the threshold "auto" weighed the box against
 
     @property
     def decodes_box(self) -> bool:
@@ -181,7 +244,7 @@ class RegionChoice:
             return f"none (empty mask; {self.asked})"
         if self.box is None:
             return (f"full ({self.asked}: box share {self.share:.2f}, predicted {self.speedup:.2f}x < "
-                    f"{AUTO_MIN_SPEEDUP}x, {self.stats} statistics)")
+                    f"{self.min_speedup:g}x, {self.stats} statistics)")
         y0, y1, x0, x1 = self.box
         return (f"box {y0}:{y1},{x0}:{x1} ({self.asked}: share {self.share:.2f}, predicted {self.speedup:.2f}x, "
                 f"{self.stats} statistics)")
@@ -193,26 +256,29 @@ class RegionChoice:
 
 
 def choose_region(region: str, mask: torch.Tensor, margin: int, h: int, w: int, sizes=None,
-                  where: str = "this engine", stats: str = DEFAULT_REGION_STATS) -> RegionChoice:
+                  where: str = "this engine", stats: str = DEFAULT_REGION_STATS,
+                  model: RegionModel = REGION_MODEL) -> RegionChoice:
     """The box ``region`` ("mask" or "auto", checked) decodes for a (B or 1, 1, 8h, 8w) mask, snapped to
     ``sizes`` (``snap_box``), normalised with ``stats`` (checked). "auto" keeps the box only when
-    ``predicted_speedup`` (with ``lowres_extra`` for ``"lowres"``) reaches ``AUTO_MIN_SPEEDUP``, and decodes the
-    whole image (``box`` None) otherwise; a box that no engine size fits is then the whole image too, rather than
-    an error."""
+    ``model.predicted_speedup`` (with ``lowres_extra`` for ``"lowres"``) reaches ``model.auto_min_speedup``, and
+    decodes the whole image (``box`` None) otherwise; a box that no engine size fits is then the whole image too,
+    rather than an error. (The C++ host, host/region.cpp, makes the same choice, box statistics only, with the
+    model of the engines manifest.)"""
+    threshold = model.auto_min_speedup
     box = mask_box(mask, margin, h, w)
     if box is None:
-        return RegionChoice(region, None, 0.0, math.inf, empty=True, stats=stats)
+        return RegionChoice(region, None, 0.0, math.inf, empty=True, stats=stats, min_speedup=threshold)
     try:
         box = snap_box(box, h, w, sizes, where)
     except ValueError:
         if region == "mask":
             raise
-        return RegionChoice(region, None, 1.0, 1.0, stats=stats)
+        return RegionChoice(region, None, 1.0, 1.0, stats=stats, min_speedup=threshold)
     share = (box[1] - box[0]) * (box[3] - box[2]) / (h * w)
-    speedup = predicted_speedup(share, lowres_extra(h, w, share) if stats == "lowres" else 0.0)
-    if region == "auto" and speedup < AUTO_MIN_SPEEDUP:
-        return RegionChoice(region, None, share, speedup, stats=stats)
-    return RegionChoice(region, box, share, speedup, stats=stats)
+    speedup = model.predicted_speedup(share, lowres_extra(h, w, share) if stats == "lowres" else 0.0)
+    if region == "auto" and speedup < threshold:
+        return RegionChoice(region, None, share, speedup, stats=stats, min_speedup=threshold)
+    return RegionChoice(region, box, share, speedup, stats=stats, min_speedup=threshold)
 
 
 def decode_box_with_context(run, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, box,

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from asymvq.engines import load_engine_dir
+from asymvq.engines.manifest import manifest_region, read_manifest
+from asymvq.models.region import REGION_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES_CACHE = ROOT / "build" / "host-engines"
@@ -68,12 +70,15 @@ def flux_latents_decoder(path: Path) -> Path:
 
 def _still_current(base: Path) -> bool:
     """The cached engines hold the networks this checkout builds (public check: the torch backend
-    rebuilds each component from the manifest's recorded source and refuses changed weights)."""
+    rebuilds each component from the manifest's recorded source and refuses changed weights) and the
+    region model it exports (the C++ host decides region AUTO with the manifest's)."""
     if not (base / "complete").is_file():
         return False
     try:
         for name in NAMES:
             load_engine_dir(base / name, backend="torch")
+            if manifest_region(read_manifest(base / name)) != REGION_MODEL:
+                return False
     except Exception:  # noqa: BLE001 - any refusal (weights, I/O names, files) means re-export
         return False
     return True

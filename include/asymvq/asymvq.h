@@ -38,8 +38,15 @@
  * its end only, so a caller built against an older header keeps working:
  *   1  the first release
  *   2  asymvq_inpaint_params grew `region` and `margin` (region decoding of the inpainting job); a struct_size
- *      of the ABI 1 layout (ASYMVQ_INPAINT_PARAMS_V1_SIZE) is still accepted and decodes the whole image */
-#define ASYMVQ_ABI_VERSION 2
+ *      of the ABI 1 layout (ASYMVQ_INPAINT_PARAMS_V1_SIZE) is still accepted and decodes the whole image
+ *   3  what a region decode decoded is reported: asymvq_region_choice (with struct_size) and
+ *      asymvq_region_choice_init; asymvq_decode_region_ex / asymvq_decode_region_scaled_ex (region MASK or AUTO,
+ *      the choice reported); asymvq_inpaint_params grew `region_choice` (a struct_size of the ABI 2 layout,
+ *      ASYMVQ_INPAINT_PARAMS_V2_SIZE, is still accepted and reports nothing). Region AUTO and the default margin
+ *      read the engines directory's manifest ("region", written by `asymvq export`) instead of numbers built into
+ *      the library: on a directory exported before it, they are ASYMVQ_ERR_UNSUPPORTED (re-export it), while
+ *      MASK with a margin >= 0 and whole-image decodes run as before */
+#define ASYMVQ_ABI_VERSION 3
 
 #if defined(_WIN32)
 #define ASYMVQ_API __declspec(dllexport)
@@ -66,10 +73,32 @@ typedef enum asymvq_dtype { ASYMVQ_FLOAT32 = 0, ASYMVQ_INT64 = 1 } asymvq_dtype;
 
 typedef enum asymvq_scheduler { ASYMVQ_SCHEDULER_DDIM = 0, ASYMVQ_SCHEDULER_EULER = 1 } asymvq_scheduler;
 
-/* What the inpainting job's decode step decodes (the Python API's decode_options region): the whole image, the
+/* What the inpainting job's decode step (or asymvq_decode_region_ex) decodes (the Python API's decode_options
+ * region): the whole image, the
  * mask's box only (region="mask"), or the box when the cost model says it pays and the whole image otherwise
  * (region="auto"). */
 typedef enum asymvq_region { ASYMVQ_REGION_NONE = 0, ASYMVQ_REGION_MASK = 1, ASYMVQ_REGION_AUTO = 2 } asymvq_region;
+
+/* What a region decode decoded (asymvq.models.region.RegionChoice): */
+typedef enum asymvq_decoded {
+  ASYMVQ_DECODED_FULL = 0, /* the whole image: no region asked, AUTO found it cheaper, or no crop fits the engine */
+  ASYMVQ_DECODED_BOX = 1,  /* the box only; every pixel outside it is the source image */
+  ASYMVQ_DECODED_NONE = 2  /* nothing: an empty mask, the output is the source image */
+} asymvq_decoded;
+
+/* Filled by asymvq_decode_region_ex and asymvq_inpaint (params.region_choice) when the call succeeds. Set struct_size
+ * with asymvq_region_choice_init first (checked; the struct grows at its end only). */
+typedef struct asymvq_region_choice {
+  uint32_t struct_size;    /* sizeof(asymvq_region_choice) */
+  int32_t decoded;         /* an asymvq_decoded */
+  int32_t y0, y1, x0, x1;  /* latent pixels [y0, y1) x [x0, x1) decoded (image pixels: 8x): the box; the whole latent
+                              for FULL; 0 for NONE */
+  double share;            /* the mask's box (grown by the margin, snapped to the engine) as a fraction of the
+                              latent, also when AUTO turned it down; 1 when no box was weighed, 0 for an empty mask */
+  double predicted_speedup; /* the cost model's full decode time over that box's (1 when no box was weighed,
+                               infinity for an empty mask; NaN when the directory records no region model) */
+  double min_speedup;      /* AUTO's threshold, the manifest's region.auto_min_speedup (NaN where it records none) */
+} asymvq_region_choice;
 
 /* A caller-owned input tensor: contiguous row-major data of `dtype`, `ndim` sizes in `shape`. */
 typedef struct asymvq_tensor {
@@ -116,12 +145,16 @@ typedef struct asymvq_inpaint_params {
   asymvq_inpaint_stats* stats;           /* optional */
   /* ABI 2 (read only when struct_size covers them; an ABI 1 caller's job decodes the whole image): */
   asymvq_region region;                  /* ASYMVQ_REGION_NONE (the default), _MASK or _AUTO; needs image and mask */
-  int32_t margin;                        /* latent pixels of context around the mask's box; < 0 (the default -1): 4.
-                                            Only with a region, as asymvq_decode_region */
+  int32_t margin;                        /* latent pixels of context around the mask's box; < 0 (the default -1): the
+                                            manifest's region.default_margin (4). Only with a region, as
+                                            asymvq_decode_region */
+  /* ABI 3 (read only when struct_size covers it): */
+  asymvq_region_choice* region_choice;   /* optional: what the decode step decoded (FULL without a region) */
 } asymvq_inpaint_params;
 
-/* sizeof(asymvq_inpaint_params) of ABI 1: everything before `region`. */
+/* sizeof(asymvq_inpaint_params) of ABI 1: everything before `region`; of ABI 2: everything before `region_choice`. */
 #define ASYMVQ_INPAINT_PARAMS_V1_SIZE offsetof(asymvq_inpaint_params, region)
+#define ASYMVQ_INPAINT_PARAMS_V2_SIZE offsetof(asymvq_inpaint_params, region_choice)
 
 typedef struct asymvq_host asymvq_host; /* opaque */
 
@@ -154,15 +187,26 @@ ASYMVQ_API asymvq_status asymvq_decode_scaled(asymvq_host* host, const asymvq_te
 
 /* Region decoding (the Python API's region="mask"): the asymmetric decoder runs on the mask's bounding box only
  * (the union over the batch, grown by `margin` latent pixels of context and clipped to the image; margin < 0:
- * the default, 4), through the same engine; every pixel outside the box is `image` itself, and an empty mask
- * returns `image`. The crop grows to the smallest latent size the engine was exported for; a box above its
- * largest is ASYMVQ_ERR_INVALID_ARGUMENT ("region: ... needs a dynamic engine"). image and mask are required.
- * _scaled: diffusion-space latents, as asymvq_decode_scaled. */
+ * the default, the manifest's region.default_margin, 4), through the same engine; every pixel outside the box is
+ * `image` itself, and an empty mask returns `image`. The crop grows to the smallest latent size the engine was
+ * exported for; a box above its largest is ASYMVQ_ERR_INVALID_ARGUMENT ("region: ... needs a dynamic engine").
+ * image and mask are required. _scaled: diffusion-space latents, as asymvq_decode_scaled. */
 ASYMVQ_API asymvq_status asymvq_decode_region(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
                                               const asymvq_tensor* mask, int32_t margin, asymvq_output* out);
 ASYMVQ_API asymvq_status asymvq_decode_region_scaled(asymvq_host* host, const asymvq_tensor* latents,
                                                      const asymvq_tensor* image, const asymvq_tensor* mask, int32_t margin,
                                                      asymvq_output* out);
+/* ABI 3. The same with the mode and the choice: region ASYMVQ_REGION_MASK (as asymvq_decode_region) or
+ * ASYMVQ_REGION_AUTO (the box when the manifest's cost model predicts at least its auto_min_speedup, the whole image
+ * otherwise or when no crop fits the engine: the Python API's region="auto"); `region` is an asymvq_region passed as
+ * an int. choice: NULL, or filled with what was decoded. */
+ASYMVQ_API void asymvq_region_choice_init(asymvq_region_choice* choice);
+ASYMVQ_API asymvq_status asymvq_decode_region_ex(asymvq_host* host, const asymvq_tensor* latents, const asymvq_tensor* image,
+                                                 const asymvq_tensor* mask, int32_t region, int32_t margin,
+                                                 asymvq_region_choice* choice, asymvq_output* out);
+ASYMVQ_API asymvq_status asymvq_decode_region_scaled_ex(asymvq_host* host, const asymvq_tensor* latents,
+                                                        const asymvq_tensor* image, const asymvq_tensor* mask, int32_t region,
+                                                        int32_t margin, asymvq_region_choice* choice, asymvq_output* out);
 
 /* CLIP token ids (B, 77) int64 -> last_hidden_state (B, 77, D). */
 ASYMVQ_API asymvq_status asymvq_encode_text(asymvq_host* host, const asymvq_tensor* input_ids, asymvq_output* out);
@@ -170,8 +214,8 @@ ASYMVQ_API asymvq_status asymvq_encode_text(asymvq_host* host, const asymvq_tens
 ASYMVQ_API void asymvq_inpaint_params_init(asymvq_inpaint_params* params);
 /* The whole job: embeddings, VAE encode of the masked image, the UNet loop with guidance and
  * the scheduler, then the asymmetric decoder fed with image and mask: the whole image, or with params.region the
- * region decode of asymvq_decode_region (MASK: the box, refused when it does not fit the engine's range; AUTO: the
- * box when it pays, the whole image otherwise or when no crop fits). */
+ * region decode of asymvq_decode_region_ex (MASK: the box, refused when it does not fit the engine's range; AUTO: the
+ * box when it pays, the whole image otherwise or when no crop fits), reported in params.region_choice. */
 ASYMVQ_API asymvq_status asymvq_inpaint(asymvq_host* host, const asymvq_inpaint_params* params, asymvq_output* out);
 
 ASYMVQ_API void asymvq_output_free(asymvq_output* out);

@@ -12,6 +12,7 @@ from asymvq.engines.manifest import sha256_file
 from asymvq.export import DEFAULT_SHAPES, ManifestError, Source, build_module, export_directory
 from asymvq.models.components import FAMILY_COMPONENTS
 from asymvq.models.components import SD as SD_FAMILY
+from asymvq.models.region import REGION_MODEL
 
 pytest.importorskip("onnxruntime")
 
@@ -59,6 +60,7 @@ def test_manifest_describes_every_component(engine_dir):
     assert set(manifest["components"]) == set(SD_COMPONENTS)
     assert manifest["precision"] == "fp32" and manifest["source"]["preset"] == "tiny"
     assert {"torch", "onnx", "onnxruntime", "diffusers"} <= set(manifest["toolchain"])
+    assert manifest["region"] == REGION_MODEL.to_dict()  # what the C++ host decides region AUTO with
     for name, entry in manifest["components"].items():
         assert tuple(s["name"] for s in entry["inputs"]) == COMPONENT_IO[name][0]
         assert tuple(s["name"] for s in entry["outputs"]) == COMPONENT_IO[name][1]

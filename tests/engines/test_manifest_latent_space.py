@@ -77,6 +77,7 @@ def test_the_manifest_records_the_latent_space(engines_dir):
     (_set("scaling_factor", float("nan")), r"latent_space\.scaling_factor must be a positive finite number, got nan"),
     (_set("scaling_factor", float("inf")), r"latent_space\.scaling_factor must be a positive finite number, got inf"),
     (_set("scaling_factor", "0.18215"), r"latent_space\.scaling_factor must be a positive finite number"),
+    (_set("scaling_factor", 10**400), r"latent_space\.scaling_factor must be a positive finite number"),  # not float
     (_set("shift_factor", None), r"latent_space\.shift_factor must be a finite number, got None"),
     (_set("shift_factor", float("-inf")), r"latent_space\.shift_factor must be a finite number"),
     (_set("channels", True), r"latent_space\.channels must be a positive integer, got True"),

@@ -72,6 +72,7 @@ def valid() -> dict:
     return {
         "format_version": 2, "created": "2026-11-28T00:00:00+00:00", "precision": "fp32",
         "latent_space": {"channels": 4, "scaling_factor": 0.18215, "shift_factor": 0.0},
+        "region": {"default_margin": 4, "time_fit": [-0.0128, 0.9925], "auto_min_speedup": 1.2},
         "source": {"preset": "tiny", "model": None, "decoder": None, "unet_in_channels": 9, "seed": 0},
         "shapes": {"batch": [1, 1, 2], "height": [64, 64, 64], "width": [64, 64, 64]},
         "toolchain": {"torch": "2.13.0"}, "tokenizer": "tokenizer", "scheduler": "scheduler",
@@ -108,6 +109,14 @@ def seeds() -> dict[str, bytes]:
         m = valid()
         m["latent_space"][field] = value
         out[f"latent_{name}"] = m
+    out["region_missing"] = {k: v for k, v in valid().items() if k != "region"}  # exported before it: valid
+    for name, field, value in [("margin_negative", "default_margin", -1), ("margin_float", "default_margin", 4.0),
+                               ("fit_short", "time_fit", [0.9925]), ("fit_nan", "time_fit", [float("nan"), 1.0]),
+                               ("fit_huge", "time_fit", [10**400, 1.0]), ("speedup_zero", "auto_min_speedup", 0),
+                               ("speedup_bool", "auto_min_speedup", True)]:
+        m = valid()
+        m["region"][field] = value
+        out[f"region_{name}"] = m
     res = {k: json.dumps(v, indent=1).encode() for k, v in out.items()}
     res["deep"] = b"[" * 5000
     res["not_utf8"] = b'{"format_version": 2, "\xff": 1}'

@@ -49,7 +49,7 @@ def test_region_decode_matches_python(lib, tiny, torch_decoder):
             outside = torch.ones_like(got, dtype=torch.bool)
             outside[..., 8 * y0:8 * y1, 8 * x0:8 * x1] = False
             assert torch.equal(got[outside], image.expand_as(got)[outside])  # the source itself
-        # margin < 0 is the library's default: the Python default, written in the C++ host too
+        # margin < 0 is the library's default: the manifest's region.default_margin, which the export took from Python
         default = host.decode_region(z, image, mask)
         assert (default == host.decode_region(z, image, mask, DEFAULT_MARGIN)).all()
         # diffusion-space latents: the same as converting them first
@@ -127,8 +127,8 @@ def test_runner_decode_region(runner, tiny, lib, tmp_path):
     with asymvq_host.Host(lib, tiny) as host:
         want = host.decode_region(z, image, mask, 1)
     assert (load_file(str(out))["sample"].numpy() == want).all()
-    for extra, message in ((["--decode-region", "box"], "--decode-region: expected mask or full, got 'box'"),
-                           (["--margin", "2"], "--margin: only with --decode-region mask"),
+    for extra, message in ((["--decode-region", "box"], "--decode-region: expected mask, auto or full, got 'box'"),
+                           (["--margin", "2"], "--margin: only with --decode-region mask or auto"),
                            (["--decode-region", "mask", "--margin", "-1"], "--margin: expected an integer >= 0")):
         r = subprocess.run([*map(str, base), *extra, "--out", str(out)], capture_output=True, text=True)
         assert r.returncode == asymvq_host.INVALID_ARGUMENT and message in r.stderr, r.stderr

@@ -1,7 +1,9 @@
 """Region decoding in the C++ host's whole job (issue 22 item 1): asymvq_inpaint's params.region / margin (ABI 2) and
 `asymvq-run inpaint --decode-region mask|auto`, against asymvq.InpaintPipeline on the same tiny AOTInductor engines of
-the host fixtures (no new export) with decode_options={"region": ...}; an ABI 1 caller (the struct_size of the old
-layout) still runs and decodes the whole image; bad region values refused."""
+the host fixtures (no new export) with decode_options={"region": ...}; the choice reported in params.region_choice
+(ABI 3) and printed by asymvq-run, as asymvq.models.region.choose_region makes it; an ABI 1 caller (the struct_size of
+the old layout) still runs and decodes the whole image, an ABI 2 one its region, with no choice written; bad region
+values refused."""
 from __future__ import annotations
 
 import ctypes
@@ -13,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import asymvq
-from asymvq.models.region import DEFAULT_MARGIN, choose_region, mask_box
+from asymvq.models.region import DEFAULT_MARGIN, RegionChoice, choose_region, mask_box
 
 TOL = 1e-4  # test_host_parity.py's: the host's loop and the Python pipeline on the same packages
 H, W = 64, 128  # latent 8x16: a box of a few latent pixels is a small share of it
@@ -50,6 +52,11 @@ def _host(host, inputs, mask, **kw):
                                          image=inputs["image"], mask=mask, **JOB, **kw))
 
 
+def _check_choice(got: asymvq_host.RegionChoice, want: RegionChoice):
+    assert (got.kind, got.box) == (("box", want.box) if want.decodes_box else ("full", (0, H // 8, 0, W // 8)))
+    assert (got.share, got.predicted_speedup) == pytest.approx((want.share, want.speedup), rel=1e-12)
+
+
 def _outside(box):
     y0, y1, x0, x1 = box
     outside = torch.ones(1, 3, H, W, dtype=torch.bool)
@@ -60,9 +67,12 @@ def _outside(box):
 def test_region_inpaint_matches_the_pipeline(lib, tiny, pipe, inputs):
     mask = _mask(10, 31, 80, 101)  # off the latent grid
     with asymvq_host.Host(lib, tiny) as host:
-        full = _host(host, inputs, mask)
+        decoded = asymvq_host.RegionChoice()
+        full = _host(host, inputs, mask, region_choice=decoded)
+        _check_choice(decoded, RegionChoice(None, None, 1.0, 1.0))  # no region: the whole image
         for margin in (1, -1):  # -1: the default, Python's DEFAULT_MARGIN
-            got = _host(host, inputs, mask, region="mask", margin=margin)
+            got = _host(host, inputs, mask, region="mask", margin=margin, region_choice=decoded)
+            _check_choice(decoded, choose_region("mask", mask, margin if margin >= 0 else DEFAULT_MARGIN, H // 8, W // 8))
             ref = _python(pipe, inputs, mask, {"region": "mask", **({"margin": margin} if margin >= 0 else {})})
             assert got.shape == ref.shape == (1, 3, H, W)
             assert (got - ref).abs().max().item() < TOL
@@ -74,6 +84,10 @@ def test_region_inpaint_matches_the_pipeline(lib, tiny, pipe, inputs):
         # an ABI 1 caller: its struct ends before region/margin, which are never read (garbage there is harmless)
         old = _host(host, inputs, mask, region=99, margin=7, struct_size=asymvq_host.V1_SIZE)
         assert torch.equal(old, full)
+        # an ABI 2 caller: region and margin read, its struct ends before region_choice (never read nor written)
+        untouched = asymvq_host.RegionChoice(decoded=7)
+        v2 = _host(host, inputs, mask, region="mask", margin=1, region_choice=untouched, struct_size=asymvq_host.V2_SIZE)
+        assert torch.equal(v2, _host(host, inputs, mask, region="mask", margin=1)) and untouched.decoded == 7
 
 
 def test_auto_decodes_the_box_only_when_it_pays(lib, tiny, pipe, inputs):
@@ -84,7 +98,9 @@ def test_auto_decodes_the_box_only_when_it_pays(lib, tiny, pipe, inputs):
         for mask, decodes_box in cases:
             choice = choose_region("auto", mask, 0, H // 8, W // 8)
             assert choice.decodes_box is decodes_box
-            got = _host(host, inputs, mask, region="auto", margin=0)
+            decoded = asymvq_host.RegionChoice()
+            got = _host(host, inputs, mask, region="auto", margin=0, region_choice=decoded)
+            _check_choice(decoded, choice)
             ref = _python(pipe, inputs, mask, {"region": "auto", "margin": 0})
             assert (got - ref).abs().max().item() < TOL
             if decodes_box:
@@ -104,7 +120,11 @@ def test_region_params_refused(lib, tiny, inputs):
             (dict(margin=2), "margin: expected -1 without a region"),
             (dict(struct_size=asymvq_host.V1_SIZE + 4),
              f"params.struct_size: expected {ctypes.sizeof(asymvq_host.Params)} (call asymvq_inpaint_params_init "
-             f"first; or {asymvq_host.V1_SIZE}, the ABI 1 layout), got {asymvq_host.V1_SIZE + 4}"),
+             f"first; or {asymvq_host.V2_SIZE} or {asymvq_host.V1_SIZE}, the ABI 2 and 1 layouts), got "
+             f"{asymvq_host.V1_SIZE + 4}"),
+            (dict(region="mask", region_choice=asymvq_host.RegionChoice(struct_size=8)),
+             f"params.region_choice.struct_size: expected {ctypes.sizeof(asymvq_host.RegionChoice)} (call "
+             "asymvq_region_choice_init first), got 8"),
         ):
             with pytest.raises(asymvq_host.HostError) as e:
                 _host(host, inputs, mask, **kw)
@@ -128,6 +148,7 @@ def test_runner_inpaint_decode_region(runner, tiny, lib, inputs, tmp_path):
             assert r.returncode == 0, r.stderr
             want = _host(host, inputs, mask, region=region, margin=margin)
             assert torch.equal(load_file(str(out))["sample"], want)
+            assert r.stdout == f"decoded: {choose_region(region, mask, margin, H // 8, W // 8).describe()}\n"
     for extra, message in ((["--decode-region", "box"], "--decode-region: expected mask, auto or full, got 'box'"),
                            (["--margin", "2"], "--margin: only with --decode-region mask or auto")):
         r = subprocess.run([*map(str, base), *extra, "--out", str(out)], capture_output=True, text=True)

@@ -9,7 +9,9 @@ import torch
 
 from asymvq.models.region import (
     AUTO_MIN_SPEEDUP,
+    REGION_MODEL,
     REGION_TIME_FIT,
+    RegionModel,
     choose_region,
     decode_box,
     mask_box,
@@ -66,6 +68,20 @@ def test_auto_decodes_the_box_when_it_pays_and_the_whole_image_when_not():
     assert not choose_region("auto", too_big, 0, 16, 16, ((1, 8), (1, 16))).decodes_box
     with pytest.raises(ValueError, match="needs a dynamic engine"):
         choose_region("mask", too_big, 0, 16, 16, ((1, 8), (1, 16)))
+
+
+def test_auto_decides_with_the_model_it_is_given():
+    """A model other than the package's (what an engines manifest may record): its fit and its threshold."""
+    mask = _mask(16, 16, 40, 60, 40, 60)
+    ours = choose_region("auto", mask, 1, 16, 16)
+    assert ours == choose_region("auto", mask, 1, 16, 16, model=REGION_MODEL) and ours.decodes_box
+    strict = RegionModel(auto_min_speedup=ours.speedup * 1.01)
+    refused = choose_region("auto", mask, 1, 16, 16, model=strict)
+    assert not refused.decodes_box and refused.speedup == ours.speedup
+    assert refused.describe().endswith(f"predicted {ours.speedup:.2f}x < {strict.auto_min_speedup:g}x)")
+    slow = RegionModel(time_fit=(0.9, 0.1))  # a region decode that costs 90 % of the full one whatever its box
+    assert not choose_region("auto", mask, 1, 16, 16, model=slow).decodes_box
+    assert choose_region("mask", mask, 1, 16, 16, model=slow).decodes_box  # "mask" does not weigh it
 
 
 def test_decoder_auto_is_the_full_decode_or_the_region_decode():
