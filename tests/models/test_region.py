@@ -78,7 +78,7 @@ def test_auto_decides_with_the_model_it_is_given():
     strict = RegionModel(auto_min_speedup=ours.speedup * 1.01)
     refused = choose_region("auto", mask, 1, 16, 16, model=strict)
     assert not refused.decodes_box and refused.speedup == ours.speedup
-    assert refused.describe().endswith(f"predicted {ours.speedup:.2f}x < {strict.auto_min_speedup:g}x)")
+    assert refused.describe().endswith(f"predicted {ours.speedup:.2f}x < {strict.auto_min_speedup:g}x, box statistics)")
     slow = RegionModel(time_fit=(0.9, 0.1))  # a region decode that costs 90 % of the full one whatever its box
     assert not choose_region("auto", mask, 1, 16, 16, model=slow).decodes_box
     assert choose_region("mask", mask, 1, 16, 16, model=slow).decodes_box  # "mask" does not weigh it
