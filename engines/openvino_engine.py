@@ -95,6 +95,10 @@ class OpenVINOEngine(ExportedEngine):
         if precision == "bf16" and not native_bf16():
             log.warning("%s: bf16 asked for on a CPU without native bf16 (no avx512_bf16/AMX): OpenVINO "
                         "emulates or falls back to fp32, expect it slower than fp32", component)
+        if cpu_features().isa_cap:
+            log.warning("%s: ONEDNN_MAX_CPU_ISA=%s is set: OpenVINO's CPU plugin reads the CPU's own features beside "
+                        "the capped oneDNN, so some nodes may find no implementation or crash (asymvq.models."
+                        "cpu_features); unset it to run OpenVINO", component, cpu_features().isa_cap)
         self.path = Path(path)
         self.precision = precision
         self.static_shapes = static_shapes

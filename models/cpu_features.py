@@ -15,7 +15,11 @@ them. Where /proc/cpuinfo cannot be read (another OS) no flag is known and the d
 ``brgconv_avx2_f32`` instead of ``brgconv_avx512_f32`` in OpenVINO's runtime model) removes the
 features above the cap: a CPU capped at ``AVX2`` computes as an AVX2-only CPU and gets fp32. The
 benchmarks use it (with ``ATEN_CPU_CAPABILITY=avx2`` for torch's own kernels) to run an AVX-512/AMX
-machine with the kernels an AVX2-only CPU runs; ONNX Runtime's MLAS kernels do not read it.
+machine with the kernels an AVX2-only CPU runs; ONNX Runtime's MLAS kernels do not read it. OpenVINO's CPU
+plugin is not a fit for it: its own kernels still read the CPU's features, so under a cap some nodes find no
+implementation (OpenVINO 2026.4.1 on an AMX Xeon at AVX2: a bf16 Softmax, "Supported primitive descriptors list is
+empty") or crash (a segmentation fault in the tiny SDXL UNet's fp32 inference); the decoder's fp32 IR runs.
+``make test-avx2`` runs the suite under the cap without OpenVINO's tests (the OpenVINO engine warns under a cap).
 """
 from __future__ import annotations
 
