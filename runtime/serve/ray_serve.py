@@ -55,7 +55,8 @@ from .limits import (
 )
 from .metrics import ServerMetrics
 from .progress import step_events
-from .server import JobResult, build_app, region_headers
+from .results import JobResult, region_headers
+from .server import build_app
 
 log = logging.getLogger("asymvq.serve.ray_serve")
 GRACE_LOOP_S = 0.5  # Serve's graceful_shutdown_wait_loop_s of every deployment
