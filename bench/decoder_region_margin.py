@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_common import cpu_record, loadavg, psnr
+from region_common import area_decodes
 
 from asymvq.models.ops import TorchOps, ops_override
 from asymvq.models.region import SCALE, mask_box, predicted_speedup
@@ -55,14 +56,6 @@ class _Stats(TorchOps):
         return F.silu(y * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1))
 
 
-def centred_mask(size: int, area: float) -> torch.Tensor:
-    side = int(round(math.sqrt(area) * size))
-    m = torch.zeros(1, 1, size, size)
-    y0 = (size - side) // 2 + 3  # not on the latent grid
-    m[..., y0:y0 + side, y0:y0 + side] = 1
-    return m
-
-
 def measure(preset: str, size: int, areas, margins) -> list[dict]:
     dec = random_decoder(preset).eval()
     g = torch.Generator().manual_seed(0)
@@ -72,18 +65,7 @@ def measure(preset: str, size: int, areas, margins) -> list[dict]:
     out = []
     with torch.inference_mode():
         head = dec.decode_head(lat)
-        for area in areas:
-            mask = centred_mask(size, area)
-            t0 = time.perf_counter()
-            full = dec.decode_core(lat, img, mask)
-            full_s = time.perf_counter() - t0
-            rec = _Stats()
-            with ops_override(rec):
-                again = dec.decode_up(head, img, mask)
-            assert torch.allclose(again, full, atol=1e-4), "the recording op table changed the full decode"
-            hole = mask.expand_as(full) > 0.5
-            b0 = mask_box(mask, 0, h, h)
-            own = (slice(None), slice(None), slice(SCALE * b0[0], SCALE * b0[1]), slice(SCALE * b0[2], SCALE * b0[3]))
+        for area, mask, full, full_s, rec, hole, own in area_decodes(dec, lat, img, head, areas, _Stats):
             for margin in margins:
                 y0, y1, x0, x1 = mask_box(mask, margin, h, h)
                 pix = (slice(None), slice(None), slice(SCALE * y0, SCALE * y1), slice(SCALE * x0, SCALE * x1))

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_common import cpu_record, loadavg, psnr
-from decoder_region_margin import centred_mask
+from region_common import area_decodes
 
 from asymvq.models.decoder import AsymmetricDecoder
 from asymvq.models.group_stats import Moments, norm_silu
@@ -182,15 +182,8 @@ def measure(preset: str, size: int, kind: str, areas) -> list[dict]:
     out = []
     with torch.inference_mode():
         head = dec.decode_head(lat)
-        for area in areas:
-            mask = centred_mask(size, area)
-            t0 = time.perf_counter()
-            full = dec.decode_core(lat, img, mask)
-            times = {"full_s": time.perf_counter() - t0}
-            rec = Record()
-            with ops_override(rec):
-                again = dec.decode_up(head, img, mask)
-            assert torch.allclose(again, full, atol=1e-4), "the recording op table changed the full decode"
+        for area, mask, full, full_s, rec, hole, own in area_decodes(dec, lat, img, head, areas, Record):
+            times = {"full_s": full_s}
             box = mask_box(mask, MARGIN, h, h)
             y0, y1, x0, x1 = box
             pix = (slice(None), slice(None), slice(SCALE * y0, SCALE * y1), slice(SCALE * x0, SCALE * x1))
@@ -205,9 +198,6 @@ def measure(preset: str, size: int, kind: str, areas) -> list[dict]:
                 decoded[name] = y
             f = lowres_factor(h, h)
             assert torch.equal(decoded["lowres"], decoded[f"head_lowres{f}_merged_excl"])
-            hole = mask.expand_as(full) > 0.5
-            b0 = mask_box(mask, 0, h, h)
-            own = (slice(None), slice(None), slice(SCALE * b0[0], SCALE * b0[1]), slice(SCALE * b0[2], SCALE * b0[3]))
             cost = flops(preset, size, box)
             point = {"preset": preset, "size": size, "inputs": kind, "mask_area": area, "margin": MARGIN,
                      "box_latent": list(box), "box_share": (y1 - y0) * (x1 - x0) / (h * h), "lowres_factor": f,

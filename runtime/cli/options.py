@@ -3,17 +3,32 @@ where a command's own log lines go."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
 from ..models.region import AUTO_MIN_SPEEDUP, DEFAULT_MARGIN, DEFAULT_REGION_STATS
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record is written (as logging's own last-resort handler): a
+    command run in-process (tests, an embedding host) under a redirected stderr must not pin that stream, which is
+    closed by the time a later command logs."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):  # StreamHandler.__init__ assigns it
+        pass
+
+
 def log_to_stderr(name: str, fmt: str) -> logging.Logger:
     """Logger ``name`` at INFO on stderr in ``fmt`` (one handler however often a command runs in-process)."""
     logger = logging.getLogger(name)
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter(fmt))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -16,4 +16,5 @@ MAX_QUEUE = 8  # `asymvq serve`: requests held at once, from the moment their bo
 RAY_MAX_QUEUE = 64  # the same for one Ray Serve ingress replica (batches need requests waiting)
 RETRY_TIMEOUT_S = 60.0  # Ray: how long the one retry of a job that met a lost replica may wait, else 503
 MAX_N = 4  # /v1/images/edits: most images one request asks for (OpenAI's n); each is one full job
+CANCEL_POLL_S = 0.02  # how often a waiting job (for the pipeline, its body, a Ray stage) looks whether it was cancelled
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection": counted apart from the server's errors

@@ -4,11 +4,9 @@
 
 ``create_app(pipeline)`` returns a FastAPI app around one pipeline (an ``InpaintPipeline`` or an SDXL /
 FLUX.1 Fill one: ``pipe.rules`` says what its jobs may ask, and the form is checked by them). Concurrency:
-one request at a time goes through the pipeline, behind a lock. Each request passes its own
-timer and scheduler to the call (the pipeline's attributes are never touched), but one torch
-model run at a time per device is what keeps latency predictable, so the lock stays; requests queue for it in worker threads while the
-event loop keeps answering ``/healthz``, and past ``max_queue`` waiting requests the server
-answers 503 at once rather than holding connections for minutes. Run one process per GPU.
+one request at a time goes through the pipeline, behind a lock (``asymvq.serve.runner``); requests queue for it
+in worker threads while the event loop keeps answering ``/healthz``, and past ``max_queue`` waiting requests
+the server answers 503 at once rather than holding connections for minutes. Run one process per GPU.
 
 Bad input never reaches the GPU: the form is parsed and checked first (``asymvq.serve.http_form``),
 and every error a client can fix is a 4xx ``{"error": "<argument>: expected ..., got ..."}``,
@@ -17,44 +15,38 @@ with the traceback in the server log only. The body is read under ``max_body_byt
 ``/v1/images/`` paths the same statuses and words come in OpenAI's error shape.
 
 Every job request has an id (``asymvq.serve.jobs``); a client's disconnect, ``DELETE /v1/jobs/{id}`` or the
-request's deadline stops its job at the next denoising step and frees its place.
+request's deadline stops its job at the next denoising step and frees its place (``asymvq.serve.admission``:
+a request's place, limits, deadline, drain and failures).
 
 ``build_app(run_job, ...)`` is that HTTP surface (routes, limits, errors, headers, ``GET /metrics``)
-around any back end: ``create_app``'s runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``.
+around any back end: ``create_app``'s runner, the Ray Serve ingress in ``asymvq.serve.ray_ingress``.
 """
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..models.devices import dtype_name
 from ..models.region import check_region_options
 from ..pipeline.checks import check_int
-from ..pipeline.decode_modes import NOTE_REGION, check_decode_options, modes_engine
+from ..pipeline.decode_modes import check_decode_options, modes_engine
 from ..pipeline.family_base import FamilyBase
 from ..pipeline.family_rules import SD
-from ..pipeline.inpaint_pipeline import InpaintPipeline, JobCancelled
-from ..pipeline.inpaint_run import run_inpaint
+from ..pipeline.inpaint_pipeline import InpaintPipeline
 from ..pipeline.job_rules import SEED_MAX
 from ..pipeline.source import PipelineSource
-from ..profiling.timing import StageTimer
-from .drain import DRAINING, Drain
-from .http_form import FIELDS, RequestError, parse_form, parse_job
-from .jobs import DEADLINE, JOB_HEADER, TIMEOUT_HEADER, Jobs, request_timeout, watch_disconnect
+from .admission import Admission, HeaderLimit, error_for, native_error, openai_error_response
+from .http_form import FIELDS, parse_form, parse_job
+from .jobs import TIMEOUT_HEADER
 from .limits import (
     BODY_TIMEOUT_S,
-    CLIENT_CLOSED,
     DRAIN_RETRY_AFTER_S,
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
@@ -65,7 +57,9 @@ from .limits import (
 )
 from .metrics import ServerMetrics
 from .openai_edits import OPENAI_FIELDS, OpenAIEvents, encode, openai_error, parse_edit
-from .progress import STREAM_FIELDS, JobStream, NativeEvents, StreamRequest, job_on_step, native_schedule
+from .progress import STREAM_FIELDS, NativeEvents, StreamRequest, native_schedule
+from .results import JobResult
+from .runner import PipelineRunner
 from .schema import (
     NATIVE_EVENTS,
     OPENAI_EVENTS,
@@ -79,144 +73,6 @@ from .schema import (
     form_schema,
     stream_content,
 )
-
-REGION_HEADER = "X-Asymvq-Decode-Region"  # what a job's region decode took and its statistics (RegionChoice.describe())
-
-log = logging.getLogger("asymvq.serve.server")
-LOCK_POLL_S = 0.02  # how often a job waiting for the pipeline looks whether it was cancelled
-ENDPOINTS = ("/v1/inpaint", "/v1/images/edits")  # the job endpoints: counted in /metrics' requests
-
-
-def region_headers(timer) -> dict[str, str]:
-    """``REGION_HEADER`` with what the decode ``timer`` saw took (the box, or why the whole image); {} without a region
-    (both servers: the single-process runner and the Ray decode stage)."""
-    choice = timer.notes.get(NOTE_REGION)
-    return {REGION_HEADER: choice.describe()} if choice is not None else {}
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _openai_error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(openai_error(status, message), status_code=status, headers=headers)
-
-
-def _error_for(path: str):
-    """The error shape of the endpoint at ``path``: OpenAI's under /v1/images/, asymvq's elsewhere."""
-    return _openai_error if path.startswith("/v1/images/") else _error
-
-
-# -- the request body -------------------------------------------------------------------------
-async def _read_body(request: Request, limit: int, timeout_s: float, cancel: threading.Event) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (Content-Length can lie or be absent),
-    with 408 when it has not all arrived after ``timeout_s``, and ``JobCancelled`` soon after ``cancel`` is set
-    (the drain's bound: a stalled upload holds SIGTERM no longer than a running job)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"body: expected at most {limit} bytes, got {int(declared)}")
-    chunks, size = [], 0
-
-    async def read():
-        nonlocal size
-        stream = request.stream()
-        while True:
-            try:
-                chunk = await stream.__anext__()
-            except StopAsyncIteration:
-                return
-            except ClientDisconnect:
-                raise
-            except Exception as exc:  # the transport failed under the read: the connection's, not ours
-                # (behind Ray Serve's proxy a client that leaves mid-upload surfaces as Ray's TaskCancelledError)
-                raise ClientDisconnect(f"{type(exc).__name__} while reading the body") from exc
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"body: expected at most {limit} bytes, got more")
-            chunks.append(chunk)
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    reading = asyncio.ensure_future(read())
-    try:
-        while not (await asyncio.wait({reading}, timeout=min(LOCK_POLL_S, max(0.0, deadline - loop.time()))))[0]:
-            if cancel.is_set():
-                raise JobCancelled(f"while its body arrived ({size} bytes by then)")
-            if loop.time() >= deadline:
-                raise RequestError(408, f"body: expected the whole body within {timeout_s:g} s, got {size} bytes by "
-                                        "then", headers={"Connection": "close"})
-    finally:
-        reading.cancel()
-    reading.result()
-    return b"".join(chunks)
-
-
-class _HeaderLimit:
-    """ASGI middleware: a request whose line and headers pass ``limit`` bytes is answered 431 in the API's error
-    shape, whatever its path (the HTTP parser has already bounded what it buffers: see ``asymvq serve``)."""
-
-    def __init__(self, app, limit: int, metrics: ServerMetrics):
-        self.app, self.limit, self.metrics = app, limit, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
-                len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
-            if size > self.limit:
-                if scope.get("path") in ENDPOINTS:
-                    self.metrics.requests.labels("431").inc()
-                shape = _error_for(scope.get("path") or "")
-                response = shape(431, f"headers: expected at most {self.limit} bytes of request line and headers, "
-                                      f"got {size}", headers={"Connection": "close"})
-                return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-# -- the app --------------------------------------------------------------------------------
-@dataclass
-class JobResult:
-    """What a back end returns for one parsed job (``asymvq.serve.http_form.parse_job``)."""
-
-    png: bytes
-    pre_error: float
-    total_ms: float  # X-Asymvq-Latency-ms
-    stages: dict[str, float]  # Server-Timing, ms
-    batches: dict[str, int] = field(default_factory=dict)  # stage -> size of the batch the job ran in
-    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
-
-
-class _Runner:
-    """The pipeline behind its lock; each run gets its own timer and, if asked, its own scheduler."""
-
-    def __init__(self, pipe, decode_options: dict | None = None):
-        self.pipe = pipe
-        self.lock = threading.Lock()
-        self.decode_options = decode_options  # the server's --decode-region / --margin / --region-stats, every job's
-
-    def run(self, job: dict, cancel: threading.Event | None = None, on_step=None) -> JobResult:
-        """``on_step(event)``: the job's progress events (``asymvq.serve.progress``), from this thread."""
-        cancel = cancel or threading.Event()
-        # waiting for the pipeline, a cancelled job leaves at once rather than after the job ahead of it
-        while not self.lock.acquire(timeout=LOCK_POLL_S):
-            if cancel.is_set():
-                raise JobCancelled("cancelled while waiting for the pipeline")
-        try:
-            timer = StageTimer(self.pipe.device)
-            t0 = time.perf_counter()
-            result = run_inpaint(self.pipe, job["source"], job["hole"], job["prompt"],
-                                 negative_prompt=job["negative_prompt"], steps=job["steps"], guidance=job["guidance"],
-                                 strength=job["strength"], seed=job["seed"], scheduler=job["scheduler"], timer=timer,
-                                 cancel=cancel.is_set, decode_options=self.decode_options,
-                                 on_step=job_on_step(on_step, job.get("preview"), self.pipe.latent_space))
-            total_ms = (time.perf_counter() - t0) * 1e3
-            stages: dict[str, float] = {}
-            for name, ms in timer.collect():
-                stages[name] = stages.get(name, 0.0) + ms
-        finally:
-            self.lock.release()
-        buf = io.BytesIO()
-        result.images[0].save(buf, format="PNG")
-        return JobResult(buf.getvalue(), result.pre_error, total_ms, stages, {"pipeline": 1}, region_headers(timer))
 
 
 def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150, max_body_bytes: int = MAX_BODY_BYTES,
@@ -243,7 +99,7 @@ def create_app(pipeline, *, max_pixels: int = 1024 * 1024, max_steps: int = 150,
         raise ValueError("pipeline: expected an inpainting pipeline (9-channel UNet), got a text-to-image one")
     if decode_options:  # and one the decoder engine cannot run (tiles, "lowres" on an exported one)
         modes_engine(pipe.stages.decoders(), decode_options)
-    runner = _Runner(pipe, decode_options)
+    runner = PipelineRunner(pipe, decode_options)
     health = {"status": "ok", "source": source or "pipeline", "family": pipe.rules.name, "device": str(pipe.device),
               "dtype": dtype_name(pipe.dtype),
               "decoders": sorted(pipe.stages.decoders()), "scheduler": type(pipe.scheduler).__name__,
@@ -271,7 +127,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     cancelled: stop and raise ``JobCancelled``) and returns a ``JobResult``; a streamed job (``job["preview"]``, its
     preview schedule) is run as ``run_job(job, cancel, on_step)``, ``on_step(event)`` taking its progress events
     from any thread (``asymvq.serve.progress.step_events``) (the single-process
-    runner here, the Ray Serve ingress in ``asymvq.serve.ray_serve``); ``health`` is the ``/healthz`` dict
+    runner, ``asymvq.serve.runner``, or the Ray Serve ingress, ``asymvq.serve.ray_ingress``); ``health`` is the ``/healthz`` dict
     or an async callable returning it; ``metrics``: a ``ServerMetrics`` the back end records into too.
     ``app.state.drain`` (``asymvq.serve.drain``) is what SIGTERM runs: 503 to new requests, the open ones
     finish for at most ``shutdown_timeout_s``."""
@@ -283,10 +139,10 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
             raise ValueError(f"{name}: expected a number of seconds > 0, got {value!r}")
     metrics = metrics or ServerMetrics()
-    waiting = metrics.queue_depth.labels(queue_stage)
-    state = {"waiting": 0}  # touched only on the event loop's thread
-    jobs = Jobs()
-    drain = Drain(shutdown_timeout_s, lambda: state["waiting"], jobs.cancel_all)
+    admitted = Admission(metrics, queue_stage=queue_stage, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                         body_timeout_s=body_timeout_s, request_timeout_s=request_timeout_s,
+                         shutdown_timeout_s=shutdown_timeout_s)
+    jobs, drain = admitted.jobs, admitted.drain
 
     # /openapi.json and /docs from the typed models of asymvq.serve.schema; the forms there only document the
     # body, which the routes still read under their limits and split with http_form (why: schema.py's docstring)
@@ -298,16 +154,16 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
                               f"{TIMEOUT_HEADER} header may ask for less).")
     app.state.metrics = metrics
     app.state.drain = drain
-    app.add_middleware(_HeaderLimit, limit=max_header_bytes, metrics=metrics)
+    app.add_middleware(HeaderLimit, limit=max_header_bytes, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # 404/405 in the same {"error": ...} shape as everything else
-        return _error_for(request.url.path)(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        return error_for(request.url.path)(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
     async def readiness():
         if drain.draining:  # out of the load balancer first; the requests it holds still finish
-            return JSONResponse({"status": "draining", "in_progress": state["waiting"]}, status_code=503,
+            return JSONResponse({"status": "draining", "in_progress": admitted.in_progress}, status_code=503,
                                 headers={"Retry-After": str(DRAIN_RETRY_AFTER_S)})
         body = health if isinstance(health, dict) else await health()
         if body.get("status") != "ok":  # readiness: a load balancer takes the server out while it is not
@@ -324,97 +180,12 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
     @app.get("/livez", responses={200: {"description": "The process answers: restart it only when this fails."}})
     async def liveness():
         # no back end asked: a busy or loading server is alive, and a restart would not make it ready sooner
-        return {"status": "alive", "in_progress": state["waiting"], "max_queue": max_queue, "draining": drain.draining}
+        return {"status": "alive", "in_progress": admitted.in_progress, "max_queue": max_queue, "draining": drain.draining}
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=metrics.content_type)
-
-    async def admitted(request: Request, error, handle):
-        """One request's life on either endpoint: its place in the queue, body, parse, run and errors, each error in
-        the endpoint's shape (``error(status, message, headers)``); ``handle(body)`` parses and runs the job."""
-        t0 = time.perf_counter()
-        try:
-            response = await _admitted(request, error, handle)
-        except asyncio.CancelledError:  # the front proxy (Ray Serve's) cancels a request whose client left
-            metrics.requests.labels(str(CLIENT_CLOSED)).inc()
-            raise
-        metrics.requests.labels(str(response.status_code)).inc()
-        if response.status_code == 200 and not isinstance(response, JobStream):  # a stream's 200 is its start
-            metrics.stage_seconds.labels("request").observe(time.perf_counter() - t0)
-        return response
-
-    async def _admitted(request: Request, error, handle):
-        # A request holds its place from the moment its body starts, through parsing, the queue and the run:
-        # counted after parsing, bodies that finish together would all pass the bound (40 x 200, no 503).
-        if drain.draining:
-            return error(503, "server: expected a server that is not shutting down, got one draining; retry later "
-                              "(another replica, or this one restarted)",
-                         {"Retry-After": str(DRAIN_RETRY_AFTER_S), "Connection": "close"})
-        if state["waiting"] >= max_queue:
-            return error(503, f"server: expected at most {max_queue} requests in progress, got more; retry later",
-                         {"Retry-After": "1"})
-        t0 = asyncio.get_running_loop().time()
-        try:
-            timeout_s = request_timeout(request.headers.get(TIMEOUT_HEADER), request_timeout_s)
-            ticket = jobs.open(request.headers.get(JOB_HEADER), request.url.path)
-        except RequestError as exc:
-            return error(exc.status, exc.message, exc.headers)
-        state["waiting"] += 1
-        waiting.inc()
-        watcher = alarm = None
-
-        def release():  # the request's place, freed once its job has stopped (a stream's: after its last event)
-            for pending in (watcher, alarm):
-                if pending is not None:
-                    pending.cancel()
-            jobs.close(ticket)
-            state["waiting"] -= 1
-            waiting.dec()
-
-        def failure(exc: Exception) -> tuple[int, str, dict | None]:
-            """(status, message, headers) of a job that raised ``exc``: the plain answer's and a stream's error event."""
-            if isinstance(exc, JobCancelled):
-                log.info("job %s stopped: %s (%s)", ticket.id, ticket.reason, exc)
-                if ticket.reason == DRAINING:
-                    return 503, (f"server: expected the job within the drain's {shutdown_timeout_s:g} s "
-                                 f"(--shutdown-timeout), got past it; {exc}; retry later"), \
-                        {"Retry-After": str(DRAIN_RETRY_AFTER_S), "Connection": "close"}
-                if ticket.reason == DEADLINE:
-                    return 504, (f"timeout: expected the job within {timeout_s:g} s ({TIMEOUT_HEADER}, at most the "
-                                 f"server's {request_timeout_s:g}), got past it; {exc}"), None
-                closed = ticket.reason.startswith("client")
-                return CLIENT_CLOSED if closed else 409, f"job: {ticket.reason or 'cancelled'} ({exc})", None
-            if isinstance(exc, ClientDisconnect):  # the client went away mid-upload: not a server error, no traceback
-                log.info("client closed the connection before its request was read (%s)", request.client)
-                return CLIENT_CLOSED, "client closed the connection", None
-            if isinstance(exc, RequestError):
-                return exc.status, exc.message, exc.headers
-            if isinstance(exc, ValueError):  # the pipeline's own argument checks: the client's to fix
-                return 400, " ".join(str(exc).split()), None
-            # the server keeps serving; the traceback goes to the log only
-            log.error("%s request failed", request.url.path, exc_info=exc)
-            return 500, "internal error while inpainting (details in the server log)", None
-
-        streamed = False
-        try:
-            body = await _read_body(request, max_body_bytes, body_timeout_s, ticket.event)
-            watcher = asyncio.ensure_future(watch_disconnect(request, ticket))
-            # the deadline counts from the request's arrival; past it the job stops at its next step (504)
-            alarm = asyncio.get_running_loop().call_at(t0 + timeout_s, ticket.cancel, DEADLINE)
-            response = await handle(body, ticket.event)
-            if isinstance(response, StreamRequest):  # the job runs on inside the stream (asymvq.serve.progress)
-                response = JobStream(response.run, response.events, ticket=ticket, arrived=t0,
-                                     failure=lambda exc: failure(exc)[:2], release=release)
-                streamed = True
-        except Exception as exc:  # noqa: BLE001 - every failure answered in the endpoint's shape
-            response = error(*failure(exc))
-        finally:
-            if not streamed:
-                release()
-        response.headers[JOB_HEADER] = ticket.id
-        return response
 
     def observed(result: JobResult) -> dict[str, str]:
         """The result's stages into /metrics; its response headers."""
@@ -451,7 +222,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             result = await run_job(job, cancel)
             return Response(result.png, media_type="image/png", headers=observed(result))
 
-        return await admitted(request, _error, handle)
+        return await admitted(request, native_error, handle)
 
     @app.post("/v1/images/edits", response_model=ImagesResponse,
               openapi_extra=form_schema(EditForm, max_steps=max_steps, max_pixels=max_pixels, max_n=max_n,
@@ -484,7 +255,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
             return JSONResponse({"created": created, "data": data, "output_format": opts["output_format"],
                                  "size": opts["size"]}, headers=headers)
 
-        return await admitted(request, _openai_error, handle)
+        return await admitted(request, openai_error_response, handle)
 
     @app.get("/v1/jobs", responses={200: {"description": "The jobs in progress: id, path, age_s, cancelled."}})
     async def list_jobs():
@@ -497,7 +268,7 @@ def build_app(run_job, *, health, max_pixels: int, max_steps: int, max_body_byte
         at its next denoising step, or at once if it waits for the pipeline, and its request is answered 409."""
         if not jobs.cancel(job_id):
             shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
-            return _error(404, f"job: expected the id of a job in progress, got {shown!r}")
+            return native_error(404, f"job: expected the id of a job in progress, got {shown!r}")
         return {"id": job_id, "cancelled": True}
 
     return app

@@ -186,3 +186,22 @@ def test_inpaint_with_a_separate_decoder_checkpoint(files, tmp_path, capsys):
     own, same, other = (np.asarray(PIL.Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("own", "same", "other"))
     np.testing.assert_array_equal(own, same)
     assert np.abs(own - other).max() > 10
+
+
+def test_a_commands_log_follows_stderr_after_a_redirected_run(monkeypatch, capsys):
+    """A command run in-process under a redirected stderr (CliRunner, an embedding host) must not pin that stream."""
+    import io
+    import logging
+
+    from asymvq.cli.options import log_to_stderr
+
+    name = "asymvq.test.log_follows_stderr"
+    logging.getLogger(name).handlers.clear()
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    log_to_stderr(name, "%(message)s").info("during")
+    first.close()
+    monkeypatch.undo()
+    log_to_stderr(name, "%(message)s").info("after")
+    err = capsys.readouterr().err
+    assert err.endswith("after\n") and "Logging error" not in err

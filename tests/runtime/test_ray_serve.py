@@ -115,7 +115,7 @@ def test_graph_streams_a_jobs_progress_through_the_denoise_stage(local_graph, ti
 def test_graph_a_streamed_job_whose_caller_leaves_stops_at_its_next_step(local_graph, monkeypatch):
     """The ingress's call cancelled mid-stream (what Serve's proxy does when the client leaves): the denoise
     stage's job marks itself left and its batch, all of whose callers left, stops at its next step."""
-    import asymvq.serve.ray_serve as rs
+    import asymvq.serve.ray_stages as rs
     from asymvq.pipeline.inpaint_pipeline import JobCancelled
 
     stopped, real = [], rs.denoise_jobs
@@ -177,7 +177,7 @@ def _hole(y0, y1, x0, x1, size=(64, 64)):
 def test_graph_decodes_each_jobs_own_region_in_one_batch(local_region_graph, tiny_pipe, monkeypatch):
     """Three jobs of one decode batch, two mask boxes: one decode call per box (the two jobs of one box together),
     each job's image and X-Asymvq-Decode-Region header those of the single-process server's region decode."""
-    import asymvq.serve.ray_serve as rs
+    import asymvq.serve.ray_stages as rs
     from asymvq.pipeline.decode_modes import NOTE_REGION
     from asymvq.profiling.timing import StageTimer
 

@@ -10,6 +10,8 @@ image.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,12 @@ from asymvq.pipeline.decode_modes import (
     run_decoder_with_modes,
 )
 from asymvq.profiling.timing import StageTimer
+
+try:  # imported here, not in the test: ray's logging set up under a test's captured stderr outlives the capture
+    from asymvq.serve import ray_stages
+    from asymvq.serve.ray_config import RayServeConfig
+except ImportError:  # the ray extra
+    ray_stages = None
 
 H, W = 12, 10  # latent pixels
 LOWRES = {"region": "mask", "margin": 1, "region_stats": "lowres"}
@@ -161,3 +169,18 @@ def test_cli_decode_region_stats_is_the_python_call(tmp_path, dec):
     bad = runner.invoke(app, base[:-2] + ["--region-stats", "lowres", "--out", str(tmp_path / "x.png")])
     assert bad.exit_code != 0
     assert "--region-stats: only with --decode-region mask or auto" in str(bad.exception)
+
+
+def test_a_ray_decode_replica_refuses_lowres_on_an_exported_decoder_at_start(dec, monkeypatch):
+    if ray_stages is None:
+        pytest.skip("needs the ray extra")
+
+    def stage_pipeline(decoder):
+        return lambda cfg, components, threads: SimpleNamespace(stages=SimpleNamespace(decoders=lambda: {DECODER: decoder}))
+
+    cfg = RayServeConfig(decode_region="mask", margin=1, region_stats="lowres")
+    monkeypatch.setattr(ray_stages, "_stage_pipeline", stage_pipeline(CropEngine(dec)))
+    with pytest.raises(ValueError, match=r"^region_stats: 'lowres' runs on the torch backend only"):
+        ray_stages.DecodeStage(cfg)
+    monkeypatch.setattr(ray_stages, "_stage_pipeline", stage_pipeline(torch_decoder_engines(dec)[DECODER]))
+    assert ray_stages.DecodeStage(cfg).decode_options == LOWRES  # the torch decoder runs it

@@ -142,7 +142,7 @@ def test_stream_fields_are_checked_before_any_stream(client, path, data, message
 
 
 def test_a_failure_mid_stream_is_an_error_event_in_the_endpoints_shape(client, monkeypatch, caplog):
-    import asymvq.serve.server as server
+    import asymvq.serve.runner as runner
 
     def fails_at_step_two(pipe, *args, on_step=None, **kwargs):
         class Step:
@@ -152,7 +152,7 @@ def test_a_failure_mid_stream_is_an_error_event_in_the_endpoints_shape(client, m
         on_step(Step)
         raise RuntimeError("CUDA out of memory: secret internals")
 
-    monkeypatch.setattr(server, "run_inpaint", fails_at_step_two)
+    monkeypatch.setattr(runner, "run_inpaint", fails_at_step_two)
     resp = client.post("/v1/inpaint", files=files(), data={"prompt": "a sofa", "steps": "4", "stream": "true"})
     assert resp.status_code == 200
     got = events(resp)
