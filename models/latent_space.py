@@ -10,19 +10,15 @@ SDXL have no shift (0.0), SD3 and FLUX do. Every layer reads these numbers from 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
+
+from .json_values import from_exact_dict, is_real
 
 # Image pixels per latent pixel: fixed by the decoder's topology (four levels, three 2x
 # upsamples), the same for every VAE of this family (SD, SDXL, SD3, FLUX).
 VAE_SCALE_FACTOR = 8
 FIELDS = ("channels", "scaling_factor", "shift_factor")
-
-
-def _is_real(value) -> bool:
-    # bool is refused (type(True) is bool); an int beyond float's range is too (math.isfinite would overflow)
-    return type(value) is float and math.isfinite(value) or type(value) is int and abs(value) < 1e308
 
 
 @dataclass(frozen=True)
@@ -37,9 +33,9 @@ class LatentSpace:
     def __post_init__(self):
         if type(self.channels) is not int or self.channels < 1:
             raise ValueError(f"channels must be a positive integer, got {self.channels!r}")
-        if not _is_real(self.scaling_factor) or not self.scaling_factor > 0:
+        if not is_real(self.scaling_factor) or not self.scaling_factor > 0:
             raise ValueError(f"scaling_factor must be a positive finite number, got {self.scaling_factor!r}")
-        if not _is_real(self.shift_factor):
+        if not is_real(self.shift_factor):
             raise ValueError(f"shift_factor must be a finite number, got {self.shift_factor!r}")
         object.__setattr__(self, "scaling_factor", float(self.scaling_factor))
         object.__setattr__(self, "shift_factor", float(self.shift_factor))
@@ -62,15 +58,7 @@ class LatentSpace:
     @classmethod
     def from_dict(cls, d, key: str = "latent_space") -> "LatentSpace":
         """From ``to_dict``'s form; a ValueError names ``key.field`` and the expected form otherwise."""
-        if not isinstance(d, dict) or set(d) != set(FIELDS):
-            got = sorted(d) if isinstance(d, dict) else d
-            shown = repr(got)
-            raise ValueError(f"{key} must be an object with exactly the keys {list(FIELDS)}, "
-                             f"got {shown[:80] + '...' if len(shown) > 80 else shown}")
-        try:
-            return cls(**d)
-        except ValueError as e:
-            raise ValueError(f"{key}.{e}") from None
+        return from_exact_dict(cls, d, key, FIELDS)
 
     @classmethod
     def from_vae_config(cls, config) -> "LatentSpace":
@@ -99,8 +87,8 @@ class RGBProjection:
     bias: tuple = (0.0, 0.0, 0.0)
 
     def __post_init__(self):
-        if not self.factors or any(len(row) != 3 or not all(_is_real(v) for v in row) for row in self.factors) \
-                or len(self.bias) != 3 or not all(_is_real(v) for v in self.bias):
+        if not self.factors or any(len(row) != 3 or not all(is_real(v) for v in row) for row in self.factors) \
+                or len(self.bias) != 3 or not all(is_real(v) for v in self.bias):
             raise ValueError("factors: expected one (R, G, B) row of finite numbers per channel and a 3-number bias")
 
     @property

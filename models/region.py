@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .json_values import from_exact_dict, is_real, shown
+
 SCALE = 8  # image pixels per latent pixel
 REGIONS = ("mask", "auto")
 # Latent pixels of unmasked context around the mask's box (the curve against the margin: docs/decoder.md).
@@ -57,16 +59,6 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_real(v) -> bool:
-    # bool is refused (type(True) is bool); an int beyond float's range is too (float() would overflow)
-    return type(v) is float and math.isfinite(v) or type(v) is int and abs(v) < 1e308
-
-
-def _shown(v) -> str:
-    text = repr(v)  # a manifest's value: cut, so that a hostile one cannot make the message huge
-    return text[:80] + "..." if len(text) > 80 else text
-
-
 @dataclass(frozen=True)
 class RegionModel:
     """The default ``margin`` of a region request and the cost model of "auto": a region decode takes
@@ -79,12 +71,12 @@ class RegionModel:
 
     def __post_init__(self):
         if not _is_int(self.default_margin) or self.default_margin < 0:
-            raise ValueError(f"default_margin must be an integer >= 0, got {_shown(self.default_margin)}")
+            raise ValueError(f"default_margin must be an integer >= 0, got {shown(self.default_margin)}")
         fit = self.time_fit
-        if not isinstance(fit, (tuple, list)) or len(fit) != 2 or not all(_is_real(v) for v in fit):
-            raise ValueError(f"time_fit must be two finite numbers [a, b] (t_region / t_full = a + b * share), got {_shown(fit)}")
-        if not _is_real(self.auto_min_speedup) or not self.auto_min_speedup > 0:
-            raise ValueError(f"auto_min_speedup must be a positive finite number, got {_shown(self.auto_min_speedup)}")
+        if not isinstance(fit, (tuple, list)) or len(fit) != 2 or not all(is_real(v) for v in fit):
+            raise ValueError(f"time_fit must be two finite numbers [a, b] (t_region / t_full = a + b * share), got {shown(fit)}")
+        if not is_real(self.auto_min_speedup) or not self.auto_min_speedup > 0:
+            raise ValueError(f"auto_min_speedup must be a positive finite number, got {shown(self.auto_min_speedup)}")
         object.__setattr__(self, "time_fit", (float(fit[0]), float(fit[1])))
         object.__setattr__(self, "auto_min_speedup", float(self.auto_min_speedup))
 
@@ -102,13 +94,7 @@ class RegionModel:
     @classmethod
     def from_dict(cls, d, key: str = "region") -> "RegionModel":
         """From ``to_dict``'s form; a ValueError names ``key.field`` and the expected form otherwise."""
-        if not isinstance(d, dict) or set(d) != set(REGION_FIELDS):
-            raise ValueError(f"{key} must be an object with exactly the keys {list(REGION_FIELDS)}, "
-                             f"got {_shown(sorted(d) if isinstance(d, dict) else d)}")
-        try:
-            return cls(**d)
-        except ValueError as e:
-            raise ValueError(f"{key}.{e}") from None
+        return from_exact_dict(cls, d, key, REGION_FIELDS)
 
 
 REGION_MODEL = RegionModel()

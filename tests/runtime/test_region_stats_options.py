@@ -183,4 +183,6 @@ def test_a_ray_decode_replica_refuses_lowres_on_an_exported_decoder_at_start(dec
     with pytest.raises(ValueError, match=r"^region_stats: 'lowres' runs on the torch backend only"):
         ray_stages.DecodeStage(cfg)
     monkeypatch.setattr(ray_stages, "_stage_pipeline", stage_pipeline(torch_decoder_engines(dec)[DECODER]))
+    monkeypatch.setattr(ray_stages, "_configure_batching", lambda method, cfg: None)  # Serve's, in a deployment only
+    monkeypatch.setattr(ray_stages, "node", lambda: "127.0.0.1")
     assert ray_stages.DecodeStage(cfg).decode_options == LOWRES  # the torch decoder runs it
