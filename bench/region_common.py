@@ -36,7 +36,9 @@ def area_decodes(dec, lat, img, head, areas, recorder):
         rec = recorder()
         with ops_override(rec):
             again = dec.decode_up(head, img, mask)
-        assert torch.allclose(again, full, atol=1e-4), "the recording op table changed the full decode"
+        # float rounding scales with the image's magnitude (seeded weights on smooth inputs reach |x| ~ 8)
+        tol = 1e-4 * max(1.0, float(full.abs().max()))
+        assert torch.allclose(again, full, rtol=0, atol=tol), "the recording op table changed the full decode"
         hole = mask.expand_as(full) > 0.5
         b0 = mask_box(mask, 0, h, h)
         own = (slice(None), slice(None), slice(SCALE * b0[0], SCALE * b0[1]), slice(SCALE * b0[2], SCALE * b0[3]))
