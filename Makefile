@@ -42,16 +42,18 @@ host: $(STAMP)
 	test -f $(HOST_BUILD)/CMakeCache.txt || cmake -S . -B $(HOST_BUILD) -DCMAKE_BUILD_TYPE=Release -DASYMVQ_PYTHON=$(abspath $(PY))
 	cmake --build $(HOST_BUILD) -j 2
 
+# The suite's run, shared by test and test-avx2: two xdist workers, whole files per worker (tests/conftest.py: why)
+PYTEST = $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP) $(if $(HAVE_CMAKE),host)
 	$(VENV)/bin/ruff check .   # pyflakes, pycodestyle, import order, bugbear, blind excepts ([tool.ruff] in pyproject.toml)
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(PYTEST)
 
 # The suite on the kernels an AVX2-only CPU runs (torch's and oneDNN's, capped), on a newer CPU: the check that no
 # test leans on AVX-512/AMX kernels. OpenVINO's tests are left out: its CPU plugin fails or crashes under the cap
 # (models/cpu_features.py). ONNX Runtime's MLAS ignores the cap. Not a substitute for a run on an AVX2-only CPU.
 test-avx2: $(STAMP) $(if $(HAVE_CMAKE),host)
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
-	  --ignore=tests/engines/test_openvino_engine.py -k "not openvino"
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PYTEST) --ignore=tests/engines/test_openvino_engine.py -k "not openvino"
 
 # Coverage-guided fuzzing (atheris, the `fuzz` extra) of the multipart form and the manifest reader,
 # FUZZ_SECONDS each; new inputs go to out/fuzz/<name>, findings to out/fuzz/<name>-crash-*.
