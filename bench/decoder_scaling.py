@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from bench_common import cpu_record, psnr
+from region_common import centred_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -53,14 +54,6 @@ def inputs(size: int, batch: int = 1, cond: bool = True, seed: int = 0):
     # a hole off the tile grid: its edges cross tile boundaries
     mask[..., size // 5: size * 3 // 4, size // 3: size * 4 // 5] = 1
     return lat, img, mask
-
-
-def centred_mask(size: int, area: float) -> torch.Tensor:
-    side = int(round(math.sqrt(area) * size))
-    m = torch.zeros(1, 1, size, size)
-    y0 = x0 = (size - side) // 2 + 3  # not on the latent grid
-    m[..., y0:y0 + side, x0:x0 + side] = 1
-    return m
 
 
 # -- one preset, in its own process ------------------------------------------------------------------
